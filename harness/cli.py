@@ -1,0 +1,51 @@
+"""The ``nbd-harness`` command: one sub-command per module in ``harness.commands``.
+
+Each command module provides ``register(subparsers)``, which adds its parser and
+sets ``func`` to a ``run(args) -> int``.  A user mistake raises
+:class:`~harness.errors.UsageError` (or any ``ValueError`` subclass the command
+documents as user-facing) and prints one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from harness.errors import UserError
+
+COMMAND_MODULES = [
+    "harness.commands.serve",
+    "harness.commands.info",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nbd-harness",
+        description="NBD protocol conformance and interop harness: a strict reference "
+        "server and client, real peers (qemu, nbdkit, libnbd, nbd-server) and wire checks.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"nbd-harness {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
