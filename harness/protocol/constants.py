@@ -45,6 +45,7 @@ class Magic(enum.IntEnum):
     STRUCTURED_REPLY_MAGIC = STRUCTURED_REPLY_MAGIC
     EXTENDED_REPLY_MAGIC = EXTENDED_REPLY_MAGIC
 
+
 RESERVED_MAGICS = frozenset({0x12560953, 0x96744668, 0x25609514})
 """Section "Reserved Magic values": historic values never valid on the wire."""
 
@@ -267,10 +268,11 @@ FLAG_REQUIRES_TFLAG: dict[int, TransmissionFlag] = {
     CmdFlag.DF: TransmissionFlag.SEND_DF,
     CmdFlag.FAST_ZERO: TransmissionFlag.SEND_FAST_ZERO,
 }
+# FUA "is valid for all commands, provided NBD_FLAG_SEND_FUA has been negotiated".
 CMD_ALLOWED_FLAGS: dict[int, CmdFlag] = {
     Cmd.READ: CmdFlag.FUA | CmdFlag.DF,
     Cmd.WRITE: CmdFlag.FUA | CmdFlag.PAYLOAD_LEN,
-    Cmd.DISC: CmdFlag(0),
+    Cmd.DISC: CmdFlag.FUA,
     Cmd.FLUSH: CmdFlag.FUA,
     Cmd.TRIM: CmdFlag.FUA,
     Cmd.CACHE: CmdFlag.FUA,

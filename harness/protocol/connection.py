@@ -1,0 +1,417 @@
+"""The sans-IO NBD connection: bytes in, events out; events in, bytes out.
+
+One :class:`Connection` per end of a session, in the style of h11: feed what
+arrives with :meth:`Connection.receive_data`, pull messages with
+:meth:`Connection.next_event`, and turn what you want to say into bytes with
+:meth:`Connection.send`.  Whose turn it is lives in one table
+(:data:`TURNS`); what each message changes lives in ``_apply``; what each
+message must respect lives in :mod:`._checks`, which judges both sides alike.
+
+A strict client raises :class:`RemoteProtocolError` on the first rule the
+server breaks.  A server sets ``strict_remote=False``: a client's violation is
+then recorded on :attr:`Connection.violations` (and returned with the
+event), so the server can answer it as the spec says (an
+``NBD_REP_ERR_INVALID``, an ``NBD_EINVAL`` reply) and stay in sync.
+``strict_local=False`` lets a test send what the spec forbids.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from . import _checks
+from . import constants as c
+from .codec import (
+    decode_client_flags,
+    decode_export_name_reply,
+    decode_greeting,
+    decode_option_payload,
+    decode_option_reply,
+    decode_option_request,
+    decode_reply,
+    decode_reply_payload,
+    decode_request,
+    encode,
+)
+from .errors import CodecError, LocalProtocolError, ProtocolError, RemoteProtocolError
+from .messages import (
+    ChunkBlockStatus,
+    ChunkError,
+    ChunkErrorOffset,
+    ChunkOffsetData,
+    ChunkOffsetHole,
+    ClientFlags,
+    ConnectionClosed,
+    Event,
+    ExportNamePayload,
+    ExportNameReply,
+    InfoBlockSize,
+    InfoDescription,
+    InfoExport,
+    InfoInitState,
+    InfoName,
+    InfoRequestPayload,
+    InfoUnknown,
+    MetaContextPayload,
+    MetaContextReplyPayload,
+    NewstyleGreeting,
+    OldstyleGreeting,
+    OptionReply,
+    OptionRequest,
+    RawPayload,
+    ReplyChunk,
+    Request,
+    SimpleReply,
+)
+from .state import InFlight, Negotiated, PendingOption, Phase, Role, Violation
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+"""Returned by :meth:`Connection.next_event` when more bytes are needed."""
+
+TURNS: dict[Phase, dict[Role, tuple[type, ...]]] = {
+    Phase.GREETING: {Role.SERVER: (OldstyleGreeting, NewstyleGreeting)},
+    Phase.CLIENT_FLAGS: {Role.CLIENT: (ClientFlags,)},
+    Phase.OPTIONS: {Role.CLIENT: (OptionRequest,)},
+    Phase.OPTION_REPLY: {Role.SERVER: (OptionReply,)},
+    Phase.EXPORT_NAME_REPLY: {Role.SERVER: (ExportNameReply,)},
+    Phase.TRANSMISSION: {Role.CLIENT: (Request,), Role.SERVER: (SimpleReply, ReplyChunk)},
+    Phase.DISCONNECTING: {Role.SERVER: (SimpleReply, ReplyChunk)},
+}
+"""Which side may send which messages in each phase."""
+
+
+class Connection:
+    """One end of an NBD session, as a state machine with no I/O."""
+
+    def __init__(
+        self,
+        our_role: Role,
+        *,
+        strict_remote: bool = True,
+        strict_local: bool = True,
+        max_payload: int = 0xFFFFFFFF,
+    ) -> None:
+        self.our_role = our_role
+        self.their_role = our_role.peer
+        self.strict_remote = strict_remote
+        self.strict_local = strict_local
+        self.max_payload = max_payload
+        self.phase = Phase.GREETING
+        self.negotiated = Negotiated()
+        self.pending_option: PendingOption | None = None
+        self.in_flight: dict[int, InFlight] = {}
+        self.violations: list[tuple[Role, Violation]] = []
+        """Every rule broken so far and by whom (only when not raised)."""
+        self.last_violations: list[Violation] = []
+        """Rules broken by the last event received or sent."""
+        self._buffer = bytearray()
+        self._eof = False
+
+    # --- input ------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes from the peer; ``b""`` means the peer closed its side."""
+        if data:
+            self._buffer += data
+        else:
+            self._eof = True
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet decoded."""
+        return len(self._buffer)
+
+    def next_event(self) -> Event | _NeedData:
+        """The next message from the peer, :data:`NEED_DATA`, or ``ConnectionClosed``."""
+        try:
+            decoded = self._decode_next()
+        except CodecError as exc:
+            raise RemoteProtocolError(
+                str(exc.message), section=exc.section, rule=exc.rule
+            ) from None
+        if decoded is None:
+            if self._eof:
+                if self._buffer:
+                    raise RemoteProtocolError(
+                        f"connection closed with {len(self._buffer)} bytes of an incomplete "
+                        f"message ({self.phase.value})",
+                        section="Transmission",
+                        rule="truncated-message",
+                    )
+                self.phase = Phase.CLOSED
+                return ConnectionClosed()
+            return NEED_DATA
+        event, used = decoded
+        del self._buffer[:used]
+        self._process(self.their_role, event)
+        return event
+
+    def _decode_next(self) -> tuple[Event, int] | None:
+        buf = self._buffer
+        if not buf:
+            return None
+        allowed = TURNS.get(self.phase, {}).get(self.their_role)
+        if not allowed:
+            raise CodecError(
+                f"{self.their_role.value} sent {len(buf)} bytes while it is not its "
+                f"turn ({self.phase.value})",
+                section="Fixed newstyle negotiation",
+                rule="out-of-turn",
+            )
+        match self.phase:
+            case Phase.GREETING:
+                return decode_greeting(buf)
+            case Phase.CLIENT_FLAGS:
+                return decode_client_flags(buf)
+            case Phase.OPTIONS:
+                return decode_option_request(buf)
+            case Phase.OPTION_REPLY:
+                return decode_option_reply(buf)
+            case Phase.EXPORT_NAME_REPLY:
+                return decode_export_name_reply(buf, zeroes=not self.negotiated.no_zeroes)
+            case Phase.TRANSMISSION | Phase.DISCONNECTING if self.their_role is Role.CLIENT:
+                return decode_request(buf, self.max_payload)
+            case Phase.TRANSMISSION | Phase.DISCONNECTING:
+                return decode_reply(buf, self._read_length, self.max_payload)
+        return None
+
+    def _read_length(self, cookie: int) -> int | None:
+        flight = self.in_flight.get(cookie)
+        if flight is not None and flight.request.type == c.Cmd.READ:
+            return flight.request.length
+        return None
+
+    # --- output -----------------------------------------------------------------
+
+    def send(self, event: Event) -> bytes:
+        """Bytes for ``event``, after checking it is ours to send at this point."""
+        self._process(self.our_role, event)
+        return encode(event)
+
+    def start_tls_done(self) -> None:
+        """The TLS handshake after ``NBD_OPT_STARTTLS`` finished: options resume."""
+        if self.phase is not Phase.TLS_HANDSHAKE:
+            raise LocalProtocolError(f"no STARTTLS in progress ({self.phase.value})")
+        self.negotiated.tls = True
+        self.phase = Phase.OPTIONS
+
+    # --- judging and applying ------------------------------------------------------
+
+    def _process(self, sender: Role, event: Event) -> None:
+        violations = self._judge(sender, event)
+        self.last_violations = violations
+        if violations:
+            strict = self.strict_local if sender is self.our_role else self.strict_remote
+            if strict:
+                first = violations[0]
+                error = LocalProtocolError if sender is self.our_role else RemoteProtocolError
+                raise error(first.message, section=first.section, rule=first.rule)
+            self.violations += [(sender, v) for v in violations]
+        self._apply(sender, event)
+
+    def _judge(self, sender: Role, event: Event) -> list[Violation]:
+        allowed = TURNS.get(self.phase, {}).get(sender, ())
+        if not isinstance(event, allowed):
+            return [
+                Violation(
+                    f"{sender.value} may not send {type(event).__name__} now ({self.phase.value})",
+                    "Fixed newstyle negotiation",
+                    "out-of-turn",
+                )
+            ]
+        neg = self.negotiated
+        match event:
+            case OldstyleGreeting(flags=flags):
+                return _checks.check_transmission_flags(flags & 0xFFFF, neg, "oldstyle greeting")
+            case ClientFlags():
+                return _checks.check_client_flags(event, neg)
+            case OptionRequest(option=option, data=data):
+                payload, error = _parse_option(option, data)
+                return _checks.check_option(option, payload, error, neg)
+            case OptionReply(reply_type=rtype, data=data):
+                assert self.pending_option is not None
+                payload, error = _parse_reply(rtype, data)
+                return _checks.check_option_reply(event, payload, error, self.pending_option, neg)
+            case ExportNameReply(transmission_flags=flags, zeroes=zeroes):
+                out = _checks.check_transmission_flags(flags, neg, "export-name reply")
+                if zeroes == neg.no_zeroes:
+                    out.append(
+                        Violation(
+                            "export-name reply " + ("has" if zeroes else "lacks") + " the 124 zero "
+                            "bytes although the client "
+                            + ("set" if zeroes else "did not set")
+                            + " NBD_FLAG_C_NO_ZEROES",
+                            "Client flags",
+                            "export-name-zeroes",
+                        )
+                    )
+                return out
+            case Request():
+                return _checks.check_request(event, neg, self.in_flight)
+            case SimpleReply():
+                return _checks.check_simple_reply(event, neg, self.in_flight)
+            case ReplyChunk():
+                payload, error = _checks.decode_chunk(event)
+                return _checks.check_chunk(event, payload, error, neg, self.in_flight)
+        return []
+
+    def _apply(self, sender: Role, event: Event) -> None:
+        neg = self.negotiated
+        match event:
+            case NewstyleGreeting(handshake_flags=flags):
+                neg.handshake_flags = flags
+                neg.style = (
+                    "fixed-newstyle" if flags & c.HandshakeFlag.FIXED_NEWSTYLE else "newstyle"
+                )
+                self.phase = Phase.CLIENT_FLAGS
+            case OldstyleGreeting(size=size, flags=flags):
+                neg.style = "oldstyle"
+                neg.export_size, neg.transmission_flags = size, flags & 0xFFFF
+                self.phase = Phase.TRANSMISSION
+            case ClientFlags(flags=flags):
+                neg.client_flags = flags
+                self.phase = Phase.OPTIONS
+            case OptionRequest(option=option, data=data):
+                payload, _ = _parse_option(option, data)
+                if option == c.Opt.EXPORT_NAME:
+                    neg.export_name = payload.name if isinstance(payload, ExportNamePayload) else ""
+                    self.phase = Phase.EXPORT_NAME_REPLY
+                else:
+                    self.pending_option = PendingOption(option, payload)
+                    self.phase = Phase.OPTION_REPLY
+            case OptionReply():
+                self._apply_option_reply(event)
+            case ExportNameReply(size=size, transmission_flags=flags):
+                neg.export_size, neg.transmission_flags = size, flags
+                self.phase = Phase.TRANSMISSION
+            case Request():
+                self._apply_request(event)
+            case SimpleReply(cookie=cookie):
+                self.in_flight.pop(cookie, None)
+                self._maybe_disconnected()
+            case ReplyChunk():
+                self._apply_chunk(event)
+
+    def _apply_option_reply(self, reply: OptionReply) -> None:
+        pending = self.pending_option
+        assert pending is not None
+        neg = self.negotiated
+        payload, _ = _parse_reply(reply.reply_type, reply.data)
+        pending.replies += 1
+        if reply.reply_type == c.Rep.INFO and not isinstance(payload, RawPayload):
+            pending.infos[_info_type(payload)] = payload
+        if isinstance(payload, MetaContextReplyPayload):
+            pending.contexts[payload.context_id] = payload.name
+        final = reply.reply_type == c.Rep.ACK or c.is_rep_error(reply.reply_type)
+        if not final:
+            return
+        self.pending_option = None
+        self.phase = Phase.OPTIONS
+        ok = reply.reply_type == c.Rep.ACK
+        match pending.option:
+            case c.Opt.ABORT:
+                self.phase = Phase.CLOSED
+            case c.Opt.STARTTLS if ok:
+                neg.forget_after_starttls()
+                self.phase = Phase.TLS_HANDSHAKE
+            case c.Opt.STRUCTURED_REPLY if ok:
+                neg.structured_replies = True
+            case c.Opt.EXTENDED_HEADERS if ok:
+                neg.extended_headers = True
+            case c.Opt.SET_META_CONTEXT:
+                # "replaces all previously-set metadata contexts (including when this
+                # command fails)"
+                neg.meta_contexts = dict(pending.contexts) if ok else {}
+                name = (
+                    pending.payload.name
+                    if isinstance(pending.payload, MetaContextPayload)
+                    else None
+                )
+                neg.meta_context_export = name if ok else None
+            case c.Opt.GO if ok:
+                export = pending.infos.get(c.Info.EXPORT)
+                if isinstance(export, InfoExport):
+                    neg.export_size = export.size
+                    neg.transmission_flags = export.transmission_flags
+                block = pending.infos.get(c.Info.BLOCK_SIZE)
+                neg.block_size = block if isinstance(block, InfoBlockSize) else None
+                init = pending.infos.get(c.Info.INIT_STATE)
+                neg.init_state = init.flags if isinstance(init, InfoInitState) else None
+                if isinstance(pending.payload, InfoRequestPayload):
+                    neg.export_name = pending.payload.name
+                    neg.block_size_requested = c.Info.BLOCK_SIZE in pending.payload.info_requests
+                self.phase = Phase.TRANSMISSION
+
+    def _apply_request(self, req: Request) -> None:
+        if req.type == c.Cmd.DISC:
+            self.phase = Phase.DISCONNECTING
+            self._maybe_disconnected()
+            return
+        effect, ids, _ = _checks.effect_of(req)
+        if ids is None:
+            ids = tuple(self.negotiated.meta_contexts)
+        self.in_flight[req.cookie] = InFlight(req, effect, ids)
+
+    def _apply_chunk(self, chunk: ReplyChunk) -> None:
+        flight = self.in_flight.get(chunk.cookie)
+        if flight is None:
+            return
+        payload, _ = _checks.decode_chunk(chunk)
+        flight.chunks += 1
+        match payload:
+            case ChunkOffsetData(offset=offset, data=data):
+                flight.covered.append((offset, offset + len(data)))
+                flight.data_chunks += 1
+            case ChunkOffsetHole(offset=offset, length=length):
+                flight.covered.append((offset, offset + length))
+                flight.data_chunks += 1
+            case ChunkBlockStatus(context_id=cid):
+                flight.status_contexts.add(cid)
+            case ChunkErrorOffset() | ChunkError():
+                flight.errored = True
+        if chunk.done:
+            del self.in_flight[chunk.cookie]
+            self._maybe_disconnected()
+
+    def _maybe_disconnected(self) -> None:
+        # After NBD_CMD_DISC the server answers what is outstanding, then closes.
+        if self.phase is Phase.DISCONNECTING and not self.in_flight:
+            self.phase = Phase.CLOSED
+
+
+def _parse_option(option: int, data: bytes) -> tuple[object, CodecError | None]:
+    try:
+        return decode_option_payload(option, data), None
+    except CodecError as exc:
+        return RawPayload(data), exc
+
+
+def _parse_reply(reply_type: int, data: bytes) -> tuple[object, CodecError | None]:
+    try:
+        return decode_reply_payload(reply_type, data), None
+    except CodecError as exc:
+        return RawPayload(data), exc
+
+
+_INFO_TYPES: dict[type, int] = {
+    InfoExport: c.Info.EXPORT,
+    InfoName: c.Info.NAME,
+    InfoDescription: c.Info.DESCRIPTION,
+    InfoBlockSize: c.Info.BLOCK_SIZE,
+    InfoInitState: c.Info.INIT_STATE,
+}
+
+
+def _info_type(payload: object) -> int:
+    if isinstance(payload, InfoUnknown):
+        return payload.info_type
+    return _INFO_TYPES[type(payload)]
+
+
+__all__ = ["NEED_DATA", "TURNS", "Connection", "ProtocolError"]

@@ -1,0 +1,233 @@
+"""The session state machine: a client and a server Connection talk to each
+other in memory, and each refuses what the spec forbids at that point."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.protocol import NEED_DATA, Connection, Phase, Role
+from harness.protocol import constants as c
+from harness.protocol.codec import chunk, option, option_reply
+from harness.protocol.errors import LocalProtocolError, RemoteProtocolError
+from harness.protocol.messages import (
+    ChunkBlockStatus,
+    ChunkNone,
+    ChunkOffsetData,
+    ChunkOffsetHole,
+    ClientFlags,
+    ConnectionClosed,
+    EmptyPayload,
+    ExportNameReply,
+    Extent,
+    InfoExport,
+    InfoRequestPayload,
+    MetaContextPayload,
+    MetaContextReplyPayload,
+    NewstyleGreeting,
+    OptionReply,
+    Request,
+    SimpleReply,
+)
+
+TF = c.TransmissionFlag
+FLAGS = TF.HAS_FLAGS | TF.SEND_FLUSH | TF.SEND_FUA | TF.SEND_TRIM | TF.SEND_DF
+
+
+def pipe(sender: Connection, receiver: Connection, event):
+    """Send ``event`` from one end and return what the other end decodes."""
+    receiver.receive_data(sender.send(event))
+    got = receiver.next_event()
+    assert got == event
+    return got
+
+
+def handshake(structured=True, extended=False, contexts=("base:allocation",), size=1 << 20,
+              flags=FLAGS):
+    client = Connection(Role.CLIENT)
+    server = Connection(Role.SERVER, strict_remote=False)
+    pipe(server, client, NewstyleGreeting(c.HandshakeFlag.FIXED_NEWSTYLE | c.HandshakeFlag.NO_ZEROES))
+    pipe(client, server, ClientFlags(c.ClientFlag.C_FIXED_NEWSTYLE | c.ClientFlag.C_NO_ZEROES))
+    if extended:
+        pipe(client, server, option(c.Opt.EXTENDED_HEADERS, EmptyPayload()))
+        pipe(server, client, option_reply(c.Opt.EXTENDED_HEADERS, c.Rep.ACK))
+    elif structured:
+        pipe(client, server, option(c.Opt.STRUCTURED_REPLY, EmptyPayload()))
+        pipe(server, client, option_reply(c.Opt.STRUCTURED_REPLY, c.Rep.ACK))
+    if contexts:
+        pipe(client, server, option(c.Opt.SET_META_CONTEXT, MetaContextPayload("disk", contexts)))
+        for index, name in enumerate(contexts, start=1):
+            pipe(server, client, option_reply(c.Opt.SET_META_CONTEXT, c.Rep.META_CONTEXT,
+                                              MetaContextReplyPayload(index, name)))
+        pipe(server, client, option_reply(c.Opt.SET_META_CONTEXT, c.Rep.ACK))
+    pipe(client, server, option(c.Opt.GO, InfoRequestPayload("disk", ())))
+    pipe(server, client, option_reply(c.Opt.GO, c.Rep.INFO, InfoExport(size, flags)))
+    pipe(server, client, option_reply(c.Opt.GO, c.Rep.ACK))
+    assert client.phase is server.phase is Phase.TRANSMISSION
+    return client, server
+
+
+def test_full_session_structured_read_and_block_status():
+    client, server = handshake()
+    neg = client.negotiated
+    assert neg.structured_replies and neg.export_size == 1 << 20 and neg.meta_contexts == {
+        1: "base:allocation"}
+    pipe(client, server, Request(type=c.Cmd.READ, offset=0, length=1024, cookie=1))
+    pipe(server, client, chunk(1, ChunkOffsetData(0, b"a" * 512)))
+    pipe(server, client, chunk(1, ChunkOffsetHole(512, 512), done=True))
+    assert not client.in_flight
+    pipe(client, server, Request(type=c.Cmd.BLOCK_STATUS, offset=0, length=4096, cookie=2))
+    pipe(server, client, chunk(2, ChunkBlockStatus(1, (Extent(4096, 3),)), done=True))
+    pipe(client, server, Request(type=c.Cmd.DISC, cookie=3))
+    assert client.phase is Phase.CLOSED
+    client.receive_data(b"")
+    assert isinstance(client.next_event(), ConnectionClosed)
+
+
+def test_partial_data_needs_more():
+    client = Connection(Role.CLIENT)
+    client.receive_data(b"NBDMAGIC")
+    assert client.next_event() is NEED_DATA
+    client.receive_data(b"IHAVEOPT\x00\x01")
+    assert client.next_event() == NewstyleGreeting(1)
+
+
+@pytest.mark.parametrize(
+    ("chunks", "rule"),
+    [
+        ([chunk(1, ChunkOffsetData(0, b"a" * 512), done=True)], "read-coverage"),
+        ([chunk(1, ChunkOffsetData(1024, b"a" * 512), done=True)], "chunk-outside-request"),
+        ([chunk(1, ChunkOffsetData(0, b"a" * 600)),
+          chunk(1, ChunkOffsetHole(512, 512), done=True)], "chunk-overlap"),
+        ([chunk(1, ChunkOffsetHole(0, 1024))], None),
+        ([chunk(1, ChunkNone())], "none-needs-done"),
+        ([chunk(2, ChunkNone(), done=True)], "reply-unknown-cookie"),
+        ([SimpleReply(1, 0, b"x" * 1024)], "simple-reply-to-read"),
+    ],
+)
+def test_strict_client_rejects_bad_read_replies(chunks, rule):
+    client, server = handshake()
+    pipe(client, server, Request(type=c.Cmd.READ, offset=0, length=1024, cookie=1))
+    server.strict_local = False
+    error = None
+    for reply in chunks:
+        client.receive_data(server.send(reply))
+        try:
+            client.next_event()
+        except RemoteProtocolError as exc:
+            error = exc
+            break
+    if rule is None:
+        assert error is None
+    else:
+        assert error is not None and error.rule == rule and error.section
+
+
+def test_extended_headers_forbid_simple_replies_and_want_ext_status():
+    client, server = handshake(extended=True)
+    pipe(client, server, Request(type=c.Cmd.FLUSH, cookie=5, extended=True))
+    server.strict_local = False
+    client.receive_data(server.send(SimpleReply(5)))
+    with pytest.raises(RemoteProtocolError) as info:
+        client.next_event()
+    assert info.value.rule == "simple-reply-with-extended"
+
+
+def test_block_status_wrong_chunk_type_under_extended_headers():
+    client, server = handshake(extended=True)
+    pipe(client, server, Request(type=c.Cmd.BLOCK_STATUS, length=4096, cookie=5, extended=True))
+    server.strict_local = False
+    bad = chunk(5, ChunkBlockStatus(1, (Extent(4096, 0),)), done=True, extended=True)
+    client.receive_data(server.send(bad))
+    with pytest.raises(RemoteProtocolError) as info:
+        client.next_event()
+    assert info.value.rule == "status-chunk-type"
+    good = chunk(5, ChunkBlockStatus(1, (Extent(4096, 0),), wide=True), done=True, extended=True)
+    client2, server2 = handshake(extended=True)
+    pipe(client2, server2, Request(type=c.Cmd.BLOCK_STATUS, length=4096, cookie=5, extended=True))
+    pipe(server2, client2, good)
+
+
+def test_server_records_client_violations_and_stays_in_sync():
+    client, server = handshake(flags=TF.HAS_FLAGS | TF.READ_ONLY)
+    client.strict_local = False
+    server.receive_data(client.send(Request(type=c.Cmd.TRIM, offset=0, length=512, cookie=9)))
+    event = server.next_event()
+    rules = {v.rule for v in server.last_violations}
+    assert rules == {"command-not-advertised", "write-read-only"}
+    assert event.type == c.Cmd.TRIM
+    errnos = {v.errno for v in server.last_violations}
+    assert c.Errno.EPERM in errnos
+    pipe(server, client, SimpleReply(9, c.Errno.EPERM))
+    server.receive_data(client.send(Request(type=c.Cmd.READ, offset=(1 << 20), length=512,
+                                            cookie=10)))
+    server.next_event()
+    assert [v.rule for v in server.last_violations] == ["request-past-end"]
+
+
+def test_local_violations_are_refused():
+    client, server = handshake(contexts=())
+    with pytest.raises(LocalProtocolError) as info:
+        client.send(Request(type=c.Cmd.BLOCK_STATUS, length=512, cookie=1))
+    assert info.value.rule == "block-status-needs-contexts"
+    with pytest.raises(LocalProtocolError):
+        client.send(Request(type=c.Cmd.WRITE_ZEROES, length=512, cookie=1))
+
+
+def test_option_reply_must_answer_the_option_and_go_needs_export_info():
+    client = Connection(Role.CLIENT)
+    server = Connection(Role.SERVER, strict_remote=False, strict_local=False)
+    pipe(server, client, NewstyleGreeting(1))
+    pipe(client, server, ClientFlags(1))
+    pipe(client, server, option(c.Opt.GO, InfoRequestPayload("x")))
+    client.receive_data(server.send(OptionReply(c.Opt.INFO, c.Rep.ACK)))
+    with pytest.raises(RemoteProtocolError) as info:
+        client.next_event()
+    assert {info.value.rule} <= {"reply-option-mismatch", "info-export-required"}
+
+
+def test_export_name_fallback_and_zero_padding():
+    client = Connection(Role.CLIENT)
+    server = Connection(Role.SERVER)
+    pipe(server, client, NewstyleGreeting(1))
+    pipe(client, server, ClientFlags(1))
+    pipe(client, server, option(c.Opt.EXPORT_NAME, None))
+    reply = ExportNameReply(4096, TF.HAS_FLAGS, zeroes=True)
+    raw = server.send(reply)
+    assert len(raw) == 134
+    client.receive_data(raw)
+    assert client.next_event() == reply
+    assert client.phase is Phase.TRANSMISSION
+
+
+def test_nonfixed_newstyle_allows_only_export_name():
+    client = Connection(Role.CLIENT)
+    server = Connection(Role.SERVER, strict_remote=False)
+    pipe(server, client, NewstyleGreeting(0))
+    pipe(client, server, ClientFlags(0))
+    with pytest.raises(LocalProtocolError) as info:
+        client.send(option(c.Opt.LIST, EmptyPayload()))
+    assert info.value.rule == "nonfixed-only-export-name"
+
+
+def test_starttls_resets_negotiation():
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
+    pipe(server, client, NewstyleGreeting(1))
+    pipe(client, server, ClientFlags(1))
+    pipe(client, server, option(c.Opt.STRUCTURED_REPLY, EmptyPayload()))
+    pipe(server, client, option_reply(c.Opt.STRUCTURED_REPLY, c.Rep.ACK))
+    pipe(client, server, option(c.Opt.STARTTLS, EmptyPayload()))
+    pipe(server, client, option_reply(c.Opt.STARTTLS, c.Rep.ACK))
+    assert client.phase is Phase.TLS_HANDSHAKE
+    assert not client.negotiated.structured_replies
+    client.start_tls_done()
+    assert client.phase is Phase.OPTIONS and client.negotiated.tls
+
+
+def test_out_of_turn_bytes_are_a_remote_error():
+    client = Connection(Role.CLIENT)
+    server = Connection(Role.SERVER)
+    pipe(server, client, NewstyleGreeting(1))
+    client.receive_data(b"\x00" * 8)  # server talks while the client should send its flags
+    with pytest.raises(RemoteProtocolError) as info:
+        client.next_event()
+    assert info.value.rule == "out-of-turn"
