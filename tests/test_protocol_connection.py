@@ -41,11 +41,14 @@ def pipe(sender: Connection, receiver: Connection, event):
     return got
 
 
-def handshake(structured=True, extended=False, contexts=("base:allocation",), size=1 << 20,
-              flags=FLAGS):
+def handshake(
+    structured=True, extended=False, contexts=("base:allocation",), size=1 << 20, flags=FLAGS
+):
     client = Connection(Role.CLIENT)
     server = Connection(Role.SERVER, strict_remote=False)
-    pipe(server, client, NewstyleGreeting(c.HandshakeFlag.FIXED_NEWSTYLE | c.HandshakeFlag.NO_ZEROES))
+    pipe(
+        server, client, NewstyleGreeting(c.HandshakeFlag.FIXED_NEWSTYLE | c.HandshakeFlag.NO_ZEROES)
+    )
     pipe(client, server, ClientFlags(c.ClientFlag.C_FIXED_NEWSTYLE | c.ClientFlag.C_NO_ZEROES))
     if extended:
         pipe(client, server, option(c.Opt.EXTENDED_HEADERS, EmptyPayload()))
@@ -56,8 +59,13 @@ def handshake(structured=True, extended=False, contexts=("base:allocation",), si
     if contexts:
         pipe(client, server, option(c.Opt.SET_META_CONTEXT, MetaContextPayload("disk", contexts)))
         for index, name in enumerate(contexts, start=1):
-            pipe(server, client, option_reply(c.Opt.SET_META_CONTEXT, c.Rep.META_CONTEXT,
-                                              MetaContextReplyPayload(index, name)))
+            pipe(
+                server,
+                client,
+                option_reply(
+                    c.Opt.SET_META_CONTEXT, c.Rep.META_CONTEXT, MetaContextReplyPayload(index, name)
+                ),
+            )
         pipe(server, client, option_reply(c.Opt.SET_META_CONTEXT, c.Rep.ACK))
     pipe(client, server, option(c.Opt.GO, InfoRequestPayload("disk", ())))
     pipe(server, client, option_reply(c.Opt.GO, c.Rep.INFO, InfoExport(size, flags)))
@@ -69,8 +77,11 @@ def handshake(structured=True, extended=False, contexts=("base:allocation",), si
 def test_full_session_structured_read_and_block_status():
     client, server = handshake()
     neg = client.negotiated
-    assert neg.structured_replies and neg.export_size == 1 << 20 and neg.meta_contexts == {
-        1: "base:allocation"}
+    assert (
+        neg.structured_replies
+        and neg.export_size == 1 << 20
+        and neg.meta_contexts == {1: "base:allocation"}
+    )
     pipe(client, server, Request(type=c.Cmd.READ, offset=0, length=1024, cookie=1))
     pipe(server, client, chunk(1, ChunkOffsetData(0, b"a" * 512)))
     pipe(server, client, chunk(1, ChunkOffsetHole(512, 512), done=True))
@@ -96,8 +107,13 @@ def test_partial_data_needs_more():
     [
         ([chunk(1, ChunkOffsetData(0, b"a" * 512), done=True)], "read-coverage"),
         ([chunk(1, ChunkOffsetData(1024, b"a" * 512), done=True)], "chunk-outside-request"),
-        ([chunk(1, ChunkOffsetData(0, b"a" * 600)),
-          chunk(1, ChunkOffsetHole(512, 512), done=True)], "chunk-overlap"),
+        (
+            [
+                chunk(1, ChunkOffsetData(0, b"a" * 600)),
+                chunk(1, ChunkOffsetHole(512, 512), done=True),
+            ],
+            "chunk-overlap",
+        ),
         ([chunk(1, ChunkOffsetHole(0, 1024))], None),
         ([chunk(1, ChunkNone())], "none-needs-done"),
         ([chunk(2, ChunkNone(), done=True)], "reply-unknown-cookie"),
@@ -158,14 +174,15 @@ def test_server_records_client_violations_and_stays_in_sync():
     errnos = {v.errno for v in server.last_violations}
     assert c.Errno.EPERM in errnos
     pipe(server, client, SimpleReply(9, c.Errno.EPERM))
-    server.receive_data(client.send(Request(type=c.Cmd.READ, offset=(1 << 20), length=512,
-                                            cookie=10)))
+    server.receive_data(
+        client.send(Request(type=c.Cmd.READ, offset=(1 << 20), length=512, cookie=10))
+    )
     server.next_event()
     assert [v.rule for v in server.last_violations] == ["request-past-end"]
 
 
 def test_local_violations_are_refused():
-    client, server = handshake(contexts=())
+    client, _server = handshake(contexts=())
     with pytest.raises(LocalProtocolError) as info:
         client.send(Request(type=c.Cmd.BLOCK_STATUS, length=512, cookie=1))
     assert info.value.rule == "block-status-needs-contexts"
