@@ -1,0 +1,200 @@
+"""Transmission-phase commands: one request in, the reply events out.
+
+Reply shapes follow what was negotiated: simple replies without structured
+replies; with structured replies, reads (and every error) use chunks and
+holes go out as ``NBD_REPLY_TYPE_OFFSET_HOLE``; with extended headers every
+reply is an extended chunk.  Client violations found by the protocol state
+machine become error replies with the errno the spec names, so the server
+stays in sync.
+"""
+
+from __future__ import annotations
+
+from harness.protocol import constants as c
+from harness.protocol.codec import chunk, decode_block_status_payload
+from harness.protocol.messages import (
+    ChunkBlockStatus,
+    ChunkError,
+    ChunkNone,
+    ChunkOffsetData,
+    ChunkOffsetHole,
+    ChunkPayload,
+    Extent,
+    ReplyChunk,
+    Request,
+    SimpleReply,
+)
+from harness.protocol.state import Negotiated, Violation
+
+from ._types import BackendIOError, FastZeroUnsupported, ReadOnlyError
+from .config import ExportConfig
+from .storage import Backend
+
+Reply = SimpleReply | ReplyChunk
+
+
+class CommandError(Exception):
+    """A command failed with an NBD errno and a message for the client's user."""
+
+    def __init__(self, errno: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.message = message
+
+
+class Executor:
+    """Runs the commands of one connection against its export's backend."""
+
+    def __init__(self, negotiated: Negotiated, export: ExportConfig, backend: Backend) -> None:
+        self.neg = negotiated
+        self.export = export
+        self.backend = backend
+
+    # --- reply construction -------------------------------------------------------
+
+    @property
+    def chunked(self) -> bool:
+        return self.neg.structured_replies or self.neg.extended_headers
+
+    def _chunk(self, req: Request, payload: ChunkPayload, done: bool) -> ReplyChunk:
+        return chunk(req.cookie, payload, done=done, extended=self.neg.extended_headers,
+                     offset=req.offset)
+
+    def success(self, req: Request) -> list[Reply]:
+        if self.neg.extended_headers:
+            return [self._chunk(req, ChunkNone(), True)]
+        return [SimpleReply(req.cookie)]
+
+    def failure(self, req: Request, errno: int, message: str) -> list[Reply]:
+        # Structured replies: "SHOULD prefer sending errors via a structured reply";
+        # reads MUST NOT get a simple reply.
+        if self.chunked:
+            return [self._chunk(req, ChunkError(errno, message[:4096]), True)]
+        return [SimpleReply(req.cookie, errno)]
+
+    # --- dispatch -----------------------------------------------------------------
+
+    def execute(self, req: Request, violations: list[Violation]) -> list[Reply]:
+        if violations:
+            first = violations[0]
+            return self.failure(req, first.errno, f"{first.message} (spec: {first.section})")
+        try:
+            return self._run(req)
+        except CommandError as exc:
+            return self.failure(req, exc.errno, exc.message)
+        except ReadOnlyError as exc:
+            return self.failure(req, c.Errno.EPERM, str(exc))
+        except FastZeroUnsupported as exc:
+            return self.failure(req, c.Errno.ENOTSUP, str(exc) or "zeroing would not be fast")
+        except BackendIOError as exc:
+            return self.failure(req, c.Errno.EIO, str(exc))
+        except ValueError as exc:
+            return self.failure(req, c.Errno.EINVAL, str(exc))
+
+    def _run(self, req: Request) -> list[Reply]:
+        backend, flags = self.backend, req.flags
+        fua = bool(flags & c.CmdFlag.FUA)
+        match req.type:
+            case c.Cmd.READ:
+                return self._read(req)
+            case c.Cmd.WRITE:
+                backend.write(req.offset, req.payload, fua=fua)
+            case c.Cmd.FLUSH:
+                backend.flush()
+            case c.Cmd.TRIM:
+                backend.trim(req.offset, req.length, fua=fua)
+            case c.Cmd.CACHE:
+                backend.cache(req.offset, req.length)
+            case c.Cmd.WRITE_ZEROES:
+                backend.write_zeroes(req.offset, req.length,
+                                     may_trim=not flags & c.CmdFlag.NO_HOLE,
+                                     fast=bool(flags & c.CmdFlag.FAST_ZERO), fua=fua)
+            case c.Cmd.BLOCK_STATUS:
+                return self._block_status(req)
+            case _:
+                raise CommandError(c.Errno.EINVAL, f"unsupported command {req.type}")
+        return self.success(req)
+
+    def _read(self, req: Request) -> list[Reply]:
+        if req.length == 0:
+            raise CommandError(c.Errno.EINVAL, "read of length 0")
+        if not self.chunked:
+            return [SimpleReply(req.cookie, 0, self.backend.read(req.offset, req.length))]
+        if req.flags & c.CmdFlag.DF:
+            # Don't fragment: exactly one content chunk.
+            segments = self.backend.segments(req.offset, req.length)
+            if len(segments) == 1 and segments[0][2]:
+                return [self._chunk(req, ChunkOffsetHole(req.offset, req.length), True)]
+            data = self.backend.read(req.offset, req.length)
+            return [self._chunk(req, ChunkOffsetData(req.offset, data), True)]
+        payloads: list[ChunkPayload] = []
+        for offset, length, is_zero in self.backend.segments(req.offset, req.length):
+            if is_zero:
+                payloads.append(ChunkOffsetHole(offset, length))
+            else:
+                payloads.append(ChunkOffsetData(offset, self.backend.read(offset, length)))
+        return [self._chunk(req, p, i == len(payloads) - 1) for i, p in enumerate(payloads)]
+
+    def _block_status(self, req: Request) -> list[Reply]:
+        neg = self.neg
+        length, ids = req.length, tuple(neg.meta_contexts)
+        if req.flags & c.CmdFlag.PAYLOAD_LEN:
+            payload = decode_block_status_payload(req.payload)
+            length, ids = payload.effect_length, payload.context_ids
+        if length == 0:
+            raise CommandError(c.Errno.EINVAL, "block status of length 0")
+        # The length is a hint: clip to the export, answer at least one extent.
+        length = min(length, self.backend.size - req.offset)
+        replies: list[Reply] = []
+        for index, context_id in enumerate(ids):
+            name = neg.meta_contexts[context_id]
+            extents = self.backend.block_status(name, req.offset, length)
+            extents = align_extents(extents, neg.min_block, name)
+            extents = extents[: c.MAX_EXTENTS_PER_CHUNK]
+            if req.flags & c.CmdFlag.REQ_ONE:
+                extents = extents[:1]
+            status = ChunkBlockStatus(context_id, tuple(Extent(e.length, e.flags) for e in extents),
+                                      wide=neg.extended_headers)
+            replies.append(self._chunk(req, status, index == len(ids) - 1))
+        return replies
+
+
+def align_extents(extents: list, block: int, context: str) -> list[Extent]:
+    """Merge extents so every length is a multiple of the minimum block size.
+
+    "The server MUST use descriptor lengths that are an integer multiple of
+    any advertised minimum block size."  A block that mixes states takes the
+    state that is safe to report: for ``base:allocation`` only the bits set
+    over the whole block (0 is always safe); for dirty bitmaps dirty if any
+    part is; for allocation depth the first part's depth.
+    """
+    if block <= 1:
+        return [Extent(e.length, e.flags) for e in extents]
+    out: list[Extent] = []
+    pos = 0
+    pieces = [(e.length, e.flags) for e in extents]
+    total = sum(length for length, _ in pieces)
+    starts = []
+    for length, flags in pieces:
+        starts.append((pos, pos + length, flags))
+        pos += length
+    block_start = 0
+    while block_start < total:
+        block_end = min(block_start + block, total)
+        covering = [f for s, e, f in starts if s < block_end and e > block_start]
+        if context == c.BASE_ALLOCATION:
+            value = covering[0]
+            for f in covering[1:]:
+                value &= f
+        elif context.startswith(c.QEMU_DIRTY_BITMAP_PREFIX):
+            value = 0
+            for f in covering:
+                value |= f
+        else:
+            value = covering[0]
+        if out and out[-1].flags == value:
+            out[-1] = Extent(out[-1].length + (block_end - block_start), value)
+        else:
+            out.append(Extent(block_end - block_start, value))
+        block_start = block_end
+    return out

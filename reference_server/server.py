@@ -1,0 +1,259 @@
+"""The reference NBD server: asyncio I/O around the sans-IO protocol package.
+
+``ReferenceServer(config)`` listens where the config says (TCP with a
+kernel-chosen port by default, or a unix socket) and runs one
+:class:`Session` per connection.  Each session drives a server-role
+:class:`~harness.protocol.Connection`, which judges everything the client
+sends; the answers come from :mod:`._options` and :mod:`._commands`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+from pathlib import Path
+
+from harness.protocol import NEED_DATA, Connection, Phase, Role
+from harness.protocol import constants as c
+from harness.protocol.errors import ProtocolError
+from harness.protocol.messages import (
+    ClientFlags,
+    ConnectionClosed,
+    Event,
+    ExportNameReply,
+    NewstyleGreeting,
+    OldstyleGreeting,
+    OptionRequest,
+    Request,
+)
+
+from ._commands import Executor
+from ._options import OptionContext, answer_option, export_needs_tls, transmission_flags
+from .config import ExportConfig, ServerConfig
+from .features import FULL, ServerFeatures
+from .storage import ExportRegistry
+
+log = logging.getLogger("nbd-harness.server")
+
+HANDSHAKE_TIMEOUT = 60.0
+IDLE_TIMEOUT = 3600.0
+READ_CHUNK = 1 << 20
+
+
+class SessionEnded(Exception):
+    """The session is over (peer closed, timeout, or we decided to close)."""
+
+
+def server_ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """A TLS context from the config's certificate directory (GnuTLS/qemu layout)."""
+    if config.tls == "off" or config.tls_certificates is None:
+        return None
+    directory = Path(config.tls_certificates)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    # The spec (section "TLS versions") requires TLS 1.2 or later.
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(directory / "server-cert.pem", directory / "server-key.pem")
+    ca = directory / "ca-cert.pem"
+    if ca.exists():
+        context.load_verify_locations(ca)
+    context.verify_mode = ssl.CERT_REQUIRED if config.tls_verify_peer else ssl.CERT_OPTIONAL
+    return context
+
+
+class Session:
+    """One client connection, from greeting to close."""
+
+    def __init__(self, server: ReferenceServer, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.conn = Connection(Role.SERVER, strict_remote=False)
+        self.peer = writer.get_extra_info("peername") or "unix"
+
+    async def run(self) -> None:
+        try:
+            export = await self._handshake()
+            if export is not None:
+                await self._transmission(export)
+        except SessionEnded as exc:
+            log.debug("session %s ended: %s", self.peer, exc)
+        except ProtocolError as exc:
+            log.info("session %s: client broke the protocol: %s", self.peer, exc)
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            log.info("session %s: connection error: %s", self.peer, exc)
+        finally:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.writer.wait_closed(), 5)
+
+    # --- I/O -------------------------------------------------------------------------
+
+    async def _next(self, timeout: float) -> Event:
+        while True:
+            event = self.conn.next_event()
+            if event is not NEED_DATA:
+                if isinstance(event, ConnectionClosed):
+                    raise SessionEnded("client closed the connection")
+                return event  # type: ignore[return-value]
+            try:
+                data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+            except TimeoutError:
+                raise SessionEnded(f"client idle for {timeout:.0f} s") from None
+            self.conn.receive_data(data)
+
+    async def _send(self, *events: Event) -> None:
+        for event in events:
+            self.writer.write(self.conn.send(event))
+        await self.writer.drain()
+
+    # --- handshake -------------------------------------------------------------------
+
+    def _option_context(self) -> OptionContext:
+        return OptionContext(self.server.config, self.server.features, self.server.registry,
+                             self.conn.negotiated, self.server.ssl_context is not None)
+
+    async def _handshake(self) -> ExportConfig | None:
+        config, features = self.server.config, self.server.features
+        if config.handshake == "oldstyle":
+            export = config.default
+            if export is None:
+                raise SessionEnded("no export to serve in oldstyle")
+            backend = self.server.registry.backend(export)
+            flags = transmission_flags(self._option_context(), export)
+            await self._send(OldstyleGreeting(backend.size, flags))
+            return export
+        flags = c.HandshakeFlag(0)
+        if config.handshake == "fixed-newstyle":
+            flags |= c.HandshakeFlag.FIXED_NEWSTYLE
+        if features.no_zeroes:
+            flags |= c.HandshakeFlag.NO_ZEROES
+        await self._send(NewstyleGreeting(int(flags)))
+        client_flags = await self._next(HANDSHAKE_TIMEOUT)
+        assert isinstance(client_flags, ClientFlags)
+        if self.conn.last_violations:
+            # "the server MUST close the TCP connection if it does not recognize the
+            # client's flags".
+            raise SessionEnded(self.conn.last_violations[0].message)
+        while True:
+            event = await self._next(HANDSHAKE_TIMEOUT)
+            assert isinstance(event, OptionRequest)
+            if event.option == c.Opt.EXPORT_NAME:
+                return await self._export_name()
+            outcome = answer_option(self._option_context(), event, self.conn.last_violations)
+            await self._send(*outcome.replies)
+            if outcome.close:
+                raise SessionEnded("client aborted negotiation")
+            if outcome.start_tls:
+                await self._start_tls()
+            if outcome.enter_transmission is not None:
+                return outcome.enter_transmission
+
+    async def _export_name(self) -> ExportConfig | None:
+        ctx = self._option_context()
+        neg = self.conn.negotiated
+        name = neg.export_name or ""
+        export = self.server.config.export(name)
+        if self.conn.last_violations or export is None or export_needs_tls(ctx, export):
+            # EXPORT_NAME cannot fail gracefully: "the server MUST terminate the session".
+            raise SessionEnded(f"NBD_OPT_EXPORT_NAME for {name!r} refused")
+        backend = self.server.registry.backend(export)
+        await self._send(ExportNameReply(backend.size, transmission_flags(ctx, export),
+                                         zeroes=not neg.no_zeroes))
+        return export
+
+    async def _start_tls(self) -> None:
+        context = self.server.ssl_context
+        assert context is not None
+        try:
+            await asyncio.wait_for(self.writer.start_tls(context), HANDSHAKE_TIMEOUT)
+        except (ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            # "If the handshake is unsuccessful ... the server MUST terminate the session".
+            raise SessionEnded(f"TLS handshake failed: {exc}") from None
+        self.conn.start_tls_done()
+
+    # --- transmission ------------------------------------------------------------------
+
+    async def _transmission(self, export: ExportConfig) -> None:
+        neg = self.conn.negotiated
+        backend = self.server.registry.backend(export)
+        executor = Executor(neg, export, backend)
+        while True:
+            event = await self._next(IDLE_TIMEOUT)
+            assert isinstance(event, Request)
+            if event.type == c.Cmd.DISC:
+                backend.flush()
+                raise SessionEnded("client sent NBD_CMD_DISC")
+            replies = executor.execute(event, self.conn.last_violations)
+            await self._send(*replies)
+            if self.conn.phase is Phase.CLOSED:
+                return
+
+
+class ReferenceServer:
+    """The server: listens, and runs a :class:`Session` per connection."""
+
+    def __init__(self, config: ServerConfig, features: ServerFeatures = FULL) -> None:
+        self.config = config
+        self.features = features
+        self.registry = ExportRegistry(config.exports)
+        self.ssl_context = server_ssl_context(config)
+        self._server: asyncio.AbstractServer | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
+        self.address = config.listen
+
+    async def start(self) -> None:
+        """Open the exports and start listening; :attr:`address` has the real port."""
+        for export in self.config.exports:
+            self.registry.backend(export)  # open now: configuration errors surface at start
+        listen = self.config.listen
+        if listen.kind == "unix":
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(listen.path)
+            self._server = await asyncio.start_unix_server(self._accept, listen.path)
+        else:
+            self._server = await asyncio.start_server(self._accept, listen.host, listen.port)
+            port = self._server.sockets[0].getsockname()[1]
+            self.address = listen.with_port(port)
+        if self.config.port_file is not None and self.address.kind == "tcp":
+            tmp = Path(f"{self.config.port_file}.tmp")
+            tmp.write_text(f"{self.address.port}\n")
+            tmp.replace(self.config.port_file)  # atomic: a watcher never reads half a number
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        try:
+            await Session(self, reader, writer).run()
+        finally:
+            self._sessions.discard(task)
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._sessions):
+            task.cancel()
+        if self._sessions:
+            await asyncio.wait(list(self._sessions), timeout=5)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+        if self.config.listen.kind == "unix":
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.config.listen.path)
+        self.registry.close()
+
+    async def __aenter__(self) -> ReferenceServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
