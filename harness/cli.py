@@ -15,8 +15,10 @@ import sys
 from harness.errors import UserError
 
 COMMAND_MODULES = [
+    "harness.commands.run",
     "harness.commands.serve",
-    "harness.commands.info",
+    "harness.commands.capture",
+    "harness.commands.dissect",
 ]
 
 

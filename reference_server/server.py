@@ -14,6 +14,8 @@ import contextlib
 import logging
 import os
 import ssl
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.protocol import NEED_DATA, Connection, Phase, Role
@@ -29,6 +31,7 @@ from harness.protocol.messages import (
     OptionRequest,
     Request,
 )
+from harness.protocol.state import Negotiated
 
 from ._commands import Executor
 from ._options import OptionContext, answer_option, export_needs_tls, transmission_flags
@@ -41,6 +44,37 @@ log = logging.getLogger("nbd-harness.server")
 HANDSHAKE_TIMEOUT = 60.0
 IDLE_TIMEOUT = 3600.0
 READ_CHUNK = 1 << 20
+
+
+@dataclass
+class SessionRecord:
+    """What one client did on one connection, as the server saw it."""
+
+    peer: str
+    options: list[str] = field(default_factory=list)  # "NBD_OPT_GO -> NBD_REP_ACK"
+    commands: Counter[str] = field(default_factory=Counter)
+    negotiated: Negotiated | None = None
+    client_violations: list[str] = field(default_factory=list)
+    export: str | None = None
+    end: str = ""
+
+    def summary(self) -> dict:
+        neg = self.negotiated or Negotiated()
+        return {
+            "peer": self.peer,
+            "style": neg.style,
+            "tls": neg.tls,
+            "structured_replies": neg.structured_replies,
+            "extended_headers": neg.extended_headers,
+            "no_zeroes": neg.no_zeroes,
+            "export": self.export,
+            "meta_contexts": sorted(neg.meta_contexts.values()),
+            "block_size_requested": neg.block_size_requested,
+            "options": list(self.options),
+            "commands": dict(self.commands),
+            "client_violations": list(self.client_violations),
+            "end": self.end,
+        }
 
 
 class SessionEnded(Exception):
@@ -72,20 +106,30 @@ class Session:
         self.reader = reader
         self.writer = writer
         self.conn = Connection(Role.SERVER, strict_remote=False)
-        self.peer = writer.get_extra_info("peername") or "unix"
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        self.record = SessionRecord(self.peer, negotiated=self.conn.negotiated)
 
     async def run(self) -> None:
         try:
             export = await self._handshake()
             if export is not None:
+                self.record.export = export.name
                 await self._transmission(export)
         except SessionEnded as exc:
+            self.record.end = str(exc)
             log.debug("session %s ended: %s", self.peer, exc)
         except ProtocolError as exc:
+            self.record.end = f"client broke the protocol: {exc}"
             log.info("session %s: client broke the protocol: %s", self.peer, exc)
         except (ConnectionError, ssl.SSLError, OSError) as exc:
+            self.record.end = f"connection error: {exc}"
             log.info("session %s: connection error: %s", self.peer, exc)
         finally:
+            self.record.client_violations = [
+                f"{v.rule}: {v.message}" for role, v in self.conn.violations if role is Role.CLIENT
+            ]
+            self.server.records.append(self.record)
             self.writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.writer.wait_closed(), 5)
@@ -144,6 +188,10 @@ class Session:
             if event.option == c.Opt.EXPORT_NAME:
                 return await self._export_name()
             outcome = answer_option(self._option_context(), event, self.conn.last_violations)
+            final = outcome.replies[-1] if outcome.replies else None
+            self.record.options.append(
+                f"{c.name_of(c.Opt, event.option)} -> "
+                + (c.name_of(c.Rep, final.reply_type) if final else "close"))
             await self._send(*outcome.replies)
             if outcome.close:
                 raise SessionEnded("client aborted negotiation")
@@ -153,6 +201,7 @@ class Session:
                 return outcome.enter_transmission
 
     async def _export_name(self) -> ExportConfig | None:
+        self.record.options.append("NBD_OPT_EXPORT_NAME")
         ctx = self._option_context()
         neg = self.conn.negotiated
         name = neg.export_name or ""
@@ -184,6 +233,7 @@ class Session:
         while True:
             event = await self._next(IDLE_TIMEOUT)
             assert isinstance(event, Request)
+            self.record.commands[c.name_of(c.Cmd, event.type)] += 1
             if event.type == c.Cmd.DISC:
                 backend.flush()
                 raise SessionEnded("client sent NBD_CMD_DISC")
@@ -204,6 +254,8 @@ class ReferenceServer:
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[asyncio.Task[None]] = set()
         self.address = config.listen
+        self.records: list[SessionRecord] = []
+        """One record per finished connection, in the order they ended."""
 
     async def start(self) -> None:
         """Open the exports and start listening; :attr:`address` has the real port."""
