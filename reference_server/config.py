@@ -1,0 +1,624 @@
+"""The reference server's configuration: a TOML file, or exports given on the command line.
+
+A file has one ``[server]`` table and any number of ``[[export]]`` tables::
+
+    [server]
+    listen = "tcp://127.0.0.1:0"      # or "unix:/path/to.sock", "tcp://[::1]:0"
+    tls = "off"                        # "off" | "optional" | "required"
+    handshake = "fixed-newstyle"       # | "newstyle" | "oldstyle"
+
+    [[export]]
+    name = "chain"
+    backend = "layers"                 # "memory" | "file" | "layers"
+    layers = ["top.raw", "base.raw"]   # top first, relative to this file
+
+Every key is listed in :data:`SERVER_KEYS` and :data:`EXPORT_KEYS` with its
+meaning; an unknown key is an error (typo protection).  Every mistake raises
+:class:`ConfigError` with one line naming the file, the table and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.address import Address, AddressError, parse_address
+from harness.errors import UserError
+from harness.protocol.constants import (
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MIN_BLOCK,
+    DEFAULT_PREFERRED_BLOCK,
+    MAX_MIN_BLOCK_SIZE,
+    MAX_STRING_LEN,
+    QEMU_DIRTY_BITMAP_PREFIX,
+)
+
+
+class ConfigError(UserError, ValueError):
+    """A mistake in the server configuration; the message says where and how to fix it."""
+
+
+ListenAddress = Address
+"""Where the server listens: ``kind`` "tcp" (``host``, ``port``) or "unix" (``path``)."""
+
+TlsMode = Literal["off", "optional", "required"]
+ExportTls = Literal["inherit", "required"]
+Handshake = Literal["fixed-newstyle", "newstyle", "oldstyle"]
+BackendKind = Literal["memory", "file", "layers"]
+
+TLS_MODES: tuple[TlsMode, ...] = ("off", "optional", "required")
+"""``off`` = NOTLS, ``optional`` = SELECTIVETLS, ``required`` = FORCEDTLS (spec "TLS support")."""
+EXPORT_TLS_MODES: tuple[ExportTls, ...] = ("inherit", "required")
+HANDSHAKES: tuple[Handshake, ...] = ("fixed-newstyle", "newstyle", "oldstyle")
+BACKENDS: tuple[BackendKind, ...] = ("memory", "file", "layers")
+
+TLS_CA_CERT = "ca-cert.pem"
+TLS_SERVER_CERT = "server-cert.pem"
+TLS_SERVER_KEY = "server-key.pem"
+
+MAX_EXPORT_SIZE = (1 << 63) - 1
+"""Largest export size we accept (qemu's limit; the wire field is 64 bits)."""
+MAX_PAYLOAD_LIMIT = 0xFFFFFFFF
+"""Largest maximum payload the 32-bit ``NBD_INFO_BLOCK_SIZE`` field can say ("no limit")."""
+MIN_BITMAP_GRANULARITY = 512
+MAX_BITMAP_GRANULARITY = 1 << 31
+"""qemu's bounds on a dirty bitmap's granularity."""
+DEFAULT_BITMAP_GRANULARITY = 64 * 1024
+
+SIZE_HINT = "(use e.g. 4096, 64k, 8M, 1G)"
+
+
+# --- values ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BitmapConfig:
+    """A dirty bitmap exported as ``qemu:dirty-bitmap:NAME``."""
+
+    name: str
+    granularity: int = DEFAULT_BITMAP_GRANULARITY
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """One export, validated, with sizes resolved to bytes and paths made absolute."""
+
+    name: str
+    size: int
+    backend: BackendKind = "memory"
+    path: Path | None = None
+    layers: tuple[Path, ...] = ()
+    read_only: bool = False
+    bitmaps: tuple[BitmapConfig, ...] = ()
+    description: str = ""
+    min_block_size: int = DEFAULT_MIN_BLOCK
+    preferred_block_size: int = DEFAULT_PREFERRED_BLOCK
+    max_payload_size: int = DEFAULT_MAX_PAYLOAD
+    block_size_configured: bool = False
+    """True when the config set any of the three block sizes (else they are the defaults)."""
+    block_size_required: bool = False
+    multi_conn: bool = True
+    tls: ExportTls = "inherit"
+    init_state: bool = False
+    rotational: bool = False
+    fast_zero: bool = True
+
+    @property
+    def has_default_block_sizes(self) -> bool:
+        """True when the constraints are the spec's defaults (1, 4096, 32 MiB)."""
+        return (self.min_block_size, self.preferred_block_size, self.max_payload_size) == (
+            DEFAULT_MIN_BLOCK,
+            DEFAULT_PREFERRED_BLOCK,
+            DEFAULT_MAX_PAYLOAD,
+        )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The whole server: where it listens, TLS, handshake style and its exports."""
+
+    listen: ListenAddress = field(default_factory=lambda: Address.tcp("127.0.0.1", 0))
+    tls: TlsMode = "off"
+    tls_certificates: Path | None = None
+    tls_verify_peer: bool = False
+    handshake: Handshake = "fixed-newstyle"
+    port_file: Path | None = None
+    default_export: str = ""
+    """Export served for the empty name; "" means the first export."""
+    list_exports: bool = True
+    exports: tuple[ExportConfig, ...] = ()
+    source: Path | None = None
+    """The file this configuration was read from (None when built in code)."""
+
+    def export(self, name: str) -> ExportConfig | None:
+        """The export a client asking for ``name`` gets: exact name first, then
+        for the empty name the default export; None when there is none."""
+        for export in self.exports:
+            if export.name == name:
+                return export
+        if name == "":
+            return self.default
+        return None
+
+    @property
+    def default(self) -> ExportConfig | None:
+        """The default export (``default_export``, else the first one)."""
+        if self.default_export:
+            return next((e for e in self.exports if e.name == self.default_export), None)
+        return self.exports[0] if self.exports else None
+
+
+# --- scalar parsers -------------------------------------------------------------------
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(?:([kmgtpe])(?:i?b)?|b)?\s*$", re.IGNORECASE)
+_SIZE_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
+
+
+def parse_size(text: int | str) -> int:
+    """Bytes for ``512``, ``"4k"``, ``"8M"``, ``"1G"``, ``"1T"``, ``"64KiB"``, ``"512B"``.
+
+    Units are binary (k = 1024) and case-insensitive.  Raises :class:`ConfigError`.
+    """
+    if isinstance(text, bool) or not isinstance(text, int | str):
+        raise ConfigError(f"{_show(text)} is not a size {SIZE_HINT}")
+    if isinstance(text, int):
+        if text < 0:
+            raise ConfigError(f"{text} is not a size: it is negative")
+        return text
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ConfigError(f"{_show(text)} is not a size {SIZE_HINT}")
+    return int(match.group(1)) << _SIZE_SHIFT[(match.group(2) or "").lower()]
+
+
+def parse_listen(url: str) -> ListenAddress:
+    """``tcp://HOST:PORT`` (port 0 = kernel-chosen, ``[::1]`` for IPv6) or ``unix:/PATH``."""
+    try:
+        return parse_address(url)
+    except AddressError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _show(value: object) -> str:
+    """A value as the user wrote it in TOML: strings in double quotes."""
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _is_power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+class _Where:
+    """Prefix for messages ("server.toml: export "a": ") and the base for relative paths."""
+
+    def __init__(self, prefix: str, base_dir: Path) -> None:
+        self.prefix = prefix
+        self.base_dir = base_dir
+
+    def child(self, part: str) -> _Where:
+        return _Where(f"{self.prefix}: {part}" if self.prefix else part, self.base_dir)
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(f"{self.prefix}: {message}" if self.prefix else message)
+
+
+def _boolean(where: _Where, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise where.error(f"{key} must be true or false, not {_show(value)}")
+    return value
+
+
+def _string(where: _Where, key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise where.error(f"{key} must be a string, not {_show(value)}")
+    if len(value.encode()) > MAX_STRING_LEN:
+        raise where.error(f"{key} is longer than {MAX_STRING_LEN} bytes (spec limit on strings)")
+    return value
+
+
+def _choice(where: _Where, key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        options = ", ".join(_show(choice) for choice in choices)
+        raise where.error(f"{key} {_show(value)} is not one of {options}")
+    return value
+
+
+def _size(where: _Where, key: str, value: Any) -> int:
+    try:
+        return parse_size(value)
+    except ConfigError as exc:
+        raise where.error(f"{key} {exc}") from None
+
+
+def _path(where: _Where, key: str, value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise where.error(f"{key} must be a non-empty path string, not {_show(value)}")
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else where.base_dir / path
+
+
+def _check_keys(where: _Where, table: Mapping[str, Any], known: Mapping[str, str]) -> None:
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f'did you mean "{close[0]}"? ' if close else ""
+            names = ", ".join(known)
+            raise where.error(f'unknown key "{key}" ({hint}known keys: {names})')
+
+
+SERVER_KEYS: dict[str, str] = {
+    "listen": 'where to listen: "tcp://HOST:PORT" (port 0 = kernel-chosen) or "unix:/PATH"',
+    "tls": '"off" (NOTLS), "optional" (SELECTIVETLS) or "required" (FORCEDTLS)',
+    "tls_certificates": f"directory with {TLS_CA_CERT}, {TLS_SERVER_CERT}, {TLS_SERVER_KEY}",
+    "tls_verify_peer": "require and verify client certificates (needs ca-cert.pem)",
+    "handshake": '"fixed-newstyle", "newstyle" or "oldstyle"',
+    "port_file": "file to write the chosen TCP port to",
+    "default_export": 'export served for the empty name ("" = the first export)',
+    "list_exports": "answer NBD_OPT_LIST (false: NBD_REP_ERR_POLICY)",
+}
+"""Keys of ``[server]`` and what they mean."""
+
+EXPORT_KEYS: dict[str, str] = {
+    "name": "export name (may be empty: the default export)",
+    "size": "export size: 512, 4k, 8M, 1G... (optional for file and layers)",
+    "backend": '"memory", "file" or "layers"',
+    "path": "raw image file (backend = file); created sparse when missing",
+    "layers": "backing chain of raw files, top first (backend = layers)",
+    "read_only": "refuse writes (NBD_FLAG_READ_ONLY)",
+    "bitmaps": 'dirty bitmaps: ["b0"] or [{name = "b0", granularity = "64k"}]',
+    "description": "NBD_INFO_DESCRIPTION text",
+    "min_block_size": "minimum block size (power of two, at most 64k)",
+    "preferred_block_size": "preferred block size (power of two, at least 512 and min)",
+    "max_payload_size": "maximum payload size (at least preferred, multiple of min)",
+    "block_size_required": "refuse NBD_OPT_GO without an NBD_INFO_BLOCK_SIZE request",
+    "multi_conn": "advertise NBD_FLAG_CAN_MULTI_CONN",
+    "tls": '"inherit" or "required" (TLS-only export when server tls = "optional")',
+    "init_state": "advertise the experimental NBD_INFO_INIT_STATE",
+    "rotational": "advertise NBD_FLAG_ROTATIONAL",
+    "fast_zero": "advertise NBD_FLAG_SEND_FAST_ZERO when the backend can zero fast",
+}
+"""Keys of ``[[export]]`` and what they mean."""
+
+BITMAP_KEYS: dict[str, str] = {
+    "name": "bitmap name (context qemu:dirty-bitmap:NAME)",
+    "granularity": "bytes per bit: power of two from 512 to 2G (default 64k)",
+}
+
+
+def load_config(path: Path | str) -> ServerConfig:
+    """Read and validate a TOML configuration file; raise :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as stream:
+            document = tomllib.load(stream)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: the file is not UTF-8") from None
+    return config_from_dict(document, base_dir=path.absolute().parent, source=path)
+
+
+def config_from_dict(
+    document: Mapping[str, Any], *, base_dir: Path | None = None, source: Path | None = None
+) -> ServerConfig:
+    """Validate an already parsed document (the shape of the TOML file).
+
+    Relative paths are relative to ``base_dir`` (default: the current directory);
+    messages start with ``source`` when given.
+    """
+    where = _Where(str(source) if source else "", base_dir or Path.cwd())
+    _check_keys(where, document, {"server": "[server] table", "export": "[[export]] tables"})
+    server_table = document.get("server", {})
+    if not isinstance(server_table, dict):
+        raise where.error("server must be a table: write [server]")
+    export_tables = document.get("export", [])
+    if not isinstance(export_tables, list) or not all(isinstance(t, dict) for t in export_tables):
+        raise where.error("export must be an array of tables: write [[export]] (two brackets)")
+
+    exports: list[ExportConfig] = []
+    for number, table in enumerate(export_tables, start=1):
+        export = _export_from_table(table, where, number)
+        if any(other.name == export.name for other in exports):
+            raise where.error(f'export "{export.name}" is defined twice (export names are unique)')
+        exports.append(export)
+    return _server_from_table(server_table, where.child("server"), tuple(exports), source)
+
+
+def _server_from_table(
+    table: Mapping[str, Any], where: _Where, exports: tuple[ExportConfig, ...], source: Path | None
+) -> ServerConfig:
+    _check_keys(where, table, SERVER_KEYS)
+    values: dict[str, Any] = {}
+    if "listen" in table:
+        listen = _string(where, "listen", table["listen"])
+        try:
+            values["listen"] = parse_listen(listen)
+        except ConfigError as exc:
+            raise where.error(f"listen {exc}") from None
+    if "tls" in table:
+        values["tls"] = _choice(where, "tls", table["tls"], TLS_MODES)
+    if "tls_verify_peer" in table:
+        values["tls_verify_peer"] = _boolean(where, "tls_verify_peer", table["tls_verify_peer"])
+    if "tls_certificates" in table:
+        values["tls_certificates"] = _path(where, "tls_certificates", table["tls_certificates"])
+    if "handshake" in table:
+        values["handshake"] = _choice(where, "handshake", table["handshake"], HANDSHAKES)
+    if "port_file" in table:
+        values["port_file"] = _path(where, "port_file", table["port_file"])
+    if "default_export" in table:
+        values["default_export"] = _string(where, "default_export", table["default_export"])
+    if "list_exports" in table:
+        values["list_exports"] = _boolean(where, "list_exports", table["list_exports"])
+    config = ServerConfig(exports=exports, source=source, **values)
+
+    if config.tls != "off":
+        if config.handshake != "fixed-newstyle":
+            raise where.error(
+                f'tls = "{config.tls}" needs handshake = "fixed-newstyle" '
+                f'(spec: TLS requires fixed newstyle negotiation), not "{config.handshake}"'
+            )
+        _check_certificates(where, config)
+    if config.tls_verify_peer and config.tls == "off":
+        raise where.error('tls_verify_peer = true needs tls = "optional" or "required"')
+    if config.port_file is not None and config.listen.kind != "tcp":
+        raise where.error("port_file only makes sense with a tcp:// listen address")
+    if config.default_export and config.default is None:
+        names = ", ".join(f'"{e.name}"' for e in exports) or "none"
+        raise where.error(
+            f'default_export "{config.default_export}" is not an export (exports: {names})'
+        )
+    for export in exports:
+        if export.tls == "required" and config.tls == "off":
+            raise where.error(
+                f'export "{export.name}" has tls = "required" but the server has tls = "off"'
+            )
+    return config
+
+
+def _check_certificates(where: _Where, config: ServerConfig) -> None:
+    directory = config.tls_certificates
+    if directory is None:
+        raise where.error(
+            f'tls = "{config.tls}" needs tls_certificates = "DIR" '
+            f"(with {TLS_SERVER_CERT} and {TLS_SERVER_KEY})"
+        )
+    if not directory.is_dir():
+        raise where.error(f"tls_certificates {directory}: no such directory")
+    needed = [TLS_SERVER_CERT, TLS_SERVER_KEY] + ([TLS_CA_CERT] if config.tls_verify_peer else [])
+    for name in needed:
+        if not (directory / name).is_file():
+            raise where.error(f"tls_certificates {directory}: {name} is missing")
+
+
+def _export_from_table(table: Mapping[str, Any], where: _Where, number: int) -> ExportConfig:
+    if "name" not in table:
+        raise where.error(f'export #{number} needs a name = "..." key')
+    name = _string(where.child(f"export #{number}"), "name", table["name"])
+    where = where.child(f'export "{name}"')
+    _check_keys(where, table, EXPORT_KEYS)
+    get = table.get
+
+    backend = _choice(where, "backend", get("backend", "memory"), BACKENDS)
+    read_only = _boolean(where, "read_only", get("read_only", False))
+    path: Path | None = None
+    layers: tuple[Path, ...] = ()
+    if backend == "file":
+        if "path" not in table:
+            raise where.error('backend = "file" needs path = "FILE"')
+        path = _path(where, "path", table["path"])
+    elif "path" in table:
+        raise where.error(f'path is only for backend = "file" (this export has "{backend}")')
+    if backend == "layers":
+        raw_layers = get("layers")
+        if not isinstance(raw_layers, list) or not raw_layers:
+            raise where.error('backend = "layers" needs layers = ["top.raw", "base.raw", ...]')
+        layers = tuple(_path(where, "layers", layer) for layer in raw_layers)
+        if len({layer.resolve() for layer in layers}) != len(layers):
+            raise where.error("layers lists the same file twice (each layer is a different file)")
+    elif "layers" in table:
+        raise where.error(f'layers is only for backend = "layers" (this export has "{backend}")')
+
+    size = _export_size(where, table, backend, path, layers, read_only)
+    minimum, preferred, maximum = _block_sizes(where, table)
+    if size % minimum:
+        raise where.error(
+            f"size {size} is not a multiple of min_block_size {minimum} "
+            '(the client could not reach the last bytes; spec "Size constraints")'
+        )
+
+    return ExportConfig(
+        name=name,
+        size=size,
+        backend=backend,
+        path=path,
+        layers=layers,
+        read_only=read_only,
+        bitmaps=_bitmaps(where, get("bitmaps", [])),
+        description=_string(where, "description", get("description", "")),
+        min_block_size=minimum,
+        preferred_block_size=preferred,
+        max_payload_size=maximum,
+        block_size_configured=any(
+            key in table for key in ("min_block_size", "preferred_block_size", "max_payload_size")
+        ),
+        block_size_required=_boolean(
+            where, "block_size_required", get("block_size_required", False)
+        ),
+        multi_conn=_boolean(where, "multi_conn", get("multi_conn", True)),
+        tls=_choice(where, "tls", get("tls", "inherit"), EXPORT_TLS_MODES),
+        init_state=_boolean(where, "init_state", get("init_state", False)),
+        rotational=_boolean(where, "rotational", get("rotational", False)),
+        fast_zero=_boolean(where, "fast_zero", get("fast_zero", True)),
+    )
+
+
+def _export_size(
+    where: _Where,
+    table: Mapping[str, Any],
+    backend: str,
+    path: Path | None,
+    layers: tuple[Path, ...],
+    read_only: bool,
+) -> int:
+    size = _size(where, "size", table["size"]) if "size" in table else None
+    if size is not None and size > MAX_EXPORT_SIZE:
+        raise where.error(f"size {size} is larger than the largest export size (2^63 - 1)")
+    if backend == "memory":
+        if size is None:
+            raise where.error('backend = "memory" needs a size (e.g. size = "64M")')
+        return size
+    if backend == "file":
+        assert path is not None
+        if path.is_dir():
+            raise where.error(f"path {path}: is a directory, not a raw image file")
+        if path.exists():
+            return size if size is not None else path.stat().st_size
+        if read_only:
+            raise where.error(f"path {path}: no such file (a read-only export cannot create it)")
+        if not path.parent.is_dir():
+            raise where.error(f"path {path}: directory {path.parent} does not exist")
+        if size is None:
+            raise where.error(f"path {path}: no such file; give a size to create it sparse")
+        return size
+    for index, layer in enumerate(layers, start=1):
+        if not layer.is_file():
+            what = "no such file" if not layer.exists() else "not a regular file"
+            raise where.error(f"layers[{index}] {layer}: {what} (layer files are never created)")
+    return size if size is not None else max(layer.stat().st_size for layer in layers)
+
+
+def _block_sizes(where: _Where, table: Mapping[str, Any]) -> tuple[int, int, int]:
+    """Resolve and check the three constraints (spec "Size constraints")."""
+    minimum = _size(where, "min_block_size", table.get("min_block_size", DEFAULT_MIN_BLOCK))
+    if not _is_power_of_two(minimum) or minimum > MAX_MIN_BLOCK_SIZE:
+        raise where.error(
+            f"min_block_size {minimum} must be a power of two from 1 to {MAX_MIN_BLOCK_SIZE}"
+        )
+    preferred_default = max(DEFAULT_PREFERRED_BLOCK, minimum)
+    preferred = _size(
+        where, "preferred_block_size", table.get("preferred_block_size", preferred_default)
+    )
+    floor = max(minimum, 512)
+    if not _is_power_of_two(preferred) or preferred < floor:
+        raise where.error(
+            f"preferred_block_size {preferred} must be a power of two of at least {floor} "
+            "(at least 512 and min_block_size)"
+        )
+    maximum_default = max(DEFAULT_MAX_PAYLOAD, preferred)
+    maximum = _size(where, "max_payload_size", table.get("max_payload_size", maximum_default))
+    if maximum < preferred or maximum > MAX_PAYLOAD_LIMIT:
+        raise where.error(
+            f"max_payload_size {maximum} must be from preferred_block_size ({preferred}) "
+            f"to {MAX_PAYLOAD_LIMIT:#x}"
+        )
+    if maximum % minimum and maximum != MAX_PAYLOAD_LIMIT:
+        raise where.error(
+            f"max_payload_size {maximum} must be a multiple of min_block_size {minimum}"
+        )
+    return minimum, preferred, maximum
+
+
+def _bitmaps(where: _Where, raw: Any) -> tuple[BitmapConfig, ...]:
+    if not isinstance(raw, list):
+        raise where.error('bitmaps must be a list: ["b0"] or [{name = "b0", granularity = "64k"}]')
+    bitmaps: list[BitmapConfig] = []
+    for item in raw:
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict):
+            raise where.error(
+                f"bitmaps: {_show(item)} is neither a name nor a {{name = ...}} table"
+            )
+        _check_keys(where.child("bitmaps"), item, BITMAP_KEYS)
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise where.error("bitmaps: every bitmap needs a non-empty name")
+        if len((QEMU_DIRTY_BITMAP_PREFIX + name).encode()) > MAX_STRING_LEN:
+            raise where.error(f'bitmap "{name[:40]}...": name too long for a context name')
+        granularity = _size(
+            where.child(f'bitmap "{name}"'),
+            "granularity",
+            item.get("granularity", DEFAULT_BITMAP_GRANULARITY),
+        )
+        if not (
+            _is_power_of_two(granularity)
+            and MIN_BITMAP_GRANULARITY <= granularity <= MAX_BITMAP_GRANULARITY
+        ):
+            raise where.error(
+                f'bitmap "{name}": granularity {granularity} must be a power of two from 512 to 2G'
+            )
+        if any(bitmap.name == name for bitmap in bitmaps):
+            raise where.error(f'bitmap "{name}" is listed twice')
+        bitmaps.append(BitmapConfig(name, granularity))
+    return tuple(bitmaps)
+
+
+# --- exports on the command line -----------------------------------------------------------
+
+EXPORT_SPEC_HELP = (
+    "NAME=memory:SIZE, NAME=file:PATH[:SIZE] or NAME=layers:TOP,BASE[,...][:SIZE], "
+    "each optionally ending in :ro"
+)
+
+
+def parse_export_spec(spec: str, base_dir: Path | None = None) -> ExportConfig:
+    """An export from a command-line spec: ``NAME=memory:64M``, ``NAME=file:PATH``,
+    ``NAME=file:PATH:64M`` (size to create a missing file), ``NAME=layers:TOP,BASE``;
+    a trailing ``:ro`` makes it read-only.  Relative paths are relative to
+    ``base_dir`` (default: the current directory)."""
+    where = _Where(f"export spec {_show(spec)}", (base_dir or Path.cwd()).resolve())
+    name, equals, rest = spec.partition("=")
+    kind, colon, argument = rest.partition(":")
+    if not equals or not colon or kind not in BACKENDS:
+        raise where.error(f"expected {EXPORT_SPEC_HELP}")
+    table: dict[str, Any] = {"name": name, "backend": kind}
+    if argument.endswith(":ro") or argument == "ro":
+        table["read_only"] = True
+        argument = argument[: -len(":ro")] if argument.endswith(":ro") else ""
+    if kind == "memory":
+        table["size"] = argument
+    else:
+        head, colon, last = argument.rpartition(":")
+        if colon and head and _SIZE_RE.match(last):
+            table["size"], argument = last, head
+        if not argument:
+            raise where.error(f"{kind} needs a path: {EXPORT_SPEC_HELP}")
+        if kind == "file":
+            table["path"] = argument
+        else:
+            table["layers"] = argument.split(",")
+    return _export_from_table(table, where, 1)
+
+
+__all__ = [
+    "BACKENDS",
+    "EXPORT_KEYS",
+    "SERVER_KEYS",
+    "BitmapConfig",
+    "ConfigError",
+    "ExportConfig",
+    "ListenAddress",
+    "ServerConfig",
+    "config_from_dict",
+    "load_config",
+    "parse_export_spec",
+    "parse_listen",
+    "parse_size",
+]
