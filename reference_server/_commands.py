@@ -170,31 +170,40 @@ def align_extents(extents: list, block: int, context: str) -> list[Extent]:
     """
     if block <= 1:
         return [Extent(e.length, e.flags) for e in extents]
+    combine_or = context.startswith(c.QEMU_DIRTY_BITMAP_PREFIX)
+    combine_and = context == c.BASE_ALLOCATION
     out: list[Extent] = []
-    pos = 0
-    pieces = [(e.length, e.flags) for e in extents]
-    total = sum(length for length, _ in pieces)
-    starts = []
-    for length, flags in pieces:
-        starts.append((pos, pos + length, flags))
-        pos += length
-    block_start = 0
-    while block_start < total:
-        block_end = min(block_start + block, total)
-        covering = [f for s, e, f in starts if s < block_end and e > block_start]
-        if context == c.BASE_ALLOCATION:
-            value = covering[0]
-            for f in covering[1:]:
-                value &= f
-        elif context.startswith(c.QEMU_DIRTY_BITMAP_PREFIX):
-            value = 0
-            for f in covering:
-                value |= f
-        else:
-            value = covering[0]
+
+    def emit(length: int, value: int) -> None:
         if out and out[-1].flags == value:
-            out[-1] = Extent(out[-1].length + (block_end - block_start), value)
+            out[-1] = Extent(out[-1].length + length, value)
         else:
-            out.append(Extent(block_end - block_start, value))
-        block_start = block_end
+            out.append(Extent(length, value))
+
+    pos = 0
+    partial: int | None = None  # combined status of the block being assembled
+    partial_len = 0
+    for extent in extents:
+        length, value = extent.length, extent.flags
+        if partial is not None:
+            # Finish the block started by an earlier extent.
+            take = min(length, block - partial_len)
+            partial = (partial & value if combine_and else partial | value if combine_or
+                       else partial)
+            partial_len += take
+            length -= take
+            pos += take
+            if partial_len == block:
+                emit(block, partial)
+                partial, partial_len = None, 0
+        whole = length - length % block
+        if whole:
+            emit(whole, value)
+            length -= whole
+            pos += whole
+        if length:
+            partial, partial_len = value, length
+            pos += length
+    if partial is not None:
+        emit(partial_len, partial)  # the export's unaligned tail
     return out

@@ -248,3 +248,25 @@ def test_out_of_turn_bytes_are_a_remote_error():
     with pytest.raises(RemoteProtocolError) as info:
         client.next_event()
     assert info.value.rule == "out-of-turn"
+
+
+def test_undefined_flag_bits_are_violations():
+    """Bits the spec does not define at all (not just other known flags) are caught."""
+    client, server = handshake()
+    client.strict_local = False
+    server.receive_data(client.send(Request(type=c.Cmd.READ, length=512, cookie=1, flags=0x8000)))
+    server.next_event()
+    assert [v.rule for v in server.last_violations] == ["command-flag-invalid"]
+    server.strict_local = False
+    client.strict_local = True
+    bad = chunk(1, ChunkOffsetHole(0, 512), done=True)
+    bad = type(bad)(bad.cookie, bad.type, bad.flags | 0x10, bad.payload)
+    client.receive_data(server.send(bad))
+    with pytest.raises(RemoteProtocolError) as info:
+        client.next_event()
+    assert info.value.rule == "reply-flags-unknown"
+    fresh = Connection(Role.SERVER, strict_remote=False)
+    fresh.send(NewstyleGreeting(1))
+    fresh.receive_data(b"\x00\x00\x01\x01")
+    fresh.next_event()
+    assert [v.rule for v in fresh.last_violations] == ["client-flags-unknown"]

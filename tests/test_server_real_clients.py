@@ -49,10 +49,15 @@ def start(tmp_path: Path, document: dict) -> ServerThread:
 
 @pytest.fixture
 def memory_server(tmp_path: Path) -> Iterator[ServerThread]:
-    server = start(tmp_path, {"export": [
-        {"name": "disk", "size": "8M", "description": "scratch disk", "bitmaps": ["b0"]},
-        {"name": "ro", "size": "1M", "read_only": True},
-    ]})
+    server = start(
+        tmp_path,
+        {
+            "export": [
+                {"name": "disk", "size": "8M", "description": "scratch disk", "bitmaps": ["b0"]},
+                {"name": "ro", "size": "1M", "read_only": True},
+            ]
+        },
+    )
     try:
         yield server
     finally:
@@ -85,10 +90,20 @@ def layered(tmp_path: Path) -> Iterator[tuple[ServerThread, bytes, bytes]]:
     with open(tmp_path / "top.raw", "wb") as top:
         top.truncate(size)
         os.pwrite(top.fileno(), top_data, 64 * KiB)
-    server = start(tmp_path, {"export": [{
-        "name": "chain", "backend": "layers", "layers": ["top.raw", "base.raw"],
-        "description": "two-layer chain", "bitmaps": ["b0"],
-    }]})
+    server = start(
+        tmp_path,
+        {
+            "export": [
+                {
+                    "name": "chain",
+                    "backend": "layers",
+                    "layers": ["top.raw", "base.raw"],
+                    "description": "two-layer chain",
+                    "bitmaps": ["b0"],
+                }
+            ]
+        },
+    )
     try:
         yield server, base_data, top_data
     finally:
@@ -103,8 +118,11 @@ def test_nbdinfo_lists_exports_with_details(memory_server, require_programs):
     disk = exports["disk"]
     assert disk["export-size"] == 8 * MiB
     assert disk["description"] == "scratch disk"
-    assert set(disk["contexts"]) == {"base:allocation", "qemu:allocation-depth",
-                                     "qemu:dirty-bitmap:b0"}
+    assert set(disk["contexts"]) == {
+        "base:allocation",
+        "qemu:allocation-depth",
+        "qemu:dirty-bitmap:b0",
+    }
     assert disk["can_multi_conn"] and disk["can_fast_zero"] and disk["can_df"]
     assert exports["ro"]["is_read_only"] is True
     assert listing["protocol"] == "newstyle-fixed"
@@ -175,7 +193,7 @@ def test_chain_reads_and_writes_through_libnbd(layered, tmp_path, require_progra
 
 def test_nbdsh_write_zero_trim_read_back(memory_server, require_programs):
     require_programs("nbdsh")
-    script = f"""
+    script = """
 def pattern(offset, length, seed=1):
     out = bytearray(); block = offset // 8
     while len(out) < (offset % 8) + length:
@@ -198,11 +216,17 @@ h.block_status(8 * 1024 * 1024, 0, lambda c, o, e, err: ents.append((c, e)))
 print(ents)
 """
     out = run(["nbdsh", "--base-allocation", "-u", uri(memory_server), "-c", script]).stdout
-    (context, extents), = eval(out)  # noqa: S307 - our own script's repr of a list
+    ((context, extents),) = eval(out)
     assert context == "base:allocation"
     runs = [(extents[i], extents[i + 1]) for i in range(0, len(extents), 2)]
-    assert runs == [(4096, 3), (61440, 0), (65536, 2), (65536, 3), (69632, 0),
-                    (8 * MiB - 266240, 3)]
+    assert runs == [
+        (4096, 3),
+        (61440, 0),
+        (65536, 2),
+        (65536, 3),
+        (69632, 0),
+        (8 * MiB - 266240, 3),
+    ]
     # (zeroed with NO_HOLE: allocated zeroes; trimmed: hole; the rest as written)
 
 
@@ -231,14 +255,18 @@ def test_qemu_img_convert_from_server_is_bit_exact(tmp_path, require_programs):
         out.truncate(size)
         for offset in (0, 1 * MiB + 512, 3 * MiB):
             os.pwrite(out.fileno(), pattern(offset, 300 * KiB, seed=5), offset)
-    server = start(tmp_path, {"export": [{"name": "src", "backend": "file", "path": "source.raw",
-                                          "read_only": True}]})
+    server = start(
+        tmp_path,
+        {"export": [{"name": "src", "backend": "file", "path": "source.raw", "read_only": True}]},
+    )
     try:
         copy = tmp_path / "copy.raw"
         run(["qemu-img", "convert", "-f", "raw", "-O", "raw", uri(server, "src"), str(copy)])
         assert copy.read_bytes() == source.read_bytes()
-        compare = run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(source),
-                       uri(server, "src")], check=False)
+        compare = run(
+            ["qemu-img", "compare", "-f", "raw", "-F", "raw", str(source), uri(server, "src")],
+            check=False,
+        )
         assert compare.returncode == 0, compare.stdout + compare.stderr
     finally:
         server.stop()
@@ -249,17 +277,33 @@ def test_qemu_img_convert_into_server_and_qemu_io(memory_server, tmp_path, requi
     source = tmp_path / "in.raw"
     data = pattern(0, 2 * MiB, seed=7)
     source.write_bytes(data)
-    run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(source),
-         uri(memory_server)])
+    run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(source), uri(memory_server)])
     back = tmp_path / "back.raw"
     run(["qemu-img", "convert", "-f", "raw", "-O", "raw", uri(memory_server), str(back)])
     assert back.read_bytes()[: 2 * MiB] == data
     assert back.read_bytes()[2 * MiB :] == bytes(6 * MiB)
-    result = run(["qemu-io", "-f", "raw", uri(memory_server),
-                  "-c", "write -P 0xab 4M 64k", "-c", "read -P 0xab 4M 64k",
-                  "-c", "write -z 4160k 64k", "-c", "read -P 0 4160k 64k",
-                  "-c", "discard 0 64k", "-c", "read -P 0 0 64k",
-                  "-c", "flush"])
+    result = run(
+        [
+            "qemu-io",
+            "-f",
+            "raw",
+            uri(memory_server),
+            "-c",
+            "write -P 0xab 4M 64k",
+            "-c",
+            "read -P 0xab 4M 64k",
+            "-c",
+            "write -z 4160k 64k",
+            "-c",
+            "read -P 0 4160k 64k",
+            "-c",
+            "discard 0 64k",
+            "-c",
+            "read -P 0 0 64k",
+            "-c",
+            "flush",
+        ]
+    )
     assert "Pattern verification failed" not in result.stdout + result.stderr
     assert result.stdout.count("read 65536/65536 bytes") == 3
 
@@ -297,13 +341,27 @@ def test_block_size_constraints_advertised_and_enforced(tmp_path, require_progra
     require_programs("nbdinfo")
     import nbd
 
-    server = start(tmp_path, {"export": [{"name": "blk", "size": "1M", "min_block_size": 512,
-                                          "preferred_block_size": 4096,
-                                          "max_payload_size": "64k"}]})
+    server = start(
+        tmp_path,
+        {
+            "export": [
+                {
+                    "name": "blk",
+                    "size": "1M",
+                    "min_block_size": 512,
+                    "preferred_block_size": 4096,
+                    "max_payload_size": "64k",
+                }
+            ]
+        },
+    )
     try:
         info = nbdinfo_json(uri(server, "blk"))["exports"][0]
-        assert (info["block_size_minimum"], info["block_size_preferred"],
-                info["block_size_maximum"]) == (512, 4096, 65536)
+        assert (
+            info["block_size_minimum"],
+            info["block_size_preferred"],
+            info["block_size_maximum"],
+        ) == (512, 4096, 65536)
         handle = nbd.NBD()
         handle.connect_uri(uri(server, "blk"))
         try:
@@ -325,8 +383,9 @@ def test_old_handshake_styles(tmp_path, style, require_programs):
     require_programs("nbdsh")
     import nbd
 
-    server = start(tmp_path, {"server": {"handshake": style},
-                              "export": [{"name": "only", "size": "1M"}]})
+    server = start(
+        tmp_path, {"server": {"handshake": style}, "export": [{"name": "only", "size": "1M"}]}
+    )
     try:
         handle = nbd.NBD()
         if style == "newstyle":
@@ -351,8 +410,10 @@ def test_tls_modes_with_nbdinfo(tmp_path, mode, require_programs):
     exports = [{"name": "secret", "size": "1M", "tls": "required"}]
     if mode == "optional":
         exports.append({"name": "open", "size": "1M"})
-    server = start(tmp_path, {"server": {"tls": mode, "tls_certificates": str(pki.directory)},
-                              "export": exports})
+    server = start(
+        tmp_path,
+        {"server": {"tls": mode, "tls_certificates": str(pki.directory)}, "export": exports},
+    )
     port = server.address.port
     try:
         secure = f"nbds://127.0.0.1:{port}/secret?tls-certificates={pki.directory}"
@@ -369,8 +430,7 @@ def test_tls_modes_with_nbdinfo(tmp_path, mode, require_programs):
 def test_tls_off_refuses_nbds(memory_server, tmp_path, require_programs):
     require_programs("nbdinfo")
     pki = make_test_pki(tmp_path / "pki")
-    target = (f"nbds://127.0.0.1:{memory_server.address.port}/disk"
-              f"?tls-certificates={pki.directory}")
+    target = f"nbds://127.0.0.1:{memory_server.address.port}/disk?tls-certificates={pki.directory}"
     result = run(["nbdinfo", target], check=False)
     # NOTLS answers NBD_OPT_STARTTLS with NBD_REP_ERR_POLICY; nbds:// then gives up.
     assert result.returncode != 0
@@ -380,11 +440,15 @@ def test_tls_with_a_certificate_from_another_ca_fails(tmp_path, require_programs
     require_programs("nbdinfo")
     pki = make_test_pki(tmp_path / "pki")
     other = make_test_pki(tmp_path / "other", ca_name="someone else")
-    server = start(tmp_path, {"server": {"tls": "required", "tls_certificates": str(pki.directory)},
-                              "export": [{"name": "secret", "size": "1M"}]})
+    server = start(
+        tmp_path,
+        {
+            "server": {"tls": "required", "tls_certificates": str(pki.directory)},
+            "export": [{"name": "secret", "size": "1M"}],
+        },
+    )
     try:
-        target = (f"nbds://127.0.0.1:{server.address.port}/secret"
-                  f"?tls-certificates={other.directory}")
+        target = f"nbds://127.0.0.1:{server.address.port}/secret?tls-certificates={other.directory}"
         assert run(["nbdinfo", target], check=False).returncode != 0
     finally:
         server.stop()

@@ -51,7 +51,7 @@ def _power_of_two(value: int) -> bool:
 
 def check_client_flags(event: ClientFlags, neg: Negotiated) -> list[Violation]:
     out = []
-    if event.flags & ~KNOWN_CLIENT_FLAGS:
+    if event.flags & ~int(KNOWN_CLIENT_FLAGS):
         out.append(
             _v(
                 f"client flags {event.flags:#x} hold bits the spec does not define; the "
@@ -348,7 +348,7 @@ def check_request(req: Request, neg: Negotiated, in_flight: dict[int, InFlight])
             )
         )
     allowed = c.CMD_ALLOWED_FLAGS.get(req.type, c.CmdFlag(0))
-    extra = req.flags & ~allowed
+    extra = req.flags & ~int(allowed)
     if extra:
         out.append(
             _v(
@@ -582,7 +582,7 @@ def check_chunk(
             )
         )
         return out
-    if chunk.flags & ~c.ReplyFlag.DONE:
+    if chunk.flags & ~int(c.ReplyFlag.DONE):
         out.append(
             _v(
                 f"reply flags {chunk.flags:#x} hold bits not negotiated",
