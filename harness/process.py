@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 
+from harness.errors import UserError
+
 __all__ = [
     "ManagedProcess",
     "MissingProgramError",
@@ -59,8 +61,8 @@ class PeerError(Exception):
     """
 
 
-class MissingProgramError(PeerError):
-    """A program the harness needs is not installed."""
+class MissingProgramError(PeerError, UserError):
+    """A program the harness needs is not installed (a user error: the CLI prints one line)."""
 
 
 def find_program(name: str) -> str:
