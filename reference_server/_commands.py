@@ -26,7 +26,7 @@ from harness.protocol.messages import (
 )
 from harness.protocol.state import Negotiated, Violation
 
-from ._types import BackendIOError, FastZeroUnsupported, ReadOnlyError
+from ._types import StorageError, nbd_errno
 from .config import ExportConfig
 from .storage import Backend
 
@@ -82,14 +82,10 @@ class Executor:
             return self._run(req)
         except CommandError as exc:
             return self.failure(req, exc.errno, exc.message)
-        except ReadOnlyError as exc:
-            return self.failure(req, c.Errno.EPERM, str(exc))
-        except FastZeroUnsupported as exc:
-            return self.failure(req, c.Errno.ENOTSUP, str(exc) or "zeroing would not be fast")
-        except BackendIOError as exc:
-            return self.failure(req, c.Errno.EIO, str(exc))
-        except ValueError as exc:
-            return self.failure(req, c.Errno.EINVAL, str(exc))
+        except (StorageError, ValueError, MemoryError) as exc:
+            # One mapping for every backend failure (EPERM read-only, ENOTSUP fast zero,
+            # ENOSPC full disk, EIO, EINVAL range).
+            return self.failure(req, nbd_errno(exc), str(exc) or type(exc).__name__)
 
     def _run(self, req: Request) -> list[Reply]:
         backend, flags = self.backend, req.flags
