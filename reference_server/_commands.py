@@ -31,6 +31,9 @@ from .config import ExportConfig
 from .storage import Backend
 
 Reply = SimpleReply | ReplyChunk
+MAX_READ = 1 << 25
+"""Reads up to 2^25 bytes are served even above an advertised smaller maximum
+("SHOULD NOT be considered a denial of service attack"); longer ones get EOVERFLOW."""
 
 
 class CommandError(Exception):
@@ -114,6 +117,10 @@ class Executor:
     def _read(self, req: Request) -> list[Reply]:
         if req.length == 0:
             raise CommandError(c.Errno.EINVAL, "read of length 0")
+        if req.length > max(self.neg.max_payload, MAX_READ):
+            # "A server MAY reject a client's request with the error NBD_EOVERFLOW".
+            raise CommandError(c.Errno.EOVERFLOW, f"read of {req.length} bytes exceeds the "
+                               f"maximum payload {self.neg.max_payload}")
         if not self.chunked:
             return [SimpleReply(req.cookie, 0, self.backend.read(req.offset, req.length))]
         if req.flags & c.CmdFlag.DF:

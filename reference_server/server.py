@@ -44,6 +44,8 @@ log = logging.getLogger("nbd-harness.server")
 HANDSHAKE_TIMEOUT = 60.0
 IDLE_TIMEOUT = 3600.0
 READ_CHUNK = 1 << 20
+MAX_REQUEST_PAYLOAD = 64 << 20
+"""Twice the 2^25 bytes the spec says no one should treat as a denial of service."""
 
 
 @dataclass
@@ -105,7 +107,9 @@ class Session:
         self.server = server
         self.reader = reader
         self.writer = writer
-        self.conn = Connection(Role.SERVER, strict_remote=False)
+        # A request payload above MAX_REQUEST_PAYLOAD ends the session (hard disconnect)
+        # instead of being buffered: a hostile client cannot make us hold 4 GiB.
+        self.conn = Connection(Role.SERVER, strict_remote=False, max_payload=MAX_REQUEST_PAYLOAD)
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         self.record = SessionRecord(self.peer, negotiated=self.conn.negotiated)

@@ -196,3 +196,18 @@ def test_garbage_instead_of_an_option_closes_without_harm(server):
         assert client.closed_by_peer()
     with connect(server) as client:  # the server still serves others
         go(client)
+
+
+def test_oversized_requests_are_refused_without_buffering(server):
+    with connect(server) as client:
+        go(client)
+        client.send(Request(type=c.Cmd.READ, offset=0, length=(1 << 25) + 512, cookie=1))
+        reply = client.recv()
+        payload = decode_chunk_payload(reply.type, reply.payload)
+        assert isinstance(payload, ChunkError) and payload.error in (c.Errno.EOVERFLOW,
+                                                                     c.Errno.EINVAL)
+    with connect(server) as client:
+        go(client)
+        # A 3 GiB write header with no intent to send the data: hard disconnect.
+        client.send_raw(struct.pack(">IHHQQI", c.REQUEST_MAGIC, 0, c.Cmd.WRITE, 2, 0, 3 << 30))
+        assert client.closed_by_peer()
