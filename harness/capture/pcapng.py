@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from harness.protocol.constants import NBD_PORT
+
 Side = Literal["client", "server"]
 
 # pcapng block types and option codes (pcapng spec, draft-ietf-opsawg-pcapng).
@@ -50,7 +52,7 @@ CLIENT_MAC = bytes.fromhex("020000000001")
 SERVER_MAC = bytes.fromhex("020000000002")
 CLIENT_IP = bytes([127, 0, 0, 1])
 SERVER_IP = bytes([127, 0, 0, 1])
-SERVER_PORT = 10809  # IANA's NBD port (not in harness.protocol.constants: a TCP fact)
+SERVER_PORT = NBD_PORT  # Wireshark's NBD dissector applies to this port by default
 FIRST_CLIENT_PORT = 40000
 
 # 65535 (largest IPv4 total length) - 20 (IPv4 header) - 20 (TCP header): the

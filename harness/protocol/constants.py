@@ -50,6 +50,9 @@ RESERVED_MAGICS = frozenset({0x12560953, 0x96744668, 0x25609514})
 """Section "Reserved Magic values": historic values never valid on the wire."""
 
 
+NBD_PORT = 10809
+"""The IANA-reserved NBD port (section "Newstyle negotiation"); nbd:// URIs default to it."""
+
 # --- sizes and limits ---------------------------------------------------------
 
 OLDSTYLE_GREETING_LEN = 152  # 8 + 8 + 8 + 4 + 124
