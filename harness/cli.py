@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "harness.commands.run",
     "harness.commands.serve",
     "harness.commands.capture",
+    "harness.commands.info",
     "harness.commands.dissect",
 ]
 

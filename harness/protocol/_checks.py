@@ -392,6 +392,27 @@ def check_request(req: Request, neg: Negotiated, in_flight: dict[int, InFlight])
                 "write-needs-payload-len",
             )
         )
+    if req.payload and not (
+        req.type == c.Cmd.WRITE or (req.extended and req.flags & c.CmdFlag.PAYLOAD_LEN)
+    ):
+        out.append(
+            _v(
+                f"{cmd_name} carries {len(req.payload)} bytes of payload; only a write, or an "
+                "extended request with NBD_CMD_FLAG_PAYLOAD_LEN, has a payload",
+                "Request message",
+                "request-unexpected-payload",
+            )
+        )
+    if (req.type == c.Cmd.WRITE or req.flags & c.CmdFlag.PAYLOAD_LEN) and req.length != len(
+        req.payload
+    ):
+        out.append(
+            _v(
+                f"{cmd_name} header length {req.length} but {len(req.payload)} bytes of payload",
+                "Request message",
+                "request-length-mismatch",
+            )
+        )
     effect, ids, payload_error = effect_of(req)
     if payload_error is not None:
         out.append(_v(payload_error.message, section, payload_error.rule))
