@@ -1,0 +1,47 @@
+"""The second, independent reading of the wire: scapy layers and a stream decoder.
+
+``decode_capture(path)`` reads a pcap/pcapng file, reassembles every TCP
+connection and decodes the NBD in it statefully (handshake style, options and
+their replies, negotiated structured replies / extended headers / metadata
+contexts, requests paired with their replies by cookie).  The result is a
+:class:`Capture` of :class:`Session` objects holding :class:`WireMessage` and
+:class:`Undecoded` records that account for every captured byte.
+
+Only :mod:`harness.protocol.constants` is shared with the reference codec.
+"""
+
+from harness.dissect.contexts import describe_status
+from harness.dissect.decoder import decode_capture, decode_streams
+from harness.dissect.errors import CaptureError
+from harness.dissect.layers import fields_of
+from harness.dissect.model import (
+    CLIENT,
+    KINDS,
+    PHASES,
+    SERVER,
+    Capture,
+    NegotiatedState,
+    Session,
+    Undecoded,
+    WireMessage,
+)
+from harness.dissect.render import render_capture, render_json
+
+__all__ = [
+    "CLIENT",
+    "KINDS",
+    "PHASES",
+    "SERVER",
+    "Capture",
+    "CaptureError",
+    "NegotiatedState",
+    "Session",
+    "Undecoded",
+    "WireMessage",
+    "decode_capture",
+    "decode_streams",
+    "describe_status",
+    "fields_of",
+    "render_capture",
+    "render_json",
+]

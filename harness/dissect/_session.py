@@ -1,0 +1,609 @@
+"""Stateful NBD decoding of one session: two reassembled streams in, messages out.
+
+Both directions are read together, in capture order: at each step the next
+complete message of each direction is cut (framed) with what the session has
+negotiated so far, and the one completed first (the lower number of the last
+frame it needs) is decoded and applied.  Cutting depends on state (a simple
+reply carries data only after a READ; the export-name reply has 124 zeroes
+unless NO_ZEROES), and state changes only by applying messages, so this is the
+order in which the peers themselves learned things.  A direction that cannot be
+cut now (bad magic, or client bytes that only make sense once the server's
+pending reply is applied) waits while the other side can progress; when neither
+can, what is left is reported as undecoded with its reason.  Nothing here raises on bad input.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from scapy.packet import Packet, Raw
+
+from harness.dissect import layers as L
+from harness.dissect.contexts import describe_status
+from harness.dissect.model import CLIENT, DIRECTIONS, SERVER, Session, Undecoded, WireMessage
+from harness.dissect.stream import DirectionStream
+from harness.protocol import constants as c
+
+_OK, _NEED, _BAD, _BLOCKED, _END = range(5)
+
+# Per-direction reading positions (finer than NegotiatedState.phase: the client
+# is in transmission as soon as it sent EXPORT_NAME, the server once it replied).
+_AWAIT_GREETING = "await-greeting"
+_GREETING = "greeting"
+_FLAGS = "client-flags"
+_HANDSHAKE = "handshake"
+_TRANSMISSION = "transmission"
+_TLS = "tls"
+_ABORTED = "aborted"
+
+
+@dataclass
+class _Cut:
+    """The next message of a direction, or why there is none yet."""
+
+    status: int
+    kind: str = ""
+    length: int = 0  # _OK: message length; _NEED: bytes needed
+    layer: type[Packet] | None = None
+    reason: str = ""
+    end_frame: int = 0
+
+
+def _ok(kind: str, length: int, layer: type[Packet], available: int, what: str = "") -> _Cut:
+    if available < length:
+        return _Cut(_NEED, what or kind, length)
+    return _Cut(_OK, kind, length, layer)
+
+
+class SessionDecoder:
+    """Decodes one session into ``session`` (messages, undecoded, state, accounting)."""
+
+    def __init__(self, session: Session, streams: dict[str, DirectionStream]) -> None:
+        self.session = session
+        self.state = session.state
+        self.streams = streams
+        self.cursor = dict.fromkeys(DIRECTIONS, 0)
+        self.reading = {CLIENT: _AWAIT_GREETING, SERVER: _GREETING}
+        self.finished = dict.fromkeys(DIRECTIONS, False)
+        self.pending_options: list[WireMessage] = []
+        self.export_name_option: WireMessage | None = None
+        self.export_info: dict[str, Any] = {}
+        self.in_flight: dict[int, list[WireMessage]] = {}
+        for direction in DIRECTIONS:
+            session.bytes_total[direction] = streams[direction].total
+
+    # --- driving ----------------------------------------------------------------
+
+    def start_midstream(self) -> None:
+        """Guess where each side is when the capture joined after the greeting."""
+        server = self.streams[SERVER].data
+        client = self.streams[CLIENT].data
+        server_magic4 = struct.unpack_from(">I", server)[0] if len(server) >= 4 else None
+        client_magic4 = struct.unpack_from(">I", client)[0] if len(client) >= 4 else None
+        server_magic8 = struct.unpack_from(">Q", server)[0] if len(server) >= 8 else None
+        client_magic8 = struct.unpack_from(">Q", client)[0] if len(client) >= 8 else None
+        in_handshake = server_magic8 == c.OPTION_REPLY_MAGIC or client_magic8 == c.IHAVEOPT
+        phase = _HANDSHAKE if in_handshake else _TRANSMISSION
+        self.reading = {CLIENT: phase, SERVER: phase}
+        self.state.phase = phase
+        self.state.structured_replies = server_magic4 == c.STRUCTURED_REPLY_MAGIC
+        self.state.extended_headers = (
+            server_magic4 == c.EXTENDED_REPLY_MAGIC or client_magic4 == c.EXTENDED_REQUEST_MAGIC
+        )
+        self.session.notes.append(
+            f"joined mid-stream in the {phase} phase: the handshake was not captured, "
+            "so negotiated state is guessed from the first messages"
+        )
+
+    def run(self) -> Session:
+        """Decode both directions to the end; return the filled-in session."""
+        while True:
+            cuts = {d: self._cut(d) for d in DIRECTIONS if not self.finished[d]}
+            ready = [
+                (cut.end_frame, self._tie_order(d), d)
+                for d, cut in cuts.items()
+                if cut.status == _OK
+            ]
+            if ready:
+                direction = min(ready)[2]
+                self._apply(direction, cuts[direction])
+                continue
+            for direction, cut in cuts.items():
+                self._stop(direction, cut)
+            break
+        for direction in DIRECTIONS:
+            self._report_gaps(direction)
+        return self.session
+
+    def _tie_order(self, direction: str) -> int:
+        """Who goes first when both messages complete in the same frame.
+
+        Only streams given without frame numbers tie.  NBD is causal: during
+        option haggling a pending option's replies come before the client's
+        next option; otherwise the client's request comes before its reply.
+        """
+        server_first = self.reading[SERVER] == _HANDSHAKE and bool(
+            self.pending_options or self.export_name_option is not None
+        )
+        return int((direction == SERVER) != server_first)
+
+    # --- cutting ----------------------------------------------------------------
+
+    def _cut(self, direction: str) -> _Cut:
+        data = self.streams[direction].data
+        position = self.cursor[direction]
+        available = len(data) - position
+        if available == 0:
+            return _Cut(_END)
+        reading = self.reading[direction]
+        if reading == _TLS:
+            cut = _Cut(_OK, "tls", available, L.NBDOpaque)
+        elif direction == SERVER:
+            cut = self._cut_server(reading, data, position, available)
+        else:
+            cut = self._cut_client(reading, data, position, available)
+        if cut.status == _OK:
+            cut.end_frame = self.streams[direction].completing_frame(
+                position, position + cut.length
+            )
+        return cut
+
+    def _cut_server(self, reading: str, data: bytes, at: int, available: int) -> _Cut:
+        if reading == _GREETING:
+            if available < 16:
+                return _Cut(_NEED, "greeting", 16)
+            magic, second = struct.unpack_from(">QQ", data, at)
+            if magic != c.NBDMAGIC:
+                return _Cut(_BAD, reason=f"expected the NBDMAGIC greeting, found {magic:#018x}")
+            if second == c.CLISERV_MAGIC:
+                return _ok(
+                    "oldstyle-greeting", c.OLDSTYLE_GREETING_LEN, L.NBDOldstyleGreeting, available
+                )
+            if second == c.IHAVEOPT:
+                return _ok(
+                    "newstyle-greeting", c.NEWSTYLE_GREETING_LEN, L.NBDNewstyleGreeting, available
+                )
+            return _Cut(_BAD, reason=f"NBDMAGIC followed by an unknown magic {second:#018x}")
+        if reading == _HANDSHAKE:
+            if self.export_name_option is not None and not self._looks_like_option_reply(
+                data, at, available
+            ):
+                zeroes = 0 if self.state.no_zeroes else c.EXPORT_NAME_REPLY_ZEROES
+                return _ok("export-name-reply", 10 + zeroes, L.NBDExportNameReply, available)
+            if available < c.OPTION_REPLY_HEADER_LEN:
+                return _Cut(_NEED, "option reply header", c.OPTION_REPLY_HEADER_LEN)
+            magic, _option, _reply, length = struct.unpack_from(">QIII", data, at)
+            if magic != c.OPTION_REPLY_MAGIC:
+                return _Cut(_BAD, reason=f"expected an option reply magic, found {magic:#018x}")
+            return _ok(
+                "option-reply", c.OPTION_REPLY_HEADER_LEN + length, L.NBDOptionReply, available
+            )
+        if reading == _TRANSMISSION:
+            return self._cut_reply(data, at, available)
+        return _Cut(_BAD, reason=f"server data after the session was {reading}")
+
+    def _looks_like_option_reply(self, data: bytes, at: int, available: int) -> bool:
+        """An option reply to EXPORT_NAME (not valid, but framed as what it is)."""
+        if available < 12:
+            return False
+        magic, option = struct.unpack_from(">QI", data, at)
+        return magic == c.OPTION_REPLY_MAGIC and option == c.Opt.EXPORT_NAME
+
+    def _cut_reply(self, data: bytes, at: int, available: int) -> _Cut:
+        if available < 4:
+            return _Cut(_NEED, "reply magic", 4)
+        (magic,) = struct.unpack_from(">I", data, at)
+        if magic == c.SIMPLE_REPLY_MAGIC:
+            if available < c.SIMPLE_REPLY_LEN:
+                return _Cut(_NEED, "simple reply", c.SIMPLE_REPLY_LEN)
+            error, cookie = struct.unpack_from(">IQ", data, at + 4)
+            request = self._request_for(cookie)
+            read_length = 0
+            if error == 0 and request is not None and request.fields.get("type") == c.Cmd.READ:
+                read_length = request.fields.get("length", 0)
+            return _ok(
+                "simple-reply",
+                c.SIMPLE_REPLY_LEN + read_length,
+                L.NBDSimpleReply,
+                available,
+                "simple reply with READ data",
+            )
+        if magic == c.STRUCTURED_REPLY_MAGIC:
+            if available < c.STRUCTURED_REPLY_HEADER_LEN:
+                return _Cut(_NEED, "structured reply header", c.STRUCTURED_REPLY_HEADER_LEN)
+            (length,) = struct.unpack_from(">I", data, at + 16)
+            return _ok(
+                "chunk",
+                c.STRUCTURED_REPLY_HEADER_LEN + length,
+                L.NBDStructuredReply,
+                available,
+                "structured reply chunk",
+            )
+        if magic == c.EXTENDED_REPLY_MAGIC:
+            if available < c.EXTENDED_REPLY_HEADER_LEN:
+                return _Cut(_NEED, "extended reply header", c.EXTENDED_REPLY_HEADER_LEN)
+            (length,) = struct.unpack_from(">Q", data, at + 24)
+            return _ok(
+                "chunk",
+                c.EXTENDED_REPLY_HEADER_LEN + length,
+                L.NBDExtendedReply,
+                available,
+                "extended reply chunk",
+            )
+        return _Cut(_BAD, reason=f"expected a reply magic, found {magic:#010x}")
+
+    def _cut_client(self, reading: str, data: bytes, at: int, available: int) -> _Cut:
+        if reading == _AWAIT_GREETING:
+            return _Cut(_BLOCKED, reason="client data, but no server greeting was decoded")
+        if reading == _FLAGS:
+            return _ok("client-flags", 4, L.NBDClientFlags, available)
+        if reading == _HANDSHAKE:
+            if available < c.OPTION_HEADER_LEN:
+                return _Cut(_NEED, "option header", c.OPTION_HEADER_LEN)
+            magic, _option, length = struct.unpack_from(">QII", data, at)
+            if magic != c.IHAVEOPT:
+                return _Cut(_BAD, reason=f"expected an option (IHAVEOPT), found {magic:#018x}")
+            return _ok("option", c.OPTION_HEADER_LEN + length, L.NBDOption, available)
+        if reading == _TRANSMISSION:
+            return self._cut_request(data, at, available)
+        return _Cut(_BAD, reason=f"client data after the session was {reading}")
+
+    def _cut_request(self, data: bytes, at: int, available: int) -> _Cut:
+        if available < 4:
+            return _Cut(_NEED, "request magic", 4)
+        (magic,) = struct.unpack_from(">I", data, at)
+        if magic == c.REQUEST_MAGIC:
+            if available < c.REQUEST_LEN:
+                return _Cut(_NEED, "request header", c.REQUEST_LEN)
+            _flags, kind, _cookie, _offset, length = struct.unpack_from(">HHQQI", data, at + 4)
+            payload = length if kind == c.Cmd.WRITE else 0
+            return _ok(
+                "request", c.REQUEST_LEN + payload, L.NBDRequest, available, "request with its data"
+            )
+        if magic == c.EXTENDED_REQUEST_MAGIC:
+            if available < c.EXTENDED_REQUEST_LEN:
+                return _Cut(_NEED, "extended request header", c.EXTENDED_REQUEST_LEN)
+            flags, _kind, _cookie, _offset, length = struct.unpack_from(">HHQQQ", data, at + 4)
+            payload = length if flags & c.CmdFlag.PAYLOAD_LEN else 0
+            return _ok(
+                "request",
+                c.EXTENDED_REQUEST_LEN + payload,
+                L.NBDExtendedRequest,
+                available,
+                "extended request with its payload",
+            )
+        return _Cut(_BAD, reason=f"expected a request magic, found {magic:#010x}")
+
+    # --- applying ---------------------------------------------------------------
+
+    def _apply(self, direction: str, cut: _Cut) -> None:
+        stream = self.streams[direction]
+        at = self.cursor[direction]
+        raw = stream.data[at : at + cut.length]
+        assert cut.layer is not None
+        notes: list[str] = []
+        try:
+            packet: Packet = cut.layer(raw)
+        except Exception as exc:  # scapy may choke on nonsense; report, never raise
+            packet = Raw(raw)
+            notes.append(f"the {cut.layer.__name__} layer could not dissect it: {exc}")
+        fields = L.fields_of(packet)
+        handler = getattr(self, "_on_" + cut.kind.replace("-", "_"))
+        handler(direction, cut, packet, fields, notes)
+
+    def _emit(
+        self,
+        direction: str,
+        cut: _Cut,
+        packet: Packet,
+        fields: dict[str, Any],
+        notes: list[str],
+        name: str,
+        request: WireMessage | None = None,
+        option: WireMessage | None = None,
+    ) -> WireMessage:
+        stream = self.streams[direction]
+        at = self.cursor[direction]
+        frame = stream.frame_at(at)
+        message = WireMessage(
+            session=self.session.index,
+            direction=direction,
+            kind=cut.kind,
+            name=name,
+            frame=frame,
+            last_frame=cut.end_frame,
+            offset=at,
+            length=cut.length,
+            time=stream.time_of(frame),
+            packet=packet,
+            request=request,
+            option=option,
+            fields=fields,
+            notes=tuple(notes),
+        )
+        self.session.messages.append(message)
+        self.cursor[direction] = at + cut.length
+        if cut.kind == "tls":
+            self.session.bytes_tls[direction] += cut.length
+        else:
+            self.session.bytes_decoded[direction] += cut.length
+        return message
+
+    def _on_oldstyle_greeting(
+        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+    ) -> None:
+        self._emit(direction, cut, packet, fields, notes, "oldstyle greeting")
+        self.state.style = "oldstyle"
+        self.state.export_size = fields.get("size")
+        self.state.transmission_flags = fields.get("transmission_flags")
+        self._enter(_TRANSMISSION)
+
+    def _on_newstyle_greeting(
+        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+    ) -> None:
+        self._emit(direction, cut, packet, fields, notes, "newstyle greeting")
+        self.state.style = "newstyle"
+        self.state.handshake_flags = fields.get("handshake_flags", 0)
+        self.state.phase = "handshake"
+        self.reading[SERVER] = _HANDSHAKE
+        self.reading[CLIENT] = _FLAGS
+
+    def _on_client_flags(
+        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+    ) -> None:
+        self._emit(direction, cut, packet, fields, notes, "client flags")
+        flags = fields.get("client_flags", 0)
+        self.state.client_flags = flags
+        if flags & c.ClientFlag.C_FIXED_NEWSTYLE and (
+            self.state.handshake_flags & c.HandshakeFlag.FIXED_NEWSTYLE
+        ):
+            self.state.style = "fixed-newstyle"
+        # The server honours what the client asked (a server that did not offer
+        # NO_ZEROES must close instead), so the client's flag decides the framing.
+        self.state.no_zeroes = bool(flags & c.ClientFlag.C_NO_ZEROES)
+        self.reading[CLIENT] = _HANDSHAKE
+
+    def _on_option(
+        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+    ) -> None:
+        option = fields.get("option", -1)
+        if self.pending_options:
+            waiting = self.pending_options[0].name
+            notes.append(f"sent while {waiting} still awaited its final reply")
+        message = self._emit(direction, cut, packet, fields, notes, c.name_of(c.Opt, option))
+        if option == c.Opt.EXPORT_NAME:
+            self.export_name_option = message
+            self.state.export_name = fields.get("export_name")
+            self.reading[CLIENT] = _TRANSMISSION  # no reply on failure: the server hangs up
+            return
+        self.pending_options.append(message)
+        if option in (c.Opt.GO, c.Opt.INFO):
+            self.export_info = {}
+        elif option == c.Opt.SET_META_CONTEXT:
+            # "Issuing this command replaces all previously-set metadata contexts"
+            self.state.contexts = {}
+        elif option == c.Opt.ABORT:
+            self.reading[CLIENT] = _ABORTED
+            self.state.phase = "aborted"
+
+    def _on_option_reply(
+        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+    ) -> None:
+        reply_type = fields.get("reply_type", 0)
+        answered = self._match_option(fields.get("option", -1), notes)
+        self._emit(
+            direction, cut, packet, fields, notes, c.name_of(c.Rep, reply_type), option=answered
+        )
+        final = reply_type == c.Rep.ACK or c.is_rep_error(reply_type)
+        if final and answered in self.pending_options:
+            self.pending_options.remove(answered)
+        option = fields.get("option")
+        if answered is not None and answered.fields.get("option") != option:
+            return  # a reply naming another option than it answers changes nothing
+        if reply_type == c.Rep.META_CONTEXT and option == c.Opt.SET_META_CONTEXT:
+            self.state.contexts[fields.get("context_id", 0)] = fields.get("context_name", "")
+        elif reply_type == c.Rep.INFO and option in (c.Opt.GO, c.Opt.INFO):
+            self._note_info(fields)
+        elif reply_type == c.Rep.ACK:
+            self._on_ack(option, answered)
+        elif c.is_rep_error(reply_type) and option == c.Opt.SET_META_CONTEXT:
+            self.state.contexts = {}
+
+    def _note_info(self, fields: dict[str, Any]) -> None:
+        info_type = fields.get("info_type")
+        if info_type == c.Info.EXPORT:
+            self.export_info["size"] = fields.get("size")
+            self.export_info["transmission_flags"] = fields.get("transmission_flags")
+        elif info_type == c.Info.BLOCK_SIZE:
+            self.export_info["block_size"] = (
+                fields.get("minimum_block_size"),
+                fields.get("preferred_block_size"),
+                fields.get("maximum_payload_size"),
+            )
+
+    def _on_ack(self, option: int | None, answered: WireMessage | None) -> None:
+        if option == c.Opt.STRUCTURED_REPLY:
+            self.state.structured_replies = True
+        elif option == c.Opt.EXTENDED_HEADERS:
+            self.state.extended_headers = True
+        elif option == c.Opt.STARTTLS:
+            # Nothing negotiated before STARTTLS survives it, and nothing after
+            # it can be read.
+            self.state.tls = True
+            self.state.structured_replies = False
+            self.state.extended_headers = False
+            self.state.contexts = {}
+            self.reading[CLIENT] = self.reading[SERVER] = _TLS
+            self.state.phase = "tls"
+        elif option == c.Opt.GO:
+            if answered is not None:
+                self.state.export_name = answered.fields.get("export_name")
+            self.state.export_size = self.export_info.get("size")
+            self.state.transmission_flags = self.export_info.get("transmission_flags")
+            self.state.block_size = self.export_info.get("block_size")
+            self._enter(_TRANSMISSION)
+        elif option == c.Opt.ABORT:
+            self.reading[SERVER] = _ABORTED
+
+    def _match_option(self, option: int, notes: list[str]) -> WireMessage | None:
+        """The pending option this reply answers (replies come in option order)."""
+        if not self.pending_options:
+            notes.append("no option was awaiting a reply")
+            return None
+        head = self.pending_options[0]
+        if head.fields.get("option") == option:
+            return head
+        for pending in self.pending_options[1:]:
+            if pending.fields.get("option") == option:
+                notes.append(f"answers {pending.name} before the earlier {head.name}")
+                return pending
+        notes.append(f"names {c.name_of(c.Opt, option)} but {head.name} awaits the reply")
+        return head
+
+    def _on_export_name_reply(
+        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+    ) -> None:
+        self._emit(
+            direction,
+            cut,
+            packet,
+            fields,
+            notes,
+            "export name reply",
+            option=self.export_name_option,
+        )
+        self.export_name_option = None
+        self.state.export_size = fields.get("size")
+        self.state.transmission_flags = fields.get("transmission_flags")
+        self._enter(_TRANSMISSION)
+
+    def _on_request(
+        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+    ) -> None:
+        kind = fields.get("type", -1)
+        cookie = fields.get("cookie", 0)
+        extended = fields.get("magic") == c.EXTENDED_REQUEST_MAGIC
+        if extended != self.state.extended_headers:
+            notes.append(
+                ("extended" if extended else "compact")
+                + " request, framed by its magic although extended headers were "
+                + ("not " if not self.state.extended_headers else "")
+                + "negotiated"
+            )
+        earlier = self.in_flight.get(cookie)
+        if earlier:
+            notes.append(
+                f"cookie {cookie:#x} is still in flight (request in frame {earlier[0].frame})"
+            )
+        if "context_ids" in fields:
+            fields["context_names"] = [self.state.contexts.get(i) for i in fields["context_ids"]]
+        message = self._emit(direction, cut, packet, fields, notes, c.name_of(c.Cmd, kind))
+        if kind != c.Cmd.DISC:  # NBD_CMD_DISC has no reply
+            self.in_flight.setdefault(cookie, []).append(message)
+
+    def _on_simple_reply(
+        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+    ) -> None:
+        cookie = fields.get("cookie", 0)
+        request = self._request_for(cookie)
+        if request is None:
+            notes.append(
+                f"no request with cookie {cookie:#x} is in flight: header only (READ data, "
+                "if any, cannot be framed)"
+            )
+        else:
+            self._retire(cookie)
+        self._emit(direction, cut, packet, fields, notes, "simple reply", request=request)
+
+    def _on_chunk(
+        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+    ) -> None:
+        cookie = fields.get("cookie", 0)
+        request = self._request_for(cookie)
+        if request is None:
+            notes.append(f"no request with cookie {cookie:#x} is in flight")
+        if "descriptors" in fields and "context_id" in fields:
+            name = self.state.contexts.get(fields["context_id"])
+            fields["context_name"] = name
+            for descriptor in fields["descriptors"]:
+                descriptor["status_text"] = describe_status(name, descriptor.get("status", 0))
+        chunk_type = fields.get("type", -1)
+        self._emit(
+            direction,
+            cut,
+            packet,
+            fields,
+            notes,
+            c.name_of(c.ReplyType, chunk_type),
+            request=request,
+        )
+        if request is not None and fields.get("flags", 0) & c.ReplyFlag.DONE:
+            self._retire(cookie)
+
+    def _on_tls(
+        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+    ) -> None:
+        self._emit(direction, cut, packet, fields, notes, "TLS")
+
+    def _enter(self, phase: str) -> None:
+        self.reading[CLIENT] = self.reading[SERVER] = phase
+        self.state.phase = phase
+
+    def _request_for(self, cookie: int) -> WireMessage | None:
+        waiting = self.in_flight.get(cookie)
+        return waiting[0] if waiting else None
+
+    def _retire(self, cookie: int) -> None:
+        waiting = self.in_flight.get(cookie)
+        if waiting:
+            waiting.pop(0)
+            if not waiting:
+                del self.in_flight[cookie]
+
+    # --- what could not be read --------------------------------------------------
+
+    def _stop(self, direction: str, cut: _Cut) -> None:
+        self.finished[direction] = True
+        if cut.status == _END:
+            return
+        stream = self.streams[direction]
+        at = self.cursor[direction]
+        rest = len(stream.data) - at
+        if cut.status == _NEED:
+            where = (
+                f"before {stream.gaps[0][1]} missing bytes at offset {stream.gaps[0][0]}"
+                if stream.gaps and stream.gaps[0][0] == len(stream.data)
+                else "at the end of the capture"
+            )
+            reason = f"incomplete {cut.kind}: {rest} of {cut.length} bytes {where}"
+        else:
+            reason = cut.reason
+        self._undecoded(direction, at, rest, reason)
+
+    def _report_gaps(self, direction: str) -> None:
+        stream = self.streams[direction]
+        for offset, missing in stream.gaps:
+            self.session.notes.append(
+                f"{direction}: {missing} bytes missing at offset {offset} (not captured); "
+                "decoding of this direction stops there"
+            )
+        if stream.islands:
+            first_gap = stream.gaps[0]
+            for offset, length in stream.islands:
+                self._undecoded(
+                    direction,
+                    offset,
+                    length,
+                    f"captured after {first_gap[1]} missing bytes at offset {first_gap[0]}",
+                )
+        self.session.notes.extend(f"{direction}: {note}" for note in stream.notes)
+
+    def _undecoded(self, direction: str, offset: int, length: int, reason: str) -> None:
+        if length <= 0:
+            return
+        frame = self.streams[direction].frame_at(offset)
+        self.session.undecoded.append(
+            Undecoded(self.session.index, direction, offset, length, frame, reason)
+        )

@@ -1,0 +1,177 @@
+"""What the dissector hands out: sessions of decoded NBD messages.
+
+The conformance rules consume this model, so it says everything the wire said
+and nothing more: one :class:`WireMessage` per NBD message (with its scapy
+packet, plain field values, where it sits in the capture and which request or
+option it answers), one :class:`Undecoded` per region that could not be read
+(with the reason), and the :class:`NegotiatedState` the handshake arrived at.
+
+Every captured byte is accounted for, per direction::
+
+    bytes_total == bytes_decoded + bytes_tls + sum(undecoded lengths)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from scapy.packet import Packet
+
+CLIENT = "client"
+"""Direction of bytes sent by the client to the server."""
+SERVER = "server"
+"""Direction of bytes sent by the server to the client."""
+DIRECTIONS = (CLIENT, SERVER)
+
+KINDS = (
+    "oldstyle-greeting",
+    "newstyle-greeting",
+    "client-flags",
+    "option",
+    "option-reply",
+    "export-name-reply",
+    "request",
+    "simple-reply",
+    "chunk",
+    "tls",
+)
+"""Every value of :attr:`WireMessage.kind`."""
+
+PHASES = (
+    "greeting",  # nothing decoded yet (or the capture stops there)
+    "handshake",  # option haggling (newstyle)
+    "transmission",  # after the oldstyle greeting, EXPORT_NAME or a successful GO
+    "tls",  # after a successful NBD_OPT_STARTTLS: the rest is opaque
+    "aborted",  # after NBD_OPT_ABORT
+    "not-nbd",  # the connection carries no NBD
+)
+"""Every value of :attr:`NegotiatedState.phase`."""
+
+
+@dataclass(frozen=True, eq=False)
+class WireMessage:
+    """One NBD message as it went over the wire.
+
+    ``frame`` is where its first byte arrived, ``last_frame`` the frame that
+    completed it (the latest frame any of its bytes arrived in: with segments
+    out of order, not always the frame of its last byte); ``offset`` and ``length`` place
+    it in its direction's byte stream.  ``fields`` has every field of every
+    layer of ``packet`` as plain values (ints, strs, bytes for data, lists of
+    dicts for queries and block descriptors); block status chunks add
+    ``context_name`` and a ``status_text`` per descriptor, decoded with the
+    contexts the session negotiated.  ``notes`` tells what the decoder had to
+    assume or found odd (no reply is judged here: that is the conformance
+    rules' job).
+    """
+
+    session: int
+    direction: str
+    kind: str
+    name: str
+    """``NBD_OPT_GO``, ``NBD_REP_INFO``, ``NBD_CMD_READ``, ``newstyle greeting``..."""
+    frame: int
+    last_frame: int
+    offset: int
+    length: int
+    time: float
+    packet: Packet = field(repr=False)
+    request: WireMessage | None = field(default=None, repr=False)
+    """For replies and chunks: the request they answer (same cookie)."""
+    option: WireMessage | None = field(default=None, repr=False)
+    """For option replies and the export-name reply: the option they answer."""
+    fields: dict[str, Any] = field(default_factory=dict, repr=False)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def wire(self) -> bytes:
+        """The exact bytes of the message as captured."""
+        original = self.packet.original
+        return bytes(original) if original is not None else bytes(self.packet)
+
+
+@dataclass(frozen=True)
+class Undecoded:
+    """Captured bytes the decoder could not read as NBD, and why."""
+
+    session: int
+    direction: str
+    offset: int
+    length: int
+    frame: int
+    reason: str
+
+
+@dataclass
+class NegotiatedState:
+    """What the handshake of a session settled (as seen on the wire)."""
+
+    style: str | None = None
+    """``"oldstyle"``, ``"newstyle"`` or ``"fixed-newstyle"`` (both sides set the
+    fixed-newstyle flag); ``None`` until the greeting is seen."""
+    handshake_flags: int = 0
+    client_flags: int = 0
+    no_zeroes: bool = False
+    """Both sides set NO_ZEROES: the export-name reply has no 124 zero bytes."""
+    structured_replies: bool = False
+    extended_headers: bool = False
+    tls: bool = False
+    contexts: dict[int, str] = field(default_factory=dict)
+    """Metadata context id -> name, from the last ``NBD_OPT_SET_META_CONTEXT``."""
+    export_name: str | None = None
+    export_size: int | None = None
+    transmission_flags: int | None = None
+    block_size: tuple[int, int, int] | None = None
+    """(minimum, preferred, maximum payload) from ``NBD_INFO_BLOCK_SIZE``."""
+    phase: str = "greeting"
+    """One of :data:`PHASES`: where the session ended up."""
+
+
+@dataclass
+class Session:
+    """One TCP connection: its messages in capture order and its accounting."""
+
+    index: int
+    client: tuple[str, int]
+    server: tuple[str, int]
+    messages: list[WireMessage] = field(default_factory=list)
+    undecoded: list[Undecoded] = field(default_factory=list)
+    state: NegotiatedState = field(default_factory=NegotiatedState)
+    joined_midstream: bool = False
+    bytes_total: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DIRECTIONS, 0))
+    bytes_decoded: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DIRECTIONS, 0))
+    bytes_tls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DIRECTIONS, 0))
+    notes: list[str] = field(default_factory=list)
+    """Reassembly and decoding remarks (retransmissions that differ, gaps...)."""
+    first_frame: int = 0
+    last_frame: int = 0
+
+    @property
+    def nbd(self) -> bool:
+        """False when the connection carries no NBD at all."""
+        return self.state.phase != "not-nbd"
+
+    def accounted(self, direction: str) -> bool:
+        """True when every captured byte of ``direction`` is decoded, TLS or undecoded."""
+        undecoded = sum(u.length for u in self.undecoded if u.direction == direction)
+        return self.bytes_total[direction] == (
+            self.bytes_decoded[direction] + self.bytes_tls[direction] + undecoded
+        )
+
+
+@dataclass
+class Capture:
+    """A decoded capture file."""
+
+    path: str
+    frames: int
+    sessions: list[Session] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    """Problems with the file itself (truncated, corrupt): decoding stopped there."""
+    notes: list[str] = field(default_factory=list)
+    """Frames skipped for reasons worth knowing (fragments, unknown link types)."""
+
+    @property
+    def messages(self) -> list[WireMessage]:
+        """Every message of every session, in session order."""
+        return [message for session in self.sessions for message in session.messages]
