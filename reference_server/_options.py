@@ -81,21 +81,27 @@ def export_needs_tls(ctx: OptionContext, export: ExportConfig) -> bool:
     return mode == "required" or export.tls == "required"
 
 
-def transmission_flags(ctx: OptionContext, export: ExportConfig) -> int:
-    """The transmission flags for ``export`` given what is negotiated so far."""
+def transmission_flags(ctx: OptionContext, export: ExportConfig, for_info: bool = False) -> int:
+    """The transmission flags for ``export`` given what is negotiated so far.
+
+    ``for_info``: the flags answer NBD_OPT_INFO (not GO), which a quirk may treat differently.
+    """
     features, neg = ctx.features, ctx.negotiated
     flags = TF.HAS_FLAGS
+    # Profile quirks: some servers do not advertise write-only commands on read-only exports.
+    writes = not (export.read_only and "read-only-hides-write-flags" in features.quirks)
+    fua = not (export.read_only and "read-only-hides-fua" in features.quirks)
     if export.read_only:
         flags |= TF.READ_ONLY
     if features.flush:
         flags |= TF.SEND_FLUSH
-    if features.fua:
+    if features.fua and fua:
         flags |= TF.SEND_FUA
     if export.rotational:
         flags |= TF.ROTATIONAL
-    if features.trim:
+    if features.trim and writes:
         flags |= TF.SEND_TRIM
-    if features.write_zeroes:
+    if features.write_zeroes and writes:
         flags |= TF.SEND_WRITE_ZEROES
         if features.fast_zero and export.fast_zero:
             flags |= TF.SEND_FAST_ZERO
@@ -111,11 +117,13 @@ def transmission_flags(ctx: OptionContext, export: ExportConfig) -> int:
         # One shared backend per export (ExportRegistry): a flush on any
         # connection covers writes made through all of them.
         flags |= TF.CAN_MULTI_CONN
+    # "SHOULD NOT advertise this bit in response to NBD_OPT_GO if the client does not
+    # negotiate metacontexts"; the spec is silent on INFO, where qemu always advertises it.
+    contexts_ready = bool(neg.meta_contexts) and neg.meta_context_export == export.name
     if (
         features.block_status_payload
         and neg.extended_headers
-        and neg.meta_contexts
-        and neg.meta_context_export == export.name
+        and (contexts_ready or (for_info and "info-block-status-payload" in features.quirks))
     ):
         flags |= TF.BLOCK_STATUS_PAYLOAD
     return int(flags)
@@ -136,6 +144,8 @@ def answer_option(ctx: OptionContext, request: OptionRequest,
     if violations:
         return OptionOutcome([error(opt, c.Rep.ERR_INVALID, violations[0].message)])
     if opt == c.Opt.ABORT:
+        if "abort-without-ack" in ctx.features.quirks:
+            return OptionOutcome([], close=True)
         return OptionOutcome([option_reply(opt, c.Rep.ACK)], close=True)
     if opt == c.Opt.STARTTLS:
         return _starttls(ctx, mode)
@@ -220,7 +230,8 @@ def _info_or_go(ctx: OptionContext, opt: int, payload: InfoRequestPayload) -> Op
     size = backend.size
     if opt == c.Opt.INFO and "info-size-zero" in ctx.features.quirks:
         size = 0
-    replies.append(option_reply(opt, c.Rep.INFO, InfoExport(size, transmission_flags(ctx, export))))
+    flags = transmission_flags(ctx, export, for_info=opt == c.Opt.INFO)
+    replies.append(option_reply(opt, c.Rep.INFO, InfoExport(size, flags)))
     if c.Info.NAME in requested:
         replies.append(option_reply(opt, c.Rep.INFO, InfoName(export.name)))
     if c.Info.DESCRIPTION in requested and export.description:

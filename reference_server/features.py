@@ -76,6 +76,12 @@ class ServerFeatures:
 
 KNOWN_QUIRKS = {
     "info-size-zero": "answers NBD_OPT_INFO with an export size of 0 (nbd-server)",
+    "abort-without-ack": "closes on NBD_OPT_ABORT without sending NBD_REP_ACK (nbd-server)",
+    "read-only-hides-write-flags": "no SEND_TRIM / SEND_WRITE_ZEROES / SEND_FAST_ZERO on "
+    "read-only exports (qemu, nbdkit)",
+    "read-only-hides-fua": "no SEND_FUA on read-only exports (nbdkit)",
+    "info-block-status-payload": "NBD_OPT_INFO advertises BLOCK_STATUS_PAYLOAD once extended "
+    "headers are on, before any SET_META_CONTEXT (qemu)",
 }
 
 FULL = ServerFeatures()

@@ -34,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tls-certificates", type=Path, metavar="DIR",
                         help="dir with ca-cert.pem, server-cert.pem, server-key.pem")
     parser.add_argument("--handshake", choices=["fixed-newstyle", "newstyle", "oldstyle"])
+    parser.add_argument("--profile", metavar="NAME",
+                        help="behave on the wire as that server version would, e.g. qemu-2.10, "
+                        "nbdkit-1.32, nbd-server-3.24 (default: reference, the full protocol)")
+    parser.add_argument("--list-profiles", action="store_true",
+                        help="print the profile names and exit")
     parser.add_argument("--verbose", "-v", action="store_true", help="log every session")
     parser.set_defaults(func=run)
 
@@ -83,17 +88,22 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from reference_server.server import ReferenceServer
 
+    if getattr(args, "list_profiles", False):
+        from reference_server.profiles import list_profiles
+
+        print("\n".join(list_profiles()))
+        return 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
-    config = build_config(args)
     features = resolve_features(args)
+    config = build_config(args)
 
     async def main() -> None:
         server = ReferenceServer(config, features)
         await server.start()
         names = ", ".join(repr(e.name) for e in config.exports)
-        print(f"nbd-harness serve: listening on {server.address} (exports: {names})",
-              flush=True)
+        print(f"nbd-harness serve: listening on {server.address} (exports: {names}; "
+              f"profile: {features.name})", flush=True)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -107,10 +117,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def resolve_features(args: argparse.Namespace):
-    """The feature set to serve with (the full protocol unless a profile says less)."""
-    from reference_server.features import FULL
+    """The feature set to serve with: the full protocol, or ``--profile NAME``'s.
 
-    return FULL
+    An unknown name is a user error listing the known profiles.
+    """
+    from reference_server.features import FULL
+    from reference_server.profiles import profile
+
+    name = getattr(args, "profile", None)
+    return FULL if name is None else profile(name)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,434 @@
+"""Version and feature data of the real NBD programs, from ``matrix/``.
+
+``matrix/features.toml`` is the feature vocabulary (id, description, spec
+section, the roles it applies to); ``matrix/peers/PROGRAM.toml`` lists one
+program's versions (and where each is packaged), its feature claims per role
+(``[[server]]`` / ``[[client]]`` tables: ``feature``, ``since``, optional
+``until``, ``source``) and its known quirks (``[[quirk]]``).  Every claim and
+quirk cites its source; :func:`load_peerdata` checks all of it and raises
+:class:`PeerDataError` naming the file and the table at fault.
+
+A claim holds for a version ``v`` when ``since <= v < until``; ``until`` is the
+first version without it.  Versions compare numerically (``2.10 > 2.9``), and
+trailing zeros do not matter (``1.4 == 1.4.0``).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = REPO / "matrix"
+
+Role = Literal["server", "client"]
+ROLES: tuple[Role, ...] = ("server", "client")
+
+_VERSION_RE = re.compile(r"^\d+(\.\d+)*$")
+
+
+class PeerDataError(UserError, ValueError):
+    """The data in ``matrix/`` is malformed; the message names the file and the key."""
+
+
+# --- versions ------------------------------------------------------------------------------
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"10.0.2"`` -> ``(10, 0, 2)``.  Raises ``ValueError`` for anything but digits and dots."""
+    if not isinstance(text, str) or not _VERSION_RE.match(text):
+        raise ValueError(f"{text!r} is not a version (expected numbers and dots, e.g. \"7.2\")")
+    return tuple(int(part) for part in text.split("."))
+
+
+def _key(version: str | tuple[int, ...]) -> tuple[int, ...]:
+    """A comparison key in which trailing zeros do not count (``1.4 == 1.4.0``)."""
+    parts = list(parse_version(version) if isinstance(version, str) else version)
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+def version_matches(actual: str, listed: str) -> bool:
+    """True when ``actual`` is the listed version or a release of it.
+
+    ``version_matches("7.2.19", "7.2")`` and ``("10.0", "10.0")`` are true;
+    ``("7.20", "7.2")`` is not: components compare as numbers.
+    """
+    actual_parts, listed_parts = parse_version(actual), parse_version(listed)
+    return actual_parts[: len(listed_parts)] == listed_parts
+
+
+def _in_range(version: str, since: str | None, until: str | None) -> bool:
+    key = _key(version)
+    return (since is None or _key(since) <= key) and (until is None or key < _key(until))
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One entry of the vocabulary in ``matrix/features.toml``."""
+
+    id: str
+    description: str
+    spec: str
+    roles: tuple[Role, ...]
+
+
+@dataclass(frozen=True)
+class Packaging:
+    """Where a version is packaged: a Debian suite and the package name."""
+
+    suite: str
+    package: str
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One listed version of a program.
+
+    ``reports`` is what the program's ``--version`` prints when that differs
+    from the real version (nbd-server 3.21 says 3.18).
+    """
+
+    version: str
+    packaged: tuple[Packaging, ...] = ()
+    reports: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A program has ``feature`` in ``role`` from ``since`` up to (excluding) ``until``."""
+
+    feature: str
+    since: str
+    until: str | None
+    source: str
+    role: Role = "server"
+
+    def holds_for(self, version: str) -> bool:
+        return _in_range(version, self.since, self.until)
+
+
+@dataclass(frozen=True)
+class Quirk:
+    """A known deviation or oddity of a program in ``role`` (``since``/``until`` optional)."""
+
+    id: str
+    role: Role
+    description: str
+    source: str
+    since: str | None = None
+    until: str | None = None
+
+    def holds_for(self, version: str) -> bool:
+        return _in_range(version, self.since, self.until)
+
+
+@dataclass(frozen=True)
+class ProgramData:
+    """Everything ``matrix/peers/NAME.toml`` says about one program."""
+
+    name: str
+    description: str
+    versions: list[VersionInfo]
+    claims: tuple[Claim, ...]
+    quirk_list: tuple[Quirk, ...]
+    path: Path = field(default=Path(), compare=False)
+
+    def version_info(self, version: str) -> VersionInfo:
+        """The listed version ``version`` is (or is a release of); PeerDataError if none."""
+        for info in self.versions:
+            if info.version == version:
+                return info
+        matches = [info for info in self.versions if version_matches(version, info.version)]
+        if matches:
+            return max(matches, key=lambda info: len(parse_version(info.version)))
+        listed = ", ".join(info.version for info in self.versions)
+        raise PeerDataError(f"{self.name} {version} is not a listed version (listed: {listed})")
+
+    def features(self, version: str, role: Role) -> dict[str, Claim]:
+        """The claims that hold for ``version`` in ``role``, by feature id.
+
+        Any version string works (``"7.2.19"``, ``"2.9"``); the listed versions
+        are only the ones the matrix tests.
+        """
+        _check_version_argument(version)
+        return {c.feature: c for c in self.claims if c.role == role and c.holds_for(version)}
+
+    def has(self, feature: str, version: str, role: Role) -> bool:
+        return feature in self.features(version, role)
+
+    def quirks(self, version: str) -> list[Quirk]:
+        """The quirks that hold for ``version`` (both roles)."""
+        _check_version_argument(version)
+        return [q for q in self.quirk_list if q.holds_for(version)]
+
+    def roles(self) -> tuple[Role, ...]:
+        """The roles the program has any claim in, in :data:`ROLES` order."""
+        return tuple(r for r in ROLES if any(c.role == r for c in self.claims))
+
+
+@dataclass(frozen=True)
+class PeerData:
+    """The feature vocabulary and every program's data."""
+
+    features: dict[str, Feature]
+    programs: dict[str, ProgramData]
+
+    def program(self, name: str) -> ProgramData:
+        try:
+            return self.programs[name]
+        except KeyError:
+            known = ", ".join(sorted(self.programs))
+            raise PeerDataError(f"no peer data for {name!r} (known: {known})") from None
+
+
+def _check_version_argument(version: str) -> None:
+    try:
+        parse_version(version)
+    except ValueError as exc:
+        raise PeerDataError(str(exc)) from None
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+class _Where:
+    """Builds messages that start with the file (relative to the repo when inside it)."""
+
+    def __init__(self, path: Path, table: str = "") -> None:
+        self.path = path
+        self.table = table
+
+    def at(self, table: str) -> _Where:
+        return _Where(self.path, table)
+
+    def error(self, message: str) -> PeerDataError:
+        try:
+            shown = self.path.resolve().relative_to(REPO)
+        except ValueError:
+            shown = self.path
+        prefix = f"{shown}: {self.table}: " if self.table else f"{shown}: "
+        return PeerDataError(prefix + message)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    where = _Where(path)
+    try:
+        with open(path, "rb") as stream:
+            return tomllib.load(stream)
+    except FileNotFoundError:
+        raise where.error("no such file") from None
+    except OSError as exc:
+        raise where.error(f"cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise where.error(f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise where.error("not valid TOML: the file is not UTF-8") from None
+
+
+def _check_keys(where: _Where, table: Mapping[str, Any], required: set[str],
+                optional: frozenset[str] | set[str] = frozenset()) -> None:
+    for key in table:
+        if key not in required | optional:
+            known = ", ".join(sorted(required | optional))
+            raise where.error(f'unknown key "{key}" (known keys: {known})')
+    for key in sorted(required):
+        if key not in table:
+            raise where.error(f'missing key "{key}"')
+
+
+def _text(where: _Where, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise where.error(f"{key} must be a non-empty string, not {value!r}")
+    return value.strip()
+
+
+def _version(where: _Where, key: str, value: Any) -> str:
+    text = _text(where, key, value)
+    try:
+        parse_version(text)
+    except ValueError as exc:
+        raise where.error(f"{key} {exc}") from None
+    return text
+
+
+def _table_list(where: _Where, document: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    value = document.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise where.error(f"{key} must be an array of tables: write [[{key}]]")
+    return value
+
+
+def _load_features(path: Path) -> dict[str, Feature]:
+    where = _Where(path)
+    document = _read_toml(path)
+    _check_keys(where, document, {"feature"})
+    tables = document["feature"]
+    if not isinstance(tables, dict) or not tables:
+        raise where.error("feature must hold one [feature.ID] table per feature")
+    features: dict[str, Feature] = {}
+    for feature_id, table in tables.items():
+        here = where.at(f"[feature.{feature_id}]")
+        if not re.match(r"^[a-z0-9]+(-[a-z0-9]+)*$", feature_id):
+            raise here.error("feature ids are lower-case words joined by dashes")
+        if not isinstance(table, dict):
+            raise here.error("must be a table")
+        _check_keys(here, table, {"description", "spec", "roles"})
+        roles = table["roles"]
+        if (not isinstance(roles, list) or not roles
+                or any(role not in ROLES for role in roles) or len(set(roles)) != len(roles)):
+            raise here.error(f"roles must list one or both of {list(ROLES)}, not {roles!r}")
+        features[feature_id] = Feature(feature_id, _text(here, "description", table["description"]),
+                                       _text(here, "spec", table["spec"]), tuple(roles))
+    return features
+
+
+def _load_versions(where: _Where, document: Mapping[str, Any]) -> list[VersionInfo]:
+    versions: list[VersionInfo] = []
+    for number, table in enumerate(_table_list(where, document, "version"), start=1):
+        here = where.at(f"[[version]] #{number}")
+        _check_keys(here, table, {"version"}, {"packaged", "reports"})
+        version = _version(here, "version", table["version"])
+        here = where.at(f"[[version]] {version}")
+        packaged = table.get("packaged", [])
+        if not isinstance(packaged, list):
+            raise here.error('packaged must be a list: [{suite = "bookworm", package = "..."}]')
+        packages: list[Packaging] = []
+        for item in packaged:
+            if not isinstance(item, dict):
+                raise here.error(f"packaged: {item!r} is not a {{suite, package}} table")
+            _check_keys(here.at(f"[[version]] {version}: packaged"), item, {"suite", "package"})
+            packages.append(Packaging(_text(here, "suite", item["suite"]),
+                                      _text(here, "package", item["package"])))
+        reports = _version(here, "reports", table["reports"]) if "reports" in table else None
+        if versions and _key(version) <= _key(versions[-1].version):
+            raise here.error(f"versions must be listed in increasing order "
+                             f"({version} comes after {versions[-1].version})")
+        versions.append(VersionInfo(version, tuple(packages), reports))
+    if not versions:
+        raise where.error("no [[version]] tables: list at least one version")
+    return versions
+
+
+def _check_range(here: _Where, since: str | None, until: str | None) -> None:
+    if since is not None and until is not None and _key(until) <= _key(since):
+        raise here.error(f"until {until} must be later than since {since}")
+
+
+def _overlaps(a_since: str | None, a_until: str | None,
+              b_since: str | None, b_until: str | None) -> bool:
+    low = max(_key(a_since or "0"), _key(b_since or "0"))
+    ends = [_key(u) for u in (a_until, b_until) if u is not None]
+    return not ends or low < min(ends)
+
+
+def _load_claims(where: _Where, document: Mapping[str, Any],
+                 features: Mapping[str, Feature]) -> tuple[Claim, ...]:
+    claims: list[Claim] = []
+    for role in ROLES:
+        for number, table in enumerate(_table_list(where, document, role), start=1):
+            here = where.at(f"[[{role}]] #{number}")
+            _check_keys(here, table, {"feature", "since", "source"}, {"until"})
+            feature = _text(here, "feature", table["feature"])
+            here = where.at(f'[[{role}]] #{number} (feature "{feature}")')
+            if feature not in features:
+                raise here.error("unknown feature id (define it in matrix/features.toml)")
+            if role not in features[feature].roles:
+                raise here.error(f"feature {feature!r} has no {role} role in matrix/features.toml")
+            since = _version(here, "since", table["since"])
+            until = _version(here, "until", table["until"]) if "until" in table else None
+            _check_range(here, since, until)
+            claim = Claim(feature, since, until, _text(here, "source", table["source"]), role)
+            for other in claims:
+                if (other.role == role and other.feature == feature
+                        and _overlaps(other.since, other.until, since, until)):
+                    raise here.error(f"overlaps an earlier {role} claim of the same feature "
+                                     f"(since {other.since})")
+            claims.append(claim)
+    return tuple(claims)
+
+
+def _load_quirks(where: _Where, document: Mapping[str, Any]) -> tuple[Quirk, ...]:
+    quirks: list[Quirk] = []
+    for number, table in enumerate(_table_list(where, document, "quirk"), start=1):
+        here = where.at(f"[[quirk]] #{number}")
+        _check_keys(here, table, {"id", "role", "description", "source"}, {"since", "until"})
+        quirk_id = _text(here, "id", table["id"])
+        here = where.at(f'[[quirk]] #{number} (id "{quirk_id}")')
+        if table["role"] not in ROLES:
+            raise here.error(f"role must be one of {list(ROLES)}, not {table['role']!r}")
+        since = _version(here, "since", table["since"]) if "since" in table else None
+        until = _version(here, "until", table["until"]) if "until" in table else None
+        _check_range(here, since, until)
+        for other in quirks:
+            if other.id == quirk_id and _overlaps(other.since, other.until, since, until):
+                raise here.error("overlaps an earlier quirk with the same id "
+                                 "(the same id may only repeat for disjoint versions)")
+        quirks.append(Quirk(quirk_id, table["role"], _text(here, "description",
+                                                            table["description"]),
+                            _text(here, "source", table["source"]), since, until))
+    return tuple(quirks)
+
+
+def _load_program(path: Path, features: Mapping[str, Feature]) -> ProgramData:
+    where = _Where(path)
+    document = _read_toml(path)
+    _check_keys(where, document, {"program", "description", "version"},
+                {"server", "client", "quirk"})
+    name = _text(where, "program", document["program"])
+    if name != path.stem:
+        raise where.error(f'program "{name}" must match the file name ({path.stem}.toml)')
+    versions = _load_versions(where, document)
+    claims = _load_claims(where, document, features)
+    return ProgramData(name, _text(where, "description", document["description"]), versions,
+                       claims, _load_quirks(where, document), path)
+
+
+def load_peerdata(root: Path = DEFAULT_ROOT) -> PeerData:
+    """Read and validate ``root/features.toml`` and ``root/peers/*.toml``."""
+    root = Path(root)
+    features = _load_features(root / "features.toml")
+    peer_files = sorted((root / "peers").glob("*.toml"))
+    if not peer_files:
+        raise _Where(root / "peers").error("no PROGRAM.toml files")
+    programs: dict[str, ProgramData] = {}
+    for path in peer_files:
+        program = _load_program(path, features)
+        programs[program.name] = program
+    return PeerData(features, programs)
+
+
+@lru_cache(maxsize=1)
+def default_peerdata() -> PeerData:
+    """The repository's ``matrix/`` data, loaded once per process."""
+    return load_peerdata(DEFAULT_ROOT)
+
+
+__all__ = [
+    "DEFAULT_ROOT",
+    "ROLES",
+    "Claim",
+    "Feature",
+    "Packaging",
+    "PeerData",
+    "PeerDataError",
+    "ProgramData",
+    "Quirk",
+    "Role",
+    "VersionInfo",
+    "default_peerdata",
+    "load_peerdata",
+    "parse_version",
+    "version_matches",
+]
