@@ -29,7 +29,7 @@ from harness.protocol.state import Negotiated, Violation
 
 from .config import ExportConfig, ServerConfig
 from .features import ServerFeatures
-from .storage import Backend, ExportRegistry
+from .storage import ExportRegistry
 
 TF = c.TransmissionFlag
 
@@ -244,8 +244,15 @@ def _info_or_go(ctx: OptionContext, opt: int, payload: InfoRequestPayload) -> Op
     return OptionOutcome(replies, enter_transmission=export if opt == c.Opt.GO else None)
 
 
-def available_contexts(ctx: OptionContext, backend: Backend) -> list[str]:
-    return [name for name in backend.metadata_contexts() if ctx.features.offers_context(name)]
+def available_contexts(ctx: OptionContext, export: ExportConfig) -> list[str]:
+    """Contexts this export offers under the server's features and the export's settings."""
+    backend = ctx.registry.backend(export)
+    return [
+        name
+        for name in backend.metadata_contexts()
+        if ctx.features.offers_context(name)
+        and (export.allocation_depth or name != c.QEMU_ALLOCATION_DEPTH)
+    ]
 
 
 def match_list_query(query: str, available: list[str]) -> list[str]:
@@ -275,7 +282,7 @@ def _meta_context(ctx: OptionContext, opt: int, payload: MetaContextPayload) -> 
         if ":" not in query:
             return OptionOutcome([error(opt, c.Rep.ERR_INVALID,
                                         f"query {query!r} lacks a namespace and colon")])
-    available = available_contexts(ctx, ctx.registry.backend(export))
+    available = available_contexts(ctx, export)
     if opt == c.Opt.LIST_META_CONTEXT:
         if payload.queries:
             names: list[str] = []

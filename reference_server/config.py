@@ -108,6 +108,8 @@ class ExportConfig:
     init_state: bool = False
     rotational: bool = False
     fast_zero: bool = True
+    allocation_depth: bool = True
+    """Offer ``qemu:allocation-depth`` (qemu-nbd offers it only with ``-A``)."""
 
     @property
     def has_default_block_sizes(self) -> bool:
@@ -289,6 +291,7 @@ EXPORT_KEYS: dict[str, str] = {
     "init_state": "advertise the experimental NBD_INFO_INIT_STATE",
     "rotational": "advertise NBD_FLAG_ROTATIONAL",
     "fast_zero": "advertise NBD_FLAG_SEND_FAST_ZERO when the backend can zero fast",
+    "allocation_depth": "offer the qemu:allocation-depth context (qemu-nbd -A)",
 }
 """Keys of ``[[export]]`` and what they mean."""
 
@@ -466,6 +469,7 @@ def _export_from_table(table: Mapping[str, Any], where: _Where, number: int) -> 
         init_state=_boolean(where, "init_state", get("init_state", False)),
         rotational=_boolean(where, "rotational", get("rotational", False)),
         fast_zero=_boolean(where, "fast_zero", get("fast_zero", True)),
+        allocation_depth=_boolean(where, "allocation_depth", get("allocation_depth", True)),
     )
 
 

@@ -204,10 +204,31 @@ def test_oversized_requests_are_refused_without_buffering(server):
         client.send(Request(type=c.Cmd.READ, offset=0, length=(1 << 25) + 512, cookie=1))
         reply = client.recv()
         payload = decode_chunk_payload(reply.type, reply.payload)
-        assert isinstance(payload, ChunkError) and payload.error in (c.Errno.EOVERFLOW,
-                                                                     c.Errno.EINVAL)
+        assert isinstance(payload, ChunkError) and payload.error in (
+            c.Errno.EOVERFLOW,
+            c.Errno.EINVAL,
+        )
     with connect(server) as client:
         go(client)
         # A 3 GiB write header with no intent to send the data: hard disconnect.
         client.send_raw(struct.pack(">IHHQQI", c.REQUEST_MAGIC, 0, c.Cmd.WRITE, 2, 0, 3 << 30))
         assert client.closed_by_peer()
+
+
+def test_allocation_depth_can_be_withheld_per_export(tmp_path):
+    from harness.protocol.codec import decode_reply_payload
+
+    config = config_from_dict(
+        {"export": [{"name": "plain", "size": "1M", "allocation_depth": False, "bitmaps": ["b0"]}]},
+        base_dir=tmp_path,
+    )
+    with ServerThread(config) as thread, connect(thread) as client:
+        ask(client, option(c.Opt.STRUCTURED_REPLY, EmptyPayload()))
+        replies = ask(client, option(c.Opt.LIST_META_CONTEXT, MetaContextPayload("plain", ())))
+        names = [decode_reply_payload(r.reply_type, r.data).name for r in replies[:-1]]
+        assert names == ["base:allocation", "qemu:dirty-bitmap:b0"]
+        replies = ask(
+            client,
+            option(c.Opt.SET_META_CONTEXT, MetaContextPayload("plain", ("qemu:allocation-depth",))),
+        )
+        assert [r.reply_type for r in replies] == [c.Rep.ACK]  # nothing selected
