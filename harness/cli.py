@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from harness.errors import UserError
@@ -20,6 +21,7 @@ COMMAND_MODULES = [
     "harness.commands.capture",
     "harness.commands.info",
     "harness.commands.dissect",
+    "harness.commands.peers",
 ]
 
 
@@ -48,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `nbd-harness ... | head`: the reader left; say nothing more, and keep Python's
+        # exit-time flush of stdout from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -1,0 +1,458 @@
+"""The driver protocol every peer follows, and peer names (``PROGRAM@VERSION``).
+
+A driver is a class per real program. Bound to a :class:`Provider` (which
+suite's copy of the program runs, and how), it reports its version and, as a
+:class:`ServerPeer`, serves an :class:`~harness.peers.export.ExportSpec`
+(returning a :class:`RunningServer`), or, as a :class:`ClientPeer`, reads,
+writes and maps an :class:`Endpoint`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from harness.address import Address
+from harness.errors import UserError
+from harness.process import ManagedProcess, PeerError
+
+from .export import ExportSpec, Extents
+
+if TYPE_CHECKING:
+    from ._provider import Provider
+    from .probe import Observed
+
+Role = Literal["server", "client"]
+Transport = Literal["tcp", "unix"]
+VERSION_TIMEOUT = 30.0
+CLIENT_TIMEOUT = 120.0
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+# sun_path holds 108 bytes; longer socket paths go to a short directory under /tmp.
+_MAX_SOCKET_PATH = 100
+_labels = itertools.count(1)
+
+
+class PeerSpecError(UserError, ValueError):
+    """A peer name that cannot be understood or provided; the message says what to do."""
+
+
+_SPEC = re.compile(r"^(?P<program>[a-z][a-z0-9-]*)(?:@(?P<version>[A-Za-z0-9.+~_-]+))?$")
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    """``PROGRAM@VERSION``: ``qemu-nbd@5.2``, ``nbdkit@1.48``, ``libnbd@1.24``.
+
+    ``version`` may also name a Debian suite (``qemu-nbd@trixie``) or, for the reference
+    server, a profile (``reference-server@qemu-2.10``); None means "whatever is at hand,
+    the host's first".
+    """
+
+    program: str
+    version: str | None = None
+
+    def __str__(self) -> str:
+        return self.program if self.version is None else f"{self.program}@{self.version}"
+
+
+def parse_peer_spec(text: str) -> PeerSpec:
+    """Parse ``PROGRAM[@VERSION]``; raise :class:`PeerSpecError` on a malformed name."""
+    match = _SPEC.match(text.strip())
+    if not match:
+        raise PeerSpecError(
+            f"{text!r} is not a peer name: expected PROGRAM@VERSION, e.g. qemu-nbd@5.2"
+        )
+    return PeerSpec(match.group("program"), match.group("version"))
+
+
+@dataclass(frozen=True)
+class PeerVersion:
+    """What a program says its version is, and the version to believe."""
+
+    program: str
+    reported: str
+    """Parsed from the program's own ``--version`` output."""
+    package: str | None
+    """The upstream version of the Debian package it came from, when known."""
+    version: str
+    """The version to believe: ``reported``, unless the program misreports itself."""
+    note: str = ""
+
+
+def version_in(text: str, after: str = "") -> str:
+    """The first dotted version number in ``text`` (after the word ``after``, if given)."""
+    pattern = (re.escape(after) + r"\D*?" if after else "") + r"(\d+(?:\.\d+)+)"
+    match = re.search(pattern, text)
+    if not match:
+        raise PeerError(f"no version number in {text.strip()[:200]!r}")
+    return match.group(1)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a client connects: an address, an export name, and the PKI for TLS."""
+
+    address: Address
+    export: str = ""
+    tls_dir: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_dir is not None
+
+    def uri(self) -> str:
+        """The libnbd-style URI (``nbd://``, ``nbds://``, ``nbd+unix://``, ``nbds+unix://``)."""
+        from harness.client.uri import NbdUri
+
+        scheme = "nbds" if self.tls else "nbd"
+        tls_dir = os.fspath(self.tls_dir) if self.tls_dir is not None else None
+        if self.address.kind == "unix":
+            uri = NbdUri(
+                f"{scheme}+unix",
+                export=self.export,
+                socket=self.address.path,
+                tls_certificates=tls_dir,
+                tls_hostname="localhost" if self.tls else None,
+            )
+        else:
+            uri = NbdUri(
+                scheme,
+                host=self.address.host,
+                port=self.address.port,
+                export=self.export,
+                tls_certificates=tls_dir,
+            )
+        return str(uri)
+
+    def binds(self) -> list[Path]:
+        """Directories a sandboxed client must see: the socket's and the PKI's."""
+        found = []
+        if self.address.kind == "unix":
+            found.append(Path(self.address.path).parent)
+        if self.tls_dir is not None:
+            found.append(Path(self.tls_dir))
+        return found
+
+
+@dataclass
+class RunningServer:
+    """A server peer serving one export until :meth:`stop` (also a context manager)."""
+
+    peer: str
+    endpoint: Endpoint
+    log_path: Path
+    process: ManagedProcess | None = None
+    export: ExportSpec | None = None
+    _cleanups: list[Callable[[], None]] = field(default_factory=list)
+    _stopped: bool = False
+
+    @property
+    def address(self) -> Address:
+        return self.endpoint.address
+
+    @property
+    def uri(self) -> str:
+        return self.endpoint.uri()
+
+    def add_cleanup(self, action: Callable[[], None]) -> None:
+        """Run ``action`` after the process stops (last added, first run)."""
+        self._cleanups.append(action)
+
+    def is_running(self) -> bool:
+        return not self._stopped and (self.process is None or self.process.is_running())
+
+    def stop(self) -> int | None:
+        """Stop the server and its whole process tree, reap it, keep its log; idempotent."""
+        if self._stopped:
+            return self.process.returncode if self.process is not None else None
+        self._stopped = True
+        code = None
+        try:
+            if self.process is not None:
+                tree = self.process.tree_pids()
+                code = self.process.stop()
+                # A PID namespace's init (bwrap) outlives the leader briefly while the kernel
+                # kills what it contains: wait until the whole tree is gone.
+                wait_gone(tree, STOP_TIMEOUT)
+        finally:
+            while self._cleanups:
+                with contextlib.suppress(Exception):
+                    self._cleanups.pop()()
+        return code
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_gone(pids: Sequence[int], timeout: float) -> bool:
+    """Wait until none of ``pids`` runs any more (gone or a zombie); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid) for pid in pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+class Peer(ABC):
+    """A real program (or our reference implementation) bound to the provider that runs it."""
+
+    program: ClassVar[str]
+    """The name users write before ``@`` (``qemu-nbd``)."""
+    executable: ClassVar[str]
+    """The file that runs (``python3`` for libnbd's bindings)."""
+    roles: ClassVar[tuple[Role, ...]]
+    version_argv: ClassVar[tuple[str, ...]] = ("--version",)
+    misreports_version: ClassVar[bool] = False
+
+    def __init__(self, provider: Provider, *, log_dir: Path | None = None) -> None:
+        self.provider = provider
+        self.log_dir = log_dir
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.program} from {self.provider.name}>"
+
+    @property
+    def family(self) -> str | None:
+        """The version family in ``matrix/peers`` (``qemu`` for every qemu program)."""
+        from .suites import default_suites
+
+        return default_suites().family_of(self.program)
+
+    @property
+    def package(self) -> str | None:
+        """The Debian package that ships the program in this provider's suite."""
+        return self.provider.suite.program_packages.get(self.program)
+
+    def label(self) -> str:
+        return f"{self.program}-{os.getpid()}-{next(_labels)}"
+
+    def available(self) -> bool:
+        """True when this provider has the program (and the package that ships it)."""
+        installed = self.provider.installed_packages()
+        if self.package and installed and self.package not in installed:
+            return False
+        return self.provider.has_program(self.executable)
+
+    def log_path(self, workdir: Path | None, what: str) -> Path | None:
+        directory = workdir if workdir is not None else self.log_dir
+        return None if directory is None else Path(directory) / f"{self.program}-{what}.log"
+
+    def parse_version(self, output: str) -> str:
+        """The version in the program's ``--version`` output."""
+        return version_in(output)
+
+    def version(self) -> PeerVersion:
+        """Run the program's ``--version`` and say which version to believe."""
+        result = self.provider.run(
+            [self.executable, *self.version_argv], timeout=VERSION_TIMEOUT, check=False
+        )
+        output = f"{result.stdout}\n{result.stderr}"
+        reported = self.parse_version(output)
+        package = self.provider.package_version(self.package) if self.package else None
+        if self.misreports_version and package is not None:
+            note = (f"{self.program} reports {reported} but its package is {package}"
+                    if package != reported else "")
+            return PeerVersion(self.program, reported, package, package, note)
+        return PeerVersion(self.program, reported, package, reported)
+
+
+class ServerPeer(Peer):
+    """A peer that serves exports."""
+
+    roles = ("server",)
+
+    @abstractmethod
+    def start(
+        self,
+        export: ExportSpec,
+        workdir: Path,
+        *,
+        transport: Transport = "tcp",
+        options: object | None = None,
+        ready_timeout: float = READY_TIMEOUT,
+    ) -> RunningServer:
+        """Prepare ``export`` in ``workdir`` and serve it; return once it accepts clients."""
+
+    def advertised(self, workdir: Path | None = None) -> Observed:
+        """Start this server on its probe export and report the features it advertises
+        (ids of ``matrix/features.toml``; see :mod:`harness.peers.probe`)."""
+        from .probe import probe_server
+
+        return probe_server(self, workdir)
+
+    def launch(
+        self,
+        export: ExportSpec,
+        workdir: Path,
+        *,
+        transport: Transport,
+        tcp_argv: Callable[[int], Sequence[str]],
+        unix_argv: Callable[[Path], Sequence[str]],
+        binds: Sequence[Path] = (),
+        ready_timeout: float = READY_TIMEOUT,
+        pid_namespace: bool = False,
+    ) -> RunningServer:
+        """Start the program through the provider and wait until it listens.
+
+        ``tcp_argv(port)`` is the command for a kernel-chosen 127.0.0.1 port (retried when
+        the port got taken), ``unix_argv(path)`` the one for a unix socket.
+        """
+        workdir = Path(workdir)
+        log_path = workdir / f"{self.program}.log"
+        label = self.label()
+        binds = [workdir, *binds, *([export.tls_dir] if export.tls_dir else [])]
+        if transport == "unix":
+            socket, socket_dir = self.socket_path(workdir)
+            process = self.provider.start(
+                unix_argv(socket), log_path=log_path, binds=[*binds, socket_dir], cwd=workdir,
+                pid_namespace=pid_namespace, label=label,
+            )
+            address = Address.unix(os.fspath(socket))
+        else:
+            socket_dir = workdir
+            process, port = self.provider.start_tcp(
+                tcp_argv, log_path=log_path, binds=binds, cwd=workdir,
+                pid_namespace=pid_namespace, label=label, ready_timeout=ready_timeout,
+            )
+            address = Address.tcp("127.0.0.1", port)
+        server = RunningServer(f"{self.program} ({self.provider.name})",
+                               Endpoint(address, export.name, export.tls_dir),
+                               log_path, process, export)
+        server.add_cleanup(lambda: self.provider.cleanup(label))
+        if socket_dir != workdir:
+            server.add_cleanup(lambda: shutil.rmtree(socket_dir, ignore_errors=True))
+        if transport == "unix":
+            try:
+                self.provider.wait_unix(process, socket, ready_timeout)
+            except BaseException:
+                server.stop()
+                raise
+        return server
+
+    def socket_path(self, workdir: Path) -> tuple[Path, Path]:
+        """A unix socket path for this server and the directory to bind for it.
+
+        Long work directories would overflow ``sun_path``: then a short private
+        directory under /tmp is made (the caller removes it with the server).
+        """
+        path = Path(workdir) / f"{self.program}.sock"
+        if len(os.fspath(path)) <= _MAX_SOCKET_PATH:
+            return path, Path(workdir)
+        short = Path(tempfile.mkdtemp(prefix="nbdh-", dir="/tmp"))
+        return short / "s.sock", short
+
+
+class ClientPeer(Peer):
+    """A peer that connects to servers.
+
+    ``capabilities`` says which of :meth:`read`, :meth:`write`, :meth:`map`,
+    :meth:`size` this client can do (``map`` for ``base:allocation`` at least;
+    ``map-contexts`` for any metadata context).
+    """
+
+    roles = ("client",)
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def can(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    def _unsupported(self, what: str) -> PeerError:
+        return PeerError(f"{self.program} cannot {what}")
+
+    def read(self, endpoint: Endpoint, offset: int, length: int) -> bytes:
+        raise self._unsupported("read")
+
+    def write(self, endpoint: Endpoint, offset: int, data: bytes) -> None:
+        raise self._unsupported("write")
+
+    def map(self, endpoint: Endpoint, context: str = "base:allocation") -> Extents:
+        raise self._unsupported(f"map {context}")
+
+    def size(self, endpoint: Endpoint) -> int:
+        raise self._unsupported("tell the export size")
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        binds: Sequence[Path] = (),
+        timeout: float = CLIENT_TIMEOUT,
+        input: str | bytes | None = None,
+        check: bool = True,
+        text: bool = True,
+    ) -> subprocess.CompletedProcess:
+        """Run the program with ``args`` (through its provider) and return its output."""
+        return self.provider.run(
+            [self.executable, *args],
+            timeout=timeout,
+            binds=binds,
+            log_path=self.log_path(None, "client"),
+            input=input,
+            check=check,
+            text=text,
+        )
+
+
+@contextlib.contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A private directory under /tmp (visible inside every provider), removed after."""
+    directory = Path(tempfile.mkdtemp(prefix="nbdh-", dir="/tmp"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+__all__ = [
+    "CLIENT_TIMEOUT",
+    "READY_TIMEOUT",
+    "ClientPeer",
+    "Endpoint",
+    "Peer",
+    "PeerSpec",
+    "PeerSpecError",
+    "PeerVersion",
+    "Role",
+    "RunningServer",
+    "ServerPeer",
+    "Transport",
+    "parse_peer_spec",
+    "scratch_dir",
+    "version_in",
+]

@@ -1,0 +1,164 @@
+"""nbdkit: the plugin-based NBD server (memory, file, data, pattern, sh/eval; filters for faults).
+
+nbdkit has no backing chains or dirty bitmaps: an export's chain is served
+flattened (``file`` plugin over a sparse raw file, or ``data`` with the ranges
+loaded from files), so ``base:allocation`` is exact and the qemu contexts are
+absent. Faults come from filters: :meth:`NbdkitOptions.with_errors` (the
+``error`` filter) and :meth:`NbdkitOptions.with_delay` (``delay``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from harness.process import PeerError
+
+from ._base import READY_TIMEOUT, RunningServer, ServerPeer, Transport, version_in
+from ._images import write_raw_flat
+from .export import ExportSpec, ExportSpecError
+
+PLUGINS = ("file", "data", "memory", "pattern", "eval", "sh")
+# Plugins whose content the export cannot describe: it must carry no data.
+_CONTENT_FREE = ("memory", "pattern", "eval", "sh")
+
+
+@dataclass(frozen=True)
+class NbdkitOptions:
+    """How nbdkit serves: plugin, filters and protocol switches.
+
+    ``plugin``: ``file`` (default; the flattened chain as a sparse raw file), ``data``
+    (the same content held in memory, writable), ``memory`` (empty), ``pattern``
+    (nbdkit's own offset pattern), ``eval`` / ``sh`` (scripts in ``plugin_args``).
+    ``plugin_args`` and ``filter_args`` are ``key=value`` words; ``filters`` load in
+    order. ``no_sr`` (``--no-sr``), ``no_mc`` (``--no-mc``, nbdkit 1.26+),
+    ``mask_handshake`` (``--mask-handshake``) and ``oldstyle`` (``-o``) shape the
+    handshake.
+    """
+
+    plugin: str = "file"
+    plugin_args: tuple[str, ...] = ()
+    filters: tuple[str, ...] = ()
+    filter_args: tuple[str, ...] = ()
+    no_sr: bool = False
+    no_mc: bool = False
+    mask_handshake: int | None = None
+    oldstyle: bool = False
+    threads: int | None = None
+    extra_args: tuple[str, ...] = ()
+
+    def with_errors(self, rate: float | str = 1.0, error: str = "EIO",
+                    trigger_file: Path | None = None) -> NbdkitOptions:
+        """Add the ``error`` filter: fail requests with ``error`` at ``rate`` (0..1 or "10%").
+
+        With ``trigger_file``, errors happen only while that file exists (nbdkit's
+        ``error-file``), so a test can inject faults at a chosen moment.
+        """
+        args = [f"error={error}", f"error-rate={rate}"]
+        if trigger_file is not None:
+            args.append(f"error-file={trigger_file}")
+        return replace(self, filters=(*self.filters, "error"),
+                       filter_args=(*self.filter_args, *args))
+
+    def with_delay(self, read: str | None = None, write: str | None = None) -> NbdkitOptions:
+        """Add the ``delay`` filter (``"100ms"``, ``"2s"``) on reads and/or writes."""
+        args = ([f"rdelay={read}"] if read else []) + ([f"wdelay={write}"] if write else [])
+        return replace(self, filters=(*self.filters, "delay"),
+                       filter_args=(*self.filter_args, *args))
+
+
+class Nbdkit(ServerPeer):
+    """``nbdkit`` serving an export through one of its plugins."""
+
+    program = "nbdkit"
+    executable = "nbdkit"
+
+    def parse_version(self, output: str) -> str:
+        return version_in(output, "nbdkit")
+
+    @functools.cached_property
+    def help_text(self) -> str:
+        """``nbdkit --help``: which switches this version knows."""
+        result = self.provider.run([self.executable, "--help"], timeout=30, check=False)
+        return f"{result.stdout}\n{result.stderr}"
+
+    def _require_switch(self, switch: str) -> None:
+        if switch not in self.help_text:
+            raise PeerError(f"nbdkit ({self.provider.name}) has no {switch} option")
+
+    def plugin_argv(self, export: ExportSpec, workdir: Path, options: NbdkitOptions) -> list[str]:
+        """The plugin and its parameters (content prepared in ``workdir``)."""
+        plugin = options.plugin
+        if plugin not in PLUGINS:
+            raise ExportSpecError(f"nbdkit plugin {plugin!r} is not one of {', '.join(PLUGINS)}")
+        has_data = any(True for _ in export.all_ranges())
+        if plugin in _CONTENT_FREE and has_data:
+            raise ExportSpecError(
+                f"nbdkit's {plugin} plugin cannot hold the export's data: use plugin file or data"
+            )
+        if plugin == "file":
+            path = write_raw_flat(export, workdir / "export.raw")
+            return ["file", f"file={path}", *options.plugin_args]
+        if plugin == "data":
+            words = []
+            for number, data in enumerate(export.flattened_ranges()):
+                source = workdir / f"data.{number}.bin"
+                source.write_bytes(data.data())
+                words.append(f"@{data.offset} <{source}")
+            return ["data", f"data={' '.join(words)}", f"size={export.size}",
+                    *options.plugin_args]
+        if plugin in ("memory", "pattern"):
+            return [plugin, f"size={export.size}", *options.plugin_args]
+        return [plugin, *options.plugin_args]
+
+    def switches(self, export: ExportSpec, options: NbdkitOptions) -> list[str]:
+        """nbdkit and its switches, before the plugin (where it listens goes after these)."""
+        argv = ["nbdkit", "--foreground", "--exportname", export.name]
+        if export.read_only:
+            argv.append("--readonly")
+        if export.tls_dir is not None:
+            argv += ["--tls=require", f"--tls-certificates={export.tls_dir}"]
+        if options.no_sr:
+            self._require_switch("--no-sr")
+            argv.append("--no-sr")
+        if options.no_mc:
+            self._require_switch("--no-mc")
+            argv.append("--no-mc")
+        if options.mask_handshake is not None:
+            self._require_switch("--mask-handshake")
+            argv.append(f"--mask-handshake={options.mask_handshake}")
+        if options.oldstyle:
+            argv.append("--oldstyle")
+        if options.threads is not None:
+            argv.append(f"--threads={options.threads}")
+        for name in options.filters:
+            argv.append(f"--filter={name}")
+        return [*argv, *options.extra_args]
+
+    def start(
+        self,
+        export: ExportSpec,
+        workdir: Path,
+        *,
+        transport: Transport = "tcp",
+        options: object | None = None,
+        ready_timeout: float = READY_TIMEOUT,
+    ) -> RunningServer:
+        opts = options if isinstance(options, NbdkitOptions) else NbdkitOptions()
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        head = self.switches(export, opts)
+        tail = [*self.plugin_argv(export, workdir, opts), *opts.filter_args]
+        return self.launch(
+            export,
+            workdir,
+            transport=transport,
+            tcp_argv=lambda port: [*head, "--ipaddr", "127.0.0.1", "--port", str(port), *tail],
+            unix_argv=lambda path: [*head, "--unix", os.fspath(path), *tail],
+            ready_timeout=ready_timeout,
+        )
+
+
+__all__ = ["PLUGINS", "Nbdkit", "NbdkitOptions"]

@@ -1,0 +1,268 @@
+"""Start a server peer and see what it offers; compare peers with the matrix data.
+
+:func:`probe_server` serves a small export the way ``matrix/peers`` describes
+each program (qemu with a qcow2 chain, a bitmap and ``-A``; nbdkit's memory
+plugin; nbd-server with flush/FUA/trim on), connects the reference client and
+turns what was negotiated into feature ids of ``matrix/features.toml``.
+:func:`check_peer` is one line of ``peers doctor``: the version the program
+reports against ``matrix/suites.toml`` and ``matrix/peers``, and the features
+it advertises against the claims for that version.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.process import PeerError
+from harness.protocol import constants as c
+
+from ._base import ClientPeer, Peer, PeerVersion, RunningServer, ServerPeer
+from .export import BitmapSpec, DataRange, ExportSpec, Layer
+from .nbdkit import NbdkitOptions
+from .qemu_nbd import QemuNbdOptions
+
+PROBE_BITMAP = "b0"
+KiB = 1024
+
+# Transmission flag -> the feature it shows (on a writable export).
+FLAG_FEATURES: dict[str, c.TransmissionFlag] = {
+    "write-zeroes": c.TransmissionFlag.SEND_WRITE_ZEROES,
+    "trim": c.TransmissionFlag.SEND_TRIM,
+    "flush": c.TransmissionFlag.SEND_FLUSH,
+    "fua": c.TransmissionFlag.SEND_FUA,
+    "cache": c.TransmissionFlag.SEND_CACHE,
+    "df": c.TransmissionFlag.SEND_DF,
+    "fast-zero": c.TransmissionFlag.SEND_FAST_ZERO,
+    "multi-conn-writable": c.TransmissionFlag.CAN_MULTI_CONN,
+    "block-status-payload": c.TransmissionFlag.BLOCK_STATUS_PAYLOAD,
+}
+CONTEXT_FEATURES = {
+    "base-allocation": c.BASE_ALLOCATION,
+    "allocation-depth": c.QEMU_ALLOCATION_DEPTH,
+    "dirty-bitmap": c.QEMU_DIRTY_BITMAP_PREFIX + PROBE_BITMAP,
+}
+OBSERVABLE = frozenset({"no-zeroes", "opt-go", "info-block-size", "structured-replies",
+                        "extended-headers", "list-exports", *FLAG_FEATURES, *CONTEXT_FEATURES})
+"""The server features a probe can see."""
+
+
+def probe_export(peer: ServerPeer) -> tuple[ExportSpec, object | None]:
+    """The export (and driver options) a program is probed with, as the data describes it."""
+    if peer.program in ("qemu-nbd", "qemu-storage-daemon"):
+        chain = ExportSpec(
+            size=1024 * KiB,
+            layers=(Layer((DataRange(0, 64 * KiB, 2),)), Layer((DataRange(128 * KiB, 64 * KiB),))),
+            bitmaps=(BitmapSpec(PROBE_BITMAP),),
+            writes_after_bitmaps=(DataRange(256 * KiB, 64 * KiB, 3),),
+        )
+        # A shareable export (--shared > 1): the data's claims are for those.
+        return chain, QemuNbdOptions(shared=2) if peer.program == "qemu-nbd" else None
+    if peer.program == "nbdkit":
+        return ExportSpec(size=1024 * KiB, image_format="raw"), NbdkitOptions(plugin="memory")
+    return ExportSpec(size=1024 * KiB, image_format="raw",
+                      layers=(Layer((DataRange(0, 64 * KiB),)),)), None
+
+
+@dataclass
+class Observed:
+    """What a probe saw: feature ids present and absent, and the raw negotiation."""
+
+    present: set[str] = field(default_factory=set)
+    absent: set[str] = field(default_factory=set)
+    negotiation: dict = field(default_factory=dict)
+
+    def record(self, feature: str, seen: bool) -> None:
+        (self.present if seen else self.absent).add(feature)
+
+
+def observe(server: RunningServer) -> Observed:
+    """Connect the reference client to ``server`` and record what it offers."""
+    from harness.client import Client, ConnectOptions, NbdClientError
+
+    observed = Observed()
+    contexts = tuple(CONTEXT_FEATURES.values())
+    with Client.connect(server.uri, options=ConnectOptions(meta_contexts=contexts,
+                                                           timeout=20)) as client:
+        negotiation = client.negotiation
+    observed.negotiation = negotiation.as_dict()
+    observed.record("no-zeroes",
+                    bool(negotiation.handshake_flags & c.HandshakeFlag.NO_ZEROES))
+    observed.record("opt-go", negotiation.selected_with == "NBD_OPT_GO")
+    observed.record("info-block-size", negotiation.block_size is not None)
+    observed.record("extended-headers", negotiation.extended_headers)
+    # A client that negotiated extended headers never asks for structured replies.
+    observed.record("structured-replies",
+                    negotiation.structured_replies or negotiation.extended_headers)
+    for feature, flag in FLAG_FEATURES.items():
+        observed.record(feature, bool(negotiation.transmission_flags & flag))
+    names = set(negotiation.contexts.values())
+    for feature, name in CONTEXT_FEATURES.items():
+        observed.record(feature, name in names)
+    try:
+        with Client.connect(server.uri, options=ConnectOptions(enter_transmission=False,
+                                                               timeout=20)) as client:
+            client.list_exports()
+        # Answered at all is what counts: nbdkit lists its default export as "", not by name.
+        observed.record("list-exports", True)
+    except (NbdClientError, OSError):
+        observed.record("list-exports", False)
+    return observed
+
+
+def probe_server(peer: ServerPeer, workdir: Path | None = None, *,
+                 export_of: ServerPeer | None = None) -> Observed:
+    """Serve the probe export with ``peer`` and observe it; the server is always stopped.
+
+    ``export_of`` serves the probe export of another program (the profile of that program
+    is probed with the same export as the real one).
+    """
+    export, options = probe_export(export_of or peer)
+    if export_of is not None:
+        options = None
+    directory = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="nbdh-probe-"))
+    try:
+        with peer.start(export, directory / peer.program, options=options) as server:
+            return observe(server)
+    finally:
+        if workdir is None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass
+class PeerCheck:
+    """One peer's line in ``peers doctor``."""
+
+    peer: str
+    provider: str
+    version: PeerVersion | None = None
+    expected_version: str | None = None
+    mismatches: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches and not self.error
+
+    def as_json(self) -> dict:
+        version = self.version
+        return {
+            "peer": self.peer,
+            "provider": self.provider,
+            "reported_version": version.reported if version else None,
+            "package_version": version.package if version else None,
+            "version": version.version if version else None,
+            "expected_version": self.expected_version,
+            "features": sorted(self.features),
+            "mismatches": self.mismatches,
+            "notes": self.notes,
+            "error": self.error,
+            "ok": self.ok,
+        }
+
+
+def _version_matches(actual: str, listed: str) -> bool:
+    from harness.peerdata import version_matches
+
+    try:
+        return version_matches(actual, listed)
+    except ValueError:
+        return False
+
+
+def check_peer(peer: Peer, peerdata: object | None, *, probe: bool = True,
+               workdir: Path | None = None) -> PeerCheck:
+    """Version and features of one peer against ``matrix/suites.toml`` and ``matrix/peers``."""
+    family = peer.family
+    check = PeerCheck(peer.program, peer.provider.name)
+    try:
+        version = check.version = peer.version()
+    except PeerError as exc:
+        check.error = f"no version: {str(exc).splitlines()[0]}"
+        return check
+    if version.note:
+        check.notes.append(version.note)
+    expected = peer.provider.data_version(family) if family else None
+    check.expected_version = expected
+    if expected and not _version_matches(version.version, expected):
+        check.mismatches.append(
+            f"version {version.version} is not {expected} (matrix/suites.toml "
+            f"[suite.{peer.provider.suite.name}.versions] {family})"
+        )
+    program_data = _program_data(peerdata, family)
+    if program_data is None:
+        if family:
+            check.notes.append(f"no matrix/peers data for {family}")
+        return check
+    try:
+        info = program_data.version_info(version.version)
+    except ValueError as exc:
+        check.mismatches.append(str(exc))
+        return check
+    if version.reported != version.version:
+        if not info.reports or not _version_matches(version.reported, info.reports):
+            check.mismatches.append(
+                f"reports version {version.reported}; matrix/peers says it reports "
+                f"{info.reports or 'its real version'}"
+            )
+    elif info.reports and not _version_matches(version.reported, version.version):
+        check.mismatches.append(f"matrix/peers says it reports {info.reports}")
+    if probe and isinstance(peer, ServerPeer):
+        _compare_features(check, peer, program_data, version.version, workdir)
+    return check
+
+
+def _program_data(peerdata: object | None, family: str | None):
+    if peerdata is None or family is None:
+        return None
+    return getattr(peerdata, "programs", {}).get(family)
+
+
+def expected_observation(peer: ServerPeer, version: str, workdir: Path | None) -> Observed:
+    """What the data says the probe should see: the reference server with the version's
+    profile (built from ``matrix/peers`` by ``reference_server.profiles``) serving the same
+    probe export, observed the same way."""
+    from .reference import ReferenceServerPeer
+
+    return probe_server(ReferenceServerPeer(profile=f"{peer.family}-{version}"), workdir,
+                        export_of=peer)
+
+
+def _compare_features(check: PeerCheck, peer: ServerPeer, program_data: object,
+                      version: str, workdir: Path | None) -> None:
+    try:
+        observed = probe_server(peer, workdir)
+    except (PeerError, OSError) as exc:
+        check.error = f"probe failed: {str(exc).splitlines()[0]}"
+        return
+    except Exception as exc:  # the reference client refusing the peer is a finding too
+        check.error = f"probe failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        return
+    check.features = sorted(observed.present)
+    expected = expected_observation(peer, version, workdir)
+    profile = f"profile {peer.family}-{version}"
+    for feature in sorted(OBSERVABLE):
+        offered = feature in observed.present
+        wanted = feature in expected.present
+        if offered and not wanted:
+            check.mismatches.append(f"offers {feature}; matrix/peers ({profile}) says it does not")
+        elif wanted and not offered:
+            check.mismatches.append(f"does not offer {feature}; matrix/peers ({profile}) says "
+                                    "it does")
+    claimed = set(program_data.features(version, "server"))  # type: ignore[attr-defined]
+    hidden = sorted((claimed & OBSERVABLE) - expected.present)
+    if hidden:
+        check.notes.append("claimed but hidden by a quirk or the probe's export: "
+                           + ", ".join(hidden))
+
+
+def is_client(peer: Peer) -> bool:
+    return isinstance(peer, ClientPeer)
+
+
+__all__ = ["OBSERVABLE", "Observed", "PeerCheck", "check_peer", "observe", "probe_export",
+           "probe_server"]

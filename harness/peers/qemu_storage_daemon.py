@@ -1,0 +1,213 @@
+"""qemu-storage-daemon: qemu's block layer without a VM, driven over QMP (``qemu.qmp``).
+
+The daemon starts with only a QMP monitor on a unix socket; the export is then
+built live, as a management application would: ``blockdev-add`` opens the
+qcow2 chain (persistent bitmaps load with it), ``block-dirty-bitmap-add``
+adds bitmaps live, ``nbd-server-start`` listens and ``block-export-add``
+exports the node with its bitmaps and ``allocation-depth`` (qemu 5.2+).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.address import Address
+from harness.process import PeerError
+
+from ._base import READY_TIMEOUT, Endpoint, RunningServer, ServerPeer, Transport, version_in
+from ._images import build_qcow2_chain, write_raw_flat
+from ._qemu import TLS_ID, tls_object
+from .export import DEFAULT_GRANULARITY, ExportSpec, ExportSpecError
+
+QMP_TIMEOUT = 30.0
+NODE = "export-node"
+EXPORT_ID = "export0"
+_PORT_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class LiveBitmap:
+    """A bitmap added with ``block-dirty-bitmap-add`` once the daemon runs (clean at first)."""
+
+    name: str
+    granularity: int = DEFAULT_GRANULARITY
+    persistent: bool = True
+
+
+@dataclass(frozen=True)
+class QemuStorageDaemonOptions:
+    """``live_bitmaps`` are added over QMP before the export; ``allocation_depth`` and
+    ``bitmaps`` say what ``block-export-add`` exports (the export's persistent bitmaps
+    and the live ones)."""
+
+    live_bitmaps: tuple[LiveBitmap, ...] = ()
+    allocation_depth: bool = True
+    bitmaps: bool = True
+
+
+class QmpSession:
+    """A synchronous QMP connection (``qemu.qmp``'s legacy client), closed on exit."""
+
+    def __init__(self, path: Path, timeout: float = QMP_TIMEOUT) -> None:
+        try:
+            from qemu.qmp.legacy import QEMUMonitorProtocol
+        except ImportError as exc:  # pragma: no cover - a dependency of the project
+            raise PeerError("the qemu.qmp package is missing: run scripts/bootstrap") from exc
+        self._qmp = QEMUMonitorProtocol(os.fspath(path))
+        self._qmp.connect()
+        self._qmp.settimeout(timeout)
+
+    def command(self, name: str, /, **arguments: Any) -> Any:
+        """Run a QMP command; a QMP error raises :class:`PeerError` with qemu's message."""
+        response = self._qmp.cmd_raw(name, arguments or None)
+        if not isinstance(response, dict):
+            raise PeerError(f"QMP {name}: no answer")
+        if "error" in response:
+            error = response["error"]
+            raise PeerError(f"QMP {name} failed: {error.get('desc', error)}")
+        return response.get("return")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._qmp.close()
+
+    def __enter__(self) -> QmpSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class QemuStorageDaemon(ServerPeer):
+    """``qemu-storage-daemon`` exporting a qcow2 chain over NBD, configured over QMP."""
+
+    program = "qemu-storage-daemon"
+    executable = "qemu-storage-daemon"
+
+    def parse_version(self, output: str) -> str:
+        return version_in(output, "qemu-storage-daemon")
+
+    def start(
+        self,
+        export: ExportSpec,
+        workdir: Path,
+        *,
+        transport: Transport = "tcp",
+        options: object | None = None,
+        ready_timeout: float = READY_TIMEOUT,
+    ) -> RunningServer:
+        opts = (options if isinstance(options, QemuStorageDaemonOptions)
+                else QemuStorageDaemonOptions())
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        if export.image_format == "qcow2":
+            image = build_qcow2_chain(export, workdir, self.provider,
+                                      self.log_path(workdir, "image"))
+        elif export.bitmaps or opts.live_bitmaps:
+            raise ExportSpecError("dirty bitmaps need image_format qcow2")
+        else:
+            image = write_raw_flat(export, workdir / "export.raw")
+        qmp_path, qmp_dir = self.socket_path(workdir)
+        qmp_path = qmp_path.with_name("qmp.sock")
+        argv = [
+            self.executable,
+            "--chardev", f"socket,id=qmp,path={qmp_path},server=on,wait=off",
+            "--monitor", "chardev=qmp",
+        ]
+        if export.tls_dir is not None:
+            argv += tls_object(export.tls_dir, "server")
+        binds = [workdir, qmp_dir, *([export.tls_dir] if export.tls_dir else [])]
+        log_path = workdir / f"{self.program}.log"
+        label = self.label()
+        process = self.provider.start(argv, log_path=log_path, binds=binds, cwd=workdir,
+                                      label=label)
+        placeholder = Endpoint(Address.unix(os.fspath(qmp_path)), export.name, export.tls_dir)
+        server = RunningServer(f"{self.program} ({self.provider.name})", placeholder, log_path,
+                               process, export)
+        server.add_cleanup(lambda: self.provider.cleanup(label))
+        if qmp_dir != workdir:
+            server.add_cleanup(lambda: shutil.rmtree(qmp_dir, ignore_errors=True))
+        try:
+            self.provider.wait_unix(process, qmp_path, ready_timeout)
+            with QmpSession(qmp_path) as qmp:
+                self._configure(qmp, export, image, opts)
+                server.endpoint = self._listen(qmp, export, opts, transport, qmp_dir)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def _configure(self, qmp: QmpSession, export: ExportSpec, image: Path,
+                   opts: QemuStorageDaemonOptions) -> None:
+        qmp.command(
+            "blockdev-add",
+            **{
+                "driver": export.image_format,
+                "node-name": NODE,
+                "read-only": export.read_only,
+                "file": {"driver": "file", "filename": os.fspath(image)},
+            },
+        )
+        for bitmap in opts.live_bitmaps:
+            qmp.command("block-dirty-bitmap-add", node=NODE, name=bitmap.name,
+                        granularity=bitmap.granularity, persistent=bitmap.persistent)
+
+    def _listen(self, qmp: QmpSession, export: ExportSpec, opts: QemuStorageDaemonOptions,
+                transport: Transport, socket_dir: Path) -> Endpoint:
+        tls = {"tls-creds": TLS_ID} if export.tls_dir is not None else {}
+        if transport == "unix":
+            path = socket_dir / "nbd.sock"
+            qmp.command("nbd-server-start", addr={"type": "unix", "data": {"path": str(path)}},
+                        **tls)
+            address = Address.unix(os.fspath(path))
+        else:
+            # QMP cannot tell which port the kernel chose for port 0: pick one, retry if taken.
+            for attempt in range(_PORT_ATTEMPTS):
+                port = _free_port()
+                try:
+                    qmp.command(
+                        "nbd-server-start",
+                        addr={"type": "inet", "data": {"host": "127.0.0.1", "port": str(port)}},
+                        **tls,
+                    )
+                    break
+                except PeerError as exc:
+                    if "in use" not in str(exc) or attempt == _PORT_ATTEMPTS - 1:
+                        raise
+            address = Address.tcp("127.0.0.1", port)
+        self._export(qmp, export, opts)
+        return Endpoint(address, export.name, export.tls_dir)
+
+    def _export(self, qmp: QmpSession, export: ExportSpec,
+                opts: QemuStorageDaemonOptions) -> None:
+        arguments: dict[str, Any] = {
+            "type": "nbd",
+            "id": EXPORT_ID,
+            "node-name": NODE,
+            "name": export.name,
+            "writable": not export.read_only,
+        }
+        if export.description:
+            arguments["description"] = export.description
+        if opts.bitmaps:
+            names = [b.name for b in export.bitmaps] + [b.name for b in opts.live_bitmaps]
+            if names:
+                arguments["bitmaps"] = names
+        if opts.allocation_depth:
+            arguments["allocation-depth"] = True
+        qmp.command("block-export-add", **arguments)
+
+
+__all__ = ["LiveBitmap", "QemuStorageDaemon", "QemuStorageDaemonOptions", "QmpSession"]
