@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "harness.commands.capture",
     "harness.commands.info",
     "harness.commands.dissect",
+    "harness.commands.lint",
     "harness.commands.peers",
 ]
 

@@ -1,0 +1,624 @@
+"""What the rules need to know about one session, worked out once.
+
+The dissector hands out messages in capture order with their request/option
+links.  Most rules need more context than one message: which options were
+answered by which replies and what had been negotiated when each option was
+sent (:class:`OptionExchange`), which replies belong to which request and
+whether the reply was complete (:class:`Transaction`), and what the session
+settled for the transmission phase (:class:`Transmission`).  A
+:class:`SessionView` computes all that in one pass; rule functions read it.
+
+Messages are taken in :func:`causal_order` (a reply after what it answers,
+even when the server answered before the request was complete).  Nothing here
+judges anything: a reply naming the wrong option is still filed under the
+option it answers, a chunk after the final one is kept aside as ``late``, a
+reply nobody asked for lands in ``orphan_replies``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+from scapy.fields import PacketListField
+from scapy.packet import NoPayload, Packet
+
+from harness.dissect.layers import TextField, TextLenField
+from harness.dissect.model import CLIENT, Session, Undecoded, WireMessage
+from harness.protocol import constants as c
+
+_DATA_OPTIONS = (c.Opt.GO, c.Opt.INFO)
+
+
+@dataclass(frozen=True)
+class Negotiated:
+    """Handshake state at one point of a session (what the options so far settled)."""
+
+    structured: bool = False
+    extended: bool = False
+    tls: bool = False
+
+    @property
+    def replies_with_chunks(self) -> bool:
+        """Structured replies or extended headers: the server may send chunks."""
+        return self.structured or self.extended
+
+
+@dataclass
+class OptionExchange:
+    """One option the client sent and every option reply that answered it."""
+
+    option: WireMessage
+    position: int
+    """Index of the option in :attr:`SessionView.messages`."""
+    before: Negotiated
+    """What had been negotiated when the client sent the option."""
+    replies: list[WireMessage] = field(default_factory=list)
+    reply_positions: list[int] = field(default_factory=list)
+
+    @property
+    def code(self) -> int:
+        """The option number (``NBD_OPT_*``)."""
+        return int(self.option.fields.get("option", -1))
+
+    @property
+    def final(self) -> WireMessage | None:
+        """The first final reply (``NBD_REP_ACK`` or an error), if any arrived."""
+        for reply in self.replies:
+            if is_final_reply(reply):
+                return reply
+        return None
+
+    @property
+    def final_position(self) -> int | None:
+        for reply, position in zip(self.replies, self.reply_positions, strict=True):
+            if is_final_reply(reply):
+                return position
+        return None
+
+    @property
+    def final_type(self) -> int | None:
+        final = self.final
+        return None if final is None else reply_type(final)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.final_type == c.Rep.ACK
+
+    @property
+    def export_name(self) -> str | None:
+        return self.option.fields.get("export_name")
+
+    def replies_of_type(self, rep: int) -> list[WireMessage]:
+        return [r for r in self.replies if reply_type(r) == rep]
+
+    def infos(self) -> list[WireMessage]:
+        """The ``NBD_REP_INFO`` replies before the final reply."""
+        out = []
+        for reply in self.replies:
+            if is_final_reply(reply):
+                break
+            if reply_type(reply) == c.Rep.INFO:
+                out.append(reply)
+        return out
+
+
+@dataclass(frozen=True)
+class RequestHeader:
+    """The fixed fields of a request, read from its bytes (they are there even when the
+    dissector could not make sense of the payload)."""
+
+    extended: bool
+    flags: int
+    command: int
+    cookie: int
+    offset: int
+    length: int
+
+
+def request_header(message: WireMessage) -> RequestHeader:
+    wire = message.wire
+    if len(wire) >= c.EXTENDED_REQUEST_LEN and wire[:4] == _EXTENDED_REQUEST_MAGIC:
+        _magic, flags, command, cookie, offset, length = struct.unpack_from(">IHHQQQ", wire)
+        return RequestHeader(True, flags, command, cookie, offset, length)
+    if len(wire) >= c.REQUEST_LEN:
+        _magic, flags, command, cookie, offset, length = struct.unpack_from(">IHHQQI", wire)
+        return RequestHeader(False, flags, command, cookie, offset, length)
+    return RequestHeader(False, 0, -1, 0, 0, 0)
+
+
+_EXTENDED_REQUEST_MAGIC = struct.pack(">I", c.EXTENDED_REQUEST_MAGIC)
+
+
+@dataclass
+class Transaction:
+    """One request and the replies (simple, or chunks) the server sent for it."""
+
+    request: WireMessage
+    position: int
+    """Index of the request in :attr:`SessionView.messages`."""
+    replies: list[WireMessage] = field(default_factory=list)
+    reply_positions: list[int] = field(default_factory=list)
+    complete: bool = False
+    """A simple reply, or a chunk with ``NBD_REPLY_FLAG_DONE``, arrived."""
+    late: list[WireMessage] = field(default_factory=list)
+    """Replies with this cookie after the reply was complete (and before the
+    cookie was used again)."""
+
+    @property
+    def header(self) -> RequestHeader:
+        return request_header(self.request)
+
+    @property
+    def command(self) -> int:
+        return self.header.command
+
+    @property
+    def name(self) -> str:
+        """``NBD_CMD_READ``... (read from the header, whatever the dissector made of the rest)."""
+        return c.name_of(c.Cmd, self.command)
+
+    @property
+    def flags(self) -> int:
+        return self.header.flags
+
+    @property
+    def offset(self) -> int:
+        return self.header.offset
+
+    @property
+    def length(self) -> int:
+        """The header's length field (payload length with ``NBD_CMD_FLAG_PAYLOAD_LEN``)."""
+        return self.header.length
+
+    @property
+    def extended(self) -> bool:
+        return self.header.extended
+
+    @property
+    def payload_form(self) -> bool:
+        """An extended request whose length counts payload bytes."""
+        return self.extended and bool(self.flags & c.CmdFlag.PAYLOAD_LEN)
+
+    @property
+    def effect_length(self) -> int:
+        """How much of the export the request covers (``length``, or the block
+        status payload's effect length)."""
+        if self.payload_form and self.command == c.Cmd.BLOCK_STATUS:
+            body = self.request.wire[c.EXTENDED_REQUEST_LEN :]
+            return int(struct.unpack_from(">Q", body)[0]) if len(body) >= 8 else 0
+        return self.length
+
+    @property
+    def chunks(self) -> list[WireMessage]:
+        return [r for r in self.replies if r.kind == "chunk"]
+
+    @property
+    def errored(self) -> bool:
+        """An error chunk, or a simple reply with a nonzero error."""
+        return any(reply_error(r) for r in self.replies)
+
+    @property
+    def succeeded(self) -> bool:
+        """Complete and without any error."""
+        return self.complete and not self.errored
+
+    @property
+    def error(self) -> int:
+        """The first error value among the replies (0 when none; -1 for an error chunk
+        whose error field is 0)."""
+        for reply in self.replies:
+            error = reply_error(reply)
+            if error:
+                return error
+        return 0
+
+    @property
+    def completed_at(self) -> int | None:
+        """Position of the reply that completed the transaction, if any."""
+        return self.reply_positions[-1] if self.complete else None
+
+    def in_flight_at(self, position: int) -> bool:
+        """Sent before ``position`` and not complete by then."""
+        done = self.completed_at
+        return self.position < position and (done is None or done > position)
+
+
+@dataclass
+class Transmission:
+    """What the handshake settled for the transmission phase."""
+
+    entered_by: WireMessage | None = None
+    """The ``NBD_REP_ACK`` to ``NBD_OPT_GO``, the export-name reply or the
+    oldstyle greeting; ``None`` when the capture never reached transmission."""
+    go: OptionExchange | None = None
+    export_name: str | None = None
+    flags: int | None = None
+    size: int | None = None
+    block_size: tuple[int, int, int] | None = None
+    """(minimum, preferred, maximum payload) the server advertised with GO."""
+    block_size_requested: bool = False
+    """The GO asked for ``NBD_INFO_BLOCK_SIZE``: the client must abide by it."""
+    negotiated: Negotiated = field(default_factory=Negotiated)
+    contexts: dict[int, str] = field(default_factory=dict)
+    """Metadata contexts the last ``NBD_OPT_SET_META_CONTEXT`` selected (if it succeeded)."""
+    contexts_exchange: OptionExchange | None = None
+    """That last ``NBD_OPT_SET_META_CONTEXT`` (after any STARTTLS)."""
+
+    def has(self, flag: int) -> bool:
+        """True when the transmission flags advertise ``flag``."""
+        return self.flags is not None and bool(self.flags & flag)
+
+    @property
+    def contexts_usable(self) -> bool:
+        """At least one context was selected, for the export transmission uses."""
+        exchange = self.contexts_exchange
+        return (
+            bool(self.contexts)
+            and exchange is not None
+            and exchange.export_name == self.export_name
+        )
+
+    @property
+    def minimum_block(self) -> int:
+        return self.block_size[0] if self.block_size else 1
+
+    @property
+    def maximum_payload(self) -> int | None:
+        return self.block_size[2] if self.block_size else None
+
+
+def reply_type(message: WireMessage) -> int:
+    return int(message.fields.get("reply_type", 0))
+
+
+def is_final_reply(message: WireMessage) -> bool:
+    """``NBD_REP_ACK`` or any error reply ends an option's replies."""
+    rep = reply_type(message)
+    return rep == c.Rep.ACK or c.is_rep_error(rep)
+
+
+def chunk_type(message: WireMessage) -> int:
+    return int(message.fields.get("type", -1))
+
+
+def is_done(message: WireMessage) -> bool:
+    """A simple reply, or a chunk with ``NBD_REPLY_FLAG_DONE``: the reply is complete."""
+    if message.kind == "simple-reply":
+        return True
+    return bool(int(message.fields.get("flags", 0)) & c.ReplyFlag.DONE)
+
+
+def reply_error(message: WireMessage) -> int:
+    """The error a simple reply or an error chunk carries (0 when none)."""
+    if message.kind == "simple-reply":
+        return int(message.fields.get("error", 0))
+    if message.kind == "chunk" and c.is_error_chunk(chunk_type(message)):
+        return int(message.fields.get("error", 0)) or -1  # an error chunk is an error
+    return 0
+
+
+def header_length(message: WireMessage) -> int:
+    """The ``length`` field of an option, option reply or chunk header."""
+    return int(message.fields.get("length", 0) or 0)
+
+
+def payload(message: WireMessage) -> bytes:
+    """The bytes after an option, option-reply or chunk header."""
+    wire = message.wire
+    if message.kind == "option":
+        return wire[c.OPTION_HEADER_LEN :]
+    if message.kind == "option-reply":
+        return wire[c.OPTION_REPLY_HEADER_LEN :]
+    if message.kind == "chunk":
+        extended = message.fields.get("magic") == c.EXTENDED_REPLY_MAGIC
+        return wire[c.EXTENDED_REPLY_HEADER_LEN if extended else c.STRUCTURED_REPLY_HEADER_LEN :]
+    return b""
+
+
+def strings_of(message: WireMessage) -> list[tuple[str, bytes]]:
+    """Every string field of a message as raw bytes: ``[("export_name", b"disk"), ...]``.
+
+    Strings (section "Conventions") are what the layers declare as text: export
+    names, queries, context names, descriptions, error messages.
+    """
+    out: list[tuple[str, bytes]] = []
+    _collect_strings(message.packet, out)
+    return out
+
+
+def _collect_strings(packet: Packet, out: list[tuple[str, bytes]]) -> None:
+    layer: Packet | None = packet
+    while layer is not None and not isinstance(layer, NoPayload):
+        for fld in layer.fields_desc:
+            if isinstance(fld, TextField | TextLenField):
+                value = layer.getfieldval(fld.name)
+                out.append((fld.name, bytes(value or b"")))
+            elif isinstance(fld, PacketListField):
+                for element in layer.getfieldval(fld.name) or []:
+                    _collect_strings(element, out)
+        layer = layer.payload
+
+
+class SessionView:
+    """One decoded session with everything the rules ask about, computed once."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.messages = causal_order(session.messages)
+        """The session's messages in an order where every reply follows what it answers."""
+        self.greeting: WireMessage | None = None
+        self.client_flags: WireMessage | None = None
+        self.options: list[OptionExchange] = []
+        self.orphan_option_replies: list[WireMessage] = []
+        self.export_name_reply: WireMessage | None = None
+        self.transactions: list[Transaction] = []
+        self.orphan_replies: list[WireMessage] = []
+        self.transaction_of: dict[int, Transaction] = {}
+        """``id(reply)`` -> the transaction it belongs to (late replies included)."""
+        self.transmission = Transmission()
+        self._position = {id(m): i for i, m in enumerate(self.messages)}
+        self._walk()
+
+    # --- lookups ---------------------------------------------------------------
+
+    def position(self, message: WireMessage) -> int:
+        """Index of ``message`` in :attr:`messages` (causal order)."""
+        return self._position[id(message)]
+
+    def messages_from(self, direction: str) -> Iterator[WireMessage]:
+        return (m for m in self.messages if m.direction == direction)
+
+    def undecoded(self, direction: str) -> list[Undecoded]:
+        return [u for u in self.session.undecoded if u.direction == direction]
+
+    @property
+    def handshake_flags(self) -> int:
+        if self.greeting is None or self.greeting.kind != "newstyle-greeting":
+            return 0
+        return int(self.greeting.fields.get("handshake_flags", 0))
+
+    @property
+    def client_flag_bits(self) -> int:
+        return (
+            0 if self.client_flags is None else int(self.client_flags.fields.get("client_flags", 0))
+        )
+
+    @property
+    def fixed_newstyle(self) -> bool:
+        """The server offered fixed newstyle and the client accepted it."""
+        return bool(self.handshake_flags & c.HandshakeFlag.FIXED_NEWSTYLE) and bool(
+            self.client_flag_bits & c.ClientFlag.C_FIXED_NEWSTYLE
+        )
+
+    @property
+    def midstream(self) -> bool:
+        return self.session.joined_midstream
+
+    # --- the one pass ------------------------------------------------------------
+
+    def _walk(self) -> None:
+        state = Negotiated()
+        pending: list[OptionExchange] = []  # awaiting their final reply, oldest first
+        export_name_option: WireMessage | None = None
+        in_flight: dict[int, list[Transaction]] = {}
+        finished: dict[int, Transaction] = {}  # cookie -> last completed transaction
+        contexts: dict[int, str] = {}
+        contexts_exchange: OptionExchange | None = None
+        export_info: dict[str, object] = {}
+        for position, message in enumerate(self.messages):
+            kind = message.kind
+            if kind in ("newstyle-greeting", "oldstyle-greeting"):
+                self.greeting = message
+                if kind == "oldstyle-greeting":
+                    self._enter(message, state, contexts, contexts_exchange)
+                    self.transmission.flags = message.fields.get("transmission_flags")
+                    self.transmission.size = message.fields.get("size")
+            elif kind == "client-flags":
+                self.client_flags = message
+            elif kind == "option":
+                exchange = OptionExchange(message, position, state)
+                self.options.append(exchange)
+                if exchange.code == c.Opt.EXPORT_NAME:
+                    export_name_option = message
+                else:
+                    pending.append(exchange)
+                if exchange.code in _DATA_OPTIONS:
+                    export_info = {}
+                elif exchange.code == c.Opt.SET_META_CONTEXT:
+                    contexts = {}
+                    contexts_exchange = exchange
+            elif kind == "option-reply":
+                exchange = _answered(pending, message)
+                if exchange is None:
+                    self.orphan_option_replies.append(message)
+                    continue
+                exchange.replies.append(message)
+                exchange.reply_positions.append(position)
+                if is_final_reply(message):
+                    pending.remove(exchange)
+                state, contexts, contexts_exchange = self._apply_reply(
+                    exchange, message, state, contexts, contexts_exchange, export_info
+                )
+            elif kind == "export-name-reply":
+                self.export_name_reply = message
+                self._enter(message, state, contexts, contexts_exchange)
+                if export_name_option is not None:
+                    self.transmission.export_name = export_name_option.fields.get("export_name")
+                self.transmission.flags = message.fields.get("transmission_flags")
+                self.transmission.size = message.fields.get("size")
+            elif kind == "request":
+                transaction = Transaction(message, position)
+                self.transactions.append(transaction)
+                if transaction.command != c.Cmd.DISC:
+                    in_flight.setdefault(transaction.header.cookie, []).append(transaction)
+            elif kind in ("simple-reply", "chunk"):
+                self._pair(message, position, in_flight, finished)
+        if self.midstream and self.transmission.entered_by is None:
+            guessed = self.session.state
+            self.transmission.negotiated = Negotiated(
+                structured=guessed.structured_replies, extended=guessed.extended_headers
+            )
+
+    def _apply_reply(
+        self,
+        exchange: OptionExchange,
+        message: WireMessage,
+        state: Negotiated,
+        contexts: dict[int, str],
+        contexts_exchange: OptionExchange | None,
+        export_info: dict[str, object],
+    ) -> tuple[Negotiated, dict[int, str], OptionExchange | None]:
+        rep = reply_type(message)
+        named = message.fields.get("option")
+        if named != exchange.code:
+            return state, contexts, contexts_exchange  # a mislabelled reply settles nothing
+        if rep == c.Rep.META_CONTEXT and exchange is contexts_exchange:
+            contexts[int(message.fields.get("context_id", 0))] = message.fields.get(
+                "context_name", ""
+            )
+        elif rep == c.Rep.INFO and exchange.code in _DATA_OPTIONS:
+            info = message.fields.get("info_type")
+            if info == c.Info.EXPORT:
+                export_info["size"] = message.fields.get("size")
+                export_info["flags"] = message.fields.get("transmission_flags")
+            elif info == c.Info.BLOCK_SIZE and "maximum_payload_size" in message.fields:
+                export_info["block_size"] = (
+                    int(message.fields.get("minimum_block_size", 0)),
+                    int(message.fields.get("preferred_block_size", 0)),
+                    int(message.fields.get("maximum_payload_size", 0)),
+                )
+        elif c.is_rep_error(rep) and exchange is contexts_exchange:
+            contexts = {}
+        elif rep == c.Rep.ACK:
+            if exchange.code == c.Opt.STRUCTURED_REPLY:
+                state = replace(state, structured=True)
+            elif exchange.code == c.Opt.EXTENDED_HEADERS:
+                state = replace(state, extended=True)
+            elif exchange.code == c.Opt.STARTTLS:
+                # Nothing negotiated before STARTTLS survives it.
+                state = Negotiated(tls=True)
+                contexts, contexts_exchange = {}, None
+            elif exchange.code == c.Opt.GO:
+                self._enter(message, state, contexts, contexts_exchange)
+                self.transmission.go = exchange
+                self.transmission.export_name = exchange.export_name
+                self.transmission.size = export_info.get("size")  # type: ignore[assignment]
+                self.transmission.flags = export_info.get("flags")  # type: ignore[assignment]
+                self.transmission.block_size = export_info.get("block_size")  # type: ignore[assignment]
+                requests = exchange.option.fields.get("info_requests") or []
+                self.transmission.block_size_requested = c.Info.BLOCK_SIZE in requests
+        return state, contexts, contexts_exchange
+
+    def _enter(
+        self,
+        message: WireMessage,
+        state: Negotiated,
+        contexts: dict[int, str],
+        contexts_exchange: OptionExchange | None,
+    ) -> None:
+        self.transmission.entered_by = message
+        self.transmission.negotiated = state
+        self.transmission.contexts = dict(contexts)
+        self.transmission.contexts_exchange = contexts_exchange
+
+    def _pair(
+        self,
+        message: WireMessage,
+        position: int,
+        in_flight: dict[int, list[Transaction]],
+        finished: dict[int, Transaction],
+    ) -> None:
+        cookie = int(message.fields.get("cookie", 0))
+        waiting = in_flight.get(cookie)
+        if not waiting:
+            earlier = finished.get(cookie)
+            if earlier is not None:
+                earlier.late.append(message)
+                self.transaction_of[id(message)] = earlier
+            else:
+                self.orphan_replies.append(message)
+            return
+        transaction = waiting[0]
+        transaction.replies.append(message)
+        transaction.reply_positions.append(position)
+        self.transaction_of[id(message)] = transaction
+        if is_done(message):
+            transaction.complete = True
+            waiting.pop(0)
+            if not waiting:
+                del in_flight[cookie]
+            finished[cookie] = transaction
+
+
+def _answered(pending: list[OptionExchange], reply: WireMessage) -> OptionExchange | None:
+    """The pending option a reply answers: the oldest one it names, else the oldest one
+    (replies come in option order; a reply naming another option is still its answer)."""
+    if not pending:
+        return None
+    named = reply.fields.get("option")
+    for exchange in pending:
+        if exchange.code == named:
+            return exchange
+    return pending[0]
+
+
+def causal_order(messages: list[WireMessage]) -> list[WireMessage]:
+    """The two directions merged so that a reply never precedes what it answers.
+
+    The dissector orders messages by the frame that completed them.  A server
+    may answer before the client's message is complete (nbdkit refuses an option
+    with NBD_REP_ERR_TLS_REQD as soon as it has the header, while the rest of the
+    option's data is still on its way), so here a client message counts from the
+    frame of its first byte and a server message from the frame of its last: a
+    server cannot answer what it has not started to receive.  Each direction
+    keeps its own order.
+    """
+    index = {id(m): i for i, m in enumerate(messages)}
+    client = [m for m in messages if m.direction == CLIENT]
+    server = [m for m in messages if m.direction != CLIENT]
+    merged: list[WireMessage] = []
+    while client and server:
+        first, last = client[0].frame, server[0].last_frame
+        # Same frame (bytes given without frames): the dissector's order decides.
+        if first < last or (first == last and index[id(client[0])] < index[id(server[0])]):
+            merged.append(client.pop(0))
+        else:
+            merged.append(server.pop(0))
+    return merged + client + server
+
+
+def follows(view: SessionView, message: WireMessage, direction: str) -> list[WireMessage]:
+    """Messages of ``direction`` after ``message`` in capture order."""
+    start = view.position(message) + 1
+    return [m for m in view.messages[start:] if m.direction == direction]
+
+
+def undecoded_after(view: SessionView, message: WireMessage) -> list[Undecoded]:
+    """Undecodable regions of ``message``'s direction that start at or after its end."""
+    end = message.offset + message.length
+    return [u for u in view.undecoded(message.direction) if u.offset >= end]
+
+
+def undecoded_at(view: SessionView, message: WireMessage) -> Undecoded | None:
+    """The undecodable region that starts right where ``message`` ends, if any."""
+    end = message.offset + message.length
+    for region in view.undecoded(message.direction):
+        if region.offset == end:
+            return region
+    return None
+
+
+def bad_magic(region: Undecoded, expected: str) -> bool:
+    """The decoder stopped at ``region`` because a magic was wrong.
+
+    ``expected`` is how the decoder words it (``"a reply magic"``, ``"an option
+    (IHAVEOPT)"``...): its reasons read ``expected <what>, found 0x...``.
+    """
+    return region.reason.startswith(f"expected {expected}")
+
+
+def found_zeroes(region: Undecoded) -> bool:
+    """The wrong magic the decoder found is all zero bytes (padding, most likely)."""
+    return region.reason.rstrip().endswith(("found 0x00000000", "found 0x0000000000000000"))

@@ -1,0 +1,797 @@
+"""Rules of the transmission phase: transmission flags, requests, cookies, DISC, sizes.
+
+Sections "Transmission", "Request message", "Terminating the transmission
+phase", "Transmission flags", "Command flags", "Request types", "Size
+constraints" and "Baseline".  Replies are in :mod:`rules_structured`,
+:mod:`rules_block_status` and :mod:`rules_errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from harness.conformance._rule import MUST, MUST_NOT, SHOULD, SHOULD_NOT, Hit, rule
+from harness.conformance._view import (
+    Negotiated,
+    SessionView,
+    Transaction,
+    bad_magic,
+    follows,
+    found_zeroes,
+    reply_error,
+    request_header,
+    undecoded_after,
+    undecoded_at,
+)
+from harness.dissect.model import CLIENT, SERVER, Undecoded, WireMessage
+from harness.protocol import constants as c
+
+TF = c.TransmissionFlag
+CF = c.CmdFlag
+_KNOWN_COMMANDS = frozenset(int(cmd) for cmd in c.Cmd)
+
+
+@dataclass(frozen=True)
+class _Advertised:
+    """Transmission flags as one message advertised them, and what was negotiated then."""
+
+    message: WireMessage
+    flags: int
+    negotiated: Negotiated
+    go: bool
+
+
+def _advertised(view: SessionView) -> Iterator[_Advertised]:
+    """Every place the server sent transmission flags."""
+    for exchange in view.options:
+        if exchange.code not in (c.Opt.INFO, c.Opt.GO):
+            continue
+        for reply in exchange.infos():
+            if reply.fields.get("info_type") == c.Info.EXPORT and "transmission_flags" in (
+                reply.fields
+            ):
+                yield _Advertised(
+                    reply,
+                    int(reply.fields["transmission_flags"]),
+                    exchange.before,
+                    exchange.code == c.Opt.GO,
+                )
+    reply = view.export_name_reply
+    if reply is not None and "transmission_flags" in reply.fields:
+        yield _Advertised(
+            reply,
+            int(reply.fields["transmission_flags"]),
+            view.transmission.negotiated,
+            True,
+        )
+    greeting = view.greeting
+    if greeting is not None and greeting.kind == "oldstyle-greeting":
+        yield _Advertised(
+            greeting, int(greeting.fields.get("transmission_flags", 0)), Negotiated(), True
+        )
+
+
+def _requests(view: SessionView) -> Iterator[Transaction]:
+    """Requests sent in a transmission phase whose flags are known."""
+    if view.transmission.flags is None:
+        return
+    yield from view.transactions
+
+
+def _command_name(transaction: Transaction) -> str:
+    return transaction.name
+
+
+# --- magic numbers ---------------------------------------------------------------
+
+
+@rule(
+    id="client.request-magic",
+    level=MUST,
+    role=CLIENT,
+    section="Request message",
+    sentence="C: 32 bits, 0x25609513, magic (`NBD_REQUEST_MAGIC`)",
+    midstream=True,
+)
+def request_magic(view: SessionView) -> Iterator[Hit]:
+    """Every request starts with NBD_REQUEST_MAGIC (or the extended request magic)."""
+    for region in view.undecoded(CLIENT):
+        if bad_magic(region, "a request magic") and not _option_after_go(view, region):
+            yield Hit(region, f"request without a request magic ({region.reason})")
+
+
+_IHAVEOPT_HIGH = f"{c.IHAVEOPT >> 32:#010x}"  # what a request-magic reader sees of IHAVEOPT
+
+
+def _option_after_go(view: SessionView, region: Undecoded) -> bool:
+    """The client's transmission bytes start with IHAVEOPT right where the handshake ended."""
+    go = view.transmission.go
+    return (
+        go is not None
+        and region.reason.endswith(f"found {_IHAVEOPT_HIGH}")
+        and region.offset == go.option.offset + go.option.length
+    )
+
+
+@rule(
+    id="client.no-options-after-go",
+    level=MUST_NOT,
+    role=CLIENT,
+    section="Option types",
+    sentence="The client MUST NOT send further option requests unless the final reply from the "
+    "server indicates an error.",
+)
+def no_options_after_go(view: SessionView) -> Iterator[Hit]:
+    """After NBD_REP_ACK to NBD_OPT_GO the client sends requests, not options."""
+    for region in view.undecoded(CLIENT):
+        if _option_after_go(view, region):
+            yield Hit(region, "an option (IHAVEOPT) sent after NBD_OPT_GO succeeded")
+
+
+def _after_handshake(view: SessionView) -> set[int]:
+    """Server stream offsets right after the message that ended the handshake."""
+    entered = view.transmission.entered_by
+    if entered is None or entered.kind == "oldstyle-greeting":
+        return set()
+    return {entered.offset + entered.length}
+
+
+@rule(
+    id="server.reply-magic",
+    level=MUST,
+    role=SERVER,
+    section="Transmission",
+    sentence="There are two general message types in the transmission phase: the request "
+    "(simple or extended), and the reply (simple, structured, or extended).",
+    midstream=True,
+)
+def reply_magic(view: SessionView) -> Iterator[Hit]:
+    """Every reply starts with the simple, structured or extended reply magic."""
+    skip = _after_handshake(view)
+    for region in view.undecoded(SERVER):
+        if bad_magic(region, "a reply magic"):
+            if region.offset in skip and found_zeroes(region):
+                continue  # padding after the end of the handshake: its own rules
+            yield Hit(region, f"reply without a reply magic ({region.reason})")
+
+
+@rule(
+    id="server.no-padding-after-go",
+    level=MUST_NOT,
+    role=SERVER,
+    section="Option types",
+    sentence="The server MUST NOT send any zero padding bytes after the `NBD_REP_ACK` data, "
+    "whether or not the client negotiated the `NBD_FLAG_C_NO_ZEROES` flag.",
+)
+def no_padding_after_go(view: SessionView) -> Iterator[Hit]:
+    """No zero bytes follow the NBD_REP_ACK that ends a successful NBD_OPT_GO."""
+    go = view.transmission.go
+    if go is None or go.final is None:
+        return
+    region = undecoded_at(view, go.final)
+    if region is not None and found_zeroes(region):
+        yield Hit(region, "zero padding after the NBD_REP_ACK to NBD_OPT_GO")
+
+
+# --- transmission flags -------------------------------------------------------------
+
+
+@rule(
+    id="server.has-flags",
+    level=MUST,
+    role=SERVER,
+    section="Transmission flags",
+    sentence="bit 0, `NBD_FLAG_HAS_FLAGS`: MUST always be 1.",
+)
+def has_flags(view: SessionView) -> Iterator[Hit]:
+    """Every set of transmission flags has NBD_FLAG_HAS_FLAGS."""
+    for advertised in _advertised(view):
+        if not advertised.flags & TF.HAS_FLAGS:
+            yield Hit(
+                advertised.message,
+                f"transmission flags {advertised.flags:#06x} lack NBD_FLAG_HAS_FLAGS",
+            )
+
+
+@rule(
+    id="server.df-needs-structured",
+    level=MUST,
+    role=SERVER,
+    section="Transmission flags",
+    sentence="and MUST leave this flag clear if neither structured replies nor extended "
+    "headers have been negotiated",
+)
+def df_needs_structured(view: SessionView) -> Iterator[Hit]:
+    """NBD_FLAG_SEND_DF only once structured replies or extended headers are negotiated."""
+    for advertised in _advertised(view):
+        if advertised.flags & TF.SEND_DF and not advertised.negotiated.replies_with_chunks:
+            yield Hit(
+                advertised.message,
+                "NBD_FLAG_SEND_DF set without structured replies or extended headers",
+            )
+
+
+@rule(
+    id="server.fast-zero-needs-write-zeroes",
+    level=MUST,
+    role=SERVER,
+    section="Transmission flags",
+    sentence="and MUST set this transmission flag to 0 if `NBD_FLAG_SEND_WRITE_ZEROES` is not set",
+)
+def fast_zero_needs_write_zeroes(view: SessionView) -> Iterator[Hit]:
+    """NBD_FLAG_SEND_FAST_ZERO only with NBD_FLAG_SEND_WRITE_ZEROES."""
+    for advertised in _advertised(view):
+        if advertised.flags & TF.SEND_FAST_ZERO and not advertised.flags & TF.SEND_WRITE_ZEROES:
+            yield Hit(
+                advertised.message, "NBD_FLAG_SEND_FAST_ZERO set without NBD_FLAG_SEND_WRITE_ZEROES"
+            )
+
+
+@rule(
+    id="server.block-status-payload-needs-extended",
+    level=MUST_NOT,
+    role=SERVER,
+    section="Transmission flags",
+    sentence="Servers MUST NOT advertise this bit unless the client successfully negotiates "
+    "extended headers via `NBD_OPT_EXTENDED_HEADERS`",
+)
+def block_status_payload_needs_extended(view: SessionView) -> Iterator[Hit]:
+    """NBD_FLAG_BLOCK_STATUS_PAYLOAD only with extended headers."""
+    for advertised in _advertised(view):
+        if advertised.flags & TF.BLOCK_STATUS_PAYLOAD and not advertised.negotiated.extended:
+            yield Hit(
+                advertised.message, "NBD_FLAG_BLOCK_STATUS_PAYLOAD set without extended headers"
+            )
+
+
+@rule(
+    id="server.block-status-payload-needs-contexts",
+    level=SHOULD_NOT,
+    role=SERVER,
+    section="Transmission flags",
+    sentence="and SHOULD NOT advertise this bit in response to `NBD_OPT_GO` if the client does "
+    "not negotiate metacontexts with `NBD_OPT_SET_META_CONTEXT`",
+)
+def block_status_payload_needs_contexts(view: SessionView) -> Iterator[Hit]:
+    """NBD_FLAG_BLOCK_STATUS_PAYLOAD in the GO reply only when contexts were selected."""
+    transmission = view.transmission
+    if transmission.go is None or transmission.contexts:
+        return
+    for advertised in _advertised(view):
+        if (
+            advertised.go
+            and advertised.message.option is transmission.go.option
+            and advertised.flags & TF.BLOCK_STATUS_PAYLOAD
+            and advertised.negotiated.extended
+        ):
+            yield Hit(
+                advertised.message,
+                "NBD_FLAG_BLOCK_STATUS_PAYLOAD advertised to a client "
+                "that selected no metadata context",
+            )
+
+
+# --- commands and flags used only when advertised ------------------------------------
+
+
+def _needs_tflag(view: SessionView, command: int, tflag: int, what: str) -> Iterator[Hit]:
+    for transaction in _requests(view):
+        if transaction.command == command and not view.transmission.has(tflag):
+            yield Hit(
+                transaction.request,
+                f"{what} sent although {c.spec_name(TF(tflag))} was not advertised",
+            )
+
+
+@rule(
+    id="client.flush-needs-send-flush",
+    level=MUST_NOT,
+    role=CLIENT,
+    section="Request types",
+    sentence="A client MUST NOT send a flush request unless `NBD_FLAG_SEND_FLUSH` was set in "
+    "the transmission flags field.",
+)
+def flush_needs_send_flush(view: SessionView) -> Iterator[Hit]:
+    """NBD_CMD_FLUSH only when NBD_FLAG_SEND_FLUSH was advertised."""
+    yield from _needs_tflag(view, c.Cmd.FLUSH, TF.SEND_FLUSH, "NBD_CMD_FLUSH")
+
+
+@rule(
+    id="client.trim-needs-send-trim",
+    level=MUST_NOT,
+    role=CLIENT,
+    section="Request types",
+    sentence="A client MUST NOT send a trim request unless `NBD_FLAG_SEND_TRIM` was set in the "
+    "transmission flags field.",
+)
+def trim_needs_send_trim(view: SessionView) -> Iterator[Hit]:
+    """NBD_CMD_TRIM only when NBD_FLAG_SEND_TRIM was advertised."""
+    yield from _needs_tflag(view, c.Cmd.TRIM, TF.SEND_TRIM, "NBD_CMD_TRIM")
+
+
+@rule(
+    id="client.write-zeroes-needs-send-write-zeroes",
+    level=MUST_NOT,
+    role=CLIENT,
+    section="Request types",
+    sentence="A client MUST NOT send a write zeroes request unless `NBD_FLAG_SEND_WRITE_ZEROES` "
+    "was set in the transmission flags field.",
+)
+def write_zeroes_needs_flag(view: SessionView) -> Iterator[Hit]:
+    """NBD_CMD_WRITE_ZEROES only when NBD_FLAG_SEND_WRITE_ZEROES was advertised."""
+    yield from _needs_tflag(view, c.Cmd.WRITE_ZEROES, TF.SEND_WRITE_ZEROES, "NBD_CMD_WRITE_ZEROES")
+
+
+def _flag_needs_tflag(view: SessionView, flag: int, tflag: int) -> Iterator[Hit]:
+    for transaction in _requests(view):
+        if transaction.flags & flag and not view.transmission.has(tflag):
+            yield Hit(
+                transaction.request,
+                f"{_command_name(transaction)} with "
+                f"{c.spec_name(CF(flag))} although "
+                f"{c.spec_name(TF(tflag))} was not advertised",
+            )
+
+
+@rule(
+    id="client.fua-needs-send-fua",
+    level=MUST_NOT,
+    role=CLIENT,
+    section="Transmission flags",
+    sentence="The client MUST NOT use a feature documented as 'exposed' by a flag unless that "
+    "flag was set.",
+)
+def fua_needs_send_fua(view: SessionView) -> Iterator[Hit]:
+    """NBD_CMD_FLAG_FUA (exposed by NBD_FLAG_SEND_FUA) only when advertised."""
+    yield from _flag_needs_tflag(view, CF.FUA, TF.SEND_FUA)
+
+
+@rule(
+    id="client.df-needs-send-df",
+    level=MUST_NOT,
+    role=CLIENT,
+    section="Transmission flags",
+    sentence="Clients MUST NOT set the `NBD_CMD_FLAG_DF` request flag unless this transmission "
+    "flag is set.",
+)
+def df_needs_send_df(view: SessionView) -> Iterator[Hit]:
+    """NBD_CMD_FLAG_DF only when NBD_FLAG_SEND_DF was advertised."""
+    yield from _flag_needs_tflag(view, CF.DF, TF.SEND_DF)
+
+
+@rule(
+    id="client.fast-zero-needs-send-fast-zero",
+    level=MUST_NOT,
+    role=CLIENT,
+    section="Transmission flags",
+    sentence="Clients MUST NOT set the `NBD_CMD_FLAG_FAST_ZERO` request flag unless this "
+    "transmission flag is set.",
+)
+def fast_zero_needs_flag(view: SessionView) -> Iterator[Hit]:
+    """NBD_CMD_FLAG_FAST_ZERO only when NBD_FLAG_SEND_FAST_ZERO was advertised."""
+    yield from _flag_needs_tflag(view, CF.FAST_ZERO, TF.SEND_FAST_ZERO)
+
+
+@rule(
+    id="client.command-flag-documented",
+    level=MUST_NOT,
+    role=CLIENT,
+    section="Command flags",
+    sentence="Clients MUST NOT set a command flag bit that is not documented for the particular "
+    "command",
+    midstream=True,
+)
+def command_flag_documented(view: SessionView) -> Iterator[Hit]:
+    """Each command carries only the flags documented for it."""
+    for transaction in view.transactions:
+        allowed = c.CMD_ALLOWED_FLAGS.get(transaction.command)
+        if allowed is None:
+            continue  # unknown commands: their own rule
+        extra = transaction.flags & ~int(allowed)
+        if extra:
+            yield Hit(
+                transaction.request,
+                f"{_command_name(transaction)} with flag bits "
+                f"{c.spec_name(CF(extra))} not documented for it",
+            )
+
+
+@rule(
+    id="client.no-unknown-commands",
+    level=MUST,
+    role=CLIENT,
+    section="Baseline",
+    sentence="Clients that wish to use more messages MUST negotiate them during the handshake "
+    "phase, first.",
+    midstream=True,
+)
+def no_unknown_commands(view: SessionView) -> Iterator[Hit]:
+    """Only command types the spec defines (no way exists to negotiate others)."""
+    for transaction in view.transactions:
+        if transaction.command not in _KNOWN_COMMANDS:
+            yield Hit(transaction.request, f"unknown command type {transaction.command}")
+
+
+# --- request header style -------------------------------------------------------------
+
+
+@rule(
+    id="client.compact-no-payload-len",
+    level=MUST_NOT,
+    role=CLIENT,
+    section="Request message",
+    sentence="In the compact style, the client MUST NOT use the `NBD_CMD_FLAG_PAYLOAD_LEN` flag",
+    midstream=True,
+)
+def compact_no_payload_len(view: SessionView) -> Iterator[Hit]:
+    """NBD_CMD_FLAG_PAYLOAD_LEN never appears in a compact request."""
+    for transaction in view.transactions:
+        if not transaction.extended and transaction.flags & CF.PAYLOAD_LEN:
+            yield Hit(
+                transaction.request,
+                f"compact {_command_name(transaction)} with NBD_CMD_FLAG_PAYLOAD_LEN",
+            )
+
+
+@rule(
+    id="client.extended-write-payload-len",
+    level=MUST,
+    role=CLIENT,
+    section="Request message",
+    sentence="The command `NBD_CMD_WRITE` MUST use the flag `NBD_CMD_FLAG_PAYLOAD_LEN` in this "
+    "mode",
+    midstream=True,
+)
+def extended_write_payload_len(view: SessionView) -> Iterator[Hit]:
+    """An extended NBD_CMD_WRITE sets NBD_CMD_FLAG_PAYLOAD_LEN."""
+    for transaction in view.transactions:
+        if (
+            transaction.extended
+            and transaction.command == c.Cmd.WRITE
+            and not transaction.flags & CF.PAYLOAD_LEN
+        ):
+            yield Hit(
+                transaction.request, "extended NBD_CMD_WRITE without NBD_CMD_FLAG_PAYLOAD_LEN"
+            )
+
+
+@rule(
+    id="client.extended-request-when-negotiated",
+    level=MUST,
+    role=CLIENT,
+    section="Option types",
+    sentence="Extended headers have been negotiated; the client MUST use the 32-byte extended "
+    "request header",
+)
+def extended_request_when_negotiated(view: SessionView) -> Iterator[Hit]:
+    """With extended headers negotiated, every request is an extended request."""
+    if not view.transmission.negotiated.extended or view.transmission.entered_by is None:
+        return
+    for transaction in view.transactions:
+        if not transaction.extended:
+            yield Hit(
+                transaction.request,
+                f"compact {_command_name(transaction)} although extended headers were negotiated",
+            )
+
+
+@rule(
+    id="client.compact-request-unless-negotiated",
+    level=MUST,
+    role=CLIENT,
+    section="Request message",
+    sentence="The compact request message is sent by the client when extended transactions "
+    "are not in use",
+)
+def compact_request_unless_negotiated(view: SessionView) -> Iterator[Hit]:
+    """Without extended headers, every request is a compact request."""
+    if view.transmission.negotiated.extended or view.transmission.entered_by is None:
+        return
+    for transaction in view.transactions:
+        if transaction.extended:
+            yield Hit(
+                transaction.request,
+                f"extended {_command_name(transaction)} although "
+                "extended headers were not negotiated",
+            )
+
+
+# --- DISC and other fixed fields ----------------------------------------------------
+
+
+@rule(
+    id="client.disc-fields-zero",
+    level=MUST,
+    role=CLIENT,
+    section="Request types",
+    sentence="The values of the length and offset fields in a disconnect request MUST be zero.",
+    midstream=True,
+)
+def disc_fields_zero(view: SessionView) -> Iterator[Hit]:
+    """NBD_CMD_DISC has offset 0 and length 0."""
+    for transaction in view.transactions:
+        length = transaction.length
+        if transaction.command == c.Cmd.DISC and (transaction.offset or length):
+            yield Hit(
+                transaction.request,
+                f"NBD_CMD_DISC with offset {transaction.offset} and length {length}",
+            )
+
+
+@rule(
+    id="client.flush-fields-zero",
+    level=MUST,
+    role=CLIENT,
+    section="Request types",
+    sentence="For a flush request, *length* and *offset* are reserved, and MUST be set to "
+    "all-zero.",
+    midstream=True,
+)
+def flush_fields_zero(view: SessionView) -> Iterator[Hit]:
+    """NBD_CMD_FLUSH has offset 0 and length 0."""
+    for transaction in view.transactions:
+        length = transaction.length
+        if transaction.command == c.Cmd.FLUSH and (transaction.offset or length):
+            yield Hit(
+                transaction.request,
+                f"NBD_CMD_FLUSH with offset {transaction.offset} and length {length}",
+            )
+
+
+def _disc(view: SessionView) -> Transaction | None:
+    for transaction in view.transactions:
+        if transaction.command == c.Cmd.DISC:
+            return transaction
+    return None
+
+
+@rule(
+    id="client.nothing-after-disc",
+    level=MUST_NOT,
+    role=CLIENT,
+    section="Request types",
+    sentence="A client MUST NOT send anything to the server after sending an `NBD_CMD_DISC` "
+    "command.",
+    midstream=True,
+)
+def nothing_after_disc(view: SessionView) -> Iterator[Hit]:
+    """The client sends nothing after NBD_CMD_DISC."""
+    disc = _disc(view)
+    if disc is None:
+        return
+    later = follows(view, disc.request, CLIENT)
+    if later:
+        yield Hit(later[0], f"{later[0].name} sent after NBD_CMD_DISC")
+        return
+    for region in undecoded_after(view, disc.request)[:1]:
+        yield Hit(region, f"{region.length} byte(s) sent after NBD_CMD_DISC")
+
+
+@rule(
+    id="client.disc-waits-for-replies",
+    level=SHOULD,
+    role=CLIENT,
+    section="Terminating the transmission phase",
+    sentence="The client MAY issue a soft disconnect at any time, but SHOULD wait until there "
+    "are no inflight requests first.",
+)
+def disc_waits_for_replies(view: SessionView) -> Iterator[Hit]:
+    """NBD_CMD_DISC is sent when no request awaits its reply."""
+    disc = _disc(view)
+    if disc is None:
+        return
+    waiting = [t for t in view.transactions if t is not disc and t.in_flight_at(disc.position)]
+    if waiting:
+        names = ", ".join(f"{t.name} (frame {t.request.frame})" for t in waiting[:3])
+        yield Hit(
+            disc.request,
+            f"NBD_CMD_DISC while {len(waiting)} request(s) awaited their reply: {names}",
+        )
+
+
+@rule(
+    id="server.no-reply-to-disc",
+    level=MUST,
+    role=SERVER,
+    section="Request types",
+    sentence="There is no reply to an `NBD_CMD_DISC`.",
+)
+def no_reply_to_disc(view: SessionView) -> Iterator[Hit]:
+    """The server does not reply to NBD_CMD_DISC."""
+    disc = _disc(view)
+    if disc is None:
+        return
+    cookie = disc.header.cookie
+    for reply in view.orphan_replies:
+        if reply.fields.get("cookie") == cookie and view.position(reply) > disc.position:
+            yield Hit(reply, f"{reply.name} with the cookie of NBD_CMD_DISC")
+
+
+# --- cookies ------------------------------------------------------------------------
+
+
+@rule(
+    id="server.reply-cookie-matches",
+    level=MUST,
+    role=SERVER,
+    section="Transmission",
+    sentence="the server MUST use the same value for cookie as was sent by the client in the "
+    "corresponding request",
+)
+def reply_cookie_matches(view: SessionView) -> Iterator[Hit]:
+    """Every reply carries the cookie of a request that awaits it."""
+    disc = _disc(view)
+    disc_cookie = disc.header.cookie if disc else None
+    for reply in view.orphan_replies:
+        if disc is not None and reply.fields.get("cookie") == disc_cookie:
+            continue  # a reply to NBD_CMD_DISC: its own rule
+        yield Hit(
+            reply,
+            f"{reply.name} with cookie {int(reply.fields.get('cookie', 0)):#x}, "
+            "which no request awaits",
+        )
+    for transaction in view.transactions:
+        for reply in transaction.late:
+            if reply.kind == "simple-reply":
+                yield Hit(
+                    reply,
+                    f"second reply with cookie "
+                    f"{int(reply.fields.get('cookie', 0)):#x}, whose request was "
+                    "already answered",
+                )
+
+
+@rule(
+    id="client.cookie-distinct",
+    level=SHOULD,
+    role=CLIENT,
+    section="Transmission",
+    sentence="Clients SHOULD use a cookie that is distinct from all other currently pending "
+    "transactions",
+)
+def cookie_distinct(view: SessionView) -> Iterator[Hit]:
+    """A request does not reuse the cookie of a request still in flight."""
+    for index, transaction in enumerate(view.transactions):
+        cookie = transaction.header.cookie
+        for earlier in view.transactions[:index]:
+            if (
+                earlier.command != c.Cmd.DISC
+                and earlier.header.cookie == cookie
+                and earlier.in_flight_at(transaction.position)
+            ):
+                yield Hit(
+                    transaction.request,
+                    f"cookie {cookie:#x} is still in flight "
+                    f"(request in frame {earlier.request.frame})",
+                )
+                break
+
+
+# --- size constraints -----------------------------------------------------------------
+
+
+@rule(
+    id="client.request-within-export",
+    level=MUST_NOT,
+    role=CLIENT,
+    section="Size constraints",
+    sentence="For those requests, the client MUST NOT use a *length* which, when added to "
+    "*offset*, would exceed the export size.",
+)
+def request_within_export(view: SessionView) -> Iterator[Hit]:
+    """Ranges of READ, WRITE, TRIM, CACHE, WRITE_ZEROES and BLOCK_STATUS end within the
+    export."""
+    size = view.transmission.size
+    if size is None:
+        return
+    for transaction in _requests(view):
+        if transaction.command not in c.RANGE_COMMANDS:
+            continue
+        end = transaction.offset + transaction.effect_length
+        if end > size:
+            yield Hit(
+                transaction.request,
+                f"{_command_name(transaction)} of "
+                f"{transaction.effect_length} bytes at offset "
+                f"{transaction.offset} ends at {end}, past the end of "
+                f"the {size}-byte export",
+            )
+
+
+@rule(
+    id="client.request-alignment",
+    level=MUST,
+    role=CLIENT,
+    section="Size constraints",
+    sentence="the client MUST ensure that *offset* and *length* are integer multiples of any "
+    "advertised minimum block size",
+)
+def request_alignment(view: SessionView) -> Iterator[Hit]:
+    """After a GO that requested NBD_INFO_BLOCK_SIZE, ranges are aligned to the minimum block
+    size (a client that did not ask is not bound by it)."""
+    transmission = view.transmission
+    minimum = transmission.minimum_block
+    if not transmission.block_size_requested or minimum <= 1:
+        return
+    for transaction in _requests(view):
+        if transaction.command not in c.RANGE_COMMANDS:
+            continue
+        if transaction.offset % minimum or transaction.effect_length % minimum:
+            yield Hit(
+                transaction.request,
+                f"{_command_name(transaction)} at offset "
+                f"{transaction.offset} length "
+                f"{transaction.effect_length} is not aligned to the "
+                f"minimum block size {minimum}",
+            )
+
+
+@rule(
+    id="client.request-max-payload",
+    level=MUST_NOT,
+    role=CLIENT,
+    section="Size constraints",
+    sentence="the client MUST NOT request a length larger than the maximum payload size",
+)
+def request_max_payload(view: SessionView) -> Iterator[Hit]:
+    """WRITE (and READ with simple replies) stay within the advertised maximum payload, after a
+    GO that requested NBD_INFO_BLOCK_SIZE."""
+    transmission = view.transmission
+    maximum = transmission.maximum_payload
+    if not transmission.block_size_requested or maximum is None:
+        return
+    simple_replies = not transmission.negotiated.replies_with_chunks
+    for transaction in _requests(view):
+        read = transaction.command == c.Cmd.READ and simple_replies
+        if (transaction.command == c.Cmd.WRITE or read) and transaction.effect_length > maximum:
+            yield Hit(
+                transaction.request,
+                f"{_command_name(transaction)} of "
+                f"{transaction.effect_length} bytes exceeds the "
+                f"maximum payload {maximum}",
+            )
+
+
+# --- what the server does with requests -------------------------------------------------
+
+
+@rule(
+    id="server.read-only-write-errors",
+    level=MUST,
+    role=SERVER,
+    section="Transmission flags",
+    sentence="If this flag is set, the server MUST error subsequent write operations to the "
+    "export.",
+)
+def read_only_write_errors(view: SessionView) -> Iterator[Hit]:
+    """On a read-only export, WRITE, TRIM and WRITE_ZEROES fail."""
+    if not view.transmission.has(TF.READ_ONLY):
+        return
+    for transaction in _requests(view):
+        if transaction.command in c.WRITE_COMMANDS and transaction.succeeded:
+            yield Hit(
+                transaction.replies[-1],
+                f"{_command_name(transaction)} succeeded on a read-only export",
+            )
+
+
+@rule(
+    id="client.soft-disconnect-on-eshutdown",
+    level=MUST,
+    role=CLIENT,
+    section="Terminating the transmission phase",
+    sentence="If the client receives an `NBD_ESHUTDOWN` error it MUST initiate a soft disconnect.",
+)
+def soft_disconnect_on_eshutdown(view: SessionView) -> Iterator[Hit]:
+    """After an NBD_ESHUTDOWN reply, the client's next request is NBD_CMD_DISC."""
+    for message in view.messages_from(SERVER):
+        if reply_error(message) != c.Errno.ESHUTDOWN:
+            continue
+        later = [m for m in follows(view, message, CLIENT) if m.kind == "request"]
+        if later and request_header(later[0]).command != c.Cmd.DISC:
+            yield Hit(
+                later[0],
+                f"{later[0].name} sent after an NBD_ESHUTDOWN error instead of NBD_CMD_DISC",
+            )
+        return
