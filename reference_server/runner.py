@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import Future
 
 from harness.address import Address
@@ -36,6 +37,20 @@ class ServerThread:
     @property
     def address(self) -> Address:
         return self.server.address
+
+    def wait_for_records(self, count: int, timeout: float = 5.0) -> list:
+        """The server's session records once at least ``count`` sessions have ended.
+
+        A client can finish before the server has noticed the connection closing;
+        waiting here avoids reading the records too early.
+        """
+        deadline = time.monotonic() + timeout
+        while len(self.server.records) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if len(self.server.records) < count:
+            raise TimeoutError(f"only {len(self.server.records)} of {count} sessions ended "
+                               f"within {timeout:g} s")
+        return list(self.server.records)
 
     def start(self) -> ServerThread:
         self._thread.start()

@@ -90,7 +90,7 @@ def test_extended_headers_session_reads_writes_and_maps(tmp_path):
                 await client.cache(0, 1 * MiB)
 
         arun(session())
-        record = server.server.records[-1].summary()
+        record = server.wait_for_records(1)[-1].summary()
         assert record["extended_headers"] and record["end"] == "client sent NBD_CMD_DISC"
         assert record["client_violations"] == []
 
@@ -126,7 +126,7 @@ def test_large_reads_and_writes_are_split_at_the_maximum_payload(tmp_path):
                 assert await client.read(4096, len(data)) == data
 
         arun(session())
-        commands = server.server.records[-1].summary()["commands"]
+        commands = server.wait_for_records(1)[-1].summary()["commands"]
         assert commands["NBD_CMD_WRITE"] == 17 and commands["NBD_CMD_READ"] == 17
 
 
@@ -157,7 +157,7 @@ def test_minimum_block_size_is_enforced_locally(tmp_path):
                 assert await client.read(512, 1024) == pattern(512, 1024)
 
         arun(session())
-        assert server.server.records[-1].summary()["client_violations"] == []
+        assert server.wait_for_records(1)[-1].summary()["client_violations"] == []
 
 
 def test_reading_past_the_end_is_refused_before_sending(tmp_path):
@@ -364,7 +364,8 @@ def test_unknown_export_is_a_clear_error(tmp_path):
         assert "no export named 'nope'" in str(info.value)
         assert info.value.reply_type == c.Rep.ERR_UNKNOWN
         # The client ended the handshake politely with NBD_OPT_ABORT.
-        assert server.server.records[-1].options[-1] == "NBD_OPT_ABORT -> NBD_REP_ACK"
+        records = server.wait_for_records(1)
+        assert records[-1].options[-1] == "NBD_OPT_ABORT -> NBD_REP_ACK"
 
 
 def test_init_state_is_recorded_when_asked(tmp_path):
