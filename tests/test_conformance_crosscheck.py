@@ -147,16 +147,10 @@ SAME_RULE: dict[str, set[str]] = {
 # Where the readings differ, by case, and why.  "theirs" lists reference-check names no
 # MUST-level conformance finding matches; "boundaries" a message the codec cuts elsewhere.
 KNOWN_DISAGREEMENTS: dict[str, dict[str, object]] = {
-    "client.abort-no-data": {
-        "theirs": {"option-no-data"},
-        "why": "the codec refuses data with NBD_OPT_ABORT as with LIST/STARTTLS; the spec "
-        'says only "The client SHOULD NOT send any additional data with the option" for '
-        "ABORT (the conformance finding is SHOULD NOT level)",
-    },
     "client.cookie-distinct": {
-        "theirs": {"cookie-in-flight", "chunk-outside-request", "reply-unknown-cookie"},
-        "why": "the codec makes cookie reuse a violation and keeps one request per cookie, so "
-        "the replies then look wrong to it; the spec: 'Clients SHOULD use a cookie that is "
+        "theirs": {"chunk-outside-request", "reply-unknown-cookie"},
+        "why": "the state machine keeps one request per cookie, so after a reused cookie the "
+        "replies look wrong to it; the spec only says 'Clients SHOULD use a cookie that is "
         "distinct from all other currently pending transactions' (SHOULD level)",
     },
     "client.block-status-payload-needs-flag": {

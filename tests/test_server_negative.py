@@ -232,3 +232,11 @@ def test_allocation_depth_can_be_withheld_per_export(tmp_path):
             option(c.Opt.SET_META_CONTEXT, MetaContextPayload("plain", ("qemu:allocation-depth",))),
         )
         assert [r.reply_type for r in replies] == [c.Rep.ACK]  # nothing selected
+
+
+def test_abort_with_data_is_acknowledged(server):
+    """"a server SHOULD ignore any data sent by the client rather than rejecting the request"."""
+    with connect(server) as client:
+        replies = ask(client, OptionRequest(c.Opt.ABORT, b"bye"))
+        assert [(r.option, r.reply_type) for r in replies] == [(c.Opt.ABORT, c.Rep.ACK)]
+        assert client.closed_by_peer()

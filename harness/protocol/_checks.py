@@ -332,10 +332,6 @@ def check_request(req: Request, neg: Negotiated, in_flight: dict[int, InFlight])
                 "request-header-style",
             )
         )
-    if req.cookie in in_flight:
-        out.append(
-            _v(f"cookie {req.cookie:#x} is still in flight", "Request message", "cookie-in-flight")
-        )
     needed = c.CMD_REQUIRES_TFLAG.get(req.type)
     # CACHE is advertised by SEND_CACHE but "server implementations exist which support the
     # command without advertising this bit": no MUST to enforce there.

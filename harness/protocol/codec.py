@@ -437,8 +437,11 @@ def decode_option_payload(option: int, data: Buffer) -> object:
                 rule="meta-context-length",
             )
         return MetaContextPayload(name, tuple(queries))
+    if option == c.Opt.ABORT:
+        # "The client SHOULD NOT send any additional data with the option; however, a
+        # server SHOULD ignore any data sent by the client".
+        return RawPayload(data) if data else EmptyPayload()
     if option in (
-        c.Opt.ABORT,
         c.Opt.LIST,
         c.Opt.STARTTLS,
         c.Opt.STRUCTURED_REPLY,
