@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "harness.commands.dissect",
     "harness.commands.lint",
     "harness.commands.peers",
+    "harness.commands.scenarios",
 ]
 
 

@@ -1,0 +1,57 @@
+"""Scenarios: one behaviour of the NBD protocol each, as data, and the step runner.
+
+A scenario file (YAML, under ``scenarios/``) names the behaviour, the spec
+sections it exercises, the features it needs on each side and what to expect
+without them, the export it needs, the roles it can test, and its steps.
+:func:`load_scenario` / :func:`load_library` validate files against
+``scenario.schema.yaml`` and the cross-checks of :mod:`.loader` (every error
+says ``file:line: what is wrong``); :func:`run_server_scenario` and
+:func:`run_client_scenario` run one scenario against one peer and return a
+:class:`ScenarioResult` with a verdict: pass, fail, unsupported,
+expected-fallback or error.
+"""
+
+from ._yaml import ScenarioError
+from .loader import (
+    LIBRARY,
+    find_scenario,
+    load_library,
+    load_scenario,
+    scenario_files,
+    validate_library,
+)
+from .model import (
+    VERDICTS,
+    ExportRequirements,
+    Fallback,
+    Scenario,
+    ScenarioResult,
+    Step,
+    StepResult,
+    Verdict,
+)
+from .reference import ServedExport, serve_reference
+from .steps import client_can_run, run_client_scenario, run_server_scenario
+
+__all__ = [
+    "LIBRARY",
+    "VERDICTS",
+    "ExportRequirements",
+    "Fallback",
+    "Scenario",
+    "ScenarioError",
+    "ScenarioResult",
+    "ServedExport",
+    "Step",
+    "StepResult",
+    "Verdict",
+    "client_can_run",
+    "find_scenario",
+    "load_library",
+    "load_scenario",
+    "run_client_scenario",
+    "run_server_scenario",
+    "scenario_files",
+    "serve_reference",
+    "validate_library",
+]

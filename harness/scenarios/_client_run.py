@@ -1,0 +1,481 @@
+"""Run a scenario's client steps: a real client program against the reference server.
+
+The reference server serves the scenario's export in the profile the case
+needs; each ``client_action`` runs the program's command line from
+``matrix/client-actions.toml``; expectations are checked on what the program
+produced (data, extents, size, export names), on what the server recorded
+of each connection (:class:`~reference_server.server.SessionRecord`: options,
+negotiated replies and contexts, commands, rules the client broke) and on
+the data the server ends up with.  A client that breaks a protocol rule
+fails, whatever else it did.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from harness.peers.export import ExportSpec, pattern
+from harness.process import MissingProgramError, PeerError, run_command
+from harness.protocol import constants as c
+from harness.tls import make_test_pki
+from reference_server.features import ServerFeatures
+
+from . import _features, _names
+from ._content import ContentModel, verify_pieces
+from ._expect import (
+    Failed,
+    HarnessLimit,
+    check_data,
+    check_extents,
+)
+from .client_actions import OUTPUT_READERS, ActionOutput, ClientProgram, render
+from .model import Scenario, ScenarioResult, Step, StepResult
+from .reference import ServedExport, serve_reference
+
+SESSION_SETTLE = 0.2
+"""How long the server's session list must stay unchanged after a client exits."""
+SESSION_WAIT = 10.0
+_SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _environment() -> dict[str, str]:
+    # nbdsh runs `python3` from PATH and needs Debian's interpreter for its `nbd` module.
+    environment = {**os.environ, "PATH": _SYSTEM_PATH + ":" + os.environ.get("PATH", "")}
+    environment.pop("LIBNBD_DEBUG", None)
+    return environment
+
+
+def _option_names(record: Any) -> list[str]:
+    return [entry.split(" ->")[0].strip() for entry in record.options]
+
+
+class ClientRun:
+    """The state of one client-role run; :meth:`run` gives the result."""
+
+    def __init__(self, scenario: Scenario, program: ClientProgram,
+                 server_features: ServerFeatures, workdir: Path, *,
+                 features_client: Iterable[str] | None, timeout: float) -> None:
+        self.scenario = scenario
+        self.program = program
+        self.server_features = server_features
+        self.workdir = Path(workdir)
+        self.features_client = None if features_client is None else set(features_client)
+        self.timeout = timeout
+        self.spec: ExportSpec = scenario.export.export_spec()
+        self.model = ContentModel.of(self.spec)
+        self.missing: dict[str, str] = {}
+        self.results: list[StepResult] = []
+        self.runs: list[dict[str, Any]] = []
+        self.served: ServedExport | None = None
+        self.pki: Path | None = None
+        self.fallback_mode = False
+        self.unsupported_mode = False
+
+    # --- the run ---------------------------------------------------------------------------
+
+    def run(self) -> ScenarioResult:
+        scenario = self.scenario
+        for feature in sorted(scenario.requires_server):
+            if not _features.server_has(self.server_features, feature):
+                self.missing[feature] = f"the server profile {self.server_features.name} " \
+                                        "lacks it"
+        if self.features_client is not None:
+            for feature in sorted(scenario.requires_client - self.features_client):
+                self.missing[feature] = f"{self.program.name} lacks it"
+        if self.missing:
+            assert scenario.fallback is not None  # the loader insists on one
+            if scenario.fallback.outcome == "unsupported":
+                self.unsupported_mode = True
+            else:
+                self.fallback_mode = True
+        lacking = self._lacking_actions()
+        if lacking:
+            return self._result("unsupported", f"{self.program.name} cannot perform "
+                                               f"{', '.join(lacking)} (no form in "
+                                               "matrix/client-actions.toml)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        needs_tls = scenario.export.tls != "off" or any(
+            step.args.get("tls") == "require" for step in self._all_client_steps())
+        try:
+            if needs_tls:
+                self.pki = make_test_pki(self.workdir / "pki").directory
+            with serve_reference(scenario.export, self.server_features, self.workdir,
+                                 tls_dir=self.pki) as served:
+                self.served = served
+                stopped = self._run_list(scenario.client_steps, "client_steps")
+                if not stopped and self.fallback_mode and scenario.fallback is not None:
+                    stopped = self._run_list(scenario.fallback.client_expect, "fallback")
+                if not stopped and not self.unsupported_mode:
+                    self._verify_server_data()
+                self._check_violations_at_end()
+        except (OSError, PeerError) as exc:
+            self.results.append(StepResult(0, "serve", 0, "error", f"environment: {exc}",
+                                           phase="setup"))
+        except Exception as exc:  # the reference server would not start: never a pass
+            self.results.append(StepResult(0, "serve", 0, "error",
+                                           f"harness error: {type(exc).__name__}: {exc}",
+                                           phase="setup"))
+        return self._verdict()
+
+    def _all_client_steps(self) -> list[Step]:
+        fallback = self.scenario.fallback
+        return [*self.scenario.client_steps, *(fallback.client_expect if fallback else ())]
+
+    def _lacking_actions(self) -> list[str]:
+        lacking = []
+        for step in self._all_client_steps():
+            if step.action != "client_action":
+                continue
+            action, context = step.args["action"], step.args.get("context")
+            if self.program.form(action, context if action == "map" else None) is None:
+                lacking.append(f"{action} {context}" if action == "map" else action)
+        return sorted(set(lacking))
+
+    def _run_list(self, steps: tuple[Step, ...], phase: str) -> bool:
+        for index, step in enumerate(steps):
+            result = self._step(index, step, phase)
+            self.results.append(result)
+            if result.status in ("failed", "error"):
+                return True
+        return False
+
+    def _step(self, index: int, step: Step, phase: str) -> StepResult:
+        def result(status: str, detail: str = "", expected: Any = None,
+                   got: Any = None) -> StepResult:
+            return StepResult(index, step.action, step.line, status, detail,  # type: ignore[arg-type]
+                              expected, got, phase)
+
+        lacking = sorted(_features.step_needs(step.action, step.args) & set(self.missing))
+        lenient = self.unsupported_mode or (self.fallback_mode and phase != "fallback")
+        if lacking and self.fallback_mode:
+            return result("skipped", f"needs {', '.join(lacking)}, which is missing")
+        if lenient and step.action in ("expect_sessions", "expect_server_data"):
+            return result("skipped", "a check of the feature that is missing")
+        try:
+            if step.action == "client_action":
+                detail = self._client_action(index, step, check=not self.unsupported_mode)
+            elif step.action == "expect_sessions":
+                detail = self._expect_sessions(step)
+            elif step.action == "expect_server_data":
+                detail = self._expect_server_data(step)
+            else:
+                raise HarnessLimit(f"no handler for client step {step.action!r}")
+        except Failed as exc:
+            return result("failed", exc.message, exc.expected, exc.got)
+        except MissingProgramError as exc:
+            return result("error", str(exc))
+        except (HarnessLimit, PeerError, OSError) as exc:
+            return result("error", str(exc))
+        except Exception as exc:  # a bug in the harness: never a pass
+            tail = traceback.format_exc(limit=-3).strip().splitlines()[-3:]
+            return result("error", f"harness error: {type(exc).__name__}: {exc} "
+                                   f"({' / '.join(tail)})")
+        return result("ok", detail)
+
+    # --- actions ----------------------------------------------------------------------------
+
+    def _values(self, step: Step, index: int, tls: bool, data_in: Path, data_out: Path,
+                ) -> dict[str, object]:
+        served = self.served
+        assert served is not None
+        args = step.args
+        export = args.get("export", self.scenario.export.name)
+        if self.scenario.export.handshake == "oldstyle":
+            export = ""  # oldstyle has no export names: clients must not ask for one
+        address = served.address
+        offset = args.get("offset", 0)
+        length = args.get("length", 0)
+        uri = served.uri(export, tls=tls)
+        server_uri = served.uri("", tls=tls)
+        if address.kind == "unix":
+            server_opts = f"server.type=unix,server.path={address.path}"
+        else:
+            server_opts = f"server.type=inet,server.host={address.host},server.port={address.port}"
+        context = args.get("context", c.BASE_ALLOCATION)
+        return {
+            "uri": uri, "uri_server": server_uri, "host": address.host, "port": address.port,
+            "socket": address.path, "export": export, "server_opts": server_opts,
+            "tls_dir": str(self.pki or ""), "offset": offset, "length": length,
+            "end": offset + length, "size": self.scenario.export.size, "context": context,
+            "in": str(data_in), "out": str(data_out), "workdir": str(self.workdir),
+            "python": sys.executable, "uri_repr": repr(uri), "uri_server_repr": repr(server_uri),
+            "in_repr": repr(str(data_in)), "out_repr": repr(str(data_out)),
+            "context_repr": repr(context),
+        }
+
+    def _client_action(self, index: int, step: Step, *, check: bool) -> str:
+        served = self.served
+        assert served is not None
+        args = step.args
+        action = args["action"]
+        expect = step.expect or {}
+        tls = (args.get("tls") or ("require" if self.scenario.export.tls != "off"
+                                   else "off")) == "require"
+        form = self.program.form(action, args.get("context") if action == "map" else None)
+        assert form is not None  # _lacking_actions checked it
+        argv_template = form.argv
+        if tls and not self.program.uri_tls:
+            if form.argv_tls is None:
+                raise HarnessLimit(f"{self.program.name} {action}: no argv_tls in "
+                                   "matrix/client-actions.toml, and the program takes no "
+                                   "nbds:// URIs")
+            argv_template = form.argv_tls
+        label = f"{len(self.runs) + 1:02d}-{action}"
+        data_in = self.workdir / f"{label}.in"
+        data_out = self.workdir / f"{label}.out"
+        seed = args.get("seed", 100 + index)
+        offset, length = args.get("offset", 0), args.get("length", 0)
+        if action == "write":
+            data_in.write_bytes(pattern(offset, length, seed))
+        elif action == "copy-in":
+            data_in.write_bytes(pattern(0, self.scenario.export.size, seed))
+        argv = render(argv_template, self._values(step, index, tls, data_in, data_out))
+        before = len(served.records)
+        started = time.monotonic()
+        try:
+            completed = run_command(argv, timeout=self.timeout * 4, env=_environment(),
+                                    cwd=self.workdir, log_path=self.workdir / f"{label}.log")
+        except PeerError as exc:
+            if "timed out" in str(exc):
+                raise Failed(f"{self.program.name} {action}: {exc}") from None
+            raise
+        sessions = self._sessions_since(before)
+        run = {
+            "action": action, "argv": argv, "returncode": completed.returncode,
+            "seconds": round(time.monotonic() - started, 3),
+            "stdout": str(completed.stdout)[-2000:], "stderr": str(completed.stderr)[-2000:],
+            "sessions": [record.summary() for record in sessions],
+        }
+        self.runs.append(run)
+        violations = [v for record in sessions for v in record.client_violations]
+        if violations:
+            raise Failed(f"{self.program.name} broke the protocol: {violations[0]}",
+                         "no violations", violations)
+        failed = completed.returncode != 0
+        what = f"{self.program.name} {action}"
+        if not check:
+            return f"exit {completed.returncode} ({len(sessions)} connection(s))"
+        if expect.get("fails"):
+            if not failed:
+                raise Failed(f"{what}: expected the program to fail, it exited 0",
+                             "non-zero exit", 0)
+            return f"failed as expected (exit {completed.returncode})"
+        if failed:
+            tail = (str(completed.stderr) or str(completed.stdout)).strip()[-300:]
+            raise Failed(f"{what}: exit {completed.returncode}: {tail}", 0,
+                         completed.returncode)
+        try:
+            output = OUTPUT_READERS[form.output](str(completed.stdout), data_out)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Failed(f"{what}: cannot read its output ({form.output}): {exc}") from None
+        self._apply(action, offset, length, seed)
+        self._check_output(step, action, output, offset, length, what)
+        return f"exit 0 ({len(sessions)} connection(s))"
+
+    def _apply(self, action: str, offset: int, length: int, seed: int) -> None:
+        if action == "write":
+            self.model.write(offset, length, seed)
+        elif action == "copy-in":
+            self.model.write(0, self.scenario.export.size, seed)
+        elif action in ("zero", "fast-zero"):
+            self.model.zero(offset, length)
+        elif action == "trim":
+            self.model.forget(offset, length)
+
+    def _check_output(self, step: Step, action: str, output: ActionOutput, offset: int,
+                      length: int, what: str) -> None:
+        expect = step.expect or {}
+        size = self.scenario.export.size
+        if action == "read":
+            check_data(output.data or b"", expect.get("data"), offset, length, self.model,
+                       self.spec, what)
+        elif action == "copy-out":
+            check_data(output.data or b"", expect.get("data"), 0, size, self.model, self.spec,
+                       what)
+        elif action == "map":
+            context = step.args.get("context", c.BASE_ALLOCATION)
+            extents = [e for e in (output.extents or []) if e[1] > 0]
+            wanted = expect.get("extents")
+            match = expect.get("match", "exact" if wanted is not None else "safe")
+            check_extents(extents, wanted, match, context, 0, size, self.model, self.spec,
+                          what)
+        if "size" in expect:
+            wanted_size = size if expect["size"] == "export" else expect["size"]
+            if output.size != wanted_size:
+                raise Failed(f"{what}: export size", wanted_size, output.size)
+        for name in expect.get("exports_include", []):
+            if name not in (output.exports or []):
+                raise Failed(f"{what}: {name!r} not listed", name, output.exports)
+
+    def _sessions_since(self, before: int) -> list[Any]:
+        """The server's records of the connections made since ``before``, once settled."""
+        served = self.served
+        assert served is not None
+        deadline = time.monotonic() + SESSION_WAIT
+        count = len(served.records)
+        stable_since = time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            now = len(served.records)
+            if now != count:
+                count, stable_since = now, time.monotonic()
+            elif count > before and time.monotonic() - stable_since >= SESSION_SETTLE:
+                break
+            elif count == before and time.monotonic() - stable_since >= 1.0:
+                break  # the program made no connection (or it is still open: see below)
+        return list(served.records[before:])
+
+    # --- checks on the server's side ---------------------------------------------------------
+
+    def _expect_sessions(self, step: Step) -> str:
+        served = self.served
+        assert served is not None
+        records = list(served.records)
+        args = step.args
+        problems: list[str] = []
+        if "count_min" in args and len(records) < args["count_min"]:
+            problems.append(f"{len(records)} connection(s), expected at least {args['count_min']}")
+        if "count_max" in args and len(records) > args["count_max"]:
+            problems.append(f"{len(records)} connection(s), expected at most {args['count_max']}")
+        which = args.get("which", "all")
+        chosen = {"all": records, "any": records, "first": records[:1],
+                  "last": records[-1:]}[which]
+        if not chosen:
+            raise Failed("no connection reached the server", "a connection", 0)
+        verdicts = [self._session_problems(record, args) for record in chosen]
+        if which == "any":
+            if all(verdicts):
+                problems.append("no connection matches: " + "; ".join(verdicts[0]))
+        else:
+            for number, found in enumerate(verdicts, start=1):
+                problems += [f"connection {number}: {problem}" for problem in found]
+        if problems:
+            raise Failed("sessions: " + "; ".join(problems), None,
+                         [record.summary() for record in chosen])
+        return f"{len(chosen)} connection(s) as expected"
+
+    @staticmethod
+    def _session_problems(record: Any, args: Mapping[str, Any]) -> list[str]:
+        summary = record.summary()
+        problems = []
+        simple = {
+            "style": summary["style"],
+            "tls": summary["tls"],
+            "structured_replies": summary["structured_replies"] or summary["extended_headers"],
+            "extended_headers": summary["extended_headers"],
+            "no_zeroes": summary["no_zeroes"],
+            "block_size_requested": summary["block_size_requested"],
+        }
+        for key, got in simple.items():
+            if key in args and args[key] != got:
+                problems.append(f"{key}: expected {args[key]}, got {got}")
+        options = _option_names(record)
+        for name in args.get("options_include", []):
+            wanted = c.name_of(c.Opt, _names.value("Opt", name))
+            if wanted not in options:
+                problems.append(f"{wanted} not sent (sent: {options})")
+        for name in args.get("options_exclude", []):
+            wanted = c.name_of(c.Opt, _names.value("Opt", name))
+            if wanted in options:
+                problems.append(f"{wanted} sent")
+        contexts = summary["meta_contexts"]
+        for name in args.get("contexts_include", []):
+            if name not in contexts:
+                problems.append(f"context {name} not selected (selected: {contexts})")
+        for name in args.get("contexts_exclude", []):
+            if name in contexts:
+                problems.append(f"context {name} selected")
+        commands = summary["commands"]
+        for name in args.get("commands_include", []):
+            wanted = c.name_of(c.Cmd, _names.value("Cmd", name))
+            if not commands.get(wanted):
+                problems.append(f"{wanted} not used (commands: {commands})")
+        for name in args.get("commands_exclude", []):
+            wanted = c.name_of(c.Cmd, _names.value("Cmd", name))
+            if commands.get(wanted):
+                problems.append(f"{wanted} used")
+        return problems
+
+    def _expect_server_data(self, step: Step) -> str:
+        served = self.served
+        assert served is not None
+        offset, length = step.args["offset"], step.args["length"]
+        data = served.backend().read(offset, length)
+        check_data(data, step.args.get("data"), offset, length, self.model, self.spec,
+                   f"server data {offset}+{length}")
+        return "as expected"
+
+    def _verify_server_data(self) -> None:
+        served = self.served
+        assert served is not None
+        written = self.model.written()
+        if not written:
+            return
+        line = self.scenario.client_steps[-1].line if self.scenario.client_steps else 0
+        try:
+            for offset, length in verify_pieces(written):
+                data = served.backend().read(offset, length)
+                check_data(data, "model", offset, length, self.model, self.spec,
+                           f"server data {offset}+{length}")
+        except Failed as exc:
+            self.results.append(StepResult(0, "verify_data", line, "failed", exc.message,
+                                           exc.expected, exc.got, "verify"))
+            return
+        self.results.append(StepResult(0, "verify_data", line, "ok",
+                                       f"{len(written)} written range(s) on the server",
+                                       phase="verify"))
+
+    def _check_violations_at_end(self) -> None:
+        served = self.served
+        assert served is not None
+        violations = [v for record in served.records for v in record.client_violations]
+        seen = {v for run in self.runs for s in run["sessions"] for v in s["client_violations"]}
+        late = [v for v in violations if v not in seen]
+        if late:
+            self.results.append(StepResult(0, "client_violations", 0, "failed",
+                                           f"the client broke the protocol: {late[0]}",
+                                           "no violations", late, "verify"))
+
+    # --- verdict --------------------------------------------------------------------------------
+
+    def _verdict(self) -> ScenarioResult:
+        errors = [r for r in self.results if r.status == "error"]
+        failures = [r for r in self.results if r.status == "failed"]
+        if errors:
+            first = errors[0]
+            return self._result("error", f"{first.phase}[{first.index}] {first.action} "
+                                         f"(line {first.line}): {first.detail}")
+        if failures:
+            first = failures[0]
+            detail = f"{first.phase}[{first.index}] {first.action} (line {first.line}): " \
+                     f"{first.detail}"
+            if first.expected is not None or first.got is not None:
+                detail += f" (expected {first.expected}, got {first.got})"
+            return self._result("fail", detail)
+        missing = "; ".join(f"{f}: {why}" for f, why in sorted(self.missing.items()))
+        if self.unsupported_mode:
+            return self._result("unsupported", missing)
+        if self.fallback_mode:
+            return self._result("expected-fallback", f"without {missing}")
+        return self._result("pass", "")
+
+    def _result(self, verdict: str, detail: str) -> ScenarioResult:
+        served = self.served
+        evidence = {
+            "program": self.program.name,
+            "server_profile": self.server_features.name,
+            "missing_features": dict(self.missing),
+            "runs": self.runs,
+            "sessions": [record.summary() for record in served.records] if served else [],
+        }
+        return ScenarioResult(verdict, list(self.results), detail, evidence,  # type: ignore[arg-type]
+                              self.scenario.id, "client")
+
+
+__all__ = ["ClientRun"]

@@ -1,0 +1,279 @@
+"""How real client programs perform scenario actions: ``matrix/client-actions.toml``.
+
+The data says, per program and action, the command line (a template with
+``{placeholders}``) and the output format; this module loads and checks it,
+fills templates in (:func:`render`) and reads outputs back into a
+:class:`ActionOutput` (:data:`OUTPUT_READERS`): bytes, extents, a size or
+export names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+from harness.protocol import constants as c
+
+REPO = Path(__file__).resolve().parents[2]
+ACTIONS_FILE = REPO / "matrix" / "client-actions.toml"
+
+ACTIONS = ("info", "list", "read", "write", "zero", "fast-zero", "trim", "flush", "cache",
+           "map", "copy-in", "copy-out")
+"""Every action a client step may name."""
+
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+PLACEHOLDERS = frozenset({
+    "uri", "uri_server", "host", "port", "socket", "export", "server_opts", "tls_dir",
+    "offset", "length", "end", "size", "context", "in", "out", "workdir", "python",
+    "uri_repr", "uri_server_repr", "in_repr", "out_repr", "context_repr",
+})
+
+
+class ClientActionsError(UserError, ValueError):
+    """``matrix/client-actions.toml`` is malformed; the message says where."""
+
+
+@dataclass(frozen=True)
+class ActionForm:
+    """One way a program performs an action."""
+
+    argv: tuple[str, ...]
+    output: str
+    argv_tls: tuple[str, ...] | None = None
+    contexts: tuple[str, ...] | None = None
+
+    def fits(self, context: str | None) -> bool:
+        if self.contexts is None or context is None:
+            return True
+        return any(context == known or (known.endswith(":") and context.startswith(known))
+                   for known in self.contexts)
+
+
+@dataclass(frozen=True)
+class ClientProgram:
+    """A client program and the actions it can perform."""
+
+    name: str
+    description: str
+    uri_tls: bool
+    actions: dict[str, tuple[ActionForm, ...]] = field(default_factory=dict)
+
+    def form(self, action: str, context: str | None = None) -> ActionForm | None:
+        """The form of ``action`` that fits ``context`` (a map's context), or None."""
+        for form in self.actions.get(action, ()):
+            if form.fits(context):
+                return form
+        return None
+
+
+@dataclass
+class ActionOutput:
+    """What an action's output said; only the fields its format has are set."""
+
+    data: bytes | None = None
+    extents: list[tuple[int, int, int]] | None = None
+    size: int | None = None
+    exports: list[str] | None = None
+
+
+def _strings(where: str, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ClientActionsError(f"{where}: {key} must be a non-empty list of strings")
+    for word in value:
+        for name in _PLACEHOLDER.findall(word):
+            if name not in PLACEHOLDERS:
+                raise ClientActionsError(f"{where}: {key} uses unknown placeholder {{{name}}} "
+                                         f"(known: {', '.join(sorted(PLACEHOLDERS))})")
+    return tuple(value)
+
+
+def load_client_actions(path: Path = ACTIONS_FILE) -> dict[str, ClientProgram]:
+    """Read and check the client-action table."""
+    try:
+        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ClientActionsError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ClientActionsError(f"{path}: not valid TOML: {exc}") from None
+    programs: dict[str, ClientProgram] = {}
+    for name, table in document.items():
+        where = f"{path.name}: [{name}]"
+        if not isinstance(table, dict):
+            raise ClientActionsError(f"{where}: must be a table")
+        actions: dict[str, tuple[ActionForm, ...]] = {}
+        for key, value in table.items():
+            if key in ("description", "uri_tls"):
+                continue
+            if key not in ACTIONS:
+                raise ClientActionsError(f"{where}: unknown action {key!r} (actions: "
+                                         f"{', '.join(ACTIONS)})")
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ClientActionsError(f"{where}: write each form of {key} as [[{name}.{key}]]")
+            forms = []
+            for number, form in enumerate(value, start=1):
+                here = f"{where}: {key} #{number}"
+                unknown = set(form) - {"argv", "argv_tls", "output", "contexts"}
+                if unknown:
+                    raise ClientActionsError(f"{here}: unknown key(s) {sorted(unknown)}")
+                if form.get("output") not in OUTPUT_READERS:
+                    raise ClientActionsError(f"{here}: output must be one of "
+                                             f"{', '.join(sorted(OUTPUT_READERS))}")
+                forms.append(ActionForm(
+                    argv=_strings(here, "argv", form.get("argv")),
+                    output=form["output"],
+                    argv_tls=_strings(here, "argv_tls", form["argv_tls"])
+                    if "argv_tls" in form else None,
+                    contexts=_strings(here, "contexts", form["contexts"])
+                    if "contexts" in form else None,
+                ))
+            actions[key] = tuple(forms)
+        programs[name] = ClientProgram(name, str(table.get("description", "")),
+                                       bool(table.get("uri_tls", False)), actions)
+    return programs
+
+
+@cache
+def default_client_actions() -> dict[str, ClientProgram]:
+    """The repository's table, loaded once."""
+    return load_client_actions()
+
+
+def render(argv: tuple[str, ...], values: Mapping[str, object]) -> list[str]:
+    """Fill ``{placeholders}`` in; other braces (Python code in nbdsh -c) stay as they are."""
+    def fill(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in values:
+            return match.group(0)
+        return str(values[key])
+
+    return [_PLACEHOLDER.sub(fill, word) for word in argv]
+
+
+# --- reading outputs ---------------------------------------------------------------------
+
+
+def _json(stdout: str) -> Any:
+    try:
+        return json.loads(stdout)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"output is not JSON ({exc}): {stdout[:200]!r}") from None
+
+
+def _file(stdout: str, out: Path) -> ActionOutput:
+    return ActionOutput(data=out.read_bytes() if out.exists() else b"")
+
+
+def _nbdinfo_json(stdout: str, out: Path) -> ActionOutput:
+    exports = _json(stdout).get("exports", [])
+    return ActionOutput(size=exports[0].get("export-size") if exports else None)
+
+
+def _nbdinfo_list(stdout: str, out: Path) -> ActionOutput:
+    return ActionOutput(exports=[e["export-name"] for e in _json(stdout).get("exports", [])])
+
+
+def _nbdinfo_map(stdout: str, out: Path) -> ActionOutput:
+    return ActionOutput(extents=[(e["offset"], e["length"], e["type"]) for e in _json(stdout)])
+
+
+def _qemu_img_info(stdout: str, out: Path) -> ActionOutput:
+    return ActionOutput(size=_json(stdout)["virtual-size"])
+
+
+def _qemu_img_map(stdout: str, out: Path) -> ActionOutput:
+    extents = []
+    for entry in _json(stdout):
+        flags = (0 if entry["data"] else c.StateFlag.HOLE) | (c.StateFlag.ZERO if entry["zero"]
+                                                              else 0)
+        extents.append((entry["start"], entry["length"], int(flags)))
+    return ActionOutput(extents=extents)
+
+
+def _qemu_img_dirty_map(stdout: str, out: Path) -> ActionOutput:
+    # x-dirty-bitmap: qemu reads NBD_STATE_DIRTY as "not data".
+    return ActionOutput(extents=[(e["start"], e["length"],
+                                  0 if e["data"] else int(c.DirtyFlag.DIRTY))
+                                 for e in _json(stdout)])
+
+
+_DUMP_LINE = re.compile(r"^([0-9a-f]{8}):\s+((?:[0-9a-f]{2} ?)+?)\s{2,}", re.MULTILINE)
+
+
+def _qemu_io_dump(stdout: str, out: Path) -> ActionOutput:
+    data = bytearray()
+    for match in _DUMP_LINE.finditer(stdout):
+        data += bytes.fromhex(match.group(2).replace(" ", ""))
+    if "failed" in stdout.lower() and not data:
+        raise ValueError(f"qemu-io read failed: {stdout.strip()[:200]}")
+    return ActionOutput(data=bytes(data))
+
+
+def _qemu_nbd_list(stdout: str, out: Path) -> ActionOutput:
+    return ActionOutput(exports=re.findall(r"^\s*export: '(.*)'\s*$", stdout, re.MULTILINE))
+
+
+def _json_size(stdout: str, out: Path) -> ActionOutput:
+    return ActionOutput(size=_json(stdout)["size"])
+
+
+def _json_list(stdout: str, out: Path) -> ActionOutput:
+    return ActionOutput(exports=list(_json(stdout)))
+
+
+def _json_extents(stdout: str, out: Path) -> ActionOutput:
+    return ActionOutput(extents=[tuple(e) for e in _json(stdout)])  # type: ignore[misc]
+
+
+def _harness_info(stdout: str, out: Path) -> ActionOutput:
+    return ActionOutput(size=_json(stdout)["negotiation"]["export_size"])
+
+
+def _harness_list(stdout: str, out: Path) -> ActionOutput:
+    return ActionOutput(exports=[e["name"] for e in _json(stdout)["exports"]])
+
+
+def _harness_map(stdout: str, out: Path) -> ActionOutput:
+    return ActionOutput(extents=[(e["offset"], e["length"], e["type"])
+                                 for e in _json(stdout)["map"]["extents"]])
+
+
+OUTPUT_READERS: dict[str, Callable[[str, Path], ActionOutput]] = {
+    "none": lambda stdout, out: ActionOutput(),
+    "file": _file,
+    "nbdinfo-json": _nbdinfo_json,
+    "nbdinfo-list-json": _nbdinfo_list,
+    "nbdinfo-map-json": _nbdinfo_map,
+    "qemu-img-info-json": _qemu_img_info,
+    "qemu-img-map-json": _qemu_img_map,
+    "qemu-img-dirty-map-json": _qemu_img_dirty_map,
+    "qemu-io-dump": _qemu_io_dump,
+    "qemu-nbd-list": _qemu_nbd_list,
+    "json-size": _json_size,
+    "json-list": _json_list,
+    "json-extents": _json_extents,
+    "harness-info-json": _harness_info,
+    "harness-list-json": _harness_list,
+    "harness-map-json": _harness_map,
+}
+"""Output format name -> reader of (stdout, the {out} file)."""
+
+
+__all__ = [
+    "ACTIONS",
+    "ACTIONS_FILE",
+    "OUTPUT_READERS",
+    "ActionForm",
+    "ActionOutput",
+    "ClientActionsError",
+    "ClientProgram",
+    "default_client_actions",
+    "load_client_actions",
+    "render",
+]

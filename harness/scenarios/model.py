@@ -1,0 +1,326 @@
+"""What a scenario is once loaded, and what running one produces.
+
+:class:`Scenario` is one validated scenario file: the behaviour it checks,
+the spec sections it cites, the features it needs on each side and what to
+expect when one is missing (:class:`Fallback`), the export it needs
+(:class:`ExportRequirements`) and its steps (:class:`Step`).  Running it
+gives a :class:`ScenarioResult` with a verdict and one :class:`StepResult`
+per step.
+
+Step arguments stay as the file wrote them (constant names such as
+``NBD_CMD_FLAG_FUA`` stay names, for reports), except that sizes are already
+numbers of bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from harness.peers.export import BitmapSpec, DataRange, ExportSpec, Layer
+
+Verdict = Literal["pass", "fail", "unsupported", "expected-fallback", "error"]
+VERDICTS: tuple[Verdict, ...] = ("pass", "fail", "unsupported", "expected-fallback", "error")
+"""pass; fail (an expectation did not hold); unsupported (a side lacks a required
+feature and said so correctly); expected-fallback (the scenario's fallback
+expectation held); error (the harness or the environment broke)."""
+
+Role = Literal["server", "client"]
+ROLES: tuple[Role, ...] = ("server", "client")
+Outcome = Literal["unsupported", "expected-fallback"]
+StepStatus = Literal["ok", "failed", "skipped", "unsupported", "error"]
+
+DEFAULT_EXPORT_SIZE = 4 * 1024 * 1024
+DEFAULT_CONNECTION = "main"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: an action with its arguments, and what to expect of it.
+
+    ``on`` names the connection it uses (server role); ``line`` is where the
+    step starts in its file, for messages.
+    """
+
+    action: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+    expect: Mapping[str, Any] | None = None
+    on: str = DEFAULT_CONNECTION
+    note: str = ""
+    line: int = 0
+
+    def arg(self, key: str, default: Any = None) -> Any:
+        return self.args.get(key, default)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {self.action: dict(self.args)}
+        if self.expect is not None:
+            out["expect"] = dict(self.expect)
+        if self.on != DEFAULT_CONNECTION:
+            out["on"] = self.on
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """What a missing required feature leads to.
+
+    ``unsupported``: the verdict is unsupported once the side lacking it said so
+    correctly.  ``expected-fallback``: the steps go on without the feature
+    (steps that need it are skipped) and ``expect`` / ``client_expect`` must
+    hold too.
+    """
+
+    outcome: Outcome
+    why: str = ""
+    expect: tuple[Step, ...] = ()
+    client_expect: tuple[Step, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExportRequirements:
+    """The export a scenario needs: contents, layers, bitmaps, access, TLS, block sizes.
+
+    ``layers`` run from the base to the top layer; each holds pattern data ranges
+    (:func:`harness.peers.export.pattern`).  ``tls`` is the server's TLS mode:
+    ``off`` (NOTLS), ``optional`` (SELECTIVETLS) or ``required`` (FORCEDTLS).
+    Block sizes are None when the scenario leaves them to the server.
+    ``multi_conn`` marks the export shareable between connections.
+    """
+
+    name: str = "disk"
+    size: int = DEFAULT_EXPORT_SIZE
+    backend: Literal["memory", "layers"] = "memory"
+    image_format: Literal["raw", "qcow2"] | None = None
+    layers: tuple[tuple[DataRange, ...], ...] = ()
+    bitmaps: tuple[BitmapSpec, ...] = ()
+    writes_after_bitmaps: tuple[DataRange, ...] = ()
+    read_only: bool = False
+    tls: Literal["off", "optional", "required"] = "off"
+    handshake: Literal["fixed-newstyle", "newstyle", "oldstyle"] = "fixed-newstyle"
+    description: str = ""
+    min_block_size: int | None = None
+    preferred_block_size: int | None = None
+    max_payload_size: int | None = None
+    block_size_required: bool = False
+    multi_conn: bool = True
+    init_state: bool = False
+    list_exports: bool = True
+    extra_exports: tuple[str, ...] = ()
+
+    @property
+    def format(self) -> Literal["raw", "qcow2"]:
+        """The image format real servers should use (qcow2 for a chain, else raw)."""
+        if self.image_format is not None:
+            return self.image_format
+        return "qcow2" if self.backend == "layers" else "raw"
+
+    @property
+    def block_sizes_set(self) -> bool:
+        return any(
+            size is not None
+            for size in (self.min_block_size, self.preferred_block_size, self.max_payload_size)
+        )
+
+    def export_spec(self, tls_dir: Path | None = None) -> ExportSpec:
+        """The :class:`~harness.peers.export.ExportSpec` server drivers build this export from.
+
+        Raises :class:`~harness.peers.export.ExportSpecError` when it cannot be built.
+        """
+        return ExportSpec(
+            size=self.size,
+            name=self.name,
+            image_format=self.format,
+            layers=tuple(Layer(ranges) for ranges in self.layers),
+            bitmaps=self.bitmaps,
+            writes_after_bitmaps=self.writes_after_bitmaps,
+            read_only=self.read_only,
+            tls_dir=tls_dir if self.tls != "off" else None,
+            description=self.description,
+        )
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One scenario file, validated."""
+
+    name: str
+    description: str
+    spec: tuple[str, ...]
+    roles: tuple[Role, ...]
+    export: ExportRequirements = field(default_factory=ExportRequirements)
+    requires_server: frozenset[str] = frozenset()
+    requires_client: frozenset[str] = frozenset()
+    fallback: Fallback | None = None
+    steps: tuple[Step, ...] = ()
+    client_steps: tuple[Step, ...] = ()
+    tags: tuple[str, ...] = ()
+    group: str = ""
+    """The folder under ``scenarios/`` (``handshake``, ``commands``, ...)."""
+    path: Path | None = None
+
+    @property
+    def id(self) -> str:
+        """``group/name``: unique in a library."""
+        return f"{self.group}/{self.name}" if self.group else self.name
+
+    def requires(self, role: Role) -> frozenset[str]:
+        return self.requires_server if role == "server" else self.requires_client
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready description (``nbd-harness scenarios show --json``)."""
+        export = self.export
+        return {
+            "name": self.name,
+            "id": self.id,
+            "group": self.group,
+            "path": str(self.path) if self.path else None,
+            "description": self.description,
+            "spec": list(self.spec),
+            "roles": list(self.roles),
+            "requires": {
+                "server": sorted(self.requires_server),
+                "client": sorted(self.requires_client),
+            },
+            "fallback": None
+            if self.fallback is None
+            else {
+                "outcome": self.fallback.outcome,
+                "why": self.fallback.why,
+                "expect": [s.as_dict() for s in self.fallback.expect],
+                "client_expect": [s.as_dict() for s in self.fallback.client_expect],
+            },
+            "export": {
+                "name": export.name,
+                "size": export.size,
+                "backend": export.backend,
+                "format": export.format,
+                "layers": [
+                    [[r.offset, r.length, r.seed] for r in layer] for layer in export.layers
+                ],
+                "bitmaps": [[b.name, b.granularity] for b in export.bitmaps],
+                "writes_after_bitmaps": [
+                    [r.offset, r.length, r.seed] for r in export.writes_after_bitmaps
+                ],
+                "read_only": export.read_only,
+                "tls": export.tls,
+                "handshake": export.handshake,
+                "min_block_size": export.min_block_size,
+                "preferred_block_size": export.preferred_block_size,
+                "max_payload_size": export.max_payload_size,
+                "block_size_required": export.block_size_required,
+                "multi_conn": export.multi_conn,
+                "init_state": export.init_state,
+                "list_exports": export.list_exports,
+                "extra_exports": list(export.extra_exports),
+            },
+            "steps": [s.as_dict() for s in self.steps],
+            "client_steps": [s.as_dict() for s in self.client_steps],
+            "tags": list(self.tags),
+        }
+
+
+# --- results ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step did.
+
+    ``status``: ok; failed (an expectation did not hold: ``expected`` vs ``got``);
+    skipped (it needs a feature that is missing, in a fallback run); unsupported
+    (it found a required feature missing); error (the harness broke).
+    ``phase`` says which list the step came from: ``steps``, ``client_steps``,
+    ``fallback`` or ``verify`` (the read-back of every write at the end).
+    """
+
+    index: int
+    action: str
+    line: int
+    status: StepStatus
+    detail: str = ""
+    expected: Any = None
+    got: Any = None
+    phase: str = "steps"
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "index": self.index,
+            "action": self.action,
+            "line": self.line,
+            "status": self.status,
+            "phase": self.phase,
+        }
+        if self.detail:
+            out["detail"] = self.detail
+        if self.expected is not None or self.got is not None:
+            out["expected"] = _jsonable(self.expected)
+            out["got"] = _jsonable(self.got)
+        return out
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    """The verdict of one run of one scenario, with its steps and evidence.
+
+    ``detail`` says why (for a failure: the expectation that failed, expected
+    vs got); ``evidence`` holds what was negotiated on each connection, the
+    missing features and how they showed, and (client role) the server's
+    session records and the programs' output.
+    """
+
+    verdict: Verdict
+    steps: list[StepResult] = field(default_factory=list)
+    detail: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    scenario: str = ""
+    role: Role = "server"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "role": self.role,
+            "verdict": self.verdict,
+            "detail": self.detail,
+            "steps": [s.as_dict() for s in self.steps],
+            "evidence": _jsonable(self.evidence),
+        }
+
+    @property
+    def failed_step(self) -> StepResult | None:
+        return next((s for s in self.steps if s.status in ("failed", "error")), None)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value[:64].hex() + ("..." if len(value) > 64 else "")
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
+        return [_jsonable(v) for v in items]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+__all__ = [
+    "DEFAULT_CONNECTION",
+    "DEFAULT_EXPORT_SIZE",
+    "ROLES",
+    "VERDICTS",
+    "ExportRequirements",
+    "Fallback",
+    "Outcome",
+    "Role",
+    "Scenario",
+    "ScenarioResult",
+    "Step",
+    "StepResult",
+    "StepStatus",
+    "Verdict",
+]
