@@ -20,7 +20,7 @@ import _conformance_breaches  # noqa: F401 (registers the breach samples)
 import pytest
 from _conformance_samples import CLEAN, SAMPLES
 
-from harness.conformance import causal_order, check_session
+from harness.conformance import check_session
 from harness.dissect import Session, decode_capture
 from harness.protocol import NEED_DATA, Connection, ProtocolError, Role
 
@@ -194,7 +194,7 @@ def judge(session: Session) -> Reading:
     server_side = Connection(Role.SERVER, strict_remote=False, strict_local=False)
     client_side = Connection(Role.CLIENT, strict_remote=False, strict_local=False)
     reading = Reading()
-    for message in causal_order(session.messages):
+    for message in session.messages:
         if message.kind == "tls":
             break
         receiver, sender = (
@@ -253,14 +253,28 @@ def test_clean_conversations_read_alike(name: str, tmp_path: Path) -> None:
     assert check_session(session) == []
 
 
+# Real captures the two readings frame differently on purpose: capture -> session -> reading.
+# qemu 11.1's client sends an extended NBD_CMD_WRITE without NBD_CMD_FLAG_PAYLOAD_LEN and
+# its data right behind (qemu-nbd reads it).  The codec follows the spec (no flag: no
+# payload) and stops there; the dissector reads the data as the payload it is, and the
+# conformance rule client.extended-write-payload-len reports the missing flag.
+KNOWN_IN_CAPTURES: dict[str, dict[int, Reading]] = {
+    "qemu-nbd11-qemu-io11-extended.pcapng": {
+        1: Reading({"write-needs-payload-len", "request-length-mismatch"}, "NBD_CMD_WRITE"),
+    },
+}
+
+
 @pytest.mark.parametrize(
     "name", sorted(p.name for p in CAPTURES.glob("*.pcap*")) if CAPTURES.exists() else []
 )
 def test_real_captures_read_alike(name: str) -> None:
+    known = KNOWN_IN_CAPTURES.get(name, {})
     for session in decode_capture(CAPTURES / name).sessions:
         reading = judge(session)
-        assert reading.boundaries is None, f"session {session.index}: {reading.boundaries}"
-        assert reading.theirs == set(), f"session {session.index}: {reading.theirs}"
+        expected = known.get(session.index, Reading())
+        assert reading.boundaries == expected.boundaries, f"session {session.index}"
+        assert reading.theirs == expected.theirs, f"session {session.index}: {reading.theirs}"
 
 
 def test_the_rule_table_names_existing_rules() -> None:

@@ -262,6 +262,10 @@ EXPECTED_IN_CAPTURES = {
     # a deliberate deviation.  Fixed newstyle negotiation: "The client SHOULD reply with
     # NBD_FLAG_C_FIXED_NEWSTYLE set in its flags field too".
     "nbdkit-list-qemu-io-convert.pcap": [("client.fixed-newstyle-flag", 4)],
+    # A real deviation of qemu 11.1's client: its extended NBD_CMD_WRITE lacks the flag.
+    # Request message: "The command `NBD_CMD_WRITE` MUST use the flag
+    # `NBD_CMD_FLAG_PAYLOAD_LEN` in this mode".
+    "qemu-nbd11-qemu-io11-extended.pcapng": [("client.extended-write-payload-len", 1)],
 }
 
 

@@ -860,15 +860,16 @@ def test_starttls_then_opaque_tls(tmp_path: Path) -> None:
         (CLIENT, "client flags"),
         (CLIENT, "NBD_OPT_STARTTLS"),
         (SERVER, "NBD_REP_ACK"),
-        (SERVER, "TLS"),
+        # Each direction's TLS is one opaque message; the client's started first.
         (CLIENT, "TLS"),
+        (SERVER, "TLS"),
     ]
     assert session.undecoded == []
     assert session.bytes_tls == {
         CLIENT: len(client_hello) + len(client_finished),
         SERVER: len(server_hello),
     }
-    tls_client = session.messages[5]
+    tls_client = session.messages[4]
     assert (tls_client.kind, tls_client.frame, tls_client.last_frame) == ("tls", 8, 10)
     assert tls_client.fields["data"] == client_hello + client_finished
     assert session.state.tls and session.state.phase == "tls"

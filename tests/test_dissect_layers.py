@@ -181,6 +181,22 @@ CASES: list[tuple[str, Packet, bytes]] = [
         struct.pack(">IHHQQQ", c.EXTENDED_REQUEST_MAGIC, 32, 1, 1, 1 << 40, 4) + b"abcd",
     ),
     (
+        "extended NBD_CMD_WRITE without PAYLOAD_LEN, data behind (qemu's client)",
+        L.NBDExtendedWriteUnflagged(type=c.Cmd.WRITE, cookie=4, offset=512, data=b"qemu"),
+        struct.pack(">IHHQQQ", c.EXTENDED_REQUEST_MAGIC, 0, 1, 4, 512, 4) + b"qemu",
+    ),
+    (
+        "extended NBD_CMD_BLOCK_STATUS, payload of an odd length",
+        L.NBDExtendedRequest(
+            type=c.Cmd.BLOCK_STATUS,
+            flags=c.CmdFlag.PAYLOAD_LEN,
+            cookie=5,
+            length=10,
+            data=b"\0" * 10,
+        ),
+        struct.pack(">IHHQQQ", c.EXTENDED_REQUEST_MAGIC, 32, 7, 5, 0, 10) + b"\0" * 10,
+    ),
+    (
         "extended NBD_CMD_READ, 64-bit length",
         L.NBDExtendedRequest(type=c.Cmd.READ, cookie=2, offset=0, length=1 << 33),
         struct.pack(">IHHQQQ", c.EXTENDED_REQUEST_MAGIC, 0, 0, 2, 0, 1 << 33),

@@ -36,7 +36,7 @@ from harness.conformance._rule import (
     Rule,
     rule,
 )
-from harness.conformance._view import SessionView, causal_order
+from harness.conformance._view import SessionView
 from harness.conformance.check import all_rules, check_capture, check_session
 from harness.conformance.findings import Finding
 
@@ -53,7 +53,6 @@ __all__ = [
     "Rule",
     "SessionView",
     "all_rules",
-    "causal_order",
     "check_capture",
     "check_session",
     "rule",

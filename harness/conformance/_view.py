@@ -1,18 +1,17 @@
 """What the rules need to know about one session, worked out once.
 
-The dissector hands out messages in capture order with their request/option
-links.  Most rules need more context than one message: which options were
-answered by which replies and what had been negotiated when each option was
-sent (:class:`OptionExchange`), which replies belong to which request and
-whether the reply was complete (:class:`Transaction`), and what the session
-settled for the transmission phase (:class:`Transmission`).  A
+The dissector hands out messages in causal order (a reply after what it
+answers, even when the server answered before the request was complete) with
+their request/option links.  Most rules need more context than one message:
+which options were answered by which replies and what had been negotiated when
+each option was sent (:class:`OptionExchange`), which replies belong to which
+request and whether the reply was complete (:class:`Transaction`), and what the
+session settled for the transmission phase (:class:`Transmission`).  A
 :class:`SessionView` computes all that in one pass; rule functions read it.
 
-Messages are taken in :func:`causal_order` (a reply after what it answers,
-even when the server answered before the request was complete).  Nothing here
-judges anything: a reply naming the wrong option is still filed under the
-option it answers, a chunk after the final one is kept aside as ``late``, a
-reply nobody asked for lands in ``orphan_replies``.
+Nothing here judges anything: a reply naming the wrong option is still filed
+under the option it answers, a chunk after the final one is kept aside as
+``late``, a reply nobody asked for lands in ``orphan_replies``.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from scapy.fields import PacketListField
 from scapy.packet import NoPayload, Packet
 
 from harness.dissect.layers import TextField, TextLenField
-from harness.dissect.model import CLIENT, Session, Undecoded, WireMessage
+from harness.dissect.model import Session, Undecoded, WireMessage
 from harness.protocol import constants as c
 
 _DATA_OPTIONS = (c.Opt.GO, c.Opt.INFO)
@@ -346,8 +345,8 @@ class SessionView:
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.messages = causal_order(session.messages)
-        """The session's messages in an order where every reply follows what it answers."""
+        self.messages = list(session.messages)
+        """The session's messages in causal order: every reply follows what it answers."""
         self.greeting: WireMessage | None = None
         self.client_flags: WireMessage | None = None
         self.options: list[OptionExchange] = []
@@ -564,33 +563,8 @@ def _answered(pending: list[OptionExchange], reply: WireMessage) -> OptionExchan
     return pending[0]
 
 
-def causal_order(messages: list[WireMessage]) -> list[WireMessage]:
-    """The two directions merged so that a reply never precedes what it answers.
-
-    The dissector orders messages by the frame that completed them.  A server
-    may answer before the client's message is complete (nbdkit refuses an option
-    with NBD_REP_ERR_TLS_REQD as soon as it has the header, while the rest of the
-    option's data is still on its way), so here a client message counts from the
-    frame of its first byte and a server message from the frame of its last: a
-    server cannot answer what it has not started to receive.  Each direction
-    keeps its own order.
-    """
-    index = {id(m): i for i, m in enumerate(messages)}
-    client = [m for m in messages if m.direction == CLIENT]
-    server = [m for m in messages if m.direction != CLIENT]
-    merged: list[WireMessage] = []
-    while client and server:
-        first, last = client[0].frame, server[0].last_frame
-        # Same frame (bytes given without frames): the dissector's order decides.
-        if first < last or (first == last and index[id(client[0])] < index[id(server[0])]):
-            merged.append(client.pop(0))
-        else:
-            merged.append(server.pop(0))
-    return merged + client + server
-
-
 def follows(view: SessionView, message: WireMessage, direction: str) -> list[WireMessage]:
-    """Messages of ``direction`` after ``message`` in capture order."""
+    """Messages of ``direction`` after ``message`` in causal order."""
     start = view.position(message) + 1
     return [m for m in view.messages[start:] if m.direction == direction]
 
@@ -611,14 +585,12 @@ def undecoded_at(view: SessionView, message: WireMessage) -> Undecoded | None:
 
 
 def bad_magic(region: Undecoded, expected: str) -> bool:
-    """The decoder stopped at ``region`` because a magic was wrong.
-
-    ``expected`` is how the decoder words it (``"a reply magic"``, ``"an option
-    (IHAVEOPT)"``...): its reasons read ``expected <what>, found 0x...``.
-    """
-    return region.reason.startswith(f"expected {expected}")
+    """The decoder stopped at ``region`` because the magic of an ``expected`` message
+    (``"option"``, ``"option-reply"``, ``"request"``, ``"reply"``, ``"greeting-magic"``...:
+    see :data:`harness.dissect.EXPECTED`) was wrong."""
+    return region.kind == "bad-magic" and region.expected == expected
 
 
 def found_zeroes(region: Undecoded) -> bool:
     """The wrong magic the decoder found is all zero bytes (padding, most likely)."""
-    return region.reason.rstrip().endswith(("found 0x00000000", "found 0x0000000000000000"))
+    return region.kind == "bad-magic" and region.found_magic == 0

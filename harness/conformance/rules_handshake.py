@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from harness.conformance._rule import MUST, MUST_NOT, SHOULD, Hit, rule
 from harness.conformance._view import (
     SessionView,
+    bad_magic,
     follows,
     found_zeroes,
     undecoded_after,
@@ -44,7 +45,7 @@ def _bad_client_flags(view: SessionView) -> str | None:
 def greeting_magic(view: SessionView) -> Iterator[Hit]:
     """NBDMAGIC is followed by IHAVEOPT (newstyle) or cliserv_magic (oldstyle)."""
     for region in view.undecoded(SERVER):
-        if region.reason.startswith("NBDMAGIC followed by an unknown magic"):
+        if bad_magic(region, "greeting-magic"):
             yield Hit(
                 region,
                 f"the greeting's second magic is neither IHAVEOPT nor "

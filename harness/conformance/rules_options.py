@@ -61,7 +61,7 @@ def _info_type(reply: WireMessage) -> int | None:
 def option_magic(view: SessionView) -> Iterator[Hit]:
     """Every option starts with IHAVEOPT."""
     for region in view.undecoded(CLIENT):
-        if bad_magic(region, "an option (IHAVEOPT)"):
+        if bad_magic(region, "option"):
             yield Hit(region, f"option without the IHAVEOPT magic ({region.reason})")
 
 
@@ -76,7 +76,7 @@ def option_magic(view: SessionView) -> Iterator[Hit]:
 def option_reply_magic(view: SessionView) -> Iterator[Hit]:
     """Every option reply starts with the option reply magic."""
     for region in view.undecoded(SERVER):
-        if bad_magic(region, "an option reply magic"):
+        if bad_magic(region, "option-reply"):
             yield Hit(region, f"option reply without its magic ({region.reason})")
 
 

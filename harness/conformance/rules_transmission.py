@@ -97,11 +97,11 @@ def _command_name(transaction: Transaction) -> str:
 def request_magic(view: SessionView) -> Iterator[Hit]:
     """Every request starts with NBD_REQUEST_MAGIC (or the extended request magic)."""
     for region in view.undecoded(CLIENT):
-        if bad_magic(region, "a request magic") and not _option_after_go(view, region):
+        if bad_magic(region, "request") and not _option_after_go(view, region):
             yield Hit(region, f"request without a request magic ({region.reason})")
 
 
-_IHAVEOPT_HIGH = f"{c.IHAVEOPT >> 32:#010x}"  # what a request-magic reader sees of IHAVEOPT
+_IHAVEOPT_HIGH = c.IHAVEOPT >> 32  # what a request-magic reader sees of IHAVEOPT
 
 
 def _option_after_go(view: SessionView, region: Undecoded) -> bool:
@@ -109,7 +109,8 @@ def _option_after_go(view: SessionView, region: Undecoded) -> bool:
     go = view.transmission.go
     return (
         go is not None
-        and region.reason.endswith(f"found {_IHAVEOPT_HIGH}")
+        and bad_magic(region, "request")
+        and region.found_magic == _IHAVEOPT_HIGH
         and region.offset == go.option.offset + go.option.length
     )
 
@@ -150,7 +151,7 @@ def reply_magic(view: SessionView) -> Iterator[Hit]:
     """Every reply starts with the simple, structured or extended reply magic."""
     skip = _after_handshake(view)
     for region in view.undecoded(SERVER):
-        if bad_magic(region, "a reply magic"):
+        if bad_magic(region, "reply"):
             if region.offset in skip and found_zeroes(region):
                 continue  # padding after the end of the handshake: its own rules
             yield Hit(region, f"reply without a reply magic ({region.reason})")

@@ -16,9 +16,11 @@ from harness.dissect.errors import CaptureError
 from harness.dissect.layers import fields_of
 from harness.dissect.model import (
     CLIENT,
+    EXPECTED,
     KINDS,
     PHASES,
     SERVER,
+    UNDECODED_KINDS,
     Capture,
     NegotiatedState,
     Session,
@@ -29,9 +31,11 @@ from harness.dissect.render import render_capture, render_json
 
 __all__ = [
     "CLIENT",
+    "EXPECTED",
     "KINDS",
     "PHASES",
     "SERVER",
+    "UNDECODED_KINDS",
     "Capture",
     "CaptureError",
     "NegotiatedState",

@@ -1,15 +1,22 @@
 """Stateful NBD decoding of one session: two reassembled streams in, messages out.
 
-Both directions are read together, in capture order: at each step the next
+Both directions are read together, in causal order: at each step the next
 complete message of each direction is cut (framed) with what the session has
-negotiated so far, and the one completed first (the lower number of the last
-frame it needs) is decoded and applied.  Cutting depends on state (a simple
-reply carries data only after a READ; the export-name reply has 124 zeroes
-unless NO_ZEROES), and state changes only by applying messages, so this is the
-order in which the peers themselves learned things.  A direction that cannot be
-cut now (bad magic, or client bytes that only make sense once the server's
-pending reply is applied) waits while the other side can progress; when neither
-can, what is left is reported as undecoded with its reason.  Nothing here raises on bad input.
+negotiated so far, and the one that came first is decoded and applied.  A
+client message counts from the frame of its first byte, a server message from
+the frame that completed it: a server answers only what it has started to
+receive (it may answer before the rest arrives, as nbdkit refuses an option
+with NBD_REP_ERR_TLS_REQD on seeing its header), and a client reacts only to
+what it has received whole.  So a reply never comes before what it answers,
+and the client's next option or request never before the reply it waited for.
+
+Cutting depends on state (a simple reply carries data only after a READ; the
+export-name reply has 124 zeroes unless NO_ZEROES), and state changes only by
+applying messages, so this is the order in which the peers themselves learned
+things.  A direction that cannot be cut now (bad magic, or client bytes that
+only make sense once the server's pending reply is applied) waits while the
+other side can progress; when neither can, what is left is reported as
+undecoded with its reason.  Nothing here raises on bad input.
 """
 
 from __future__ import annotations
@@ -49,6 +56,36 @@ class _Cut:
     layer: type[Packet] | None = None
     reason: str = ""
     end_frame: int = 0
+    # _BAD: what should have started here, the magics valid there and what was found
+    expected: str | None = None
+    expected_magic: tuple[int, ...] = ()
+    found_magic: int | None = None
+
+
+def _bad(expected: str, magics: tuple[int, ...], found: int, reason: str) -> _Cut:
+    return _Cut(_BAD, reason=reason, expected=expected, expected_magic=magics, found_magic=found)
+
+
+_REQUEST_MAGICS = {c.REQUEST_MAGIC, c.EXTENDED_REQUEST_MAGIC}
+
+
+def _data_follows(data: bytes, at: int, length: int) -> bool:
+    """An extended WRITE without ``NBD_CMD_FLAG_PAYLOAD_LEN`` is followed by its data anyway.
+
+    By the spec its length is then an effect length and no payload follows, but
+    qemu's client (seen in 11.1) sends the data all the same and qemu-nbd reads
+    it.  Judged by what the bytes say: no request starts right after the
+    header, and the data fills the stream up to its end or to the next request.
+    """
+    end = at + c.EXTENDED_REQUEST_LEN
+    after = end + length
+    if length == 0 or after > len(data) or _magic4(data, end) in _REQUEST_MAGICS:
+        return False
+    return after == len(data) or _magic4(data, after) in _REQUEST_MAGICS
+
+
+def _magic4(data: bytes, at: int) -> int | None:
+    return struct.unpack_from(">I", data, at)[0] if len(data) >= at + 4 else None
 
 
 def _ok(kind: str, length: int, layer: type[Packet], available: int, what: str = "") -> _Cut:
@@ -102,7 +139,7 @@ class SessionDecoder:
         while True:
             cuts = {d: self._cut(d) for d in DIRECTIONS if not self.finished[d]}
             ready = [
-                (cut.end_frame, self._tie_order(d), d)
+                (self._causal_frame(d, cut), self._tie_order(d), d)
                 for d, cut in cuts.items()
                 if cut.status == _OK
             ]
@@ -116,6 +153,14 @@ class SessionDecoder:
         for direction in DIRECTIONS:
             self._report_gaps(direction)
         return self.session
+
+    def _causal_frame(self, direction: str, cut: _Cut) -> int:
+        """When a message counts as sent: the client's from its first byte, the
+        server's once complete (see the module docstring)."""
+        if direction == CLIENT:
+            at = self.cursor[CLIENT]
+            return self.streams[CLIENT].starting_frame(at, at + cut.length)
+        return cut.end_frame
 
     def _tie_order(self, direction: str) -> int:
         """Who goes first when both messages complete in the same frame.
@@ -156,7 +201,12 @@ class SessionDecoder:
                 return _Cut(_NEED, "greeting", 16)
             magic, second = struct.unpack_from(">QQ", data, at)
             if magic != c.NBDMAGIC:
-                return _Cut(_BAD, reason=f"expected the NBDMAGIC greeting, found {magic:#018x}")
+                return _bad(
+                    "greeting",
+                    (c.NBDMAGIC,),
+                    magic,
+                    f"expected the NBDMAGIC greeting, found {magic:#018x}",
+                )
             if second == c.CLISERV_MAGIC:
                 return _ok(
                     "oldstyle-greeting", c.OLDSTYLE_GREETING_LEN, L.NBDOldstyleGreeting, available
@@ -165,7 +215,12 @@ class SessionDecoder:
                 return _ok(
                     "newstyle-greeting", c.NEWSTYLE_GREETING_LEN, L.NBDNewstyleGreeting, available
                 )
-            return _Cut(_BAD, reason=f"NBDMAGIC followed by an unknown magic {second:#018x}")
+            return _bad(
+                "greeting-magic",
+                (c.CLISERV_MAGIC, c.IHAVEOPT),
+                second,
+                f"NBDMAGIC followed by an unknown magic {second:#018x}",
+            )
         if reading == _HANDSHAKE:
             if self.export_name_option is not None and not self._looks_like_option_reply(
                 data, at, available
@@ -176,7 +231,12 @@ class SessionDecoder:
                 return _Cut(_NEED, "option reply header", c.OPTION_REPLY_HEADER_LEN)
             magic, _option, _reply, length = struct.unpack_from(">QIII", data, at)
             if magic != c.OPTION_REPLY_MAGIC:
-                return _Cut(_BAD, reason=f"expected an option reply magic, found {magic:#018x}")
+                return _bad(
+                    "option-reply",
+                    (c.OPTION_REPLY_MAGIC,),
+                    magic,
+                    f"expected an option reply magic, found {magic:#018x}",
+                )
             return _ok(
                 "option-reply", c.OPTION_REPLY_HEADER_LEN + length, L.NBDOptionReply, available
             )
@@ -232,7 +292,12 @@ class SessionDecoder:
                 available,
                 "extended reply chunk",
             )
-        return _Cut(_BAD, reason=f"expected a reply magic, found {magic:#010x}")
+        return _bad(
+            "reply",
+            (c.SIMPLE_REPLY_MAGIC, c.STRUCTURED_REPLY_MAGIC, c.EXTENDED_REPLY_MAGIC),
+            magic,
+            f"expected a reply magic, found {magic:#010x}",
+        )
 
     def _cut_client(self, reading: str, data: bytes, at: int, available: int) -> _Cut:
         if reading == _AWAIT_GREETING:
@@ -244,7 +309,12 @@ class SessionDecoder:
                 return _Cut(_NEED, "option header", c.OPTION_HEADER_LEN)
             magic, _option, length = struct.unpack_from(">QII", data, at)
             if magic != c.IHAVEOPT:
-                return _Cut(_BAD, reason=f"expected an option (IHAVEOPT), found {magic:#018x}")
+                return _bad(
+                    "option",
+                    (c.IHAVEOPT,),
+                    magic,
+                    f"expected an option (IHAVEOPT), found {magic:#018x}",
+                )
             return _ok("option", c.OPTION_HEADER_LEN + length, L.NBDOption, available)
         if reading == _TRANSMISSION:
             return self._cut_request(data, at, available)
@@ -265,16 +335,24 @@ class SessionDecoder:
         if magic == c.EXTENDED_REQUEST_MAGIC:
             if available < c.EXTENDED_REQUEST_LEN:
                 return _Cut(_NEED, "extended request header", c.EXTENDED_REQUEST_LEN)
-            flags, _kind, _cookie, _offset, length = struct.unpack_from(">HHQQQ", data, at + 4)
+            flags, kind, _cookie, _offset, length = struct.unpack_from(">HHQQQ", data, at + 4)
             payload = length if flags & c.CmdFlag.PAYLOAD_LEN else 0
+            layer: type[Packet] = L.NBDExtendedRequest
+            if kind == c.Cmd.WRITE and not payload and _data_follows(data, at, length):
+                payload, layer = length, L.NBDExtendedWriteUnflagged
             return _ok(
                 "request",
                 c.EXTENDED_REQUEST_LEN + payload,
-                L.NBDExtendedRequest,
+                layer,
                 available,
                 "extended request with its payload",
             )
-        return _Cut(_BAD, reason=f"expected a request magic, found {magic:#010x}")
+        return _bad(
+            "request",
+            (c.REQUEST_MAGIC, c.EXTENDED_REQUEST_MAGIC),
+            magic,
+            f"expected a request magic, found {magic:#010x}",
+        )
 
     # --- applying ---------------------------------------------------------------
 
@@ -499,6 +577,16 @@ class SessionDecoder:
             )
         if "context_ids" in fields:
             fields["context_names"] = [self.state.contexts.get(i) for i in fields["context_ids"]]
+        if isinstance(packet, L.NBDExtendedWriteUnflagged):
+            notes.append(
+                "NBD_CMD_WRITE without NBD_CMD_FLAG_PAYLOAD_LEN, yet its data follows "
+                "(as qemu's client sends it): read as its payload"
+            )
+        elif kind == c.Cmd.BLOCK_STATUS and extended and "data" in fields:
+            notes.append(
+                f"block status payload of {len(fields['data'])} bytes is not an 8-byte effect "
+                "length and 4-byte context ids: shown as raw data"
+            )
         message = self._emit(direction, cut, packet, fields, notes, c.name_of(c.Cmd, kind))
         if kind != c.Cmd.DISC:  # NBD_CMD_DISC has no reply
             self.in_flight.setdefault(cookie, []).append(message)
@@ -578,9 +666,30 @@ class SessionDecoder:
                 else "at the end of the capture"
             )
             reason = f"incomplete {cut.kind}: {rest} of {cut.length} bytes {where}"
+            expected = self._expected_here(direction, cut)
+            self._undecoded(direction, at, rest, reason, "incomplete", expected)
+        elif cut.status == _BAD and cut.expected is not None:
+            self._undecoded(
+                direction,
+                at,
+                rest,
+                cut.reason,
+                "bad-magic",
+                cut.expected,
+                cut.expected_magic,
+                cut.found_magic,
+            )
         else:
-            reason = cut.reason
-        self._undecoded(direction, at, rest, reason)
+            self._undecoded(direction, at, rest, cut.reason, "unexpected")
+
+    def _expected_here(self, direction: str, cut: _Cut) -> str | None:
+        """The message an incomplete region was to be (one of ``model.EXPECTED``)."""
+        reading = self.reading[direction]
+        if direction == SERVER:
+            if reading == _HANDSHAKE:
+                return "export-name-reply" if cut.kind == "export-name-reply" else "option-reply"
+            return {_GREETING: "greeting", _TRANSMISSION: "reply"}.get(reading)
+        return {_FLAGS: "client-flags", _HANDSHAKE: "option", _TRANSMISSION: "request"}.get(reading)
 
     def _report_gaps(self, direction: str) -> None:
         stream = self.streams[direction]
@@ -597,13 +706,35 @@ class SessionDecoder:
                     offset,
                     length,
                     f"captured after {first_gap[1]} missing bytes at offset {first_gap[0]}",
+                    "after-gap",
                 )
         self.session.notes.extend(f"{direction}: {note}" for note in stream.notes)
 
-    def _undecoded(self, direction: str, offset: int, length: int, reason: str) -> None:
+    def _undecoded(
+        self,
+        direction: str,
+        offset: int,
+        length: int,
+        reason: str,
+        kind: str,
+        expected: str | None = None,
+        expected_magic: tuple[int, ...] = (),
+        found_magic: int | None = None,
+    ) -> None:
         if length <= 0:
             return
         frame = self.streams[direction].frame_at(offset)
         self.session.undecoded.append(
-            Undecoded(self.session.index, direction, offset, length, frame, reason)
+            Undecoded(
+                self.session.index,
+                direction,
+                offset,
+                length,
+                frame,
+                reason,
+                kind=kind,
+                expected=expected,
+                expected_magic=expected_magic,
+                found_magic=found_magic,
+            )
         )

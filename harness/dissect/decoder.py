@@ -149,6 +149,6 @@ def _not_nbd(session: Session, streams: dict[str, DirectionStream]) -> Session:
             if length:
                 frame = stream.frame_at(offset)
                 session.undecoded.append(
-                    Undecoded(session.index, direction, offset, length, frame, why)
+                    Undecoded(session.index, direction, offset, length, frame, why, kind="not-nbd")
                 )
     return session

@@ -100,7 +100,23 @@ class _Element(Packet):
         return b"", s
 
 
-class _LengthCut(Packet):
+class _EmptyTextPayload(Packet):
+    """A header whose payload may be one text field only, and that text may be empty.
+
+    scapy dissects no payload from zero bytes, which would drop the field: an empty
+    export name or error message is on the wire all the same, so it is kept as ``""``.
+    """
+
+    def do_dissect_payload(self, s: bytes) -> None:
+        if not s:
+            cls = self.guess_payload_class(s)
+            if cls in _TEXT_ONLY_PAYLOADS:
+                self.add_payload(cls(s, _internal=1, _underlayer=self))
+            return
+        super().do_dissect_payload(s)
+
+
+class _LengthCut(_EmptyTextPayload):
     """A header whose ``length`` field says how many payload bytes follow."""
 
     #: byte offset and size of the length field, for ``post_build``
@@ -289,7 +305,7 @@ class NBDInfoInitState(Packet):
     fields_desc = [FlagsField("init_flags", 0, 16, INIT_FLAG_NAMES)]
 
 
-class NBDRepInfo(Packet):
+class NBDRepInfo(_EmptyTextPayload):
     """``NBD_REP_INFO``: 16-bit information type, then the type's payload."""
 
     name = "NBD_REP_INFO data"
@@ -347,6 +363,14 @@ class NBDOptionReply(_LengthCut):
         return super().guess_payload_class(payload)
 
 
+_TEXT_ONLY_PAYLOADS: tuple[type[Packet], ...] = (
+    NBDOptExportName,
+    NBDInfoName,
+    NBDInfoDescription,
+    NBDRepError,
+)
+
+
 class NBDExportNameReply(Packet):
     """Reply to ``NBD_OPT_EXPORT_NAME``: size, flags, 124 zeroes unless NO_ZEROES.
 
@@ -369,10 +393,19 @@ def _has_payload_len(p: Packet) -> bool:
     return bool(int(p.flags) & c.CmdFlag.PAYLOAD_LEN)
 
 
+def _status_payload_fits(length: int) -> bool:
+    """A BLOCK_STATUS payload of ``length`` bytes reads as an effect length and context ids."""
+    return length >= 8 and (length - 8) % 4 == 0
+
+
 def _has_status_payload(p: Packet) -> bool:
-    """A BLOCK_STATUS payload: effect length and context ids (too short: shown as data)."""
+    """A BLOCK_STATUS payload: effect length and context ids (any other length: shown as data)."""
     length = p.length
-    return _has_payload_len(p) and p.type == c.Cmd.BLOCK_STATUS and (length is None or length >= 8)
+    return (
+        _has_payload_len(p)
+        and p.type == c.Cmd.BLOCK_STATUS
+        and (length is None or _status_payload_fits(length))
+    )
 
 
 class NBDRequest(Packet):
@@ -403,7 +436,9 @@ class NBDExtendedRequest(Packet):
     """Extended request (``NBD_OPT_EXTENDED_HEADERS``): 64-bit length.
 
     With ``NBD_CMD_FLAG_PAYLOAD_LEN`` the length counts payload bytes: WRITE data,
-    or for BLOCK_STATUS an effect length and the context ids to report on.
+    or for BLOCK_STATUS an effect length and the context ids to report on (a
+    BLOCK_STATUS payload of another length than 8 plus a multiple of 4 shows as
+    ``data``).
     """
 
     name = "NBD extended request"
@@ -429,6 +464,26 @@ class NBDExtendedRequest(Packet):
 
     def post_build(self, pkt: bytes, pay: bytes) -> bytes:
         if self.length is None and _has_payload_len(self):
+            pkt = _fix_length(pkt, pkt[32:], 24, 8)
+        return pkt + pay
+
+
+class NBDExtendedWriteUnflagged(NBDExtendedRequest):
+    """An extended ``NBD_CMD_WRITE`` without ``NBD_CMD_FLAG_PAYLOAD_LEN`` whose data follows.
+
+    The spec makes the flag a MUST for writes (without it the length is an effect
+    length and nothing follows), but qemu's client omits it and sends the data
+    anyway; the decoder picks this layer only when the bytes show the data is there.
+    """
+
+    name = "NBD extended request (WRITE data without PAYLOAD_LEN)"
+    fields_desc = [
+        *NBDExtendedRequest.fields_desc[:6],
+        StrLenField("data", b"", length_from=lambda p: p.length),
+    ]
+
+    def post_build(self, pkt: bytes, pay: bytes) -> bytes:
+        if self.length is None:
             pkt = _fix_length(pkt, pkt[32:], 24, 8)
         return pkt + pay
 
@@ -610,6 +665,7 @@ ALL_LAYERS: tuple[type[Packet], ...] = (
     NBDExportNameReply,
     NBDRequest,
     NBDExtendedRequest,
+    NBDExtendedWriteUnflagged,
     NBDSimpleReply,
     NBDStructuredReply,
     NBDExtendedReply,

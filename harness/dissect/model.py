@@ -90,9 +90,37 @@ class WireMessage:
         return bytes(original) if original is not None else bytes(self.packet)
 
 
+UNDECODED_KINDS = (
+    "bad-magic",  # a message should start here, but its magic is wrong
+    "incomplete",  # a message cut short by the end of the capture or missing bytes
+    "after-gap",  # captured after bytes the capture misses: where messages start is unknown
+    "unexpected",  # bytes where the protocol allows none (after ABORT, before the greeting)
+    "not-nbd",  # the connection carries no NBD
+)
+"""Every value of :attr:`Undecoded.kind`."""
+
+EXPECTED = (
+    "greeting",
+    "greeting-magic",
+    "client-flags",
+    "option",
+    "option-reply",
+    "export-name-reply",
+    "request",
+    "reply",
+)
+"""Every value of :attr:`Undecoded.expected` (besides ``None``): the message the
+decoder looked for (``greeting-magic``: the magic after NBDMAGIC, which tells
+oldstyle from newstyle)."""
+
+
 @dataclass(frozen=True)
 class Undecoded:
-    """Captured bytes the decoder could not read as NBD, and why."""
+    """Captured bytes the decoder could not read as NBD, and why.
+
+    ``reason`` says it in words; ``kind``, ``expected``, ``expected_magic`` and
+    ``found_magic`` say it as data, for programs (the conformance rules).
+    """
 
     session: int
     direction: str
@@ -100,6 +128,16 @@ class Undecoded:
     length: int
     frame: int
     reason: str
+    kind: str = "unexpected"
+    """One of :data:`UNDECODED_KINDS`."""
+    expected: str | None = None
+    """For ``bad-magic`` and ``incomplete``: the message that should start here (one of
+    :data:`EXPECTED`, ``None`` when the decoder expected nothing in particular)."""
+    expected_magic: tuple[int, ...] = ()
+    """For ``bad-magic``: the magic numbers that would have been valid here."""
+    found_magic: int | None = None
+    """For ``bad-magic``: the number found instead (as wide as the expected magic:
+    32 or 64 bits)."""
 
 
 @dataclass
@@ -129,7 +167,13 @@ class NegotiatedState:
 
 @dataclass
 class Session:
-    """One TCP connection: its messages in capture order and its accounting."""
+    """One TCP connection: its messages in causal order and its accounting.
+
+    Causal order: each direction's messages in stream order, merged so that a
+    reply comes after what it answers and a client's message after the reply it
+    waited for (a client message counts from its first frame, a server message
+    from the frame that completed it).
+    """
 
     index: int
     client: tuple[str, int]

@@ -291,6 +291,10 @@ def render_json(
                     "offset": region.offset,
                     "length": region.length,
                     "reason": region.reason,
+                    "undecoded_kind": region.kind,
+                    "expected": region.expected,
+                    "expected_magic": list(region.expected_magic),
+                    "found_magic": region.found_magic,
                 }
             )
     return items

@@ -64,6 +64,13 @@ class DirectionStream:
         last = bisect.bisect_left(self.run_starts, end)
         return max(self.run_frames[first:last], default=0)
 
+    def starting_frame(self, start: int, end: int) -> int:
+        """The first frame any of bytes ``[start, end)`` arrived in (with segments out of
+        order, not always the frame of the first byte)."""
+        first = max(bisect.bisect_right(self.run_starts, start) - 1, 0)
+        last = bisect.bisect_left(self.run_starts, end)
+        return min(self.run_frames[first:last], default=0)
+
     def time_of(self, frame: int) -> float:
         """Capture time of a frame (0.0 when unknown)."""
         return self.frame_times[frame] if 0 < frame < len(self.frame_times) else 0.0

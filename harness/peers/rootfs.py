@@ -6,7 +6,10 @@ machine's apt already uses, into ``$NBD_HARNESS_CACHE/rootfs/SUITE.tar.zst``
 unpacked once next to it. A lock file makes parallel test workers wait for
 one build instead of building the same suite twice; a stamp holding the
 recipe's digest rebuilds the suite when its recipe in ``matrix/suites.toml``
-(or the mirror) changes.
+(its package list, pins, suites, or the mirror) changes: a cached root
+filesystem built from another recipe is not ready, and provisioning replaces it.
+The old root is moved aside rather than deleted while peers may still run from
+it, and removed once no sandbox uses it.
 
 Programs run as ``bwrap --ro-bind ROOT / --proc /proc --dev /dev --tmpfs /tmp
 --bind DIR DIR ... --unshare-pid --die-with-parent``: in the host network
@@ -240,9 +243,11 @@ class RootfsProvider(Provider):
         partial = self.base / f"{self.suite.name}.partial.tar.zst"
         partial.unlink(missing_ok=True)
         progress(f"{self.name}: building with mmdebstrap from {self.mirror}")
+        log_path = self.base / f"{self.suite.name}.build.log"
+        log_path.unlink(missing_ok=True)  # the log is appended to: show this build's only
         run_with_progress(
             self.mmdebstrap_argv(partial),
-            log_path=self.base / f"{self.suite.name}.build.log",
+            log_path=log_path,
             progress=lambda line: progress(f"{self.name}: {line}"),
             timeout=BUILD_TIMEOUT,
             what=f"mmdebstrap {self.suite.name}",
@@ -265,9 +270,22 @@ class RootfsProvider(Provider):
             what=f"unpacking {self.tarball}",
         )
         self._root_stamp.unlink(missing_ok=True)
-        shutil.rmtree(self.root, ignore_errors=True)
+        # Peers started from the old root may still run (other test workers, other
+        # checkouts): move it aside instead of deleting files under them, and delete it
+        # once no mount namespace uses it any more.
+        if self.root.exists():
+            self.root.replace(self.base / f".{self.suite.name}.old-{time.time_ns()}")
         staging.replace(self.root)
         self._root_stamp.write_text(json.dumps({"recipe": digest, "unpacked": time.time()}))
+        self._remove_retired_roots(progress)
+
+    def _remove_retired_roots(self, progress: Progress) -> None:
+        """Delete the roots earlier rebuilds moved aside, unless a sandbox still uses one."""
+        for old in sorted(self.base.glob(f".{self.suite.name}.old-*")):
+            if mounted_anywhere(old):
+                progress(f"{self.name}: keeping the previous root {old} while peers use it")
+                continue
+            shutil.rmtree(old, ignore_errors=True)
 
     # --- running ------------------------------------------------------------------------------
 
@@ -302,6 +320,34 @@ class RootfsProvider(Provider):
         return None  # bwrap's --chdir sets it inside
 
 
+def mounted_anywhere(directory: Path) -> bool:
+    """True when some process's mount table has ``directory`` (or a path under it) as a
+    mount source: a bubblewrap sandbox is running from it.
+
+    The kernel shows a bind mount's source by its current path, so a root renamed
+    while a sandbox runs from it shows under its new name.
+    """
+    directory = directory.absolute()
+    # The "root" column is the path inside the mounted file system, which is the
+    # absolute path only when the cache lives on the file system mounted at /.
+    mount_point = directory
+    while not os.path.ismount(mount_point) and mount_point != mount_point.parent:
+        mount_point = mount_point.parent
+    targets = {os.fspath(directory), "/" + os.fspath(directory.relative_to(mount_point))}
+    for mountinfo in Path("/proc").glob("[0-9]*/mountinfo"):
+        try:
+            text = mountinfo.read_text(errors="replace")
+        except OSError:
+            continue  # the process ended, or is not ours to read
+        for line in text.splitlines():
+            fields = line.split(" ", 4)
+            if len(fields) > 3:
+                source = fields[3].replace("\\040", " ")
+                if any(source == t or source.startswith(t + "/") for t in targets):
+                    return True
+    return False
+
+
 def outermost(binds: Sequence[Path]) -> list[str]:
     """Absolute bind directories, without duplicates and without ones inside another."""
     paths = sorted({os.path.abspath(os.fspath(path)) for path in binds}, key=len)
@@ -313,4 +359,4 @@ def outermost(binds: Sequence[Path]) -> list[str]:
 
 
 __all__ = ["CACHE_ENV", "CHECK_VALID_UNTIL", "RootfsProvider", "cache_dir", "disk_usage",
-           "outermost", "run_with_progress"]
+           "mounted_anywhere", "outermost", "run_with_progress"]
