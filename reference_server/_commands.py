@@ -48,10 +48,12 @@ class CommandError(Exception):
 class Executor:
     """Runs the commands of one connection against its export's backend."""
 
-    def __init__(self, negotiated: Negotiated, export: ExportConfig, backend: Backend) -> None:
+    def __init__(self, negotiated: Negotiated, export: ExportConfig, backend: Backend,
+                 quirks: frozenset[str] = frozenset()) -> None:
         self.neg = negotiated
         self.export = export
         self.backend = backend
+        self.quirks = quirks
 
     # --- reply construction -------------------------------------------------------
 
@@ -78,6 +80,8 @@ class Executor:
     # --- dispatch -----------------------------------------------------------------
 
     def execute(self, req: Request, violations: list[Violation]) -> list[Reply]:
+        if "unflagged-extended-write" in self.quirks:
+            violations = [v for v in violations if v.rule != "write-needs-payload-len"]
         if violations:
             first = violations[0]
             return self.failure(req, first.errno, f"{first.message} (spec: {first.section})")

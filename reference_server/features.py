@@ -75,6 +75,8 @@ class ServerFeatures:
 
 
 KNOWN_QUIRKS = {
+    "unflagged-extended-write": "performs an extended NBD_CMD_WRITE that lacks "
+    "NBD_CMD_FLAG_PAYLOAD_LEN instead of failing it with NBD_EINVAL (qemu-nbd)",
     "info-size-zero": "answers NBD_OPT_INFO with an export size of 0 (nbd-server)",
     "abort-without-ack": "closes on NBD_OPT_ABORT without sending NBD_REP_ACK (nbd-server)",
     "read-only-hides-write-flags": "no SEND_TRIM / SEND_WRITE_ZEROES / SEND_FAST_ZERO on "

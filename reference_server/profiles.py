@@ -105,6 +105,9 @@ FEATURE_GRANTS: dict[str, Grant] = {
 
 QUIRK_EFFECTS: dict[str, QuirkEffect] = {
     "info-size-zero": QuirkEffect(quirk="info-size-zero"),
+    "unflagged-extended-write": QuirkEffect(quirk="unflagged-extended-write"),
+    "sends-unflagged-extended-write": QuirkEffect(
+        note="a client quirk: the conformance rules report it; servers need no switch"),
     "abort-without-ack": QuirkEffect(quirk="abort-without-ack"),
     "read-only-hides-write-flags": QuirkEffect(quirk="read-only-hides-write-flags"),
     "read-only-hides-fua": QuirkEffect(quirk="read-only-hides-fua"),

@@ -233,7 +233,7 @@ class Session:
     async def _transmission(self, export: ExportConfig) -> None:
         neg = self.conn.negotiated
         backend = self.server.registry.backend(export)
-        executor = Executor(neg, export, backend)
+        executor = Executor(neg, export, backend, self.server.features.quirks)
         while True:
             event = await self._next(IDLE_TIMEOUT)
             assert isinstance(event, Request)

@@ -235,8 +235,50 @@ def test_allocation_depth_can_be_withheld_per_export(tmp_path):
 
 
 def test_abort_with_data_is_acknowledged(server):
-    """"a server SHOULD ignore any data sent by the client rather than rejecting the request"."""
+    """ "a server SHOULD ignore any data sent by the client rather than rejecting the request"."""
     with connect(server) as client:
         replies = ask(client, OptionRequest(c.Opt.ABORT, b"bye"))
         assert [(r.option, r.reply_type) for r in replies] == [(c.Opt.ABORT, c.Rep.ACK)]
         assert client.closed_by_peer()
+
+
+@pytest.mark.parametrize(("profile_name", "accepted"), [("reference", False), ("qemu-11.1", True)])
+def test_extended_write_without_payload_len_flag(tmp_path, profile_name, accepted):
+    """qemu's client omits NBD_CMD_FLAG_PAYLOAD_LEN on extended writes (a MUST): the strict
+    server refuses with EINVAL, a qemu profile performs it like qemu-nbd; both stay in sync."""
+    from reference_server.profiles import profile
+
+    config = config_from_dict({"export": [{"name": "disk", "size": "1M"}]}, base_dir=tmp_path)
+    with ServerThread(config, profile(profile_name)) as thread, connect(thread) as client:
+        assert ask(client, option(c.Opt.EXTENDED_HEADERS, EmptyPayload()))[-1].reply_type == (
+            c.Rep.ACK
+        )
+        assert ask(client, option(c.Opt.GO, InfoRequestPayload("disk")))[-1].reply_type == (
+            c.Rep.ACK
+        )
+        data = bytes(range(256)) * 16
+        client.send(
+            Request(
+                type=c.Cmd.WRITE,
+                offset=4096,
+                length=len(data),
+                cookie=1,
+                payload=data,
+                extended=True,
+            )
+        )
+        reply = client.recv()
+        payload = decode_chunk_payload(reply.type, reply.payload)
+        if accepted:
+            assert reply.done and reply.type == c.ReplyType.NONE
+        else:
+            assert isinstance(payload, ChunkError) and payload.error == c.Errno.EINVAL
+        client.send(
+            Request(type=c.Cmd.READ, offset=4096, length=len(data), cookie=2, extended=True)
+        )
+        chunk = client.recv()
+        got = decode_chunk_payload(chunk.type, chunk.payload)
+        if accepted:
+            assert got.data == data
+        else:
+            assert got.length == len(data)  # still a hole: nothing was written

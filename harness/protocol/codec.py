@@ -288,7 +288,11 @@ def decode_request(buf: Buffer, max_payload: int = MAX_WIRE_PAYLOAD) -> Decoded:
         if len(buf) < _EXT_REQUEST.size:
             return None
         _, flags, cmd, cookie, offset, length = _EXT_REQUEST.unpack_from(buf)
-        payload_len = length if flags & c.CmdFlag.PAYLOAD_LEN else 0
+        # A write always carries its data: "NBD_CMD_WRITE MUST use the flag
+        # NBD_CMD_FLAG_PAYLOAD_LEN in this mode", but qemu's client (10.0, 11.1) omits the
+        # flag and sends the data anyway, and qemu-nbd reads it.  Reading it too keeps the
+        # stream in sync; the state machine still reports the missing flag.
+        payload_len = length if flags & c.CmdFlag.PAYLOAD_LEN or cmd == c.Cmd.WRITE else 0
         header, extended = _EXT_REQUEST.size, True
     else:
         raise CodecError(
