@@ -17,6 +17,8 @@ from harness.errors import UserError
 
 COMMAND_MODULES = [
     "harness.commands.run",
+    "harness.commands.check",
+    "harness.commands.check_client",
     "harness.commands.serve",
     "harness.commands.capture",
     "harness.commands.info",

@@ -1,11 +1,17 @@
-"""``nbd-harness run``: the main job.
+"""``nbd-harness run``: the matrix — scenarios x server peer@version x client peer@version.
 
-Until the scenario matrix lands, it starts the reference server with a
-memory export and a two-layer chain (with a dirty bitmap), points every real
-client listed in ``matrix/smoke-clients.toml`` at it, and prints what each
-negotiated, as the server saw it (handshake, options and their answers,
-structured replies / extended headers, metadata contexts, commands), plus
-any rule the client broke.  A JSON report goes to ``--out``.
+Expands the request into cases (each with the outcome the matrix data
+predicts), runs them on ``-j N`` worker processes (each case recorded by the
+proxy, decoded, checked by every conformance rule), shows a progress line,
+prints a summary table and writes the result set and its reports (JSON lines
+per case, ``report.json``, ``junit.xml``, ``summary.md``, ``index.html``) to
+``--out``.  ``--shard I/N`` runs every N-th case (CI jobs on identical
+machines); ``--merge DIR...`` merges the result directories of the shards into
+``--out`` and renders the reports of the whole set.
+
+Exit status: 0 when every case is good (pass, or the unsupported /
+expected-fallback outcome the data predicts), 1 when any case failed or
+errored, 2 for a usage error, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -13,165 +19,200 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
+import re
+import socket
 import sys
-import tempfile
 import time
-import tomllib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from harness.errors import UserError
 
+if TYPE_CHECKING:
+    from harness.matrix.cases import Excluded, Expansion
+
 REPO = Path(__file__).resolve().parents[2]
-CLIENTS_FILE = REPO / "matrix" / "smoke-clients.toml"
-CLIENT_TIMEOUT = 120.0
+REPORTS = REPO / "reports"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run",
-        help="run the main job: real clients against the reference server",
-        description="Start the reference server, run every real client of "
-        "matrix/smoke-clients.toml against it, and print what each negotiated "
-        "(as the server saw it) with a pass/fail verdict.",
+        help="run the interop matrix (scenarios x servers x clients) and write reports",
+        description="Run every scenario against every installed real peer and every "
+        "reference-server profile (or what the options select), record and check each case, "
+        "and write the results and reports. SCENARIO is a name, group/name, a group "
+        "(e.g. contexts) or a glob.",
     )
-    parser.add_argument("--clients", type=Path, default=CLIENTS_FILE,
-                        help="TOML list of client commands (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=REPO / "reports",
-                        help="directory for the JSON report (default: %(default)s)")
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help="scenarios to run (default: all of scenarios/)")
+    parser.add_argument("--scenarios-dir", type=Path, metavar="DIR",
+                        help="read scenarios from DIR instead of the repository's scenarios/")
+    parser.add_argument("--server", action="append", default=[], metavar="PEER[@VER]",
+                        help="a server to test (repeatable): qemu-nbd, qemu-nbd@10.0, "
+                        "nbdkit@trixie, reference-server@qemu-2.10, reference-server")
+    parser.add_argument("--client", action="append", default=[], metavar="PEER[@VER]",
+                        help="a client to test (repeatable): nbdinfo, qemu-img@11.1, "
+                        "reference-client")
+    parser.add_argument("--profiles", choices=("relevant", "all", "distinct", "none"),
+                        default="relevant",
+                        help="reference-server profiles: relevant = every profile as a server "
+                        "under test, and for client-role scenarios one per behaviour that "
+                        "matters to the scenario; all; distinct = one per distinct server "
+                        "behaviour; none (default: %(default)s)")
+    parser.add_argument("-j", "--jobs", type=int, default=default_jobs(), metavar="N",
+                        help="worker processes (default: 3 per CPU, at most 16: %(default)s; "
+                        "cases mostly wait on peers, so more workers than CPUs pay off)")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="run only shard I of N (every N-th case, 1 <= I <= N)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="result directory (default: reports/run-DATE-TIME)")
+    parser.add_argument("--timeout", type=float, default=180.0, metavar="SECONDS",
+                        help="time limit of each case (default: %(default)s)")
+    parser.add_argument("--list", action="store_true",
+                        help="list the cases (and the combinations that make none), run nothing")
+    parser.add_argument("--json", action="store_true", help="with --list: JSON output")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="DIR",
+                        help="merge these result directories (shards) into --out and render "
+                        "its reports; run nothing")
+    parser.add_argument("--install-peers", action="store_true",
+                        help="first provision every Debian suite's peers that is not yet "
+                        "installed (`nbd-harness peers install all`; cached outside the repo)")
+    parser.add_argument("--keep-data", action="store_true",
+                        help="keep images and data files of passing cases too")
+    parser.add_argument("--no-progress", action="store_true", help="no progress line")
     parser.set_defaults(func=run)
 
 
-def _load_clients(path: Path) -> list[dict]:
-    try:
-        document = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML: {exc}") from None
-    clients = document.get("client", [])
-    for number, client in enumerate(clients, start=1):
-        missing = {"name", "program", "argv"} - set(client)
-        if missing:
-            raise UserError(f"{path}: client #{number} lacks {', '.join(sorted(missing))}")
-    return clients
+def default_jobs() -> int:
+    """Three workers per CPU (at most 16): a case spends most of its time waiting on peers
+    (a full matrix at -j 2 kept two CPUs 18 % busy)."""
+    return max(2, min(16, 3 * (os.cpu_count() or 1)))
 
 
-def _layer_files(directory: Path) -> None:
-    size = 4 << 20
-    with open(directory / "base.raw", "wb") as base:
-        base.truncate(size)
-        os.pwrite(base.fileno(), b"\x11" * (256 << 10), 0)
-        os.pwrite(base.fileno(), b"\x22" * (128 << 10), 2 << 20)
-    with open(directory / "top.raw", "wb") as top:
-        top.truncate(size)
-        os.pwrite(top.fileno(), b"\x33" * (128 << 10), 128 << 10)
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise UserError(f"--shard {text!r}: expected I/N with 1 <= I <= N, e.g. 2/4")
+    return int(match.group(1)), int(match.group(2))
 
 
-def _env() -> dict[str, str]:
-    # nbdsh runs `python3` from PATH and needs Debian's interpreter for its `nbd` module.
-    return {**os.environ, "PATH": "/usr/bin:/bin:" + os.environ.get("PATH", "")}
+def _default_out() -> Path:
+    return REPORTS / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _version(argv: list[str]) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, env=_env())
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    line = (out.stdout or out.stderr).strip().splitlines()
-    return line[0] if line else "?"
+def _list(expansion: Expansion, as_json: bool) -> int:
+    if as_json:
+        document = {
+            "cases": [{
+                "id": case.id, "scenario": case.scenario.name, "group": case.scenario.group,
+                "role": case.role, "server": case.server.spec, "client": case.client.spec,
+                "expected": case.expected.value if case.expected else None,
+                "why": case.expectation.why,
+                "features": list(case.features()), "spec": list(case.scenario.spec),
+                "provider": case.under_test.provider,
+            } for case in expansion.cases],
+            "excluded": [{"scenario": e.scenario, "peer": e.peer, "reason": e.reason}
+                         for e in expansion.excluded],
+        }
+        print(json.dumps(document, indent=2))
+        return 0
+    for case in expansion.cases:
+        why = f"  ({case.expectation.why})" if case.expectation.why else ""
+        expected = case.expected.value if case.expected else "any good verdict"
+        print(f"{case.id}  expect {expected}{why}")
+    print(f"\n{len(expansion.cases)} cases", file=sys.stderr)
+    _print_excluded(expansion.excluded, sys.stderr)
+    return 0
+
+
+def _print_excluded(excluded: Sequence[Excluded], stream: TextIO) -> None:
+    if not excluded:
+        return
+    reasons: dict[str, list[str]] = {}
+    for item in excluded:
+        reasons.setdefault(item.reason, []).append(f"{item.scenario}/{item.peer}")
+    print(f"{len(excluded)} scenario/peer combinations make no case:", file=stream)
+    for reason, which in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
+        print(f"  {len(which):4} x {reason}", file=stream)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from harness.matrix.results import load_runs, merge_results
+    from harness.report import write_reports
+    from harness.report.console import summary_table
+
+    if args.out is None:
+        raise UserError("--merge needs --out DIR (where the merged result set goes)")
+    results = merge_results(args.merge, args.out)
+    paths = write_reports(results, args.out, load_runs(args.out))
+    print(summary_table(results))
+    print(f"\nmerged {len(args.merge)} result set(s) into {args.out}; "
+          f"report {paths['html']}")
+    return 0 if all(result.ok for result in results) else 1
 
 
 def run(args: argparse.Namespace) -> int:
-    from reference_server.config import config_from_dict
-    from reference_server.runner import ServerThread
+    from harness.matrix.pool import run_cases
+    from harness.matrix.results import ResultStore
+    from harness.matrix.selection import MatrixRequest, build_matrix
+    from harness.report import write_reports
+    from harness.report.console import Progress, summary_table
 
+    if args.merge:
+        return _merge(args)
+    if args.jobs < 1:
+        raise UserError(f"-j {args.jobs}: needs at least one worker")
+    if args.timeout <= 0:
+        raise UserError(f"--timeout {args.timeout}: must be positive")
+    shard = _shard(args.shard)
     started = time.monotonic()
-    clients = _load_clients(args.clients)
-    results = []
-    with tempfile.TemporaryDirectory(prefix="nbd-harness-run-") as scratch:
-        directory = Path(scratch)
-        _layer_files(directory)
-        config = config_from_dict({"export": [
-            {"name": "disk", "size": "64M", "description": "memory export"},
-            {"name": "chain", "backend": "layers", "layers": ["top.raw", "base.raw"],
-             "bitmaps": ["b0"], "description": "two-layer chain"},
-        ]}, base_dir=directory)
-        with ServerThread(config) as server:
-            uri = f"nbd://127.0.0.1:{server.address.port}"
-            print(f"reference server listening on {server.address}", flush=True)
-            for client in clients:
-                results.append(_run_client(client, uri, directory, server))
+    if args.install_peers and not args.list:
+        from harness.commands.peers import run_install
+
+        run_install(argparse.Namespace(suite="all", docker=False))
+    request = MatrixRequest(scenarios=args.scenarios, servers=args.server, clients=args.client,
+                            profiles=args.profiles, timeout=args.timeout,
+                            library=args.scenarios_dir)
+    expansion = build_matrix(request)
+    if shard is not None:
+        expansion = expansion.shard(*shard)
+    if args.list:
+        return _list(expansion, args.json)
+    if not expansion.cases:
+        _print_excluded(expansion.excluded, sys.stderr)
+        raise UserError("the selection makes no case (see the reasons above, or --list)")
+    out = args.out or _default_out()
+    store = ResultStore(out)
+    shard_text = f"{shard[0]}/{shard[1]}" if shard else ""
+    print(f"nbd-harness run: {len(expansion.cases)} cases on "
+          f"{min(args.jobs, len(expansion.cases))} worker(s)"
+          + (f", shard {shard_text}" if shard_text else "") + f"; results in {out}",
+          file=sys.stderr, flush=True)
+    progress = Progress(len(expansion.cases), enabled=not args.no_progress)
+    pool = run_cases(expansion.cases, store, jobs=args.jobs, shard=shard_text,
+                     keep_data=args.keep_data, on_result=progress.result)
+    progress.finish()
     wall = time.monotonic() - started
-    _print_table(results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = args.out / f"smoke-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    report.write_text(json.dumps({"wall_seconds": round(wall, 2), "results": results}, indent=2))
-    failed = [r for r in results if r["verdict"] != "pass"]
-    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed "
-          f"(wall time {wall:.1f} s; report {report})")
-    return 1 if failed else 0
-
-
-def _run_client(client: dict, uri: str, directory: Path, server) -> dict:
-    program = client["program"]
-    result = {"client": client["name"], "program": program, "verdict": "error", "detail": ""}
-    if shutil.which(program, path=_env()["PATH"]) is None:
-        result["detail"] = f"{program} is not installed: run scripts/bootstrap"
-        return result
-    result["version"] = _version(client.get("version", [program, "--version"]))
-    argv = [part.replace("{uri}", uri).replace("{dir}", str(directory))
-            for part in client["argv"]]
-    before = len(server.server.records)
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=CLIENT_TIMEOUT,
-                              env=_env(), stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        result["detail"] = f"timed out after {CLIENT_TIMEOUT:.0f} s"
-        return result
-    # Sessions end asynchronously on the server's thread; give them a moment.
-    deadline = time.monotonic() + 5
-    while len(server.server.records) == before and time.monotonic() < deadline:
-        time.sleep(0.02)
-    sessions = [record.summary() for record in server.server.records[before:]]
-    result["sessions"] = sessions
-    output = proc.stdout + proc.stderr
-    broken = [v for s in sessions for v in s["client_violations"]]
-    bad_output = [text for text in client.get("fail_if", []) if text in output]
-    if proc.returncode != 0:
-        result.update(verdict="fail", detail=f"exit {proc.returncode}: {output.strip()[-300:]}")
-    elif bad_output or broken:
-        result.update(verdict="fail", detail="; ".join(bad_output + broken))
-    elif not sessions:
-        result.update(verdict="error", detail="the server saw no connection")
-    else:
-        result.update(verdict="pass")
-    return result
-
-
-def _print_table(results: list[dict]) -> None:
-    print()
-    header = f"{'client':38} {'verdict':7} {'conns':5} {'negotiated (first connection)'}"
-    print(header)
-    print("-" * len(header))
-    for result in results:
-        sessions = result.get("sessions", [])
-        first = sessions[0] if sessions else {}
-        negotiated = ", ".join(filter(None, [
-            first.get("style", ""),
-            "TLS" if first.get("tls") else "",
-            "extended-headers" if first.get("extended_headers") else (
-                "structured-replies" if first.get("structured_replies") else "simple-replies"),
-            ("contexts=" + "+".join(first["meta_contexts"])) if first.get("meta_contexts") else "",
-        ])) if first else result.get("detail", "")
-        print(f"{result['client']:38} {result['verdict']:7} {len(sessions):5} {negotiated}")
-        if first:
-            print(f"{'':52}options: {'; '.join(first['options'])}")
-            print(f"{'':52}commands: {first['commands']}")
-        if result["verdict"] != "pass" and result.get("detail"):
-            print(f"{'':52}detail: {result['detail']}")
-
-
-if __name__ == "__main__":
-    sys.exit(run(argparse.Namespace(clients=CLIENTS_FILE, out=REPO / "reports")))
+    run_info = {
+        "command": ["nbd-harness", "run", *sys.argv[2:]] if sys.argv[1:2] == ["run"] else [],
+        "shard": shard_text, "jobs": args.jobs, "cases": len(expansion.cases),
+        "finished": len(pool.results), "interrupted": pool.interrupted,
+        "wall_seconds": round(wall, 1), "host": socket.gethostname(), "cpus": os.cpu_count(),
+        "excluded": [{"scenario": e.scenario, "peer": e.peer, "reason": e.reason}
+                     for e in expansion.excluded],
+    }
+    store.write_run(run_info)
+    paths = write_reports(pool.results, out, [run_info])
+    print(summary_table(pool.results))
+    _print_excluded(expansion.excluded, sys.stdout)
+    print(f"\nreports: {paths['html']} {paths['markdown']} {paths['junit']} {paths['json']}")
+    print(f"wall time {wall:.1f} s ({len(pool.results)} cases, -j {args.jobs})")
+    if pool.interrupted:
+        print(f"interrupted: {len(expansion.cases) - len(pool.results)} case(s) not run",
+              file=sys.stderr)
+        return 130
+    return 0 if all(result.ok for result in pool.results) else 1

@@ -1,0 +1,125 @@
+"""``nbd-harness check URI``: every applicable server scenario against a running server.
+
+The server is probed (size, read-only, TLS), then each server-role scenario
+whose expectations hold for an export of unknown contents runs with the
+reference client through a recording proxy, and every capture is checked by
+the conformance rules.  Read-only unless ``--allow-writes`` (scenarios that
+write pattern data over the export and read it back).  Each failure is printed
+with the rule it broke, the spec citation and the frame.
+
+Exit status: 0 when every case is good, 1 when any failed (a MUST broken, data
+not as written, a wrong reply) or errored, 2 for a usage error (bad URI,
+unreachable server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from harness.errors import UserError
+
+if TYPE_CHECKING:
+    from harness.matrix.results import CaseResult
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "check",
+        help="check a running NBD server: every applicable scenario, recorded and linted",
+        description="Run every server scenario that fits an export of unknown contents "
+        "against the server at URI (nbd://HOST:PORT/EXPORT, nbds://..., nbd+unix:///EXPORT"
+        "?socket=PATH), through a recording proxy, and check every message against the spec.",
+    )
+    parser.add_argument("uri", metavar="URI", help="the server and export to check")
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help="only these scenarios (name, group/name, group or glob)")
+    parser.add_argument("--scenarios-dir", type=Path, metavar="DIR",
+                        help="read scenarios from DIR instead of the repository's scenarios/")
+    parser.add_argument("--allow-writes", action="store_true",
+                        help="also run scenarios that write (they overwrite parts of the export)")
+    parser.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                        help="cases at once (default: %(default)s; the server sees N clients)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="result directory (default: reports/check-DATE-TIME)")
+    parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="time limit of each case (default: %(default)s)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the results as JSON (one object per case)")
+    parser.add_argument("--list", action="store_true",
+                        help="list the applicable scenarios (and why others are not), run nothing")
+    parser.set_defaults(func=run)
+
+
+def print_failures(results: Sequence[CaseResult], stream: TextIO) -> None:
+    """Each failing case: its detail, and every MUST it broke with citation and frame."""
+    for result in results:
+        if result.ok:
+            continue
+        print(f"\n{result.verdict.upper()} {result.scenario}: {result.detail}", file=stream)
+        for finding in result.mandatory_findings():
+            print(f"  rule {finding['rule']} ({finding['level']}, {finding['role']}) at frame "
+                  f"{finding['frame']}, session {finding['session']}: {finding['message']}",
+                  file=stream)
+            print(f"    spec, section \"{finding['section']}\": \"{finding['sentence']}\"",
+                  file=stream)
+        failed = next((s for s in result.steps if s.get("status") in ("failed", "error")), None)
+        if failed is not None:
+            print(f"  step {failed.get('phase')}[{failed.get('index')}] {failed.get('action')} "
+                  f"(scenario line {failed.get('line')}): {failed.get('detail', '')}", file=stream)
+        if "directory" in result.evidence:
+            print(f"  evidence: {result.evidence['directory']} (capture.pcapng, wire.txt)",
+                  file=stream)
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.matrix.cases import select_scenarios
+    from harness.matrix.external import external_cases, probe
+    from harness.matrix.pool import run_cases
+    from harness.matrix.results import ResultStore
+    from harness.report import write_reports
+    from harness.report._summary import counts_line, summarize
+    from harness.scenarios import LIBRARY, load_library
+
+    if args.jobs < 1:
+        raise UserError(f"-j {args.jobs}: needs at least one worker")
+    export = probe(args.uri)
+    scenarios = select_scenarios(load_library(args.scenarios_dir or LIBRARY), args.scenarios)
+    expansion = external_cases(scenarios, export, allow_writes=args.allow_writes,
+                               timeout=args.timeout)
+    print(f"{args.uri}: {export.size} bytes, {'read-only' if export.read_only else 'writable'}"
+          f"{', TLS' if export.tls else ''}; {len(expansion.cases)} applicable scenario(s), "
+          f"{len(expansion.excluded)} not applicable", file=sys.stderr)
+    if args.list:
+        for case in expansion.cases:
+            print(case.scenario.name)
+        for item in expansion.excluded:
+            print(f"  not applicable: {item.scenario}: {item.reason}", file=sys.stderr)
+        return 0
+    if not expansion.cases:
+        raise UserError("no scenario applies to this export (see --list for why)")
+    out = args.out or REPO / "reports" / f"check-{time.strftime('%Y%m%d-%H%M%S')}"
+    store = ResultStore(out)
+    pool = run_cases(expansion.cases, store, jobs=args.jobs)
+    results = pool.results
+    store.write_run({"command": ["nbd-harness", "check", args.uri], "uri": args.uri,
+                     "cases": len(expansion.cases), "allow_writes": args.allow_writes})
+    write_reports(results, out)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        for result in results:
+            print(f"{result.verdict:18} {result.scenario}"
+                  + (f"  ({result.detail[:120]})" if result.detail and result.ok else ""))
+        print_failures(results, sys.stdout)
+        print(f"\n{counts_line(summarize(results))}; evidence and reports in {out}")
+    if pool.interrupted:
+        return 130
+    return 0 if all(result.ok for result in results) else 1

@@ -1,0 +1,522 @@
+"""Expanding scenarios x server peer@version x client peer@version into cases.
+
+Each case has an expected outcome that follows from the matrix data alone
+(``matrix/peers/*.toml`` through :mod:`harness.peerdata`, and the reference
+server's profiles built from the same data):
+
+- every feature the scenario requires is present on both sides: ``pass``;
+- one is missing: the scenario's ``fallback.outcome`` (``unsupported`` or
+  ``expected-fallback``).  A qemu-2.10 server makes a client that wants
+  structured replies fall back to simple replies, and that is a good case
+  when it does.
+
+Two kinds of case:
+
+- server role: a server (a real peer such as ``qemu-nbd@7.2``, or the
+  reference server in a version profile, ``reference-server@qemu-2.10``)
+  serves the scenario's export and the reference client runs its steps;
+- client role: a real client program (``nbdinfo@1.14``, ``qemu-img@10.0``)
+  runs the scenario's client steps against the reference server in a profile.
+
+Combinations that cannot be run at all (the reference client cannot play
+TLS-PSK; a program has no way to perform an action) are not cases: they are
+listed as :class:`Excluded` with the reason, so nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Literal
+
+from harness.errors import UserError
+from harness.peerdata import PeerDataError, default_peerdata, version_matches
+from harness.scenarios import Scenario
+
+from .verdict import Verdict
+
+Role = Literal["server", "client"]
+
+REFERENCE_SERVER = "reference-server"
+REFERENCE_CLIENT = "reference-client"
+REFERENCE_PROFILE = "reference"
+
+DEFAULT_TIMEOUT = 180.0
+"""Seconds one case may take from provisioning to verdict."""
+
+
+class MatrixError(UserError, ValueError):
+    """A matrix request that cannot be expanded (unknown peer, scenario, shard)."""
+
+
+# --- peers ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerRef:
+    """One side of a case: a program at a version, with the features the data gives it.
+
+    ``spec`` is the ``PROGRAM@VERSION`` name cases and reports use
+    (``qemu-nbd@7.2``, ``reference-server@qemu-2.10``, ``reference-client``);
+    ``family``/``family_version`` locate it in ``matrix/peers`` (None for the
+    full reference implementation); ``features`` are the feature ids it has in
+    the role it plays; ``provider`` says where it runs from (``host``,
+    ``rootfs:sid``, ``builtin``).
+    """
+
+    spec: str
+    program: str
+    role: Role
+    version: str | None = None
+    family: str | None = None
+    family_version: str | None = None
+    features: frozenset[str] = frozenset()
+    provider: str = ""
+    quirks: frozenset[str] = frozenset()
+    """Ids of the known quirks (``[[quirk]]`` in ``matrix/peers``) of this version in its role."""
+
+    @property
+    def reference(self) -> bool:
+        return self.program in (REFERENCE_SERVER, REFERENCE_CLIENT)
+
+    @property
+    def profile(self) -> str | None:
+        """The reference server's profile name (None for other peers)."""
+        if self.program != REFERENCE_SERVER:
+            return None
+        return self.version or REFERENCE_PROFILE
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+def _families() -> dict[str, str]:
+    from harness.peers.suites import load_suites
+
+    return dict(load_suites().families)
+
+
+@cache
+def _vocabulary(role: Role) -> frozenset[str]:
+    return frozenset(f.id for f in default_peerdata().features.values() if role in f.roles)
+
+
+def _listed_version(family: str, version: str) -> str:
+    """The version as ``matrix/peers`` lists it (``7.2.19`` -> ``7.2``)."""
+    program = default_peerdata().program(family)
+    try:
+        return program.version_info(version).version
+    except PeerDataError:
+        return version
+
+
+def data_features(family: str, version: str, role: Role) -> frozenset[str]:
+    """The features ``matrix/peers/FAMILY.toml`` gives ``version`` in ``role``.
+
+    For servers, a quirk that turns a feature's switches off (nbdkit's memory
+    plugin sends no block sizes) removes that feature, exactly as the version
+    profile does.
+    """
+    from reference_server.profiles import FEATURE_GRANTS, QUIRK_EFFECTS
+
+    program = default_peerdata().program(family)
+    features = set(program.features(version, role))
+    if role == "server":
+        switched_off: set[str] = set()
+        for quirk in program.quirks(version):
+            effect = QUIRK_EFFECTS.get(quirk.id)
+            if quirk.role == "server" and effect is not None:
+                switched_off |= effect.switches_off
+        for feature in list(features):
+            grant = FEATURE_GRANTS.get(feature)
+            if grant is not None and grant.switches and grant.switches <= switched_off:
+                features.discard(feature)
+    return frozenset(features)
+
+
+def reference_server(profile_name: str | None = None) -> PeerRef:
+    """The reference server in ``profile_name`` (None or ``reference``: the full protocol)."""
+    from harness.scenarios._features import server_has
+    from reference_server.profiles import profile, split_profile_name
+
+    name = profile_name or REFERENCE_PROFILE
+    features = profile(name)  # raises ProfileError (a UserError) for an unknown name
+    family = family_version = None
+    if name != REFERENCE_PROFILE:
+        family, family_version = split_profile_name(name)
+        name = f"{family}-{family_version}"
+    has = frozenset(f for f in _vocabulary("server") if server_has(features, f))
+    spec = REFERENCE_SERVER if name == REFERENCE_PROFILE else f"{REFERENCE_SERVER}@{name}"
+    return PeerRef(spec, REFERENCE_SERVER, "server", None if name == REFERENCE_PROFILE else name,
+                   family, family_version, has, "builtin", frozenset(features.quirks))
+
+
+def reference_client() -> PeerRef:
+    """The reference client: every client feature but what it cannot play (TLS-PSK)."""
+    from harness.scenarios._features import REFERENCE_CLIENT_LACKS
+
+    return PeerRef(REFERENCE_CLIENT, REFERENCE_CLIENT, "client", None, None, None,
+                   _vocabulary("client") - REFERENCE_CLIENT_LACKS, "builtin")
+
+
+def real_peer(program: str, version: str, role: Role, provider: str = "") -> PeerRef:
+    """A real program at ``version`` in ``role``, with the features the data gives it."""
+    family = _families().get(program)
+    if family is None:
+        raise MatrixError(f"{program}: no version family in matrix/suites.toml")
+    listed = _listed_version(family, version)
+    features = data_features(family, listed, role)
+    quirks = frozenset(q.id for q in default_peerdata().program(family).quirks(listed)
+                       if q.role == role)
+    return PeerRef(f"{program}@{listed}", program, role, listed, family, listed, features,
+                   provider, quirks)
+
+
+def parse_peer(text: str, role: Role, *, installed: Sequence[PeerRef] = ()) -> PeerRef:
+    """A peer from ``PROGRAM[@VERSION]``: the reference peers, a profile, or a real program.
+
+    ``reference-server@qemu-2.10`` is a profile; ``qemu-nbd@7.2`` a real peer
+    (it must be installed when the case runs); ``qemu-nbd`` alone means every
+    installed version is wanted, so it needs ``installed`` to choose from and
+    the first installed one is returned.
+    """
+    from harness.peers import parse_peer_spec
+
+    spec = parse_peer_spec(text)
+    if spec.program == REFERENCE_SERVER:
+        if role != "server":
+            raise MatrixError(f"{text}: the reference server is not a client")
+        return reference_server(spec.version)
+    if spec.program == REFERENCE_CLIENT:
+        if role != "client":
+            raise MatrixError(f"{text}: the reference client is not a server")
+        return reference_client()
+    from harness.peers import DRIVERS
+
+    driver = DRIVERS.get(spec.program)
+    if driver is None:
+        raise MatrixError(f"unknown peer program {spec.program!r} "
+                          f"(known: {', '.join(sorted(DRIVERS))})")
+    if role not in driver.roles:
+        raise MatrixError(f"{text} is not a {role}")
+    if spec.version is None:
+        for peer in installed:
+            if peer.program == spec.program:
+                return peer
+        raise MatrixError(f"{text}: no installed version (run `nbd-harness peers list`)")
+    version = spec.version
+    # A suite name (qemu-nbd@trixie) stands for the version that suite carries.
+    for peer in installed:
+        if peer.program == spec.program and peer.provider.endswith(f":{version}"):
+            return peer
+    try:
+        return real_peer(spec.program, version, role)
+    except ValueError as exc:
+        raise MatrixError(f"{text}: {exc}") from None
+
+
+def installed_peers(role: Role | None = None) -> list[PeerRef]:
+    """Every real peer some ready provider has (host first), one per ``program@version``."""
+    from harness.peers import list_peers
+
+    found: dict[str, PeerRef] = {}
+    for row in list_peers(unpackaged=False):
+        if not row.provided or row.program in (REFERENCE_SERVER, REFERENCE_CLIENT):
+            continue
+        for peer_role in row.roles:
+            if role is not None and peer_role != role:
+                continue
+            peer = real_peer(row.program, row.version, peer_role, row.provider or "")
+            found.setdefault(f"{peer.role}:{peer.spec}", peer)
+    return list(found.values())
+
+
+def reference_profiles(distinct: bool = False) -> list[PeerRef]:
+    """The reference server in every profile (``distinct``: one per distinct behaviour).
+
+    Profiles whose server features are equal behave the same on the wire; with
+    ``distinct`` only the first of each such group is kept (``reference`` first,
+    then the data's order: oldest versions first).
+    """
+    from reference_server.profiles import list_profiles, profile
+
+    peers: list[PeerRef] = []
+    seen: set[object] = set()
+    for name in list_profiles():
+        features = profile(name)
+        key = (features.options, features.context_kinds, features.multi_conn, features.quirks,
+               tuple(sorted((k, v) for k, v in vars(features).items() if isinstance(v, bool))))
+        if distinct and key in seen:
+            continue
+        seen.add(key)
+        peers.append(reference_server(name))
+    return peers
+
+
+# --- cases ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What the data predicts for one scenario and pair of peers, and why."""
+
+    verdict: Verdict | None
+    """None: nothing is predicted (an external server), any good verdict will do."""
+    missing_server: tuple[str, ...] = ()
+    missing_client: tuple[str, ...] = ()
+    why: str = ""
+
+
+READ_ONLY_HIDES: dict[str, frozenset[str]] = {
+    "read-only-hides-write-flags": frozenset({"trim", "write-zeroes", "fast-zero"}),
+    "read-only-hides-fua": frozenset({"fua"}),
+}
+"""Server quirk -> the features it does not advertise on a read-only export."""
+
+
+def server_features_for(scenario: Scenario, server: PeerRef) -> frozenset[str]:
+    """The features ``server`` shows for ``scenario``'s export (quirks of read-only exports)."""
+    features = server.features
+    if scenario.export.read_only:
+        for quirk in server.quirks:
+            features -= READ_ONLY_HIDES.get(quirk, frozenset())
+    return features
+
+
+def expect(scenario: Scenario, server: PeerRef, client: PeerRef) -> Expectation:
+    """The expected verdict of ``scenario`` between ``server`` and ``client``."""
+    missing_server = tuple(sorted(scenario.requires_server - server_features_for(scenario,
+                                                                                  server)))
+    missing_client = tuple(sorted(scenario.requires_client - client.features))
+    if not missing_server and not missing_client:
+        return Expectation(Verdict.PASS)
+    reasons = []
+    if missing_server:
+        hidden = set(missing_server) - (scenario.requires_server - server.features)
+        reasons.append(f"{server.spec} lacks {', '.join(missing_server)}"
+                       + (" on a read-only export (a known quirk)" if hidden else ""))
+    if missing_client:
+        reasons.append(f"{client.spec} lacks {', '.join(missing_client)}")
+    outcome = scenario.fallback.outcome if scenario.fallback else "unsupported"
+    why = "; ".join(reasons)
+    if scenario.fallback and scenario.fallback.why:
+        why += f" ({scenario.fallback.why})"
+    return Expectation(Verdict.parse(outcome), missing_server, missing_client, why)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One scenario between one server and one client, with its expected outcome."""
+
+    scenario: Scenario = field(compare=False, hash=False, repr=False)
+    scenario_id: str
+    role: Role
+    server: PeerRef
+    client: PeerRef
+    expectation: Expectation
+    timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def id(self) -> str:
+        """``allocation-depth[qemu-nbd@7.2-vs-reference-client]``."""
+        return f"{self.scenario.name}[{self.server.spec}-vs-{self.client.spec}]"
+
+    @property
+    def expected(self) -> Verdict | None:
+        return self.expectation.verdict
+
+    @property
+    def under_test(self) -> PeerRef:
+        return self.server if self.role == "server" else self.client
+
+    def features(self) -> tuple[str, ...]:
+        """Every feature the scenario requires, on either side (pytest markers, reports)."""
+        return tuple(sorted(self.scenario.requires_server | self.scenario.requires_client))
+
+
+@dataclass(frozen=True)
+class Excluded:
+    """A scenario and peer that make no case, and why (listed, never silently dropped)."""
+
+    scenario: str
+    peer: str
+    reason: str
+
+
+@dataclass
+class Expansion:
+    """The cases of a matrix request, and the combinations it could not make cases of."""
+
+    cases: list[Case]
+    excluded: list[Excluded] = field(default_factory=list)
+
+    def shard(self, index: int, count: int) -> Expansion:
+        """Shard ``index`` (1-based) of ``count``: every count-th case, so shards balance."""
+        if count < 1 or not 1 <= index <= count:
+            raise MatrixError(f"shard {index}/{count}: expected I/N with 1 <= I <= N")
+        return Expansion(self.cases[index - 1 :: count], self.excluded if index == 1 else [])
+
+
+WIRE_SHAPE = frozenset({"opt-go", "structured-replies", "extended-headers"})
+"""Server features that change the shape of any conversation: how the export is selected
+(GO or EXPORT_NAME) and how replies are framed (simple, structured, extended)."""
+
+
+def relevant_profiles(scenario: Scenario, profiles: Sequence[PeerRef]) -> list[PeerRef]:
+    """One profile per distinct behaviour *for this scenario*.
+
+    Two profiles behave alike for a scenario when they agree on every feature the
+    scenario requires, on the features that shape the wire for any client
+    (:data:`WIRE_SHAPE`) and on their quirks; the first of each group is kept
+    (``reference`` first, then the oldest versions), so the version boundaries the
+    scenario depends on stay in the matrix.
+    """
+    relevant = scenario.requires_server | scenario.requires_client | WIRE_SHAPE
+    chosen: list[PeerRef] = []
+    seen: set[tuple[frozenset[str], frozenset[str]]] = set()
+    for peer in profiles:
+        quirks = peer.quirks - frozenset(READ_ONLY_HIDES)  # those show in the features already
+        key = (server_features_for(scenario, peer) & relevant, quirks)
+        if key not in seen:
+            seen.add(key)
+            chosen.append(peer)
+    return chosen
+
+
+def _server_exclusion(scenario: Scenario, server: PeerRef, client: PeerRef) -> str | None:
+    unplayable = scenario.requires_client - client.features
+    if client.reference and unplayable:
+        return f"the reference client cannot play {', '.join(sorted(unplayable))}"
+    if server.reference and scenario.requires_server & {"starttls-psk"}:
+        return "the reference server cannot play starttls-psk"
+    if not server.reference:
+        from ._setup import unservable
+
+        return unservable(server.program, scenario.export)
+    return None
+
+
+def _client_exclusion(scenario: Scenario, client: PeerRef) -> str | None:
+    from harness.scenarios import client_can_run
+
+    runnable, why = client_can_run(scenario, client.program)
+    return None if runnable else why
+
+
+def expand(
+    scenarios: Iterable[Scenario],
+    servers: Sequence[PeerRef],
+    clients: Sequence[PeerRef],
+    *,
+    client_profiles: Sequence[PeerRef] | None = None,
+    relevant_only: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Expansion:
+    """Every case of ``scenarios`` between ``servers`` and ``clients``.
+
+    Server-role scenarios run against each server with the reference client
+    (when it is among ``clients``); client-role scenarios run each real client
+    against the reference servers among ``servers`` (or ``client_profiles``
+    when given); with ``relevant_only``, only the profiles that behave differently
+    for the scenario (:func:`relevant_profiles`).  Cases come sorted by id, so
+    every worker and shard sees the same order.
+    """
+    cases: list[Case] = []
+    excluded: list[Excluded] = []
+    reference_clients = [c for c in clients if c.program == REFERENCE_CLIENT]
+    real_clients = [c for c in clients if not c.reference]
+    profiles = list(client_profiles) if client_profiles is not None else [
+        s for s in servers if s.program == REFERENCE_SERVER]
+    for scenario in scenarios:
+        if "server" in scenario.roles:
+            for client in reference_clients:
+                for server in servers:
+                    reason = _server_exclusion(scenario, server, client)
+                    if reason:
+                        excluded.append(Excluded(scenario.name, server.spec, reason))
+                        continue
+                    cases.append(Case(scenario, scenario.id, "server", server, client,
+                                      expect(scenario, server, client), timeout))
+        if "client" in scenario.roles:
+            for client in real_clients:
+                reason = _client_exclusion(scenario, client)
+                if reason:
+                    excluded.append(Excluded(scenario.name, client.spec, reason))
+                    continue
+                chosen = relevant_profiles(scenario, profiles) if relevant_only else profiles
+                for server in chosen:
+                    cases.append(Case(scenario, scenario.id, "client", server, client,
+                                      expect(scenario, server, client), timeout))
+    cases.sort(key=lambda case: case.id)
+    duplicates = _duplicates(cases)
+    if duplicates:
+        raise MatrixError(f"two scenarios make the same case id: {sorted(duplicates)[0]} "
+                          "(scenario names must be unique)")
+    return Expansion(cases, excluded)
+
+
+def _duplicates(cases: Sequence[Case]) -> set[str]:
+    seen: set[str] = set()
+    twice: set[str] = set()
+    for case in cases:
+        (twice if case.id in seen else seen).add(case.id)
+    return twice
+
+
+def select_scenarios(scenarios: Sequence[Scenario], wanted: Sequence[str]) -> list[Scenario]:
+    """The scenarios named in ``wanted`` (a name, ``group/name``, a group, or a glob)."""
+    import fnmatch
+
+    if not wanted:
+        return list(scenarios)
+    chosen: list[Scenario] = []
+    for pattern in wanted:
+        matches = [s for s in scenarios
+                   if pattern in (s.name, s.id, s.group)
+                   or fnmatch.fnmatchcase(s.name, pattern) or fnmatch.fnmatchcase(s.id, pattern)]
+        if not matches:
+            raise MatrixError(f"no scenario matches {pattern!r} "
+                              "(see `nbd-harness scenarios list`)")
+        chosen += [s for s in matches if s not in chosen]
+    return chosen
+
+
+def peer_matches(peer: PeerRef, wanted: str) -> bool:
+    """True when ``peer`` is what ``wanted`` (``PROGRAM`` or ``PROGRAM@VERSION``) names."""
+    program, _, version = wanted.partition("@")
+    if program != peer.program:
+        return False
+    if not version:
+        return True
+    if peer.version == version or peer.provider.endswith(f":{version}"):
+        return True
+    try:
+        return peer.version is not None and version_matches(peer.version, version)
+    except ValueError:
+        return False
+
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "REFERENCE_CLIENT",
+    "REFERENCE_SERVER",
+    "Case",
+    "Excluded",
+    "Expansion",
+    "Expectation",
+    "MatrixError",
+    "PeerRef",
+    "data_features",
+    "expand",
+    "expect",
+    "installed_peers",
+    "parse_peer",
+    "peer_matches",
+    "real_peer",
+    "reference_client",
+    "reference_profiles",
+    "reference_server",
+    "relevant_profiles",
+    "select_scenarios",
+]

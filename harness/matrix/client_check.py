@@ -1,0 +1,226 @@
+"""Checking any client command against the reference server: ``nbd-harness check-client``.
+
+The command (``'nbdinfo --map {uri}'``) runs once per reference-server
+profile, against an export with something to find in it: data in a two-layer
+chain (so ``base:allocation`` and ``qemu:allocation-depth`` have extents) and
+a dirty bitmap ``b0`` with dirty granules.  The reference server checks
+everything the client sends (its session records list every rule the client
+broke), a recording proxy captures the conversation, and the capture is
+checked by the conformance rules.
+
+Verdicts per profile: ``fail`` when the client broke a rule (by the server's
+account or on the wire), or exited non-zero against the full protocol;
+``unsupported`` when it exited non-zero against a profile that lacks features
+the full protocol has, without breaking a rule (it may need one of them;
+``strict_exit`` makes that a fail too); ``error`` when the harness broke;
+``pass`` otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from harness.address import Address
+from harness.capture import ProxyThread
+from harness.errors import UserError
+from harness.peers.export import BitmapSpec, DataRange
+from harness.process import PeerError, run_command
+from harness.scenarios import ExportRequirements
+
+from ._recorded import ProxiedExport
+from .cases import PeerRef, reference_profiles, reference_server
+from .results import CaseResult, ResultStore
+from .runner import CAPTURE, _collect_evidence, _lint
+from .verdict import Verdict
+
+SCENARIO = "check-client"
+PLACEHOLDERS = ("{uri}", "{uri_server}", "{host}", "{port}", "{export}", "{tls_dir}")
+SETTLE = 0.3
+SESSION_WAIT = 10.0
+_SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+_MIB = 1 << 20
+
+CHECK_EXPORT = ExportRequirements(
+    name="disk",
+    size=16 * _MIB,
+    backend="layers",
+    layers=(
+        (DataRange(0, _MIB, 1), DataRange(4 * _MIB, 2 * _MIB, 2)),
+        (DataRange(_MIB // 2, _MIB, 3), DataRange(10 * _MIB, _MIB, 4)),
+    ),
+    bitmaps=(BitmapSpec("b0"),),
+    writes_after_bitmaps=(DataRange(12 * _MIB, 256 * 1024, 5),),
+    description="nbd-harness check-client export",
+)
+"""A 16 MiB two-layer chain with data in both layers, holes, and a dirty bitmap ``b0``."""
+
+
+class ClientCheckError(UserError, ValueError):
+    """A command that cannot be checked (no placeholder, unknown profile...)."""
+
+
+@dataclass(frozen=True)
+class ClientCommand:
+    """The command under test: its words (with placeholders) and a short name for reports."""
+
+    words: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> ClientCommand:
+        try:
+            words = tuple(shlex.split(text))
+        except ValueError as exc:
+            raise ClientCheckError(f"cannot split the command {text!r}: {exc}") from None
+        if not words:
+            raise ClientCheckError("the command is empty")
+        if not any(p in word for word in words for p in PLACEHOLDERS):
+            raise ClientCheckError(
+                f"the command names no server: put {{uri}} where the NBD URI goes "
+                f"(placeholders: {', '.join(PLACEHOLDERS)})")
+        return cls(words)
+
+    @property
+    def program(self) -> str:
+        return os.path.basename(self.words[0])
+
+    def render(self, values: dict[str, str]) -> list[str]:
+        out = []
+        for word in self.words:
+            for key, value in values.items():
+                word = word.replace("{" + key + "}", value)
+            out.append(word)
+        return out
+
+
+def profiles_for(names: Sequence[str], every: bool = False) -> list[PeerRef]:
+    """The reference servers to check against: ``names``, every profile, or one per behaviour."""
+    if names:
+        return [reference_server(name) for name in names]
+    return reference_profiles(distinct=not every)
+
+
+def _environment() -> dict[str, str]:
+    environment = {**os.environ, "PATH": _SYSTEM_PATH + ":" + os.environ.get("PATH", "")}
+    environment.pop("LIBNBD_DEBUG", None)
+    return environment
+
+
+def _settled(records: list[Any], before: int) -> list[Any]:
+    """The session records since ``before``, once no new one arrived for :data:`SETTLE` s."""
+    deadline = time.monotonic() + SESSION_WAIT
+    count, stable_since = len(records), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        if len(records) != count:
+            count, stable_since = len(records), time.monotonic()
+        elif time.monotonic() - stable_since >= SETTLE:
+            break
+    return list(records[before:])
+
+
+def _lacks(server: PeerRef) -> list[str]:
+    return sorted(reference_server().features - server.features)
+
+
+def check_client(command: ClientCommand, server: PeerRef, store: ResultStore, *,
+                 timeout: float = 120.0, tls: bool = False,
+                 strict_exit: bool = False) -> CaseResult:
+    """Run ``command`` against the reference server in ``server``'s profile; judge it."""
+    from harness.scenarios import serve_reference
+    from reference_server.profiles import profile
+
+    case_id = f"{SCENARIO}[{server.spec}-vs-{command.program}]"
+    case_dir = store.case_dir(case_id)
+    capture = case_dir / CAPTURE
+    with contextlib.suppress(FileNotFoundError):
+        capture.unlink()
+    started, clock = time.time(), time.monotonic()
+    export = CHECK_EXPORT if not tls else ExportRequirements(
+        **{**CHECK_EXPORT.__dict__, "tls": "required"})
+    tls_dir = None
+    if tls:
+        from harness.tls import make_test_pki
+
+        tls_dir = make_test_pki(case_dir / "pki").directory
+    features = profile(server.profile or "reference")
+    observed, detail = Verdict.PASS, ""
+    sessions: list[dict[str, Any]] = []
+    completed = None
+    argv: list[str] = []
+    try:
+        with serve_reference(export, features, case_dir / "server", tls_dir=tls_dir) as served:
+            proxy = ProxyThread(Address.tcp("127.0.0.1", 0), served.address, capture).start()
+            try:
+                front = ProxiedExport(served.thread, served.export, served.tls_dir, proxy.address)
+                values = {"uri": front.uri(), "uri_server": front.uri(""),
+                          "host": proxy.address.host, "port": str(proxy.address.port),
+                          "export": export.name, "tls_dir": str(tls_dir or "")}
+                argv = command.render(values)
+                completed = run_command(argv, timeout=timeout, env=_environment(),
+                                        cwd=case_dir, log_path=case_dir / "client.log")
+                records = _settled(served.records, 0)
+            finally:
+                proxy.stop()
+            sessions = [record.summary() for record in records]
+    except PeerError as exc:
+        observed, detail = (Verdict.FAIL if "timed out" in str(exc) else Verdict.ERROR), str(exc)
+    except Exception as exc:
+        observed, detail = Verdict.ERROR, f"{type(exc).__name__}: {exc}"
+    findings: list[dict[str, Any]] = []
+    try:
+        findings, _, capture_errors = _lint(capture, case_dir)
+        if capture_errors and observed != Verdict.ERROR:
+            observed, detail = Verdict.ERROR, f"the capture is damaged: {capture_errors[0]}"
+    except Exception as exc:
+        observed, detail = Verdict.ERROR, f"checking the capture failed: {exc}"
+    if observed == Verdict.PASS and completed is not None:
+        observed, detail = _judge(completed.returncode, sessions, findings, server, features,
+                                  strict_exit, str(completed.stderr or completed.stdout))
+    return CaseResult(
+        case_id=case_id, scenario=SCENARIO, role="client", server=server.spec,
+        client=command.program, verdict=observed.value, observed=observed.value, expected=None,
+        detail=detail, description=f"{shlex.join(argv) if argv else ' '.join(command.words)}",
+        spec=(), features=(), duration=round(time.monotonic() - clock, 3), started=started,
+        findings=tuple(findings), steps=(), sessions=tuple(sessions),
+        evidence=_collect_evidence(case_dir, store.directory),
+        versions={"server": server.spec, "client": command.program},
+    )
+
+
+def _judge(returncode: int, sessions: list[dict[str, Any]], findings: list[dict[str, Any]],
+           server: PeerRef, features: Any, strict_exit: bool,
+           output: str) -> tuple[Verdict, str]:
+    violations = [v for session in sessions for v in session.get("client_violations", [])]
+    if violations:
+        return Verdict.FAIL, f"the client broke the protocol (reference server): {violations[0]}"
+    mandatory = [f for f in findings if f.get("level") in ("MUST", "MUST NOT")]
+    theirs = [f for f in mandatory if f.get("role") == "client"]
+    if theirs:
+        first = theirs[0]
+        return Verdict.FAIL, (f"the client broke {first['level']} {first['rule']} at frame "
+                              f"{first['frame']}: {first['message']}")
+    ours = [f for f in mandatory if f.get("role") == "server"]
+    if ours and not features.quirks:
+        first = ours[0]
+        return Verdict.ERROR, (f"the reference server broke {first['rule']} at frame "
+                               f"{first['frame']}: {first['message']} (a harness bug)")
+    if returncode != 0:
+        tail = output.strip().splitlines()[-1:] or [""]
+        lacks = _lacks(server)
+        if lacks and not strict_exit:
+            return Verdict.UNSUPPORTED, (f"exit {returncode}: {tail[0][:200]} (this server "
+                                         f"lacks {', '.join(lacks)})")
+        return Verdict.FAIL, f"exit {returncode}: {tail[0][:300]}"
+    if not sessions:
+        return Verdict.ERROR, "the command exited 0 but never connected to the server"
+    return Verdict.PASS, ""
+
+
+__all__ = ["CHECK_EXPORT", "SCENARIO", "ClientCheckError", "ClientCommand", "check_client",
+           "profiles_for"]

@@ -1,0 +1,397 @@
+"""Running one case: provision -> serve -> record -> run the steps -> stop -> decode -> lint.
+
+:func:`run_case` never raises for what a case does: whatever breaks becomes
+the ``error`` verdict with the reason, and every peer, proxy and server it
+started is stopped (and every process reaped) before it returns, also when a
+watchdog ends a case that outlived its timeout.
+
+A server-role case serves the scenario's export with the server under test
+(a real program through its driver and provider, or the reference server in
+a profile), puts a recording proxy in front of it and runs the steps with the
+reference client through the proxy.  A client-role case runs the real client
+program (through its provider) against the reference server in the case's
+profile, also through a recording proxy.  The capture is then decoded by the
+dissector and checked by every conformance rule: a MUST broken by the peer
+under test fails the case; one broken by our own side is a harness error,
+unless the scenario breaks the rules on purpose (negative scenarios send
+malformed options and requests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.address import Address
+from harness.capture import ProxyThread
+from harness.scenarios import Scenario, ScenarioResult
+
+from .cases import Case, PeerRef
+
+if TYPE_CHECKING:
+    from harness.peers import ServerPeer
+    from harness.scenarios.client_actions import ClientProgram
+from .results import CaseResult, ResultStore
+from .verdict import Verdict, judge
+
+LOOPBACK = Address.tcp("127.0.0.1", 0)
+CAPTURE = "capture.pcapng"
+STEP_TIMEOUT = 10.0
+"""Seconds each network wait of a step may take (the scenario runner's ``timeout``)."""
+
+# Steps that make the reference client send what the spec forbids, on purpose.
+_RULE_BREAKING_ACTIONS = frozenset({"option", "raw", "raw_handshake", "request"})
+# Bulky files a passing case does not need to keep (images, data in and out).
+_BULKY_SUFFIXES = (".raw", ".qcow2", ".in", ".out", ".img")
+
+
+class _Watchdog:
+    """Calls every registered stopper once ``seconds`` have passed (unless cancelled)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.fired = False
+        self._stoppers: list[Callable[[], object]] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def add(self, stopper: Callable[[], object]) -> None:
+        with self._lock:
+            self._stoppers.append(stopper)
+            fired = self.fired
+        if fired:
+            with contextlib.suppress(Exception):
+                stopper()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            stoppers = list(self._stoppers)
+        for stopper in reversed(stoppers):
+            with contextlib.suppress(Exception):
+                stopper()
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+
+
+def breaks_rules_on_purpose(scenario: Scenario) -> bool:
+    """True when the scenario's steps may make the reference client break the spec."""
+    return scenario.group == "negative" or any(
+        step.action in _RULE_BREAKING_ACTIONS for step in scenario.steps)
+
+
+# --- serving ----------------------------------------------------------------------------------
+
+
+def _driver(peer: PeerRef, log_dir: Path) -> ServerPeer:
+    from harness.peers import DRIVERS, Catalog
+
+    catalog = Catalog.load()
+    if peer.provider and peer.provider != "builtin":
+        provider = catalog.provider(peer.provider)
+        return DRIVERS[peer.program](provider, log_dir=log_dir)
+    return catalog.resolve(peer.spec, log_dir=log_dir)
+
+
+@contextlib.contextmanager
+def _serve(case: Case, workdir: Path, watchdog: _Watchdog) -> Iterator[tuple[Address, str,
+                                                                            Path | None]]:
+    """Serve the case's export with its server; yield (address, export name, PKI dir)."""
+    scenario = case.scenario
+    requirements = scenario.export
+    tls_dir = None
+    if requirements.tls != "off" and case.server.program != "external":
+        from harness.tls import make_test_pki
+
+        tls_dir = make_test_pki(workdir / "pki").directory
+    if case.server.program == "external":
+        from harness.client import parse_uri
+
+        uri = parse_uri(case.server.spec.removeprefix("external:"))
+        yield uri.address, uri.export, Path(uri.tls_certificates) if uri.tls_certificates \
+            else None
+        return
+    if case.server.reference:
+        from harness.scenarios import serve_reference
+        from reference_server.profiles import profile
+
+        features = profile(case.server.profile or "reference")
+        with serve_reference(requirements, features, workdir / "server", tls_dir=tls_dir) as srv:
+            watchdog.add(srv.thread.stop)
+            yield srv.address, requirements.name, tls_dir
+        return
+    from ._setup import driver_options, export_spec
+
+    driver = _driver(case.server, workdir)
+    spec = export_spec(requirements, tls_dir)
+    running = driver.start(spec, workdir / "server", options=driver_options(
+        case.server.program, requirements))
+    watchdog.add(running.stop)
+    try:
+        yield running.address, spec.name, tls_dir
+    finally:
+        running.stop()
+
+
+def _uri(address: Address, export: str, tls_dir: Path | None) -> str:
+    from harness.peers import Endpoint
+
+    return Endpoint(address, export, tls_dir).uri()
+
+
+def _run_server_role(case: Case, workdir: Path, capture: Path,
+                     watchdog: _Watchdog) -> ScenarioResult:
+    from harness.scenarios import run_server_scenario
+
+    with _serve(case, workdir, watchdog) as (address, export, tls_dir):
+        proxy = ProxyThread(LOOPBACK, address, capture).start()
+        watchdog.add(proxy.stop)
+        try:
+            return run_server_scenario(case.scenario, _uri(proxy.address, export, tls_dir),
+                                       features_client=sorted(case.client.features),
+                                       timeout=STEP_TIMEOUT, tls_dir=tls_dir)
+        finally:
+            proxy.stop()
+
+
+def _client_program(peer: PeerRef, workdir: Path) -> ClientProgram:
+    """The client-action table entry of ``peer``, run through its provider when not the host's."""
+    from harness.scenarios.client_actions import default_client_actions
+
+    program = default_client_actions()[peer.program]
+    if not peer.provider or peer.provider in ("host", "builtin"):
+        return program
+    from harness.peers import Catalog
+
+    provider = Catalog.load().provider(peer.provider)
+    probe = provider.wrap([peer.program], binds=[workdir])
+    if not probe or probe[-1] != peer.program:
+        raise RuntimeError(f"{provider.name}: cannot build a command prefix for {peer.program}")
+    prefix = tuple(probe[:-1])
+    actions = {
+        action: tuple(replace(form, argv=prefix + form.argv,
+                              argv_tls=None if form.argv_tls is None
+                              else prefix + form.argv_tls) for form in forms)
+        for action, forms in program.actions.items()
+    }
+    return replace(program, actions=actions)
+
+
+def _run_client_role(case: Case, workdir: Path, capture: Path,
+                     watchdog: _Watchdog) -> ScenarioResult:
+    from reference_server.profiles import profile
+
+    from ._recorded import RecordedClientRun
+
+    workdir = workdir / "client"
+    workdir.mkdir(parents=True, exist_ok=True)
+    program = _client_program(case.client, workdir)
+    run = RecordedClientRun(case.scenario, program, profile(case.server.profile or "reference"),
+                            workdir, capture=capture, features_client=sorted(case.client.features),
+                            timeout=STEP_TIMEOUT)
+    watchdog.add(run.stop_proxies)
+    return run.run()
+
+
+# --- judging the wire -------------------------------------------------------------------------
+
+
+def _sessions_from_capture(capture: Any) -> list[dict[str, Any]]:
+    """What each connection negotiated, as the dissector read it."""
+    sessions = []
+    for session in capture.sessions:
+        state = session.state
+        options = []
+        for message in session.messages:
+            if message.kind == "option" and message.direction == "client":
+                replies = [m.name for m in session.messages
+                           if m.kind in ("option-reply", "export-name-reply")
+                           and m.option is message]
+                options.append(f"{message.name} -> {replies[-1]}" if replies else message.name)
+        commands = Counter(m.name for m in session.messages
+                           if m.kind == "request" and m.direction == "client")
+        sessions.append({
+            "style": state.style, "tls": state.tls,
+            "structured_replies": state.structured_replies,
+            "extended_headers": state.extended_headers, "no_zeroes": state.no_zeroes,
+            "export": state.export_name, "meta_contexts": sorted(state.contexts.values()),
+            "options": options, "commands": dict(commands), "phase": state.phase,
+        })
+    return sessions
+
+
+def _lint(capture_path: Path, case_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                                       list[str]]:
+    """Decode and check the capture; write wire.txt and findings.json.
+
+    Returns (findings, sessions, problems with the capture itself).
+    """
+    from harness.conformance import check_capture
+    from harness.dissect import decode_capture, render_capture
+
+    if not capture_path.exists():
+        return [], [], []
+    capture = decode_capture(capture_path)
+    (case_dir / "wire.txt").write_text(render_capture(capture), encoding="utf-8")
+    findings = [finding.to_dict() for finding in check_capture(capture)]
+    (case_dir / "findings.json").write_text(json.dumps(findings, indent=2) + "\n")
+    return findings, _sessions_from_capture(capture), list(capture.errors)
+
+
+def _judge_findings(case: Case, findings: list[dict[str, Any]]) -> tuple[Verdict | None, str]:
+    """The verdict the wire checks impose (None: no objection) and why."""
+    mandatory = [f for f in findings if f.get("level") in ("MUST", "MUST NOT")]
+    theirs = [f for f in mandatory if f.get("role") == case.role]
+    ours = [f for f in mandatory if f.get("role") != case.role]
+    if theirs:
+        first = theirs[0]
+        return Verdict.FAIL, (
+            f"{case.under_test.spec} broke {first['level']} {first['rule']} at frame "
+            f"{first['frame']} (spec \"{first['section']}\": \"{first['sentence']}\"): "
+            f"{first['message']}" + (f" (and {len(theirs) - 1} more)" if len(theirs) > 1 else ""))
+    if ours:
+        if case.role == "server" and breaks_rules_on_purpose(case.scenario):
+            return None, ""
+        if case.role == "client" and case.server.profile not in (None, "reference"):
+            from reference_server.profiles import profile
+
+            if profile(case.server.profile).quirks:
+                return None, ""  # the profile reproduces a real server's deviations
+        first = ours[0]
+        side = "reference client" if case.role == "server" else "reference server"
+        return Verdict.ERROR, (
+            f"the {side} broke {first['level']} {first['rule']} at frame {first['frame']}: "
+            f"{first['message']} (a harness bug)")
+    return None, ""
+
+
+# --- evidence -----------------------------------------------------------------------------------
+
+
+def _relative(path: Path, root: Path) -> str:
+    return os.path.relpath(path, root)
+
+
+def _collect_evidence(case_dir: Path, root: Path) -> dict[str, str]:
+    evidence: dict[str, str] = {"directory": _relative(case_dir, root)}
+    named = {"capture": CAPTURE, "wire": "wire.txt", "findings": "findings.json",
+             "steps": "steps.json"}
+    for name, file_name in named.items():
+        if (case_dir / file_name).exists():
+            evidence[name] = _relative(case_dir / file_name, root)
+    for log in sorted(case_dir.rglob("*.log")):
+        key = _relative(log, case_dir).replace(os.sep, "/").removesuffix(".log")
+        evidence[f"log:{key}"] = _relative(log, root)
+    return evidence
+
+
+def _prune(case_dir: Path) -> None:
+    """Remove images and data files of a case that passed (logs and captures stay)."""
+    for path in case_dir.rglob("*"):
+        if path.is_file() and path.name.endswith(_BULKY_SUFFIXES):
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def _versions(case: Case) -> dict[str, str]:
+    return {"server": case.server.spec, "client": case.client.spec}
+
+
+# --- the case -----------------------------------------------------------------------------------
+
+
+def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "",
+             keep_data: bool = False) -> CaseResult:
+    """Run ``case`` and return its result (evidence in ``store.case_dir(case.id)``).
+
+    The result is not appended to ``store``: the caller decides (a pool's
+    parent process writes every worker's results).
+    """
+    started = time.time()
+    clock = time.monotonic()
+    case_dir = store.case_dir(case.id)
+    capture = case_dir / CAPTURE
+    with contextlib.suppress(FileNotFoundError):
+        capture.unlink()  # a re-run must not decode the previous capture
+    runner = _run_server_role if case.role == "server" else _run_client_role
+    with _Watchdog(case.timeout) as watchdog:
+        try:
+            outcome = runner(case, case_dir, capture, watchdog)
+        except Exception as exc:
+            tail = " / ".join(traceback.format_exc(limit=-4).strip().splitlines()[-4:])
+            outcome = ScenarioResult("error", [], f"{type(exc).__name__}: {exc} ({tail})",
+                                     scenario=case.scenario_id, role=case.role)
+    if watchdog.fired:
+        outcome = ScenarioResult("error", outcome.steps,
+                                 f"the case did not finish within {case.timeout:g} s "
+                                 f"(stopped; last: {outcome.detail})",
+                                 outcome.evidence, case.scenario_id, case.role)
+    (case_dir / "steps.json").write_text(json.dumps(outcome.as_dict(), indent=2) + "\n")
+    observed = Verdict.parse(outcome.verdict)
+    detail = outcome.detail
+    findings: list[dict[str, Any]] = []
+    sessions: list[dict[str, Any]] = list(outcome.evidence.get("sessions", []) or [])
+    try:
+        findings, wire_sessions, capture_errors = _lint(capture, case_dir)
+        if not sessions:
+            sessions = wire_sessions
+        if capture_errors and observed != Verdict.ERROR:
+            observed, detail = Verdict.ERROR, f"the capture is damaged: {capture_errors[0]}"
+    except Exception as exc:
+        if observed != Verdict.ERROR:
+            observed, detail = Verdict.ERROR, f"decoding or checking the capture failed: " \
+                                              f"{type(exc).__name__}: {exc}"
+    imposed, why = _judge_findings(case, findings)
+    # A MUST the peer under test broke on the wire fails the case whatever the steps came to
+    # (the reference side may have choked on it); our own side breaking one is a harness
+    # error, unless the steps already found the peer at fault.
+    if imposed == Verdict.FAIL or (imposed == Verdict.ERROR and observed.benign):
+        observed, detail = imposed, why + (f"; steps: {detail}" if detail else "")
+    if observed in (Verdict.PASS, Verdict.UNSUPPORTED, Verdict.EXPECTED_FALLBACK) \
+            and case.role == "server" and not capture.exists():
+        observed, detail = Verdict.ERROR, "no capture was written: the case is not evidenced"
+    final = judge(observed, case.expected, detail)
+    if final.ok and not keep_data:
+        _prune(case_dir)
+    return CaseResult(
+        case_id=case.id,
+        scenario=case.scenario.name,
+        role=case.role,
+        server=case.server.spec,
+        client=case.client.spec,
+        verdict=final.verdict.value,
+        observed=observed.value,
+        expected=case.expected.value if case.expected else None,
+        detail=final.detail,
+        description=case.scenario.description,
+        spec=tuple(case.scenario.spec),
+        features=case.features(),
+        expectation=case.expectation.why,
+        duration=round(time.monotonic() - clock, 3),
+        started=started,
+        findings=tuple(findings),
+        steps=tuple(step.as_dict() for step in outcome.steps),
+        sessions=tuple(sessions),
+        evidence=_collect_evidence(case_dir, store.directory),
+        versions=_versions(case),
+        shard=shard,
+        worker=worker,
+    )
+
+
+__all__ = ["STEP_TIMEOUT", "breaks_rules_on_purpose", "run_case"]
