@@ -1057,3 +1057,27 @@ def test_lost_greeting_says_the_start_is_missing(tmp_path: Path) -> None:
     )
     for direction in (CLIENT, SERVER):
         assert session.accounted(direction)
+
+
+def test_gzip_compressed_captures_decode_alike(tmp_path):
+    """The matrix keeps passing cases' captures as .pcapng.gz; they read as the original."""
+    import gzip
+
+    from harness.dissect import decode_capture
+    from harness.dissect.errors import CaptureError
+
+    source = sorted((Path(__file__).parent / "data" / "captures").glob("*.pcapng"))[0]
+    packed = tmp_path / "c.pcapng.gz"
+    packed.write_bytes(gzip.compress(source.read_bytes()))
+    plain, zipped = decode_capture(source), decode_capture(packed)
+    assert [m.wire for s in plain.sessions for m in s.messages] == [
+        m.wire for s in zipped.sessions for m in s.messages]
+    cut = tmp_path / "cut.pcapng.gz"
+    cut.write_bytes(packed.read_bytes()[: len(packed.read_bytes()) // 2])
+    partial = decode_capture(cut)  # what was readable, and the damage named
+    assert partial.errors and "compressed" in partial.errors[0]
+    assert 0 < sum(len(s.messages) for s in partial.sessions) < sum(
+        len(s.messages) for s in plain.sessions)
+    (tmp_path / "junk.gz").write_bytes(b"\x1f\x8bjunk")
+    with pytest.raises(CaptureError):
+        decode_capture(tmp_path / "junk.gz")

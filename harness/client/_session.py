@@ -587,6 +587,9 @@ class NbdClient:
                     await wire.send(
                         Request(type=c.Cmd.DISC, cookie=self._cookie(), extended=extended)
                     )
+                    # Half-close as libnbd does: some servers (nbdkit 1.42+) keep the
+                    # connection until the client's side ends, instead of closing first.
+                    wire.write_eof()
                     async with asyncio.timeout(min(wire.timeout, _DISC_TIMEOUT)):
                         await asyncio.shield(self._reader)
         except (TimeoutError, ProtocolError, NbdClientError, OSError):

@@ -183,6 +183,12 @@ class Wire:
             self.close_reason = reason
         self.writer.transport.abort()
 
+    def write_eof(self) -> None:
+        """Close our sending side (a TCP half-close) where the transport can; TLS cannot."""
+        if not self.closed and self.writer.can_write_eof():
+            with contextlib.suppress(OSError, RuntimeError):
+                self.writer.write_eof()
+
     async def close(self) -> None:
         """Flush what is queued (bounded) and close the socket."""
         if self.closed:

@@ -7,7 +7,9 @@ file must give every complete frame before the damage and then one clear
 
 from __future__ import annotations
 
+import gzip
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,20 +62,34 @@ def read_frames(path: str | Path) -> Iterator[Frame]:
     """
     path = Path(path)
     try:
-        handle = path.open("rb")
+        handle: BinaryIO = path.open("rb")
+        if handle.read(2) == b"\x1f\x8b":
+            # A gzip-compressed capture (.pcapng.gz, as Wireshark also reads them).
+            handle.close()
+            handle = gzip.open(path, "rb")  # type: ignore[assignment]  # noqa: SIM115
+        else:
+            handle.seek(0)
     except OSError as exc:
         raise CaptureError(f"cannot read capture {path}: {exc.strerror or exc}") from exc
     with handle:
-        head = handle.read(4)
-        if head in _PCAP_MAGICS:
-            yield from _read_pcap(path, handle, head)
-        elif len(head) == 4 and struct.unpack("<I", head)[0] == _PCAPNG_SHB:
-            handle.seek(0)
-            yield from _read_pcapng(path, handle)
-        elif not head:
-            raise CaptureError(f"{path}: empty file, not a pcap or pcapng capture")
-        else:
-            raise CaptureError(f"{path}: not a pcap or pcapng capture (starts with {head.hex()})")
+        try:
+            yield from _frames_of(path, handle)
+        except (EOFError, OSError, zlib.error) as exc:
+            # Only a compressed file fails this way: the frames before the damage are out.
+            raise CaptureError(f"{path}: truncated or corrupt compressed capture: {exc}") from None
+
+
+def _frames_of(path: Path, handle: BinaryIO) -> Iterator[Frame]:
+    head = handle.read(4)
+    if head in _PCAP_MAGICS:
+        yield from _read_pcap(path, handle, head)
+    elif len(head) == 4 and struct.unpack("<I", head)[0] == _PCAPNG_SHB:
+        handle.seek(0)
+        yield from _read_pcapng(path, handle)
+    elif not head:
+        raise CaptureError(f"{path}: empty file, not a pcap or pcapng capture")
+    else:
+        raise CaptureError(f"{path}: not a pcap or pcapng capture (starts with {head.hex()})")
 
 
 def _read_pcap(path: Path, handle: BinaryIO, magic: bytes) -> Iterator[Frame]:

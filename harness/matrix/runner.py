@@ -20,8 +20,10 @@ malformed options and requests).
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
+import shutil
 import threading
 import time
 import traceback
@@ -292,8 +294,9 @@ def _collect_evidence(case_dir: Path, root: Path) -> dict[str, str]:
     named = {"capture": CAPTURE, "wire": "wire.txt", "findings": "findings.json",
              "steps": "steps.json"}
     for name, file_name in named.items():
-        if (case_dir / file_name).exists():
-            evidence[name] = _relative(case_dir / file_name, root)
+        for candidate in (file_name, f"{file_name}.gz"):  # passing cases keep it compressed
+            if (case_dir / candidate).exists():
+                evidence[name] = _relative(case_dir / candidate, root)
     for log in sorted(case_dir.rglob("*.log")):
         key = _relative(log, case_dir).replace(os.sep, "/").removesuffix(".log")
         evidence[f"log:{key}"] = _relative(log, root)
@@ -301,11 +304,21 @@ def _collect_evidence(case_dir: Path, root: Path) -> dict[str, str]:
 
 
 def _prune(case_dir: Path) -> None:
-    """Remove images and data files of a case that passed (logs and captures stay)."""
+    """Remove images and data files of a case that passed; compress its capture.
+
+    The capture stays as evidence (``capture.pcapng.gz``: Wireshark, ``nbd-harness
+    dissect`` and ``lint`` read it as it is); patterned data compresses well, which
+    keeps a full run's evidence small.
+    """
     for path in case_dir.rglob("*"):
         if path.is_file() and path.name.endswith(_BULKY_SUFFIXES):
             with contextlib.suppress(OSError):
                 path.unlink()
+    capture = case_dir / CAPTURE
+    if capture.exists():
+        with capture.open("rb") as raw, gzip.open(f"{capture}.gz", "wb", compresslevel=3) as out:
+            shutil.copyfileobj(raw, out)
+        capture.unlink()
 
 
 def _versions(case: Case) -> dict[str, str]:
