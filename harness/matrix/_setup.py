@@ -6,14 +6,12 @@ exports, TLS modes, handshake styles).  What a real program can be configured
 for, it gets through its driver's options; what it cannot, makes the
 combination not a case (listed with this reason): a qemu-nbd that was never
 asked for a 4 KiB minimum block size cannot be blamed for not having one.
+The export itself is :meth:`ExportRequirements.export_spec`, as every driver
+serves it.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
-
-from harness.peers import ExportSpec
 from harness.scenarios import ExportRequirements
 
 # Programs that can serve a handshake style other than fixed newstyle, and how.
@@ -45,18 +43,6 @@ def unservable(program: str, export: ExportRequirements) -> str | None:
     return None
 
 
-def export_spec(export: ExportRequirements, tls_dir: Path | None) -> ExportSpec:
-    """The :class:`ExportSpec` real drivers serve; qcow2 whenever there are dirty bitmaps.
-
-    A raw image has nowhere to keep a persistent bitmap (qemu's drivers refuse it);
-    servers that flatten the chain into a raw file (nbdkit, nbd-server) do not care.
-    """
-    spec = export.export_spec(tls_dir)
-    if spec.bitmaps and spec.image_format != "qcow2":
-        spec = replace(spec, image_format="qcow2")
-    return spec
-
-
 def driver_options(program: str, export: ExportRequirements) -> object | None:
     """The driver options that make ``program`` serve ``export`` (None: the defaults)."""
     if program == "nbdkit":
@@ -79,4 +65,4 @@ def driver_options(program: str, export: ExportRequirements) -> object | None:
     return None
 
 
-__all__ = ["driver_options", "export_spec", "unservable"]
+__all__ = ["driver_options", "unservable"]

@@ -29,7 +29,6 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +39,7 @@ from harness.scenarios import Scenario, ScenarioResult
 from .cases import Case, PeerRef
 
 if TYPE_CHECKING:
-    from harness.peers import ServerPeer
-    from harness.scenarios.client_actions import ClientProgram
+    from harness.peers import Provider, ServerPeer
 from .results import CaseResult, ResultStore
 from .verdict import Verdict, judge
 
@@ -137,10 +135,10 @@ def _serve(case: Case, workdir: Path, watchdog: _Watchdog) -> Iterator[tuple[Add
             watchdog.add(srv.thread.stop)
             yield srv.address, requirements.name, tls_dir
         return
-    from ._setup import driver_options, export_spec
+    from ._setup import driver_options
 
     driver = _driver(case.server, workdir)
-    spec = export_spec(requirements, tls_dir)
+    spec = requirements.export_spec(tls_dir)
     running = driver.start(spec, workdir / "server", options=driver_options(
         case.server.program, requirements))
     watchdog.add(running.stop)
@@ -171,43 +169,34 @@ def _run_server_role(case: Case, workdir: Path, capture: Path,
             proxy.stop()
 
 
-def _client_program(peer: PeerRef, workdir: Path) -> ClientProgram:
-    """The client-action table entry of ``peer``, run through its provider when not the host's."""
-    from harness.scenarios.client_actions import default_client_actions
-
-    program = default_client_actions()[peer.program]
-    if not peer.provider or peer.provider in ("host", "builtin"):
-        return program
+def _client_provider(peer: PeerRef) -> Provider | None:
+    """The provider ``peer`` runs from (None: the harness's own program, run as it is)."""
+    if not peer.provider or peer.provider == "builtin":
+        return None
     from harness.peers import Catalog
+    from harness.process import PeerError
 
     provider = Catalog.load().provider(peer.provider)
-    probe = provider.wrap([peer.program], binds=[workdir])
-    if not probe or probe[-1] != peer.program:
-        raise RuntimeError(f"{provider.name}: cannot build a command prefix for {peer.program}")
-    prefix = tuple(probe[:-1])
-    actions = {
-        action: tuple(replace(form, argv=prefix + form.argv,
-                              argv_tls=None if form.argv_tls is None
-                              else prefix + form.argv_tls) for form in forms)
-        for action, forms in program.actions.items()
-    }
-    return replace(program, actions=actions)
+    if not provider.ready():  # a sandbox that cannot start is no failure of the client
+        raise PeerError(f"{provider.name} is not installed: run `{provider.install_hint()}`")
+    return provider
 
 
 def _run_client_role(case: Case, workdir: Path, capture: Path,
                      watchdog: _Watchdog) -> ScenarioResult:
+    from harness.scenarios import run_client_scenario
     from reference_server.profiles import profile
 
-    from ._recorded import RecordedClientRun
+    from ._recorded import recording_proxy
 
     workdir = workdir / "client"
     workdir.mkdir(parents=True, exist_ok=True)
-    program = _client_program(case.client, workdir)
-    run = RecordedClientRun(case.scenario, program, profile(case.server.profile or "reference"),
-                            workdir, capture=capture, features_client=sorted(case.client.features),
-                            timeout=STEP_TIMEOUT)
-    watchdog.add(run.stop_proxies)
-    return run.run()
+    return run_client_scenario(case.scenario, case.client.program,
+                               profile(case.server.profile or "reference"), workdir,
+                               features_client=sorted(case.client.features),
+                               timeout=STEP_TIMEOUT,
+                               listen_wrapper=recording_proxy(capture, watchdog.add),
+                               provider=_client_provider(case.client))
 
 
 # --- judging the wire -------------------------------------------------------------------------

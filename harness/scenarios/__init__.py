@@ -9,8 +9,18 @@ says ``file:line: what is wrong``); :func:`run_server_scenario` and
 :func:`run_client_scenario` run one scenario against one peer and return a
 :class:`ScenarioResult` with a verdict: pass, fail, unsupported,
 expected-fallback or error.
+
+Callers that run scenarios across versions (the matrix) use three more
+things from here: :func:`run_client_scenario`'s seams (``listen_wrapper``: a
+recording proxy in front of the reference server; ``provider``: the program
+run from its Debian suite); :func:`server_has`, whether a reference-server
+profile has a feature, and :data:`REFERENCE_CLIENT_LACKS` /
+:data:`REFERENCE_SERVER_LACKS`, the features the reference implementations
+never have; and :meth:`ExportRequirements.export_spec`, the export exactly as
+every server peer serves it.
 """
 
+from ._features import REFERENCE_CLIENT_LACKS, REFERENCE_SERVER_LACKS, server_has
 from ._yaml import ScenarioError
 from .loader import (
     LIBRARY,
@@ -31,13 +41,16 @@ from .model import (
     Verdict,
 )
 from .reference import ServedExport, serve_reference
-from .steps import client_can_run, run_client_scenario, run_server_scenario
+from .steps import ListenWrapper, client_can_run, run_client_scenario, run_server_scenario
 
 __all__ = [
     "LIBRARY",
+    "REFERENCE_CLIENT_LACKS",
+    "REFERENCE_SERVER_LACKS",
     "VERDICTS",
     "ExportRequirements",
     "Fallback",
+    "ListenWrapper",
     "Scenario",
     "ScenarioError",
     "ScenarioResult",
@@ -53,5 +66,6 @@ __all__ = [
     "run_server_scenario",
     "scenario_files",
     "serve_reference",
+    "server_has",
     "validate_library",
 ]

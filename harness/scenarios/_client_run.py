@@ -8,18 +8,32 @@ of each connection (:class:`~reference_server.server.SessionRecord`: options,
 negotiated replies and contexts, commands, rules the client broke) and on
 the data the server ends up with.  A client that breaks a protocol rule
 fails, whatever else it did.
+
+Two seams let a caller (the matrix runner) change where the program runs and
+what it talks to, without changing any check: a :data:`ListenWrapper` puts
+something in front of the reference server (a recording proxy) and names the
+address the program is given instead of the server's; a
+:class:`~harness.peers.Provider` runs each action's command from its suite
+(``bwrap`` into a root filesystem, ``docker run``) instead of on this machine.
+The server's session records and storage, which the checks read, stay the
+server's own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from harness.address import Address
+from harness.peers import Endpoint
 from harness.peers.export import ExportSpec, pattern
 from harness.process import MissingProgramError, PeerError, run_command
 from harness.protocol import constants as c
@@ -37,6 +51,14 @@ from ._expect import (
 from .client_actions import OUTPUT_READERS, ActionOutput, ClientProgram, render
 from .model import Scenario, ScenarioResult, Step, StepResult
 from .reference import ServedExport, serve_reference
+
+if TYPE_CHECKING:
+    from harness.peers import Provider
+
+ListenWrapper = Callable[[Address], AbstractContextManager[Address]]
+"""Puts something in front of the reference server: called with the server's address once
+it listens, it returns a context whose value is the address the client program is given
+(a recording proxy's); the context is left before the server stops."""
 
 SESSION_SETTLE = 0.2
 """How long the server's session list must stay unchanged after a client exits."""
@@ -56,23 +78,33 @@ def _option_names(record: Any) -> list[str]:
 
 
 class ClientRun:
-    """The state of one client-role run; :meth:`run` gives the result."""
+    """The state of one client-role run; :meth:`run` gives the result.
+
+    ``listen_wrapper`` and ``provider`` are the seams of
+    :func:`~harness.scenarios.run_client_scenario` (see there).
+    """
 
     def __init__(self, scenario: Scenario, program: ClientProgram,
                  server_features: ServerFeatures, workdir: Path, *,
-                 features_client: Iterable[str] | None, timeout: float) -> None:
+                 features_client: Iterable[str] | None, timeout: float,
+                 listen_wrapper: ListenWrapper | None = None,
+                 provider: Provider | None = None) -> None:
         self.scenario = scenario
         self.program = program
         self.server_features = server_features
         self.workdir = Path(workdir)
         self.features_client = None if features_client is None else set(features_client)
         self.timeout = timeout
+        self.listen_wrapper = listen_wrapper
+        self.provider = provider
         self.spec: ExportSpec = scenario.export.export_spec()
         self.model = ContentModel.of(self.spec)
         self.missing: dict[str, str] = {}
         self.results: list[StepResult] = []
         self.runs: list[dict[str, Any]] = []
         self.served: ServedExport | None = None
+        self.client_address: Address | None = None
+        """Where the program connects: the server's address, or what the wrapper put there."""
         self.pki: Path | None = None
         self.fallback_mode = False
         self.unsupported_mode = False
@@ -105,9 +137,12 @@ class ClientRun:
         try:
             if needs_tls:
                 self.pki = make_test_pki(self.workdir / "pki").directory
-            with serve_reference(scenario.export, self.server_features, self.workdir,
-                                 tls_dir=self.pki) as served:
+            with contextlib.ExitStack() as stack:
+                served = stack.enter_context(serve_reference(
+                    scenario.export, self.server_features, self.workdir, tls_dir=self.pki))
                 self.served = served
+                self.client_address = served.address if self.listen_wrapper is None \
+                    else stack.enter_context(self.listen_wrapper(served.address))
                 stopped = self._run_list(scenario.client_steps, "client_steps")
                 if not stopped and self.fallback_mode and scenario.fallback is not None:
                     stopped = self._run_list(scenario.fallback.client_expect, "fallback")
@@ -180,19 +215,25 @@ class ClientRun:
 
     # --- actions ----------------------------------------------------------------------------
 
+    def _uri(self, export: str, tls: bool) -> str:
+        """The URI of ``export`` at the address the program is given."""
+        assert self.client_address is not None
+        if tls and self.pki is None:
+            raise HarnessLimit("a TLS action, but no PKI was made for this run")
+        return Endpoint(self.client_address, export, self.pki if tls else None).uri()
+
     def _values(self, step: Step, index: int, tls: bool, data_in: Path, data_out: Path,
                 ) -> dict[str, object]:
-        served = self.served
-        assert served is not None
+        address = self.client_address
+        assert address is not None
         args = step.args
         export = args.get("export", self.scenario.export.name)
         if self.scenario.export.handshake == "oldstyle":
             export = ""  # oldstyle has no export names: clients must not ask for one
-        address = served.address
         offset = args.get("offset", 0)
         length = args.get("length", 0)
-        uri = served.uri(export, tls=tls)
-        server_uri = served.uri("", tls=tls)
+        uri = self._uri(export, tls)
+        server_uri = self._uri("", tls)
         if address.kind == "unix":
             server_opts = f"server.type=unix,server.path={address.path}"
         else:
@@ -239,15 +280,15 @@ class ClientRun:
         before = len(served.records)
         started = time.monotonic()
         try:
-            completed = run_command(argv, timeout=self.timeout * 4, env=_environment(),
-                                    cwd=self.workdir, log_path=self.workdir / f"{label}.log")
+            completed = self._run_program(argv, self.workdir / f"{label}.log")
         except PeerError as exc:
             if "timed out" in str(exc):
                 raise Failed(f"{self.program.name} {action}: {exc}") from None
             raise
         sessions = self._sessions_since(before)
         run = {
-            "action": action, "argv": argv, "returncode": completed.returncode,
+            "action": action, "argv": argv, **self._where(completed),
+            "returncode": completed.returncode,
             "seconds": round(time.monotonic() - started, 3),
             "stdout": str(completed.stdout)[-2000:], "stderr": str(completed.stderr)[-2000:],
             "sessions": [record.summary() for record in sessions],
@@ -277,6 +318,24 @@ class ClientRun:
         self._apply(action, offset, length, seed)
         self._check_output(step, action, output, offset, length, what)
         return f"exit 0 ({len(sessions)} connection(s))"
+
+    def _run_program(self, argv: list[str], log_path: Path) -> subprocess.CompletedProcess:
+        """Run one action's command, on this machine or through the provider."""
+        timeout = self.timeout * 4
+        if self.provider is None:
+            return run_command(argv, timeout=timeout, env=_environment(), cwd=self.workdir,
+                               log_path=log_path)
+        binds = [self.workdir, *([self.pki] if self.pki else [])]
+        if self.client_address is not None and self.client_address.kind == "unix":
+            binds.append(Path(self.client_address.path).parent)
+        return self.provider.run(argv, timeout=timeout, binds=binds, cwd=self.workdir,
+                                 log_path=log_path, check=False)
+
+    def _where(self, completed: subprocess.CompletedProcess) -> dict[str, Any]:
+        """Evidence of where an action ran: the provider and the whole command, if wrapped."""
+        if self.provider is None:
+            return {}
+        return {"provider": self.provider.name, "command": [str(w) for w in completed.args]}
 
     def _apply(self, action: str, offset: int, length: int, seed: int) -> None:
         if action == "write":
@@ -478,4 +537,4 @@ class ClientRun:
                               self.scenario.id, "client")
 
 
-__all__ = ["ClientRun"]
+__all__ = ["ClientRun", "ListenWrapper"]

@@ -9,6 +9,10 @@ Three questions are answered here and nowhere else:
   (:func:`missing_on_wire`), e.g. ``NBD_FLAG_SEND_TRIM`` not advertised or
   ``NBD_OPT_GO`` answered with ``NBD_REP_ERR_UNSUP``;
 - whether a reference-server profile has a feature (:func:`server_has`).
+
+:func:`server_has`, :data:`REFERENCE_CLIENT_LACKS` and
+:data:`REFERENCE_SERVER_LACKS` are public: import them from
+:mod:`harness.scenarios`.
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ REFERENCE_SERVER_LACKS = frozenset({"starttls-psk"})
 """Features no reference-server profile has (Python's ssl module does X.509 only)."""
 
 REFERENCE_CLIENT_LACKS = frozenset({"starttls-psk"})
-"""Features the reference client cannot use (same reason)."""
+"""Features the reference client cannot use (same reason): the reference client has every
+feature of ``matrix/features.toml`` but these."""
 
 
 @cache
@@ -246,7 +251,13 @@ def missing_on_wire(
 
 
 def server_has(features: ServerFeatures, feature: str) -> bool:
-    """Whether a reference-server profile offers ``feature`` (per ``FEATURE_GRANTS``)."""
+    """Whether a reference-server profile offers ``feature`` (an id of ``matrix/features.toml``).
+
+    Read from the profile's options, contexts and switches as
+    :data:`reference_server.profiles.FEATURE_GRANTS` maps them; ``oldstyle`` is
+    always there (the scenario's export configures it), the features of
+    :data:`REFERENCE_SERVER_LACKS` never are.
+    """
     from reference_server.profiles import FEATURE_GRANTS
 
     if feature in REFERENCE_SERVER_LACKS:

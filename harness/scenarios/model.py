@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.peers.export import BitmapSpec, DataRange, ExportSpec, Layer
+from harness.peers.export import BitmapSpec, DataRange, ExportSpec, ExportSpecError, Layer
 
 Verdict = Literal["pass", "fail", "unsupported", "expected-fallback", "error"]
 VERDICTS: tuple[Verdict, ...] = ("pass", "fail", "unsupported", "expected-fallback", "error")
@@ -114,10 +114,17 @@ class ExportRequirements:
 
     @property
     def format(self) -> Literal["raw", "qcow2"]:
-        """The image format real servers should use (qcow2 for a chain, else raw)."""
+        """The image format a server peer builds this export in.
+
+        The scenario's own ``format`` when it gives one; else qcow2 for a backing
+        chain and for dirty bitmaps (a raw image has nowhere to keep a persistent
+        bitmap, so qemu's drivers refuse one), raw otherwise.  Servers that serve a
+        flattened raw file (nbdkit, nbd-server) build it from the same
+        :meth:`export_spec` whatever this says.
+        """
         if self.image_format is not None:
             return self.image_format
-        return "qcow2" if self.backend == "layers" else "raw"
+        return "qcow2" if self.backend == "layers" or self.bitmaps else "raw"
 
     @property
     def block_sizes_set(self) -> bool:
@@ -127,10 +134,15 @@ class ExportRequirements:
         )
 
     def export_spec(self, tls_dir: Path | None = None) -> ExportSpec:
-        """The :class:`~harness.peers.export.ExportSpec` server drivers build this export from.
+        """The :class:`~harness.peers.export.ExportSpec` every server peer serves.
 
+        It is complete for every driver as it is (image format included, see
+        :attr:`format`); ``tls_dir`` is the PKI a TLS export is served with.
         Raises :class:`~harness.peers.export.ExportSpecError` when it cannot be built.
         """
+        if self.bitmaps and self.format != "qcow2":
+            raise ExportSpecError(f"dirty bitmaps need format qcow2, not {self.format} "
+                                  "(a raw image has nowhere to keep them)")
         return ExportSpec(
             size=self.size,
             name=self.name,

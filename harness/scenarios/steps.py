@@ -9,7 +9,9 @@ Two entry points, one per role the scenario can test:
 - :func:`run_client_scenario`: the reference server serves the scenario's
   export in the profile ``server_features`` (a version profile, see
   :mod:`reference_server.profiles`); the real program ``client_program``
-  performs ``client_steps``.
+  performs ``client_steps``, on this machine or through a provider, talking
+  to the server directly or to what ``listen_wrapper`` puts in front of it
+  (the matrix runner's recording proxy).
 
 Verdicts: ``pass``; ``fail`` (the expectation that failed, expected vs got,
 is in ``detail`` and in the step's result); ``unsupported`` (a required
@@ -22,17 +24,22 @@ including a scenario the reference client cannot play, such as TLS-PSK).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reference_server.features import FULL, ServerFeatures
 
-from ._client_run import ClientRun
+from ._client_run import ClientRun, ListenWrapper
 from ._server_run import run_server_async
 from .client_actions import ClientProgram, default_client_actions
 from .model import Scenario, ScenarioResult, StepResult
+
+if TYPE_CHECKING:
+    from harness.peers import Provider
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds each network wait (and a tenth of each client program's run) may take."""
@@ -108,6 +115,8 @@ def run_client_scenario(
     *,
     features_client: Iterable[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    listen_wrapper: ListenWrapper | None = None,
+    provider: Provider | None = None,
 ) -> ScenarioResult:
     """Run ``scenario.client_steps`` with ``client_program`` against the reference server.
 
@@ -118,6 +127,22 @@ def run_client_scenario(
     when None).  ``features_client``, when given, are the program's feature ids
     (from ``matrix/peers``): requiring one outside them makes the case
     unsupported or a fallback, as the scenario says.
+
+    ``listen_wrapper`` (None: the program talks to the server directly) is
+    called with the server's address once it listens and returns a context
+    manager whose value is the address the program is given instead (every
+    URI, host, port and socket in its command line names it); the context is
+    left before the server stops.  To record the conversation::
+
+        @contextlib.contextmanager
+        def recorded(upstream: Address) -> Iterator[Address]:
+            with ProxyThread(Address.tcp("127.0.0.1", 0), upstream, capture) as proxy:
+                yield proxy.address
+
+    ``provider`` (a :class:`harness.peers.Provider`; None: this machine's
+    programs, Debian's first on PATH) runs each action's command from its suite,
+    with ``workdir`` (data, PKI) and a unix socket's directory visible inside.
+    The session records and data the checks read are the server's either way.
     """
     if "client" not in scenario.roles:
         return ScenarioResult("error", [], f"{scenario.id} has no client role",
@@ -132,12 +157,13 @@ def run_client_scenario(
                 role="client")
     else:
         program = client_program
-    if workdir is None:
-        with tempfile.TemporaryDirectory(prefix="nbdh-client-") as scratch:
-            return ClientRun(scenario, program, server_features, Path(scratch),
-                             features_client=features_client, timeout=timeout).run()
-    return ClientRun(scenario, program, server_features, Path(workdir),
-                     features_client=features_client, timeout=timeout).run()
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="nbdh-client-")))
+        return ClientRun(scenario, program, server_features, Path(workdir),
+                         features_client=features_client, timeout=timeout,
+                         listen_wrapper=listen_wrapper, provider=provider).run()
 
 
 def client_can_run(scenario: Scenario, client_program: str | ClientProgram) -> tuple[bool, str]:
@@ -160,6 +186,7 @@ def client_can_run(scenario: Scenario, client_program: str | ClientProgram) -> t
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "ListenWrapper",
     "ScenarioResult",
     "StepResult",
     "client_can_run",
