@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from harness.address import Address
 from harness.capture import ProxyThread
-from harness.scenarios import ListenWrapper, ServedExport
+from harness.scenarios import ListenWrapper
 
 LOOPBACK = Address.tcp("127.0.0.1", 0)
 
@@ -44,21 +43,4 @@ def recording_proxy(capture: Path,
     return wrapper
 
 
-@dataclass
-class ProxiedExport(ServedExport):
-    """A served export whose address (and so every URI built from it) is the proxy's.
-
-    Only ``nbd-harness check-client`` (:mod:`.client_check`) still uses it, to
-    build its URIs; ``harness.peers.Endpoint(proxy_address, name, tls_dir).uri()``
-    gives the same ones.
-    """
-
-    proxy_address: Address | None = None
-
-    @property
-    def address(self) -> Address:
-        assert self.proxy_address is not None
-        return self.proxy_address
-
-
-__all__ = ["ProxiedExport", "recording_proxy"]
+__all__ = ["recording_proxy"]

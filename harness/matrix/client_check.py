@@ -33,7 +33,6 @@ from harness.peers.export import BitmapSpec, DataRange
 from harness.process import PeerError, run_command
 from harness.scenarios import ExportRequirements
 
-from ._recorded import ProxiedExport
 from .cases import PeerRef, reference_profiles, reference_server
 from .results import CaseResult, ResultStore
 from .runner import CAPTURE, _collect_evidence, _lint
@@ -157,7 +156,7 @@ def check_client(command: ClientCommand, server: PeerRef, store: ResultStore, *,
         with serve_reference(export, features, case_dir / "server", tls_dir=tls_dir) as served:
             proxy = ProxyThread(Address.tcp("127.0.0.1", 0), served.address, capture).start()
             try:
-                front = ProxiedExport(served.thread, served.export, served.tls_dir, proxy.address)
+                front = served.behind(proxy.address)
                 values = {"uri": front.uri(), "uri_server": front.uri(""),
                           "host": proxy.address.host, "port": str(proxy.address.port),
                           "export": export.name, "tls_dir": str(tls_dir or "")}

@@ -18,6 +18,7 @@ read-only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 from collections.abc import Iterator
@@ -47,10 +48,16 @@ class ServedExport:
     thread: ServerThread
     export: ExportRequirements
     tls_dir: Path | None
+    front: Address | None = None
+    """Where clients reach it when something (a recording proxy) stands in front."""
 
     @property
     def address(self) -> Address:
-        return self.thread.address
+        return self.front or self.thread.address
+
+    def behind(self, front: Address) -> ServedExport:
+        """The same export as reached through ``front`` (URIs name ``front``)."""
+        return dataclasses.replace(self, front=front)
 
     def uri(self, export: str | None = None, *, tls: bool | None = None) -> str:
         """``nbd://127.0.0.1:PORT/NAME`` (``nbds://...?tls-certificates=DIR`` with TLS).
