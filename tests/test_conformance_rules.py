@@ -136,6 +136,22 @@ def test_sessions_that_are_not_nbd_give_no_findings(tmp_path: Path) -> None:
     assert check_session(decode_streams(b"GET /", b"HTTP/1.1 200 OK")) == []
 
 
+def test_a_reply_to_a_header_with_a_bad_magic_is_not_a_cookie_breach(tmp_path: Path) -> None:
+    """qemu-nbd reads a request header with a wrong magic, answers NBD_EINVAL with the cookie
+    field it found there, then closes: the header cannot be framed, so its reply cannot be
+    matched (the client broke the rule; the server's answer is not judged)."""
+    bad = struct.pack(">IHHQQI", 0x12345678, 0, c.Cmd.READ, 1, 0, 4096)
+    conv = Conv().ready().c(bad).s(struct.pack(">IIQ", c.SIMPLE_REPLY_MAGIC, c.Errno.EINVAL, 1))
+    conv.write(tmp_path / "bad-magic.pcapng")
+    assert [f.rule for f in check_capture(tmp_path / "bad-magic.pcapng")] == [
+        "client.request-magic"]
+    # A reply nobody asked for before the bad header is still one.
+    conv = Conv().ready().s(struct.pack(">IIQ", c.SIMPLE_REPLY_MAGIC, 0, 7)).c(bad)
+    conv.write(tmp_path / "orphan-first.pcapng")
+    rules = {f.rule for f in check_capture(tmp_path / "orphan-first.pcapng")}
+    assert rules == {"client.request-magic", "server.reply-cookie-matches"}
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     name=st.sampled_from(sorted(CLEAN)),

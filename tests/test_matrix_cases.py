@@ -187,6 +187,44 @@ def test_combinations_that_cannot_run_are_listed_not_dropped() -> None:
     assert not any(case.scenario.name == "psk" for case in expansion.cases)
 
 
+def test_a_profile_reporting_info_size_zero_cannot_judge_a_clients_size() -> None:
+    """nbd-server's NBD_OPT_INFO says size 0: a client showing that size is right, so a client
+    step judging the size is not a case against a profile reproducing it (listed, with why)."""
+    sized = Scenario(
+        name="info-size", description="the size", spec=("Option types",), roles=("client",),
+        client_steps=(Step("client_action", {"action": "info"}, {"size": "export"}),),
+        group="client",
+    )
+    unsized = scenario("info-any", roles=("client",), group="client", outcome=None)
+    quirky = reference_server("nbd-server-3.24")
+    assert "info-size-zero" in quirky.quirks
+    nbdinfo = real_peer("nbdinfo", "1.14", "client", "host")
+    qemu_img = real_peer("qemu-img", "7.2", "client", "host")  # shows NBD_OPT_GO's size
+    expansion = expand([sized, unsized], [reference_server(), quirky], [nbdinfo, qemu_img])
+    ids = {case.id for case in expansion.cases}
+    assert ids == {f"{name}[{server}-vs-{client}]"
+                   for name in ("info-size", "info-any")
+                   for server in ("reference-server", "reference-server@nbd-server-3.24")
+                   for client in ("nbdinfo@1.14", "qemu-img@7.2")} - {
+        "info-size[reference-server@nbd-server-3.24-vs-nbdinfo@1.14]"}
+    reasons = {(e.scenario, e.peer): e.reason for e in expansion.excluded}
+    why = reasons[("info-size", "nbdinfo@1.14 vs reference-server@nbd-server-3.24")]
+    assert "info-size-zero" in why and "nbdinfo shows the size NBD_OPT_INFO gave" in why
+
+
+def test_a_server_without_descriptions_is_not_asked_for_one() -> None:
+    described = scenario("described", outcome=None,
+                         export=ExportRequirements(description="scratch"))
+    servers = [real_peer("nbd-server", "3.24", "server", "host"),
+               real_peer("qemu-nbd", "7.2", "server", "host")]
+    expansion = expand([described], servers, [reference_client()])
+    assert [case.id for case in expansion.cases] == [
+        "described[qemu-nbd@7.2-vs-reference-client]"]
+    reasons = {(e.scenario, e.peer): e.reason for e in expansion.excluded}
+    assert reasons == {("described", "nbd-server@3.24"):
+                       "nbd-server cannot be given an export description"}
+
+
 def test_shards_partition_the_cases() -> None:
     many = [scenario(f"s{n}") for n in range(7)]
     expansion = expand(many, reference_profiles()[:3], [reference_client()])

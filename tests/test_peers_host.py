@@ -29,7 +29,7 @@ from harness.peers import (
 from harness.peers.suites import load_suites
 from harness.process import PeerError
 from harness.protocol import RemoteProtocolError
-from harness.protocol.constants import Cmd, TransmissionFlag, is_error_chunk
+from harness.protocol.constants import Cmd, Rep, TransmissionFlag, is_error_chunk
 from harness.protocol.messages import Request
 from harness.tls import TestPKI
 
@@ -346,6 +346,26 @@ def test_nbdkit_handshake_switches(host: Catalog, tmp_path: Path, options: Nbdki
         assert nbd.negotiation.structured_replies is structured
         nbd.write(0, b"h" * 512)
         assert nbd.read(0, 512) == b"h" * 512
+
+
+def test_nbdkit_serves_a_named_described_export_by_default(host: Catalog,
+                                                         tmp_path: Path) -> None:
+    """By default nbdkit serves the way matrix/peers/nbdkit.toml describes it: the data plugin
+    (the memory plugin's flags: fast zero) and a named export (the exportname filter):
+    listed by name, described, other names refused."""
+    flat = ExportSpec(size=CHAIN.size, image_format="raw", layers=CHAIN.layers,
+                      description="scratch disk")
+    with nbdkit(host).start(flat, tmp_path / "s") as server:
+        with Client.connect(server.uri, options=ConnectOptions(enter_transmission=False)) as nbd:
+            assert [entry.name for entry in nbd.list_exports()] == ["disk"]
+            info = nbd.info("disk")
+            assert (info.size, info.description) == (CHAIN.size, "scratch disk")
+            with pytest.raises(NbdClientError) as refused:
+                nbd.info("not-this-one")
+            assert getattr(refused.value, "reply_type", None) == Rep.ERR_UNKNOWN
+        with Client.connect(server.uri) as nbd:
+            assert nbd.can(TransmissionFlag.SEND_FAST_ZERO)
+        check_reads(client_peer(host, "reference-client"), server.endpoint, flat)
 
 
 def test_nbdkit_without_no_mc_says_so(host: Catalog, tmp_path: Path) -> None:

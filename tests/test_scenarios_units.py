@@ -96,6 +96,37 @@ def test_extents_exact_and_safe() -> None:
                       "base:allocation", 0, 1 << 20, model, spec, "map")
 
 
+def test_extents_hole_optional() -> None:
+    """NBD_STATE_HOLE may be clear (qemu 5.2 counts a qcow2's zero space as allocated);
+    NBD_STATE_ZERO must be exactly where the export reads as zeroes."""
+    export = ExportRequirements(size=1 << 20, layers=((DataRange(262144, 131072),),))
+    spec = export.export_spec()
+    model = ContentModel.of(spec)
+    both = int(c.StateFlag.HOLE | c.StateFlag.ZERO)
+    zero = int(c.StateFlag.ZERO)
+    qemu_5_2 = [(0, 262144, zero), (262144, 131072, 0), (393216, 655360, zero)]
+    exact = [(0, 262144, both), (262144, 131072, 0), (393216, 655360, both)]
+    for got in (exact, qemu_5_2, [(0, 131072, both), (131072, 131072, zero),
+                                  (262144, 131072, 0), (393216, 655360, both)]):
+        check_extents(got, "export", "hole-optional", "base:allocation", 0, 1 << 20, model,
+                      spec, "map")
+    with pytest.raises(Failed, match="extents differ"):
+        check_extents(qemu_5_2, "export", "exact", "base:allocation", 0, 1 << 20, model,
+                      spec, "map")
+    wrong = [
+        [(0, 1 << 20, 0)],  # ZERO left out where the export reads as zeroes
+        [(0, 262144, both), (262144, 131072, zero), (393216, 655360, both)],  # ZERO over data
+        [(0, 262144, both), (262144, 131072, int(c.StateFlag.HOLE)),
+         (393216, 655360, both)],  # HOLE over data
+        [(0, 262144, both), (262144, 131072, 0), (393216, 655360 - 4096, both),
+         (1044480, 4096, 0)],  # the tail is data, it says
+    ]
+    for got in wrong:
+        with pytest.raises(Failed, match="extents differ"):
+            check_extents(got, "export", "hole-optional", "base:allocation", 0, 1 << 20,
+                          model, spec, "map")
+
+
 # --- the client-action table --------------------------------------------------------------
 
 

@@ -621,12 +621,22 @@ def no_reply_to_disc(view: SessionView) -> Iterator[Hit]:
     "corresponding request",
 )
 def reply_cookie_matches(view: SessionView) -> Iterator[Hit]:
-    """Every reply carries the cookie of a request that awaits it."""
+    """Every reply carries the cookie of a request that awaits it.
+
+    Once the client's stream stops at a request header with a wrong magic, the
+    requests it sent can no longer be framed: a server may still read that header
+    and answer with its cookie field (qemu-nbd replies NBD_EINVAL, then closes), so
+    replies from then on cannot be matched and are not judged.
+    """
     disc = _disc(view)
     disc_cookie = disc.header.cookie if disc else None
+    unframed = [region.frame for region in view.undecoded(CLIENT)
+                if bad_magic(region, "request")]
     for reply in view.orphan_replies:
         if disc is not None and reply.fields.get("cookie") == disc_cookie:
             continue  # a reply to NBD_CMD_DISC: its own rule
+        if unframed and reply.last_frame >= min(unframed):
+            continue  # answers bytes we could not frame as a request
         yield Hit(
             reply,
             f"{reply.name} with cookie {int(reply.fields.get('cookie', 0)):#x}, "

@@ -25,7 +25,7 @@ listed as :class:`Excluded` with the reason, so nothing is skipped silently.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Literal
@@ -391,9 +391,53 @@ def _server_exclusion(scenario: Scenario, server: PeerRef, client: PeerRef) -> s
     if server.reference and scenario.requires_server & {"starttls-psk"}:
         return "the reference server cannot play starttls-psk"
     if not server.reference:
+        from harness.peers import DRIVERS
+
         from ._setup import unservable
 
+        driver = DRIVERS.get(server.program)
+        if scenario.export.description and driver is not None \
+                and not getattr(driver, "serves_descriptions", True):
+            return f"{server.program} cannot be given an export description"
         return unservable(server.program, scenario.export)
+    return None
+
+
+def _checks_info_size(scenario: Scenario) -> bool:
+    """True when a client step judges the size a client's ``info`` action reports."""
+    steps = list(scenario.client_steps)
+    if scenario.fallback is not None:
+        steps += list(scenario.fallback.client_expect)
+    return any(step.action == "client_action" and step.arg("action") == "info"
+               and "size" in (step.expect or {}) for step in steps)
+
+
+INFO_SIZE_FROM_OPT_INFO = frozenset({"nbdinfo"})
+"""Client programs whose ``info`` action shows the size NBD_OPT_INFO gave (nbdinfo
+describes an export with libnbd's ``nbd_opt_info``); the others show NBD_OPT_GO's."""
+
+
+CLIENT_UNJUDGEABLE: dict[str, tuple[Callable[[Scenario, PeerRef], bool], str]] = {
+    "info-size-zero": (
+        lambda scenario, client: client.program in INFO_SIZE_FROM_OPT_INFO
+        and _checks_info_size(scenario),
+        "reports size 0 to NBD_OPT_INFO (quirk info-size-zero, nbd-server's deviation), and "
+        "{client} shows the size NBD_OPT_INFO gave: right to show 0, so its size cannot be "
+        "judged against the export",
+    ),
+}
+"""Server quirk -> (predicate over scenario and client, why): against a profile reproducing
+the quirk, the client steps the predicate picks would blame the client under test for the
+server's deviation.  The deviation itself is judged by the server-role scenarios."""
+
+
+def _client_profile_exclusion(scenario: Scenario, server: PeerRef,
+                              client: PeerRef) -> str | None:
+    """Why a client-role ``scenario`` cannot judge ``client`` against the profile ``server``."""
+    for quirk in sorted(server.quirks):
+        entry = CLIENT_UNJUDGEABLE.get(quirk)
+        if entry is not None and entry[0](scenario, client):
+            return f"{server.spec} {entry[1].format(client=client.program)}"
     return None
 
 
@@ -446,6 +490,11 @@ def expand(
                     continue
                 chosen = relevant_profiles(scenario, profiles) if relevant_only else profiles
                 for server in chosen:
+                    reason = _client_profile_exclusion(scenario, server, client)
+                    if reason:
+                        excluded.append(Excluded(scenario.name, f"{client.spec} vs {server.spec}",
+                                                 reason))
+                        continue
                     cases.append(Case(scenario, scenario.id, "client", server, client,
                                       expect(scenario, server, client), timeout))
     cases.sort(key=lambda case: case.id)
@@ -498,7 +547,9 @@ def peer_matches(peer: PeerRef, wanted: str) -> bool:
 
 
 __all__ = [
+    "CLIENT_UNJUDGEABLE",
     "DEFAULT_TIMEOUT",
+    "INFO_SIZE_FROM_OPT_INFO",
     "REFERENCE_CLIENT",
     "REFERENCE_SERVER",
     "Case",

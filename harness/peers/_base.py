@@ -296,6 +296,8 @@ class ServerPeer(Peer):
     """A peer that serves exports."""
 
     roles = ("server",)
+    serves_descriptions = True
+    """Whether the program can be given the export's description (NBD_INFO_DESCRIPTION)."""
 
     @abstractmethod
     def start(

@@ -56,6 +56,9 @@ class NbdServer(ServerPeer):
     executable = "nbd-server"
     version_argv = ("-V",)
     misreports_version = True
+    # nbd-server(5) has no description switch, and nbd-server never sends NBD_INFO_DESCRIPTION
+    # (which the spec lets a server leave out): an export's description cannot be served.
+    serves_descriptions = False
 
     def config_text(self, export: ExportSpec, image: Path, options: NbdServerOptions, *,
                     port: int | None = None, socket: Path | None = None) -> str:

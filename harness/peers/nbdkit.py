@@ -1,10 +1,18 @@
 """nbdkit: the plugin-based NBD server (memory, file, data, pattern, sh/eval; filters for faults).
 
 nbdkit has no backing chains or dirty bitmaps: an export's chain is served
-flattened (``file`` plugin over a sparse raw file, or ``data`` with the ranges
-loaded from files), so ``base:allocation`` is exact and the qemu contexts are
+flattened (``data`` with the ranges loaded from files, or ``file`` over a
+sparse raw file), so ``base:allocation`` is exact and the qemu contexts are
 absent. Faults come from filters: :meth:`NbdkitOptions.with_errors` (the
 ``error`` filter) and :meth:`NbdkitOptions.with_delay` (``delay``).
+
+By default the export is served the way ``matrix/peers/nbdkit.toml`` describes
+nbdkit: with the ``data`` plugin (nbdkit's memory plugin with initial content:
+same allocator, so the same flags: fast zero, and block sizes from 1.38), and
+as a *named* export through the ``exportname`` filter (nbdkit 1.24+): listed
+under its name, described, and other names refused.  Without the filter nbdkit
+serves the same content under any name, lists it as ``''`` and has no
+description.
 """
 
 from __future__ import annotations
@@ -29,16 +37,17 @@ _CONTENT_FREE = ("memory", "pattern", "eval", "sh")
 class NbdkitOptions:
     """How nbdkit serves: plugin, filters and protocol switches.
 
-    ``plugin``: ``file`` (default; the flattened chain as a sparse raw file), ``data``
-    (the same content held in memory, writable), ``memory`` (empty), ``pattern``
-    (nbdkit's own offset pattern), ``eval`` / ``sh`` (scripts in ``plugin_args``).
-    ``plugin_args`` and ``filter_args`` are ``key=value`` words; ``filters`` load in
-    order. ``no_sr`` (``--no-sr``), ``no_mc`` (``--no-mc``, nbdkit 1.26+),
-    ``mask_handshake`` (``--mask-handshake``) and ``oldstyle`` (``-o``) shape the
-    handshake.
+    ``plugin``: ``data`` (default; the flattened chain held in memory, writable: the
+    memory plugin with content), ``file`` (the same as a sparse raw file), ``memory``
+    (empty), ``pattern`` (nbdkit's own offset pattern), ``eval`` / ``sh`` (scripts in
+    ``plugin_args``).  ``plugin_args`` and ``filter_args`` are ``key=value`` words;
+    ``filters`` load in order. ``no_sr`` (``--no-sr``), ``no_mc`` (``--no-mc``, nbdkit
+    1.26+), ``mask_handshake`` (``--mask-handshake``) and ``oldstyle`` (``-o``) shape
+    the handshake.  ``named_export`` (default) serves the export under its name only,
+    with its description, through the ``exportname`` filter (see the module doc).
     """
 
-    plugin: str = "file"
+    plugin: str = "data"
     plugin_args: tuple[str, ...] = ()
     filters: tuple[str, ...] = ()
     filter_args: tuple[str, ...] = ()
@@ -48,6 +57,7 @@ class NbdkitOptions:
     oldstyle: bool = False
     threads: int | None = None
     extra_args: tuple[str, ...] = ()
+    named_export: bool = True
 
     def with_errors(self, rate: float | str = 1.0, error: str = "EIO",
                     trigger_file: Path | None = None) -> NbdkitOptions:
@@ -67,6 +77,26 @@ class NbdkitOptions:
         args = ([f"rdelay={read}"] if read else []) + ([f"wdelay={write}"] if write else [])
         return replace(self, filters=(*self.filters, "delay"),
                        filter_args=(*self.filter_args, *args))
+
+
+def exportname_filter_args(export: ExportSpec, options: NbdkitOptions) -> tuple[str, ...]:
+    """The ``exportname`` filter's parameters that make ``export`` a named export (or ``()``).
+
+    A non-empty name is the only one listed and accepted (``exportname-strict``:
+    nbdkit answers other names NBD_REP_ERR_UNKNOWN and closes on an unknown
+    NBD_OPT_EXPORT_NAME); the empty name is nbdkit's own default export, which needs
+    no filter.  The description goes out as NBD_INFO_DESCRIPTION (``exportdesc``).
+    Oldstyle has no export names at all.
+    """
+    if not options.named_export or options.oldstyle:
+        return ()
+    args: list[str] = []
+    if export.name:
+        args += [f"exportname={export.name}", "exportname-list=explicit",
+                 "exportname-strict=true"]
+    if export.description:
+        args.append(f"exportdesc=fixed:{export.description}")
+    return tuple(args)
 
 
 class Nbdkit(ServerPeer):
@@ -133,7 +163,11 @@ class Nbdkit(ServerPeer):
             argv.append("--oldstyle")
         if options.threads is not None:
             argv.append(f"--threads={options.threads}")
-        for name in options.filters:
+        # The exportname filter goes first (outermost): names are settled before any
+        # other filter (error, delay) sees a request.
+        filters = (("exportname",) if exportname_filter_args(export, options) else ()) \
+            + options.filters
+        for name in filters:
             argv.append(f"--filter={name}")
         return [*argv, *options.extra_args]
 
@@ -150,7 +184,8 @@ class Nbdkit(ServerPeer):
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         head = self.switches(export, opts)
-        tail = [*self.plugin_argv(export, workdir, opts), *opts.filter_args]
+        tail = [*self.plugin_argv(export, workdir, opts), *exportname_filter_args(export, opts),
+                *opts.filter_args]
         return self.launch(
             export,
             workdir,
@@ -161,4 +196,4 @@ class Nbdkit(ServerPeer):
         )
 
 
-__all__ = ["PLUGINS", "Nbdkit", "NbdkitOptions"]
+__all__ = ["PLUGINS", "Nbdkit", "NbdkitOptions", "exportname_filter_args"]

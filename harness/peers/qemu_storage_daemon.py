@@ -9,13 +9,16 @@ exports the node with its bitmaps and ``allocation-depth`` (qemu 5.2+).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import socket
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness.address import Address
 from harness.process import PeerError
@@ -26,9 +29,16 @@ from ._qemu import TLS_ID, tls_object
 from .export import DEFAULT_GRANULARITY, ExportSpec, ExportSpecError
 
 QMP_TIMEOUT = 30.0
+"""Seconds one QMP command may take."""
+QMP_CONNECT_TIMEOUT = 10.0
+"""Seconds one QMP connection attempt (greeting and negotiation) may take."""
+QMP_CONNECT_ATTEMPTS = 5
+QMP_RETRY_DELAY = 0.2
+"""Seconds before the second connection attempt (growing with each attempt)."""
 NODE = "export-node"
 EXPORT_ID = "export0"
 _PORT_ATTEMPTS = 5
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -52,30 +62,71 @@ class QemuStorageDaemonOptions:
 
 
 class QmpSession:
-    """A synchronous QMP connection (``qemu.qmp``'s legacy client), closed on exit."""
+    """A QMP connection (``qemu.qmp``'s asyncio client on a private event loop), closed on exit.
 
-    def __init__(self, path: Path, timeout: float = QMP_TIMEOUT) -> None:
+    Every wait is bounded: the connection (greeting and capabilities negotiation)
+    by ``connect_timeout`` per attempt, each command by ``timeout``.  A daemon that
+    has just started may drop the first connection during negotiation (seen as
+    ``ConnectError: ... Negotiation failed`` or ``EOFError`` under load): the
+    connection is retried ``attempts`` times, a little later each time, as long as
+    ``alive()`` says the daemon still runs.
+    """
+
+    def __init__(self, path: Path, timeout: float = QMP_TIMEOUT, *,
+                 connect_timeout: float = QMP_CONNECT_TIMEOUT,
+                 attempts: int = QMP_CONNECT_ATTEMPTS,
+                 alive: Callable[[], bool] | None = None) -> None:
         try:
-            from qemu.qmp.legacy import QEMUMonitorProtocol
+            from qemu.qmp import QMPClient
         except ImportError as exc:  # pragma: no cover - a dependency of the project
             raise PeerError("the qemu.qmp package is missing: run scripts/bootstrap") from exc
-        self._qmp = QEMUMonitorProtocol(os.fspath(path))
-        self._qmp.connect()
-        self._qmp.settimeout(timeout)
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._client: Any = None
+        failures: list[str] = []
+        try:
+            for attempt in range(max(attempts, 1)):
+                client = QMPClient("qemu-storage-daemon")
+                try:
+                    self._run(client.connect(os.fspath(path)), connect_timeout)
+                except Exception as exc:  # ConnectError, EOFError, OSError, TimeoutError
+                    failures.append(f"{type(exc).__name__}: {exc}".strip())
+                    with contextlib.suppress(Exception):
+                        self._run(client.disconnect(), connect_timeout)
+                    if alive is not None and not alive():
+                        raise PeerError("qemu-storage-daemon exited before its QMP session "
+                                        f"started ({failures[-1]})") from exc
+                    time.sleep(QMP_RETRY_DELAY * (attempt + 1))
+                    continue
+                self._client = client
+                return
+            raise PeerError(f"QMP at {path}: no session after {len(failures)} attempt(s) "
+                            f"(last: {failures[-1]})")
+        except BaseException:
+            self._loop.close()
+            raise
+
+    def _run(self, awaitable: Awaitable[_T], timeout: float) -> _T:
+        return self._loop.run_until_complete(asyncio.wait_for(awaitable, timeout))
 
     def command(self, name: str, /, **arguments: Any) -> Any:
         """Run a QMP command; a QMP error raises :class:`PeerError` with qemu's message."""
-        response = self._qmp.cmd_raw(name, arguments or None)
-        if not isinstance(response, dict):
-            raise PeerError(f"QMP {name}: no answer")
-        if "error" in response:
-            error = response["error"]
-            raise PeerError(f"QMP {name} failed: {error.get('desc', error)}")
-        return response.get("return")
+        from qemu.qmp import ExecuteError
+
+        try:
+            return self._run(self._client.execute(name, arguments or None), self.timeout)
+        except ExecuteError as exc:
+            raise PeerError(f"QMP {name} failed: {exc.error.error.desc}") from None
+        except TimeoutError:
+            raise PeerError(f"QMP {name}: no answer within {self.timeout:g} s") from None
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._qmp.close()
+        if self._loop.is_closed():
+            return
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._run(self._client.disconnect(), QMP_CONNECT_TIMEOUT)
+        self._loop.close()
 
     def __enter__(self) -> QmpSession:
         return self
@@ -141,7 +192,7 @@ class QemuStorageDaemon(ServerPeer):
             server.add_cleanup(lambda: shutil.rmtree(qmp_dir, ignore_errors=True))
         try:
             self.provider.wait_unix(process, qmp_path, ready_timeout)
-            with QmpSession(qmp_path) as qmp:
+            with QmpSession(qmp_path, alive=lambda: process.poll() is None) as qmp:
                 self._configure(qmp, export, image, opts)
                 server.endpoint = self._listen(qmp, export, opts, transport, qmp_dir)
         except BaseException:
