@@ -25,6 +25,11 @@ _LIST_DISABLED = {"nbd-server"}
 
 def unservable(program: str, export: ExportRequirements) -> str | None:
     """Why ``program`` cannot serve ``export`` as the scenario describes it (None: it can)."""
+    from harness.peers import DRIVERS
+
+    driver = DRIVERS.get(program)
+    if export.description and driver is not None and not driver.serves_descriptions:
+        return f"{program} cannot be given an export description"
     if program == "nbd-server" and export.name in ("", "generic"):
         return f"nbd-server cannot name an export {export.name!r}"
     if export.handshake != "fixed-newstyle" and program not in _HANDSHAKES[export.handshake]:

@@ -391,14 +391,8 @@ def _server_exclusion(scenario: Scenario, server: PeerRef, client: PeerRef) -> s
     if server.reference and scenario.requires_server & {"starttls-psk"}:
         return "the reference server cannot play starttls-psk"
     if not server.reference:
-        from harness.peers import DRIVERS
-
         from ._setup import unservable
 
-        driver = DRIVERS.get(server.program)
-        if scenario.export.description and driver is not None \
-                and not getattr(driver, "serves_descriptions", True):
-            return f"{server.program} cannot be given an export description"
         return unservable(server.program, scenario.export)
     return None
 
