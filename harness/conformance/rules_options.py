@@ -49,6 +49,18 @@ def _info_type(reply: WireMessage) -> int | None:
     return struct.unpack_from(">H", data)[0] if len(data) >= 2 else None
 
 
+def _replies_outside(view: SessionView, options: tuple[int, ...],
+                     allowed: int) -> Iterator[Hit]:
+    """Replies to ``options`` that are neither ``allowed``, NBD_REP_ACK nor an error."""
+    for exchange in view.options:
+        if exchange.code not in options:
+            continue
+        for reply in exchange.replies:
+            rep = reply_type(reply)
+            if rep not in (allowed, c.Rep.ACK) and not c.is_rep_error(rep):
+                yield Hit(reply, f"{reply.name} in reply to {exchange.option.name}")
+
+
 @rule(
     id="client.option-magic",
     level=MUST,
@@ -555,13 +567,8 @@ def set_meta_context_unnegotiated(view: SessionView) -> Iterator[Hit]:
 )
 def meta_context_replies(view: SessionView) -> Iterator[Hit]:
     """LIST/SET_META_CONTEXT get NBD_REP_META_CONTEXT replies, then ACK or an error."""
-    for exchange in view.options:
-        if exchange.code not in (c.Opt.LIST_META_CONTEXT, c.Opt.SET_META_CONTEXT):
-            continue
-        for reply in exchange.replies:
-            rep = reply_type(reply)
-            if rep not in (c.Rep.META_CONTEXT, c.Rep.ACK) and not c.is_rep_error(rep):
-                yield Hit(reply, f"{reply.name} in reply to {exchange.option.name}")
+    yield from _replies_outside(view, (c.Opt.LIST_META_CONTEXT, c.Opt.SET_META_CONTEXT),
+                                c.Rep.META_CONTEXT)
 
 
 @rule(
@@ -733,13 +740,7 @@ def list_ext_header_reqd_not_for_base(view: SessionView) -> Iterator[Hit]:
 )
 def list_replies(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_LIST gets NBD_REP_SERVER replies, then ACK or an error."""
-    for exchange in view.options:
-        if exchange.code != c.Opt.LIST:
-            continue
-        for reply in exchange.replies:
-            rep = reply_type(reply)
-            if rep not in (c.Rep.SERVER, c.Rep.ACK) and not c.is_rep_error(rep):
-                yield Hit(reply, f"{reply.name} in reply to NBD_OPT_LIST")
+    yield from _replies_outside(view, (c.Opt.LIST,), c.Rep.SERVER)
 
 
 @rule(
@@ -753,13 +754,7 @@ def list_replies(view: SessionView) -> Iterator[Hit]:
 )
 def info_go_replies(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_INFO/GO get NBD_REP_INFO replies, then ACK or an error."""
-    for exchange in view.options:
-        if exchange.code not in (c.Opt.INFO, c.Opt.GO):
-            continue
-        for reply in exchange.replies:
-            rep = reply_type(reply)
-            if rep not in (c.Rep.INFO, c.Rep.ACK) and not c.is_rep_error(rep):
-                yield Hit(reply, f"{reply.name} in reply to {exchange.option.name}")
+    yield from _replies_outside(view, (c.Opt.INFO, c.Opt.GO), c.Rep.INFO)
 
 
 @rule(

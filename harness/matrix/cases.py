@@ -137,7 +137,7 @@ def data_features(family: str, version: str, role: Role) -> frozenset[str]:
 
 def reference_server(profile_name: str | None = None) -> PeerRef:
     """The reference server in ``profile_name`` (None or ``reference``: the full protocol)."""
-    from harness.scenarios._features import server_has
+    from harness.scenarios import server_has
     from reference_server.profiles import profile, split_profile_name
 
     name = profile_name or REFERENCE_PROFILE
@@ -154,7 +154,7 @@ def reference_server(profile_name: str | None = None) -> PeerRef:
 
 def reference_client() -> PeerRef:
     """The reference client: every client feature but what it cannot play (TLS-PSK)."""
-    from harness.scenarios._features import REFERENCE_CLIENT_LACKS
+    from harness.scenarios import REFERENCE_CLIENT_LACKS
 
     return PeerRef(REFERENCE_CLIENT, REFERENCE_CLIENT, "client", None, None, None,
                    _vocabulary("client") - REFERENCE_CLIENT_LACKS, "builtin")

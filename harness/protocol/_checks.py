@@ -315,7 +315,7 @@ def effect_of(request: Request) -> tuple[int, tuple[int, ...] | None, CodecError
     return request.length, None, None
 
 
-def check_request(req: Request, neg: Negotiated, in_flight: dict[int, InFlight]) -> list[Violation]:
+def check_request(req: Request, neg: Negotiated) -> list[Violation]:
     """Rules a client request breaks; ``errno`` is the error a server answers with."""
     out: list[Violation] = []
     section = "Request types"

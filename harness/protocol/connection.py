@@ -253,7 +253,7 @@ class Connection:
                     )
                 return out
             case Request():
-                return _checks.check_request(event, neg, self.in_flight)
+                return _checks.check_request(event, neg)
             case SimpleReply():
                 return _checks.check_simple_reply(event, neg, self.in_flight)
             case ReplyChunk():
