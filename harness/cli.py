@@ -17,6 +17,7 @@ from harness.errors import UserError
 
 COMMAND_MODULES = [
     "harness.commands.run",
+    "harness.commands.report",
     "harness.commands.check",
     "harness.commands.check_client",
     "harness.commands.serve",

@@ -267,8 +267,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
                             config: pytest.Config) -> None:
     if not _enabled(config) or _is_worker(config):
         return
-    from harness.matrix.results import ResultsError, load_results
-    from harness.report import counts_line, summarize, write_reports
+    from harness.matrix.results import ResultsError, latest_per_case, load_results
+    from harness.report import collect, counts_line, summarize, write_reports
 
     out = _out(config)
     terminalreporter.section("nbd-harness matrix")
@@ -277,7 +277,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
     except ResultsError:
         terminalreporter.write_line("no case ran")
         return
-    paths = write_reports(results, out)
+    results = latest_per_case(results)
+    paths = write_reports(collect(out, results))
     terminalreporter.write_line(f"{len(results)} cases: {counts_line(summarize(results))}")
     state = config.stash.get(_STATE, None)
     expansion = state.expansion if state else None
@@ -285,7 +286,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
         terminalreporter.write_line(
             f"{len(expansion.excluded)} scenario/peer combinations make no case "
             "(`nbd-harness run --list` says why)")
-    terminalreporter.write_line(f"reports: {paths['html']} {paths['markdown']}")
+    terminalreporter.write_line(f"reports: {paths['html']} {paths['summary']} "
+                                f"{paths['junit']}")
 
 
 __all__ = ["CaseError", "CaseFailed", "CaseItem", "ScenarioFile"]

@@ -54,7 +54,8 @@ def test_run_writes_results_and_every_report(library: Path, tmp_path: Path,
     assert "6 cases: 1 expected-fallback, 5 pass" in printed and "wall time" in printed
     results = load_results(out)
     assert len(results) == 6 and all(r.ok for r in results)
-    for name in ("report.json", "junit.xml", "summary.md", "index.html", "run.json"):
+    for name in ("results.json", "junit.xml", "summary.md", "index.html", "run.json",
+                 "conformance/README.md"):
         assert (out / name).is_file(), name
     assert ET.parse(out / "junit.xml").getroot().get("tests") == "6"
     (info,) = load_runs(out)

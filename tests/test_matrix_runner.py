@@ -21,6 +21,7 @@ from harness.matrix.cases import (
 )
 from harness.matrix.results import ResultStore
 from harness.matrix.runner import run_case
+from harness.report.evidence import read_text
 from harness.scenarios import Scenario, load_library
 
 pytestmark = pytest.mark.peers
@@ -48,7 +49,7 @@ def test_reference_server_case_passes_with_its_evidence(library: dict[str, Scena
     result = run_case(only_case(library["sr-read"], reference_server()), store)
     assert (result.verdict, result.observed, result.expected) == ("pass", "pass", "pass")
     assert result.case_id == "sr-read[reference-server-vs-reference-client]"
-    for name in ("capture", "wire", "findings", "steps"):
+    for name in ("capture", "wire", "wire-index", "findings", "steps", "scenario"):
         assert (store.directory / result.evidence[name]).is_file(), name
     capture = decode_capture(store.directory / result.evidence["capture"])
     assert capture.sessions and capture.sessions[0].state.structured_replies
@@ -68,7 +69,8 @@ def test_a_profile_without_the_feature_makes_the_predicted_fallback(
         "expected-fallback", "expected-fallback", "expected-fallback")
     assert "qemu-2.10 lacks structured-replies" in result.expectation
     assert result.sessions[0]["structured_replies"] is False
-    wire = (store.directory / result.evidence["wire"]).read_text()
+    wire = read_text(store.directory / result.evidence["wire"])  # passing cases: gzip'd
+    assert wire is not None and result.evidence["wire"].endswith(".gz")
     assert "NBD_OPT_STRUCTURED_REPLY" in wire and "NBD_REP_ERR_UNSUP" in wire
 
 
@@ -80,7 +82,8 @@ def test_real_qemu_nbd_serves_the_case(library: dict[str, Scenario], store: Resu
     assert result.verdict == "pass", result.detail
     case_dir = store.directory / result.evidence["directory"]
     assert any(key.startswith("log:server/") for key in result.evidence)
-    wire = (store.directory / result.evidence["wire"]).read_text()
+    wire = read_text(store.directory / result.evidence["wire"])  # passing cases: gzip'd
+    assert wire is not None and result.evidence["wire"].endswith(".gz")
     assert "NBD_CMD_WRITE" in wire and "NBD_CMD_READ" in wire
     assert not list(case_dir.rglob("*.qcow2")) and not list(case_dir.rglob("*.raw"))
 

@@ -54,7 +54,7 @@ def test_run_with_markers_and_reports(pytester: pytest.Pytester, library: Path,
     text = result.stdout.str()
     assert "nbd-harness matrix" in text
     assert "2 cases: 1 expected-fallback, 1 pass" in text
-    document = json.loads((out / "report.json").read_text())
+    document = json.loads((out / "results.json").read_text())
     assert document["summary"]["total"] == 2
     assert (out / "index.html").is_file()
 
@@ -92,5 +92,5 @@ def test_xdist_workers_share_one_result_set(pytester: pytest.Pytester, library: 
     result.assert_outcomes(passed=4)
     workers = sorted(path.name for path in out.glob("results-*.jsonl"))
     assert workers and all(name.startswith("results-gw") for name in workers)
-    document = json.loads((out / "report.json").read_text())
+    document = json.loads((out / "results.json").read_text())
     assert document["summary"]["total"] == 4 and document["summary"]["ok"]

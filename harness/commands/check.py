@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.matrix.external import external_cases, probe
     from harness.matrix.pool import run_cases
     from harness.matrix.results import ResultStore
-    from harness.report import write_reports
+    from harness.report import collect, write_reports
     from harness.report._summary import counts_line, summarize
     from harness.scenarios import LIBRARY, load_library
 
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     results = pool.results
     store.write_run({"command": ["nbd-harness", "check", args.uri], "uri": args.uri,
                      "cases": len(expansion.cases), "allow_writes": args.allow_writes})
-    write_reports(results, out)
+    write_reports(collect(out, results))
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:

@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from harness.matrix.client_check import ClientCommand, check_client, profiles_for
     from harness.matrix.results import ResultStore
-    from harness.report import negotiated_text, write_reports
+    from harness.report import collect, negotiated_text, write_reports
     from harness.report._summary import counts_line, summarize
 
     from .check import print_failures
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     store.write_run({"command": ["nbd-harness", "check-client", args.command],
                      "cases": len(results)})
-    write_reports(results, out)
+    write_reports(collect(out, results))
     print_failures(results, sys.stdout)
     print(f"\n{counts_line(summarize(results))}; evidence and reports in {out}")
     return 0 if all(result.ok for result in results) else 1

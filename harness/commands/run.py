@@ -4,7 +4,8 @@ Expands the request into cases (each with the outcome the matrix data
 predicts), runs them on ``-j N`` worker processes (each case recorded by the
 proxy, decoded, checked by every conformance rule), shows a progress line,
 prints a summary table and writes the result set and its reports (JSON lines
-per case, ``report.json``, ``junit.xml``, ``summary.md``, ``index.html``) to
+per case, ``results.json``, ``junit.xml``, ``summary.md``, the HTML report
+``index.html`` and ``conformance/*.md``) to
 ``--out``.  ``--shard I/N`` runs every N-th case (CI jobs on identical
 machines); ``--merge DIR...`` merges the result directories of the shards into
 ``--out`` and renders the reports of the whole set.
@@ -140,18 +141,29 @@ def _print_excluded(excluded: Sequence[Excluded], stream: TextIO) -> None:
         print(f"  {len(which):4} x {reason}", file=stream)
 
 
+def print_report_paths(paths: dict[str, Path], stream: TextIO | None = None) -> None:
+    """Say where the reports are (the HTML report first: it is where people start)."""
+    stream = stream or sys.stdout
+    print(f"HTML report:   {paths['html']}", file=stream)
+    print(f"JUnit XML:     {paths['junit']}", file=stream)
+    print(f"results store: {paths['results']}", file=stream)
+    print(f"summary:       {paths['summary']}", file=stream)
+    print(f"conformance:   {paths['conformance']}/ (Markdown per peer@version, ready to file)",
+          file=stream)
+
+
 def _merge(args: argparse.Namespace) -> int:
     from harness.matrix.results import load_runs, merge_results
-    from harness.report import write_reports
+    from harness.report import collect, write_reports
     from harness.report.console import summary_table
 
     if args.out is None:
         raise UserError("--merge needs --out DIR (where the merged result set goes)")
     results = merge_results(args.merge, args.out)
-    paths = write_reports(results, args.out, load_runs(args.out))
+    paths = write_reports(collect(args.out, results, load_runs(args.out)))
     print(summary_table(results))
-    print(f"\nmerged {len(args.merge)} result set(s) into {args.out}; "
-          f"report {paths['html']}")
+    print(f"\nmerged {len(args.merge)} result set(s) into {args.out}")
+    print_report_paths(paths)
     return 0 if all(result.ok for result in results) else 1
 
 
@@ -159,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.matrix.pool import run_cases
     from harness.matrix.results import ResultStore
     from harness.matrix.selection import MatrixRequest, build_matrix
-    from harness.report import write_reports
+    from harness.report import collect, write_reports
     from harness.report.console import Progress, summary_table
 
     if args.merge:
@@ -198,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
     progress.finish()
     wall = time.monotonic() - started
     run_info = {
+        "started": round(time.time() - wall, 3),
         "command": ["nbd-harness", "run", *sys.argv[2:]] if sys.argv[1:2] == ["run"] else [],
         "shard": shard_text, "jobs": args.jobs, "cases": len(expansion.cases),
         "finished": len(pool.results), "interrupted": pool.interrupted,
@@ -206,10 +219,12 @@ def run(args: argparse.Namespace) -> int:
                      for e in expansion.excluded],
     }
     store.write_run(run_info)
-    paths = write_reports(pool.results, out, [run_info])
+    peers = [peer for case in expansion.cases for peer in (case.server, case.client)]
+    paths = write_reports(collect(out, pool.results, [run_info], peers))
     print(summary_table(pool.results))
     _print_excluded(expansion.excluded, sys.stdout)
-    print(f"\nreports: {paths['html']} {paths['markdown']} {paths['junit']} {paths['json']}")
+    print()
+    print_report_paths(paths)
     print(f"wall time {wall:.1f} s ({len(pool.results)} cases, -j {args.jobs})")
     if pool.interrupted:
         print(f"interrupted: {len(expansion.cases) - len(pool.results)} case(s) not run",

@@ -27,7 +27,7 @@ from harness.dissect.model import (
     Undecoded,
     WireMessage,
 )
-from harness.dissect.render import render_capture, render_json
+from harness.dissect.render import render_capture, render_capture_indexed, render_json
 
 __all__ = [
     "CLIENT",
@@ -47,5 +47,6 @@ __all__ = [
     "describe_status",
     "fields_of",
     "render_capture",
+    "render_capture_indexed",
     "render_json",
 ]

@@ -35,21 +35,51 @@ _ARROW = {CLIENT: "client→server", "server": "server→client"}
 
 def render_capture(capture: Capture, *, session: int | None = None, data: bool = False) -> str:
     """The whole capture (or one session of it) as readable text."""
+    return render_capture_indexed(capture, session=session, data=data)[0]
+
+
+def render_capture_indexed(capture: Capture, *, session: int | None = None,
+                           data: bool = False) -> tuple[str, list[dict[str, Any]]]:
+    """:func:`render_capture`, and where each message and undecoded region is in the text.
+
+    The index has one entry per block, in text order: ``line`` (1-based) and
+    ``lines`` (how many), ``session``, ``direction``, ``offset`` (in the
+    direction's byte stream: what a finding points at), ``frame``,
+    ``last_frame``, ``time`` (capture timestamp of the first frame, Unix time),
+    ``kind`` and ``name``.  Reports use it to highlight the messages a finding or
+    a scenario step is about.
+    """
     lines = [f"capture {capture.path}: {capture.frames} frames, {len(capture.sessions)} session(s)"]
     lines.extend(f"note: {note}" for note in capture.notes)
+    index: list[dict[str, Any]] = []
     for item in capture.sessions:
         if session is None or item.index == session:
             lines.append("")
-            lines.extend(render_session(item, data=data))
-    return "\n".join(lines) + "\n"
+            lines.extend(_render_session(item, data, index, len(lines)))
+    return "\n".join(lines) + "\n", index
 
 
 def render_session(session: Session, *, data: bool = False) -> list[str]:
     """Header, messages and undecoded regions of one session, as lines."""
+    return _render_session(session, data, [], 0)
+
+
+def _render_session(session: Session, data: bool, index: list[dict[str, Any]],
+                    before: int) -> list[str]:
     lines = _session_header(session)
     for message in session.messages:
-        lines.extend(render_message(message, data=data))
+        block = render_message(message, data=data)
+        index.append({"line": before + len(lines) + 1, "lines": len(block),
+                      "session": session.index, "direction": message.direction,
+                      "offset": message.offset, "frame": message.frame,
+                      "last_frame": message.last_frame, "time": message.time,
+                      "kind": message.kind, "name": message.name})
+        lines.extend(block)
     for region in sorted(session.undecoded, key=lambda u: (u.direction, u.offset)):
+        index.append({"line": before + len(lines) + 1, "lines": 1, "session": session.index,
+                      "direction": region.direction, "offset": region.offset,
+                      "frame": region.frame, "last_frame": region.frame, "time": None,
+                      "kind": "undecoded", "name": f"UNDECODED ({region.kind})"})
         lines.append(_undecoded_line(region))
     return lines
 

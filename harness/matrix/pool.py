@@ -69,7 +69,7 @@ def _stop_process_tree(pid: int, wait: float = STOP_WAIT) -> None:
 def error_result(case: Case, detail: str, shard: str = "", worker: str = "") -> CaseResult:
     """A result for a case the harness could not finish (never a pass)."""
     return CaseResult(
-        case_id=case.id, scenario=case.scenario.name, role=case.role,
+        case_id=case.id, scenario=case.scenario.name, group=case.scenario.group, role=case.role,
         server=case.server.spec, client=case.client.spec, verdict=Verdict.ERROR.value,
         observed=Verdict.ERROR.value,
         expected=case.expected.value if case.expected else None, detail=detail,

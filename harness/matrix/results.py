@@ -84,6 +84,8 @@ class CaseResult:
     """What each peer reported as its version (``server``, ``client``)."""
     shard: str = ""
     worker: str = ""
+    group: str = ""
+    """The scenario's group (``options``, ``contexts``...): its directory in ``scenarios/``."""
 
     @property
     def final(self) -> Verdict:

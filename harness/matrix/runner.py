@@ -45,6 +45,10 @@ from .verdict import Verdict, judge
 
 LOOPBACK = Address.tcp("127.0.0.1", 0)
 CAPTURE = "capture.pcapng"
+SCENARIO_COPY = "scenario.yaml"
+WIRE_LOG = "wire.txt"
+WIRE_INDEX = "wire-index.json"
+"""Where each message of the wire log is (line, session, direction, offset, frame, time)."""
 STEP_TIMEOUT = 10.0
 """Seconds each network wait of a step may take (the scenario runner's ``timeout``)."""
 
@@ -233,12 +237,14 @@ def _lint(capture_path: Path, case_dir: Path) -> tuple[list[dict[str, Any]], lis
     Returns (findings, sessions, problems with the capture itself).
     """
     from harness.conformance import check_capture
-    from harness.dissect import decode_capture, render_capture
+    from harness.dissect import decode_capture, render_capture_indexed
 
     if not capture_path.exists():
         return [], [], []
     capture = decode_capture(capture_path)
-    (case_dir / "wire.txt").write_text(render_capture(capture), encoding="utf-8")
+    text, index = render_capture_indexed(capture)
+    (case_dir / WIRE_LOG).write_text(text, encoding="utf-8")
+    (case_dir / WIRE_INDEX).write_text(json.dumps(index) + "\n", encoding="utf-8")
     findings = [finding.to_dict() for finding in check_capture(capture)]
     (case_dir / "findings.json").write_text(json.dumps(findings, indent=2) + "\n")
     return findings, _sessions_from_capture(capture), list(capture.errors)
@@ -280,8 +286,8 @@ def _relative(path: Path, root: Path) -> str:
 
 def _collect_evidence(case_dir: Path, root: Path) -> dict[str, str]:
     evidence: dict[str, str] = {"directory": _relative(case_dir, root)}
-    named = {"capture": CAPTURE, "wire": "wire.txt", "findings": "findings.json",
-             "steps": "steps.json"}
+    named = {"capture": CAPTURE, "wire": WIRE_LOG, "wire-index": WIRE_INDEX,
+             "findings": "findings.json", "steps": "steps.json", "scenario": SCENARIO_COPY}
     for name, file_name in named.items():
         for candidate in (file_name, f"{file_name}.gz"):  # passing cases keep it compressed
             if (case_dir / candidate).exists():
@@ -293,21 +299,23 @@ def _collect_evidence(case_dir: Path, root: Path) -> dict[str, str]:
 
 
 def _prune(case_dir: Path) -> None:
-    """Remove images and data files of a case that passed; compress its capture.
+    """Remove images and data files of a case that passed; compress its capture and wire log.
 
     The capture stays as evidence (``capture.pcapng.gz``: Wireshark, ``nbd-harness
-    dissect`` and ``lint`` read it as it is); patterned data compresses well, which
+    dissect`` and ``lint`` read it as it is) and so does the decoded wire log, which
+    the HTML report shows on the case's page; patterned data compresses well, which
     keeps a full run's evidence small.
     """
     for path in case_dir.rglob("*"):
         if path.is_file() and path.name.endswith(_BULKY_SUFFIXES):
             with contextlib.suppress(OSError):
                 path.unlink()
-    capture = case_dir / CAPTURE
-    if capture.exists():
-        with capture.open("rb") as raw, gzip.open(f"{capture}.gz", "wb", compresslevel=3) as out:
-            shutil.copyfileobj(raw, out)
-        capture.unlink()
+    for name in (CAPTURE, WIRE_LOG, WIRE_INDEX):
+        path = case_dir / name
+        if path.exists():
+            with path.open("rb") as raw, gzip.open(f"{path}.gz", "wb", compresslevel=3) as out:
+                shutil.copyfileobj(raw, out)
+            path.unlink()
 
 
 def _versions(case: Case) -> dict[str, str]:
@@ -344,6 +352,9 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
                                  f"(stopped; last: {outcome.detail})",
                                  outcome.evidence, case.scenario_id, case.role)
     (case_dir / "steps.json").write_text(json.dumps(outcome.as_dict(), indent=2) + "\n")
+    if case.scenario.path is not None:  # the case page and the conformance report quote it
+        with contextlib.suppress(OSError):
+            shutil.copyfile(case.scenario.path, case_dir / SCENARIO_COPY)
     observed = Verdict.parse(outcome.verdict)
     detail = outcome.detail
     findings: list[dict[str, Any]] = []
@@ -373,6 +384,7 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
     return CaseResult(
         case_id=case.id,
         scenario=case.scenario.name,
+        group=case.scenario.group,
         role=case.role,
         server=case.server.spec,
         client=case.client.spec,

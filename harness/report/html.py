@@ -1,144 +1,215 @@
-"""``index.html``: the static matrix page, generated from the results (never edited by hand).
+"""The HTML report: one self-contained page set over a run's evidence folder.
 
-One table per client peer: a row per scenario, a column per server peer, a
-cell per case showing its verdict (colour and symbol; the tooltip says the
-expected and observed verdicts and the detail).  Every cell that is not a
-plain pass links to the case's details further down: findings with their
-spec citation and frame, what each connection negotiated, and the evidence
-files (capture, decoded wire log, peer logs).
+    write_html(results, directory)      # -> directory/index.html
+
+writes, into ``directory`` (by default the result directory itself)::
+
+    index.html              counts, overview (servers x clients), failures, the full
+                            matrix (one linked cell per case), peers, environment
+    cases/SLUG/index.html   a page per case: verdict and why, findings quoting the spec,
+                            steps, scenario, the decoded wire log with the offending
+                            messages highlighted, links to the capture and logs
+    peers/SLUG.html         a page per peer@version: its package, counts, rules broken
+    report.css              the one stylesheet
+
+A case's page lives in the case's evidence directory when ``directory`` is the
+result directory, so its evidence links are plain file names; rendered
+elsewhere (``nbd-harness report RESULTS --html DIR``), the links lead back to
+the result directory.  No JavaScript: the pages work from ``file://`` and in
+any browser.  Templates (``templates/*.j2``) are loaded once per process.
 """
 
 from __future__ import annotations
 
-import html
-from collections.abc import Sequence
+import functools
+import re
+import shlex
+import shutil
+import time
+from pathlib import Path
 from typing import Any
 
-from harness.matrix.results import CaseResult, case_slug
-from harness.matrix.verdict import ORDER, SYMBOLS, Verdict
+import jinja2
+from markupsafe import Markup, escape
 
-from ._summary import citation, counts_line, negotiated_text, summarize
+from harness.matrix.results import CASES_DIR, case_slug
 
-_COLOURS = {
-    Verdict.PASS: "#2e7d32",
-    Verdict.FAIL: "#c62828",
-    Verdict.UNSUPPORTED: "#757575",
-    Verdict.EXPECTED_FALLBACK: "#1565c0",
-    Verdict.ERROR: "#e65100",
-}
+from ._html_case import case_view
+from ._html_matrix import (
+    client_tables,
+    legend,
+    overview,
+    peer_slug,
+    problem_list,
+    spec_key,
+)
+from ._html_peer import peer_view
+from ._summary import counts_line, summarize
+from .evidence import CaseEvidence, relative_link
+from .store import RESULTS_JSON, RunResults
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; margin-bottom: 2em; }
-th, td { border: 1px solid #ccc; padding: 2px 6px; font-size: 13px; }
-th.col { writing-mode: vertical-rl; transform: rotate(180deg); white-space: nowrap; }
-td.cell { text-align: center; font-weight: bold; color: white; }
-td.cell a { color: white; text-decoration: none; display: block; }
-td.none { background: #f4f4f4; }
-.legend span { padding: 2px 8px; color: white; margin-right: 6px; }
-.case { border-left: 4px solid #ccc; padding-left: 1em; margin-bottom: 1.5em; }
-code { background: #f4f4f4; }
-"""
+TEMPLATES = Path(__file__).with_name("templates")
+CSS_FILE = "report.css"
+INDEX_FILE = "index.html"
+PEERS_DIR = "peers"
+CONFORMANCE_DIR = "conformance"
+REPORT_LINKS = ((RESULTS_JSON, RESULTS_JSON), ("junit.xml", "junit.xml"),
+                ("summary.md", "summary.md"), (f"{CONFORMANCE_DIR}/", CONFORMANCE_DIR))
+"""(label, path in the result directory) of the other reports the index links to."""
 
-
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _verdict(result: CaseResult) -> Verdict:
-    try:
-        return result.final
-    except ValueError:
-        return Verdict.ERROR
+_BACKTICKS = re.compile(r"`([^`]+)`")
 
 
-def _tooltip(result: CaseResult) -> str:
-    text = (f"{result.case_id}\nverdict {result.verdict} (observed {result.observed}, "
-            f"expected {result.expected or 'any good verdict'})")
-    if result.detail:
-        text += f"\n{result.detail[:400]}"
+def _spec_markup(text: object) -> Markup:
+    """A spec sentence with its Markdown ``code`` spans as <code> (everything else escaped)."""
+    escaped = str(escape(str(text)))
+    return Markup(_BACKTICKS.sub(r"<code>\1</code>", escaped))
+
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True,
+        lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    environment.filters["spec"] = _spec_markup
+    return environment
+
+
+def _harness_text(harness: dict[str, Any]) -> str:
+    text = str(harness.get("version", "unknown"))
+    if harness.get("commit"):
+        text += f", commit {str(harness['commit'])[:12]}"
+        if harness.get("modified"):
+            text += " (with uncommitted changes)"
     return text
 
 
-def _cell(result: CaseResult | None) -> str:
-    if result is None:
-        return '<td class="none"></td>'
-    verdict = _verdict(result)
-    symbol = _e(SYMBOLS[verdict])
-    colour = _COLOURS[verdict]
-    link = f'<a href="#{_e(case_slug(result.case_id))}">{symbol}</a>'
-    return (f'<td class="cell" style="background:{colour}" title="{_e(_tooltip(result))}">'
-            f"{link}</td>")
+def environment_facts(environment: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, value) lines of where the run ran."""
+    facts = []
+    if environment.get("harness"):
+        facts.append(("nbd-harness", _harness_text(environment["harness"])))
+    for key, name in (("host", "host"), ("os", "OS"), ("kernel", "kernel"), ("arch", "arch"),
+                      ("python", "Python"), ("cpus", "CPUs")):
+        if environment.get(key) not in (None, ""):
+            facts.append((name, str(environment[key])))
+    if environment.get("memory_bytes"):
+        facts.append(("memory", f"{environment['memory_bytes'] / 2**30:.1f} GiB"))
+    return facts
 
 
-def _table(client: str, members: Sequence[CaseResult]) -> list[str]:
-    servers = sorted({r.server for r in members})
-    scenarios = sorted({r.scenario for r in members})
-    by_key = {(r.scenario, r.server): r for r in members}
-    out = [f"<h2>client: {_e(client)}</h2>", "<table>", "<tr><th>scenario</th>"]
-    out += [f'<th class="col">{_e(server)}</th>' for server in servers]
-    out.append("</tr>")
-    for scenario in scenarios:
-        out.append(f"<tr><td>{_e(scenario)}</td>")
-        out += [_cell(by_key.get((scenario, server))) for server in servers]
-        out.append("</tr>")
-    out.append("</table>")
-    return out
+def _when(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return str(seconds)
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
-def _details(result: CaseResult) -> list[str]:
-    verdict = _verdict(result)
-    out = [f'<div class="case" id="{_e(case_slug(result.case_id))}" '
-           f'style="border-color:{_COLOURS[verdict]}">',
-           f"<h3>{_e(result.case_id)}: {_e(result.verdict)}</h3>"]
-    if result.description:
-        out.append(f"<p>{_e(result.description)}</p>")
-    out.append("<ul>")
-    out.append(f"<li>expected {_e(result.expected or 'any good verdict')}"
-               + (f" ({_e(result.expectation)})" if result.expectation else "")
-               + f"; observed {_e(result.observed)}</li>")
-    if result.detail:
-        out.append(f"<li>detail: {_e(result.detail)}</li>")
-    if result.spec:
-        out.append(f"<li>spec: {_e('; '.join(result.spec))}</li>")
-    out += [f"<li>finding: {_e(citation(f))}</li>" for f in result.findings]
-    for number, session in enumerate(result.sessions, start=1):
-        options = "; ".join(session.get("options", []))
-        out.append(f"<li>connection {number}: {_e(negotiated_text(session))}"
-                   + (f"; options: <code>{_e(options)}</code>" if options else "") + "</li>")
-    for name, path in sorted(result.evidence.items()):
-        out.append(f'<li>{_e(name)}: <a href="{_e(path)}">{_e(path)}</a></li>')
-    out.append("</ul></div>")
-    return out
+def run_view(number: int, run: dict[str, Any], count: int) -> dict[str, Any]:
+    """One run (or shard) of the result set: what it was and how long it took."""
+    title = f"Shard {run['shard']}" if run.get("shard") else (
+        f"Run {number}" if count > 1 else "Run")
+    facts = []
+    if run.get("host"):
+        facts.append(("host", str(run["host"])))
+    if run.get("started"):
+        facts.append(("started", _when(run["started"])))
+    if "wall_seconds" in run:
+        facts.append(("wall time", f"{float(run['wall_seconds']):.1f} s"))
+    cases = run.get("cases")
+    if cases is not None:
+        finished = run.get("finished")
+        text = str(cases) if finished in (None, cases) else f"{finished} of {cases} finished"
+        facts.append(("cases", text))
+    if run.get("jobs"):
+        facts.append(("workers", str(run["jobs"])))
+    if run.get("interrupted"):
+        facts.append(("interrupted", "yes: the results are incomplete"))
+    command = run.get("command")
+    excluded = [item for item in run.get("excluded") or () if isinstance(item, dict)]
+    return {"title": title, "facts": facts,
+            "command": shlex.join(str(a) for a in command) if command else "",
+            "excluded": [{"scenario": item.get("scenario", ""), "peer": item.get("peer", ""),
+                          "reason": item.get("reason", "")} for item in excluded]}
 
 
-def render_html(results: Sequence[CaseResult], runs: Sequence[dict[str, Any]] = ()) -> str:
-    """The matrix page as HTML text."""
-    summary = summarize(results)
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           "<title>nbd-harness matrix</title>", f"<style>{_STYLE}</style></head><body>",
-           "<h1>nbd-harness matrix</h1>",
-           f"<p>{summary.total} cases: {_e(counts_line(summary))}.</p>"]
-    for run in runs:
-        wall = f", wall time {run['wall_seconds']:.1f} s" if "wall_seconds" in run else ""
-        shard = f" shard {run['shard']}" if run.get("shard") else ""
-        out.append(f"<p>run{_e(shard)}: {_e(run.get('cases', '?'))} cases{_e(wall)}</p>")
-    out.append('<p class="legend">' + "".join(
-        f'<span style="background:{_COLOURS[v]}">{_e(SYMBOLS[v])} {_e(v.value)}</span>'
-        for v in ORDER) + "</p>")
-    by_client: dict[str, list[CaseResult]] = {}
-    for result in results:
-        by_client.setdefault(result.client, []).append(result)
-    for client, members in sorted(by_client.items()):
-        out += _table(client, members)
-    out.append("<h2>Cases</h2>")
-    interesting = [r for r in results if _verdict(r) != Verdict.PASS or r.findings]
-    plain = [r for r in results if r not in interesting]
-    for result in sorted(interesting, key=lambda r: r.case_id) + sorted(
-            plain, key=lambda r: r.case_id):
-        out += _details(result)
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
+class _Site:
+    """Where the pages go and how they link to the results directory's files."""
+
+    def __init__(self, results: RunResults, directory: Path) -> None:
+        self.results = results
+        self.root = Path(results.directory).resolve()
+        self.out = Path(directory).resolve()
+        self.same = self.root == self.out
+
+    def case_dir(self, case_id: str) -> Path:
+        return self.out / CASES_DIR / case_slug(case_id)
+
+    def link(self, relative: str, page_dir: Path) -> str:
+        """A link from a page in ``page_dir`` to ``relative`` (a path in the results dir)."""
+        return relative_link(self.root / relative, page_dir)
+
+    def existing(self, relative: str, page_dir: Path) -> str:
+        """Like :meth:`link`, but "" when the file is not there."""
+        return self.link(relative, page_dir) if (self.root / relative).exists() else ""
 
 
-__all__ = ["render_html"]
+def _write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+def write_html(results: RunResults, directory: Path) -> Path:
+    """Write the HTML report of ``results`` into ``directory``; return its ``index.html``."""
+    site = _Site(results, directory)
+    templates = _templates()
+    site.out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(TEMPLATES / CSS_FILE, site.out / CSS_FILE)
+    entries = {str(entry.get("spec")): entry for entry in results.peers if entry.get("spec")}
+    specs = set(entries) | {r.server for r in results.cases} | {r.client for r in results.cases}
+    ordered_specs = sorted(specs, key=spec_key)
+    generated = results.generated
+
+    peers_dir = site.out / PEERS_DIR
+    peers_dir.mkdir(exist_ok=True)
+    peer_template = templates.get_template("peer.html.j2")
+    peer_rows = []
+    for spec in ordered_specs:
+        entry = entries.get(spec, {"spec": spec})
+        conformance = site.existing(f"{CONFORMANCE_DIR}/{case_slug(spec)}.md", peers_dir)
+        view = peer_view(spec, entry, results.cases, conformance)
+        _write(peers_dir / f"{peer_slug(spec)}.html",
+               peer_template.render(peer=view, legend=legend({}), index=f"../{INDEX_FILE}",
+                                    css=f"../{CSS_FILE}", generated=generated))
+        package = " ".join(str(entry[k]) for k in ("package", "package_version") if entry.get(k))
+        peer_rows.append({"spec": spec, "page": f"{PEERS_DIR}/{peer_slug(spec)}.html",
+                          "package": package, "provider": entry.get("provider") or "",
+                          "roles": ", ".join(entry.get("roles") or ()),
+                          "judged": view.judged,
+                          "problems": sum(1 for _, tested in view.problems if tested),
+                          "conformance": site.existing(
+                              f"{CONFORMANCE_DIR}/{case_slug(spec)}.md", site.out)})
+
+    case_template = templates.get_template("case.html.j2")
+    for result in results.cases:
+        page_dir = site.case_dir(result.case_id)
+        page_dir.mkdir(parents=True, exist_ok=True)
+        view = case_view(result, CaseEvidence(site.root, result), results.runs,
+                         functools.partial(site.link, page_dir=page_dir))
+        _write(page_dir / INDEX_FILE,
+               case_template.render(case=view, index=f"../../{INDEX_FILE}",
+                                    css=f"../../{CSS_FILE}", generated=generated))
+
+    summary = summarize(results.cases)
+    files = [(label, link) for label, relative in REPORT_LINKS
+             if (link := site.existing(relative, site.out))]
+    index = site.out / INDEX_FILE
+    _write(index, templates.get_template("index.html.j2").render(
+        total=summary.total, counts_text=counts_line(summary), ok=summary.ok,
+        legend=legend(summary.counts), overview=overview(results.cases, entries),
+        problems=problem_list(results.cases), tables=client_tables(results.cases, entries),
+        peers=peer_rows, environment=environment_facts(results.environment),
+        runs=[run_view(n, run, len(results.runs)) for n, run in enumerate(results.runs, 1)],
+        files=files, css=CSS_FILE, generated=generated))
+    return index
+
+
+__all__ = ["CSS_FILE", "environment_facts", "write_html"]

@@ -22,6 +22,7 @@ server's own.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -174,7 +175,9 @@ class ClientRun:
 
     def _run_list(self, steps: tuple[Step, ...], phase: str) -> bool:
         for index, step in enumerate(steps):
+            started = time.time()
             result = self._step(index, step, phase)
+            result = dataclasses.replace(result, started=started, ended=time.time())
             self.results.append(result)
             if result.status in ("failed", "error"):
                 return True

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -89,7 +91,9 @@ class ServerRun(OptionSteps, CommandSteps):
     async def _run_list(self, steps: tuple[Step, ...], phase: str) -> bool:
         """Run steps in order; True when the run must stop (failure, error, unsupported)."""
         for index, step in enumerate(steps):
+            started = time.time()
             result = await self._step(index, step, phase)
+            result = dataclasses.replace(result, started=started, ended=time.time())
             self.results.append(result)
             if result.status in ("failed", "error", "unsupported"):
                 return True

@@ -258,6 +258,10 @@ class StepResult:
     expected: Any = None
     got: Any = None
     phase: str = "steps"
+    started: float = 0.0
+    """Wall-clock time (``time.time()``) the step began: it places the step among the
+    captured messages, whose timestamps come from the same clock."""
+    ended: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -267,6 +271,9 @@ class StepResult:
             "status": self.status,
             "phase": self.phase,
         }
+        if self.started:
+            out["started"] = round(self.started, 6)
+            out["ended"] = round(self.ended, 6)
         if self.detail:
             out["detail"] = self.detail
         if self.expected is not None or self.got is not None:
