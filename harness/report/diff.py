@@ -177,6 +177,16 @@ def _change_line(change: CaseChange) -> str:
     return line
 
 
+LISTED = 200
+"""Cases listed per section of the Markdown diff (``--json`` lists every one)."""
+
+
+def _capped(lines: list[str]) -> list[str]:
+    if len(lines) <= LISTED:
+        return lines
+    return [*lines[:LISTED], f"- ... and {len(lines) - LISTED} more (`--json` lists them all)"]
+
+
 def render_diff(diff: RunDiff, after_name: str, before_name: str) -> str:
     """The diff in Markdown (a CI job summary)."""
     out = [f"# nbd-harness: {after_name} compared with {before_name}", ""]
@@ -194,14 +204,15 @@ def render_diff(diff: RunDiff, after_name: str, before_name: str) -> str:
                 ("Changed (still good)", diff.changed))
     for title, changes in sections:
         if changes:
-            out += [f"## {title} ({len(changes)})", "", *map(_change_line, changes), ""]
+            out += [f"## {title} ({len(changes)})", "",
+                    *_capped([_change_line(c) for c in changes]), ""]
     if diff.added:
         out += [f"## New cases ({len(diff.added)})", ""]
-        out += [f"- `{c.case_id}`: {c.verdict}" for c in diff.added]
+        out += _capped([f"- `{c.case_id}`: {c.verdict}" for c in diff.added])
         out.append("")
     if diff.removed:
         out += [f"## Cases gone ({len(diff.removed)})", ""]
-        out += [f"- `{c.case_id}`: was {c.verdict}" for c in diff.removed]
+        out += _capped([f"- `{c.case_id}`: was {c.verdict}" for c in diff.removed])
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
