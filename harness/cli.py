@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "harness.commands.lint",
     "harness.commands.peers",
     "harness.commands.scenarios",
+    "harness.commands.replay",
 ]
 
 
