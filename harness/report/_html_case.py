@@ -158,7 +158,8 @@ def _sessions(result: CaseResult) -> list[SessionView]:
     views = []
     for number, session in enumerate(result.sessions, start=1):
         commands = session.get("commands") or {}
-        counted = ", ".join(f"{name} ×{count}" for name, count in sorted(commands.items()))
+        counted = ", ".join(f"{name} \N{MULTIPLICATION SIGN}{count}"
+                            for name, count in sorted(commands.items()))
         views.append(SessionView(number, negotiated_text(session),
                                  tuple(str(o) for o in session.get("options") or ()),
                                  counted, _text(session.get("end"))))
@@ -177,7 +178,8 @@ def _kept_messages(blocks: list[WireBlock]) -> set[int] | None:
     return kept
 
 
-def _block_view(block: WireBlock, result: CaseResult, step_line: int | None) -> BlockView:
+def _block_view(block: WireBlock, result: CaseResult, step_line: int | None,
+                first_of_step: bool) -> BlockView:
     if block.entry is None:
         return BlockView(block.text)
     notes = []
@@ -186,9 +188,10 @@ def _block_view(block: WireBlock, result: CaseResult, step_line: int | None) -> 
         notes.append((f"#finding-{number}",
                       f"{finding.get('level', '?')} {finding.get('rule', '?')}: "
                       f"{finding.get('message', '')}"))
-    if "step" in block.marks:
+    if first_of_step:
+        # One note where the failed step's messages begin; the colour marks the rest.
         where = f" (scenario line {step_line})" if step_line else ""
-        notes.append(("#steps", f"exchanged by the failed step{where}"))
+        notes.append(("#steps", f"the failed step{where} exchanged these messages"))
     css = " ".join(sorted(block.marks))
     return BlockView(block.text, block.anchor, css, tuple(notes))
 
@@ -200,16 +203,21 @@ def wire_view(blocks: list[WireBlock], result: CaseResult,
     views: list[BlockView] = []
     omitted = 0
     shown = 0
+    in_step = False
     for number, block in enumerate(blocks):
         if kept is not None and block.entry is not None and number not in kept:
             omitted += 1
+            in_step = False
             continue
         if omitted:
             views.append(BlockView("", omitted=omitted))
             omitted = 0
+        first_of_step = False
         if block.entry is not None:
             shown += 1
-        views.append(_block_view(block, result, step_line))
+            first_of_step = "step" in block.marks and not in_step
+            in_step = "step" in block.marks
+        views.append(_block_view(block, result, step_line, first_of_step))
     if omitted:
         views.append(BlockView("", omitted=omitted))
     return views, shown

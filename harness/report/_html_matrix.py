@@ -44,6 +44,11 @@ def verdict_of(result: CaseResult) -> Verdict:
         return Verdict.ERROR
 
 
+def is_good(result: CaseResult) -> bool:
+    """A benign verdict (pass, unsupported, expected-fallback)."""
+    return verdict_of(result).benign
+
+
 def natural_key(text: str) -> tuple[Any, ...]:
     """Sort key that puts ``qemu-2.6`` before ``qemu-2.10``."""
     return tuple(int(part) if part.isdigit() else part for part in _NUMBER.split(text))
@@ -92,8 +97,7 @@ def case_href(result: CaseResult, prefix: str = "") -> str:
 
 def cell_title(result: CaseResult) -> str:
     """A matrix cell's tooltip: verdict and what was expected."""
-    expected = result.expected or "any good verdict"
-    return f"{result.scenario}: {result.verdict} (expected {expected})"
+    return f"{result.verdict}; expected {result.expected or 'any good verdict'}"
 
 
 @dataclass(frozen=True)
@@ -239,7 +243,7 @@ def client_table(client: str, members: Sequence[CaseResult],
     for key in sorted(by_scenario, key=lambda k: (group_key(k[0]), k[1])):
         slots = by_scenario[key]
         cells = tuple(None if r is None else _cell(r) for r in slots)
-        ok = all(r is None or r.ok for r in slots)
+        ok = all(r is None or is_good(r) for r in slots)
         groups.setdefault(key[0], []).append(Row(key[1], descriptions.get(key, ""), cells, ok))
     return ClientTable(
         client=client, anchor=client_anchor(client), page=f"peers/{peer_slug(client)}.html",
@@ -299,7 +303,7 @@ def one_line_reason(result: CaseResult) -> str:
 def problem_list(results: Iterable[CaseResult], prefix: str = "") -> list[Problem]:
     """The failed and errored cases, worst first, then by id."""
     rank = {verdict: number for number, verdict in enumerate(ORDER)}
-    bad = [r for r in results if not r.ok]
+    bad = [r for r in results if not is_good(r)]
     bad.sort(key=lambda r: (rank[verdict_of(r)], r.case_id))
     return [Problem(VERDICT_CLASS[verdict_of(r)], SYMBOLS[verdict_of(r)], r.verdict, r.case_id,
                     case_href(r, prefix), one_line_reason(r)) for r in bad]
@@ -317,6 +321,7 @@ __all__ = [
     "Problem",
     "case_href",
     "client_tables",
+    "is_good",
     "legend",
     "natural_key",
     "one_line_reason",

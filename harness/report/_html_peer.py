@@ -16,7 +16,15 @@ from typing import Any
 from harness.matrix.results import CaseResult
 from harness.matrix.verdict import ORDER, SYMBOLS
 
-from ._html_matrix import VERDICT_CLASS, Problem, case_href, group_key, one_line_reason, verdict_of
+from ._html_matrix import (
+    VERDICT_CLASS,
+    Problem,
+    case_href,
+    group_key,
+    is_good,
+    one_line_reason,
+    verdict_of,
+)
 from .evidence import findings_of_peer, peer_under_test
 
 CASES_PER_RULE = 5
@@ -49,6 +57,7 @@ class PeerView:
     spec: str
     entry: dict[str, Any]
     facts: list[tuple[str, str]]
+    quirks: list[str]
     roles: list[CountRow]
     groups: list[CountRow]
     groups_judge: bool
@@ -118,7 +127,7 @@ def peer_view(spec: str, entry: dict[str, Any], cases: Sequence[CaseResult],
         members = [r for r in taking_part if getattr(r, role) == spec]
         if members:
             tested = sum(1 for r in members if peer_under_test(r) == spec)
-            note = (f"{tested} test it" if tested else "none tests it: it is the other side")
+            note = str(tested) if tested else "0 (it is the other side)"
             roles.append(_counts(f"as {role}", note, members))
     basis = judged or taking_part
     by_group: dict[str, list[CaseResult]] = {}
@@ -127,12 +136,13 @@ def peer_view(spec: str, entry: dict[str, Any], cases: Sequence[CaseResult],
     groups = [_counts(group or "(no group)", "", by_group[group])
               for group in sorted(by_group, key=group_key)]
     rank = {verdict: number for number, verdict in enumerate(ORDER)}
-    bad = sorted((r for r in taking_part if not r.ok),
+    bad = sorted((r for r in taking_part if not is_good(r)),
                  key=lambda r: (rank[verdict_of(r)], r.case_id))
     problems = [(Problem(VERDICT_CLASS[verdict_of(r)], SYMBOLS[verdict_of(r)], r.verdict,
                          r.case_id, case_href(r, "../"), one_line_reason(r)),
                  peer_under_test(r) == spec) for r in bad]
-    return PeerView(spec=spec, entry=entry, facts=_facts(spec, entry), roles=roles,
+    return PeerView(spec=spec, entry=entry, facts=_facts(spec, entry),
+                    quirks=[str(q) for q in entry.get("quirks") or ()], roles=roles,
                     groups=groups, groups_judge=bool(judged), rules=_broken_rules(judged),
                     problems=problems, judged=len(judged), conformance=conformance)
 

@@ -26,6 +26,7 @@ import re
 import shlex
 import shutil
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,8 @@ REPORT_LINKS = ((RESULTS_JSON, RESULTS_JSON), ("junit.xml", "junit.xml"),
                 ("summary.md", "summary.md"), (f"{CONFORMANCE_DIR}/", CONFORMANCE_DIR))
 """(label, path in the result directory) of the other reports the index links to."""
 
+_SAFE = "/@+=,"
+"""Characters left as they are in links to evidence (besides letters, digits and ``_.-~``)."""
 _BACKTICKS = re.compile(r"`([^`]+)`")
 
 
@@ -146,7 +149,8 @@ class _Site:
 
     def link(self, relative: str, page_dir: Path) -> str:
         """A link from a page in ``page_dir`` to ``relative`` (a path in the results dir)."""
-        return relative_link(self.root / relative, page_dir)
+        # Quoted: a '#', '?' or '%' in a file name must not end the path part of the URL.
+        return urllib.parse.quote(relative_link(self.root / relative, page_dir), safe=_SAFE)
 
     def existing(self, relative: str, page_dir: Path) -> str:
         """Like :meth:`link`, but "" when the file is not there."""
@@ -157,56 +161,63 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
+def _write_peers(site: _Site, specs: list[str], entries: dict[str, dict[str, Any]],
+                 generated: str) -> list[dict[str, Any]]:
+    """Write a page per peer; return the index's row of each."""
+    peers_dir = site.out / PEERS_DIR
+    peers_dir.mkdir(exist_ok=True)
+    template = _templates().get_template("peer.html.j2")
+    rows = []
+    for spec in specs:
+        entry = entries.get(spec, {"spec": spec})
+        report = f"{CONFORMANCE_DIR}/{case_slug(spec)}.md"
+        view = peer_view(spec, entry, site.results.cases, site.existing(report, peers_dir))
+        _write(peers_dir / f"{peer_slug(spec)}.html",
+               template.render(peer=view, legend=legend({}), index=f"../{INDEX_FILE}",
+                               css=f"../{CSS_FILE}", generated=generated))
+        package = " ".join(str(entry[k]) for k in ("package", "package_version") if entry.get(k))
+        rows.append({"spec": spec, "page": f"{PEERS_DIR}/{peer_slug(spec)}.html",
+                     "package": package, "provider": entry.get("provider") or "",
+                     "roles": ", ".join(entry.get("roles") or ()), "judged": view.judged,
+                     "problems": sum(1 for _, tested in view.problems if tested),
+                     "conformance": site.existing(report, site.out)})
+    return rows
+
+
+def _write_cases(site: _Site, generated: str) -> None:
+    """Write a page per case (the costly part: each reads its wire log)."""
+    template = _templates().get_template("case.html.j2")
+    for result in site.results.cases:
+        page_dir = site.case_dir(result.case_id)
+        page_dir.mkdir(parents=True, exist_ok=True)
+        view = case_view(result, CaseEvidence(site.root, result), site.results.runs,
+                         functools.partial(site.link, page_dir=page_dir))
+        _write(page_dir / INDEX_FILE,
+               template.render(case=view, index=f"../../{INDEX_FILE}",
+                               css=f"../../{CSS_FILE}", generated=generated))
+
+
 def write_html(results: RunResults, directory: Path) -> Path:
     """Write the HTML report of ``results`` into ``directory``; return its ``index.html``."""
     site = _Site(results, directory)
-    templates = _templates()
     site.out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(TEMPLATES / CSS_FILE, site.out / CSS_FILE)
+    generated = results.generated or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     entries = {str(entry.get("spec")): entry for entry in results.peers if entry.get("spec")}
     specs = set(entries) | {r.server for r in results.cases} | {r.client for r in results.cases}
-    ordered_specs = sorted(specs, key=spec_key)
-    generated = results.generated
-
-    peers_dir = site.out / PEERS_DIR
-    peers_dir.mkdir(exist_ok=True)
-    peer_template = templates.get_template("peer.html.j2")
-    peer_rows = []
-    for spec in ordered_specs:
-        entry = entries.get(spec, {"spec": spec})
-        conformance = site.existing(f"{CONFORMANCE_DIR}/{case_slug(spec)}.md", peers_dir)
-        view = peer_view(spec, entry, results.cases, conformance)
-        _write(peers_dir / f"{peer_slug(spec)}.html",
-               peer_template.render(peer=view, legend=legend({}), index=f"../{INDEX_FILE}",
-                                    css=f"../{CSS_FILE}", generated=generated))
-        package = " ".join(str(entry[k]) for k in ("package", "package_version") if entry.get(k))
-        peer_rows.append({"spec": spec, "page": f"{PEERS_DIR}/{peer_slug(spec)}.html",
-                          "package": package, "provider": entry.get("provider") or "",
-                          "roles": ", ".join(entry.get("roles") or ()),
-                          "judged": view.judged,
-                          "problems": sum(1 for _, tested in view.problems if tested),
-                          "conformance": site.existing(
-                              f"{CONFORMANCE_DIR}/{case_slug(spec)}.md", site.out)})
-
-    case_template = templates.get_template("case.html.j2")
-    for result in results.cases:
-        page_dir = site.case_dir(result.case_id)
-        page_dir.mkdir(parents=True, exist_ok=True)
-        view = case_view(result, CaseEvidence(site.root, result), results.runs,
-                         functools.partial(site.link, page_dir=page_dir))
-        _write(page_dir / INDEX_FILE,
-               case_template.render(case=view, index=f"../../{INDEX_FILE}",
-                                    css=f"../../{CSS_FILE}", generated=generated))
+    peer_rows = _write_peers(site, sorted(specs, key=spec_key), entries, generated)
+    _write_cases(site, generated)
 
     summary = summarize(results.cases)
+    problems = problem_list(results.cases)
     files = [(label, link) for label, relative in REPORT_LINKS
              if (link := site.existing(relative, site.out))]
     index = site.out / INDEX_FILE
-    _write(index, templates.get_template("index.html.j2").render(
-        total=summary.total, counts_text=counts_line(summary), ok=summary.ok,
+    _write(index, _templates().get_template("index.html.j2").render(
+        total=summary.total, counts_text=counts_line(summary), ok=not problems,
         legend=legend(summary.counts), overview=overview(results.cases, entries),
-        problems=problem_list(results.cases), tables=client_tables(results.cases, entries),
-        peers=peer_rows, environment=environment_facts(results.environment),
+        problems=problems, tables=client_tables(results.cases, entries), peers=peer_rows,
+        environment=environment_facts(results.environment),
         runs=[run_view(n, run, len(results.runs)) for n, run in enumerate(results.runs, 1)],
         files=files, css=CSS_FILE, generated=generated))
     return index
