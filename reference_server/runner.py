@@ -8,31 +8,22 @@ always joined.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-from concurrent.futures import Future
 
 from harness.address import Address
+from harness.loopthread import START_TIMEOUT, STOP_TIMEOUT, ServerLoopThread
 
 from .config import ServerConfig
 from .features import FULL, ServerFeatures
 from .server import ReferenceServer
 
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
 
-
-class ServerThread:
+class ServerThread(ServerLoopThread):
     """A reference server serving from a daemon thread until :meth:`stop`."""
 
     def __init__(self, config: ServerConfig, features: ServerFeatures = FULL) -> None:
         self.server = ReferenceServer(config, features)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="nbd-reference-server",
-                                        daemon=True)
-        self._started: Future[None] = Future()
-        self._stop_event: asyncio.Event | None = None
+        super().__init__(self.server, "nbd-reference-server")
 
     @property
     def address(self) -> Address:
@@ -52,39 +43,5 @@ class ServerThread:
                                f"within {timeout:g} s")
         return list(self.server.records)
 
-    def start(self) -> ServerThread:
-        self._thread.start()
-        self._started.result(timeout=START_TIMEOUT)  # re-raises a start failure here
-        return self
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._main())
-        finally:
-            self._loop.close()
-
-    async def _main(self) -> None:
-        self._stop_event = asyncio.Event()
-        try:
-            await self.server.start()
-        except BaseException as exc:
-            self._started.set_exception(exc)
-            return
-        self._started.set_result(None)
-        try:
-            await self._stop_event.wait()
-        finally:
-            await self.server.stop()
-
-    def stop(self) -> None:
-        if self._thread.is_alive() and self._stop_event is not None:
-            self._loop.call_soon_threadsafe(self._stop_event.set)
-        if self._thread.ident is not None:
-            self._thread.join(STOP_TIMEOUT)
-
-    def __enter__(self) -> ServerThread:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+__all__ = ["START_TIMEOUT", "STOP_TIMEOUT", "ServerThread"]

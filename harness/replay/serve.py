@@ -25,12 +25,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from harness.address import Address, AddressError, parse_address
 from harness.client.uri import NbdUri
+from harness.loopthread import ServerLoopThread
 
 from ._load import Selection, unreplayable
 from ._serve_honest import honest_server
@@ -41,8 +41,6 @@ from .model import ReplayError, ReplayReport
 
 DEFAULT_LISTEN = "127.0.0.1:0"
 DEFAULT_TIMEOUT = 30.0
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
 LOOPBACK = "127.0.0.1"
 
 ReportCallback = Callable[[ReplayReport], None]
@@ -183,7 +181,7 @@ def _prepare(selection: Selection, export_name: str | None) -> list[Played]:
     return played
 
 
-class ReplayServerThread:
+class ReplayServerThread(ServerLoopThread):
     """A :class:`ReplayServer` on its own event loop in a background thread.
 
     ``with ReplayServerThread(selection) as server:`` connect a client to
@@ -197,10 +195,7 @@ class ReplayServerThread:
         address = listen if isinstance(listen, Address) else parse_listen(listen)
         self.server = ReplayServer(selection, listen=address, timeout=timeout,
                                    export_name=export_name, once=once, on_report=on_report)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="nbd-replay-server", daemon=True)
-        self._started: Future[None] = Future()
-        self._stop_event: asyncio.Event | None = None
+        super().__init__(self.server, "nbd-replay-server")
         self._done = threading.Event()
 
     @property
@@ -210,11 +205,6 @@ class ReplayServerThread:
     @property
     def uri(self) -> str:
         return self.server.uri
-
-    @property
-    def running(self) -> bool:
-        """True from :meth:`start` until the server has stopped."""
-        return self._thread.is_alive()
 
     def reports(self) -> list[ReplayReport]:
         """Reports of the connections finished so far, in the order they ended."""
@@ -234,52 +224,11 @@ class ReplayServerThread:
         """With ``once``: True once every selected session has been served."""
         return self._done.wait(timeout)
 
-    def start(self) -> ReplayServerThread:
-        self._thread.start()
-        try:
-            self._started.result(timeout=START_TIMEOUT)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._main())
-        finally:
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-            self._loop.close()
-
-    async def _main(self) -> None:
-        self._stop_event = asyncio.Event()
-        try:
-            await self.server.start()
-        except BaseException as exc:
-            self._started.set_exception(exc)
-            return
-        self._started.set_result(None)
+    def _serving(self) -> asyncio.Future[Any] | None:
         assert self.server.done is not None
         done = asyncio.ensure_future(self.server.done.wait())
         done.add_done_callback(lambda _: self._done.set())
-        try:
-            await self._stop_event.wait()
-        finally:
-            done.cancel()
-            await self.server.stop()
-
-    def stop(self) -> None:
-        """End every connection, stop listening and join the thread (idempotent)."""
-        if self._thread.is_alive() and self._stop_event is not None:
-            self._loop.call_soon_threadsafe(self._stop_event.set)
-        if self._thread.ident is not None:
-            self._thread.join(STOP_TIMEOUT)
-
-    def __enter__(self) -> ReplayServerThread:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        return done
 
 
 def serve_replay(selection: Selection, *, listen: str | Address = DEFAULT_LISTEN,
