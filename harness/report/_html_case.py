@@ -17,7 +17,13 @@ from harness.matrix.verdict import SYMBOLS
 
 from ._html_matrix import VERDICT_CLASS, peer_slug, verdict_of
 from ._summary import negotiated_text
-from .evidence import CaseEvidence, WireBlock, peer_under_test, reproduce_command
+from .evidence import (
+    CaseEvidence,
+    WireBlock,
+    peer_under_test,
+    replay_command,
+    reproduce_command,
+)
 
 WIRE_MESSAGE_LIMIT = 1500
 """A wire log with more messages than this is shown in part: its start and end, and every
@@ -112,6 +118,8 @@ class CaseView:
     evidence: list[tuple[str, str, str]]
     """(label, file name, link)."""
     reproduce: str
+    replay: str | None
+    """``nbd-harness replay`` of the capture against another build (None: not replayable)."""
     pages: dict[str, str] = field(default_factory=dict)
     """Links: ``index``, ``server``, ``client``, ``css``."""
 
@@ -280,6 +288,7 @@ def case_view(result: CaseResult, evidence: CaseEvidence, runs: list[dict[str, A
         sessions=_sessions(result), blocks=wire,
         wire_messages=sum(1 for b in blocks if b.entry is not None), wire_shown=shown,
         evidence=files, reproduce=reproduce_command(result, runs),
+        replay=replay_command(result, evidence.root),
         pages={"server": f"../../peers/{peer_slug(result.server)}.html",
                "client": f"../../peers/{peer_slug(result.client)}.html"})
 

@@ -26,6 +26,7 @@ from .evidence import (
     findings_of_peer,
     peer_under_test,
     relative_link,
+    replay_command,
     reproduce_command,
 )
 from .store import RunResults
@@ -163,6 +164,11 @@ def _problem_section(number: int, problem: Problem, results: RunResults, spec: s
                 *_fence(scenario_text.rstrip("\n").split("\n"), "yaml"), "", "</details>"]
     out += ["", "**Reproduce** with nbd-harness:", "",
             *_fence([reproduce_command(case, results.runs)], "sh"), ""]
+    replay = replay_command(case, results.directory)
+    if replay:
+        out += ["or replay the recorded session against another build "
+                + ("of the server:" if case.role == "server" else "of the client:"), "",
+                *_fence([replay], "sh"), ""]
     if finding is not None:
         quoted = evidence.quote_finding(finding, blocks)
         target = next((b for b in quoted if "finding" in b.marks

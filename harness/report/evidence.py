@@ -200,6 +200,19 @@ def reproduce_command(result: CaseResult, runs: list[dict[str, Any]] | None = No
                        "--client", result.client])
 
 
+def replay_command(result: CaseResult, root: Path) -> str | None:
+    """The command that replays the case's capture against another build of the peer under
+    test (None when there is no capture, or its sessions switched to TLS)."""
+    relative = result.evidence.get("capture")
+    if not relative or any(session.get("tls") for session in result.sessions):
+        return None
+    capture = str((Path(root) / relative).resolve())
+    if result.role == "server":
+        return shlex.join(["nbd-harness", "replay", capture, "--against",
+                           "nbd://127.0.0.1:PORT/EXPORT"])
+    return shlex.join(["nbd-harness", "replay", capture, "--serve", "--once"])
+
+
 def relative_link(target: Path, page_dir: Path) -> str:
     """A relative URL from a page in ``page_dir`` to ``target`` (both on this machine)."""
     return os.path.relpath(target, page_dir).replace(os.sep, "/")
@@ -225,5 +238,6 @@ __all__ = [
     "peer_under_test",
     "read_text",
     "relative_link",
+    "replay_command",
     "reproduce_command",
 ]
