@@ -109,6 +109,8 @@ def test_conformance_report_is_ready_to_file(run_dir: Path) -> None:
     assert ("nbd-harness run negative/write-read-only-eperm --server qemu-nbd@7.2 --client "
             "reference-client") in text
     assert ">> frame" in text and ">>     error: 22 (NBD_EINVAL)" in text
+    assert (f"nbd-harness replay {run_dir.resolve()}/cases/write-read-only-eperm_qemu-nbd@7.2-vs-"
+            "reference-client_/capture.pcapng --against nbd://127.0.0.1:PORT/EXPORT") in text
     capture = run_dir / "cases" / "write-read-only-eperm_qemu-nbd@7.2-vs-reference-client_" \
         / "capture.pcapng"
     assert f"(../cases/{capture.parent.name}/capture.pcapng)" in text and capture.is_file()
