@@ -100,9 +100,12 @@ def requests(draw):
     flags = draw(u16)
     payload = b""
     if extended:
-        if flags & c.CmdFlag.PAYLOAD_LEN:
+        # A write's data follows it even without NBD_CMD_FLAG_PAYLOAD_LEN (qemu's clients omit
+        # the flag and the codec reads the data anyway to stay in sync).
+        carries = flags & c.CmdFlag.PAYLOAD_LEN or cmd == c.Cmd.WRITE
+        if carries:
             payload = draw(small)
-        length = len(payload) if payload or flags & c.CmdFlag.PAYLOAD_LEN else draw(u64)
+        length = len(payload) if carries else draw(u64)
     elif cmd == c.Cmd.WRITE:
         payload = draw(small)
         length = len(payload)
