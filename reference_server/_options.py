@@ -234,7 +234,8 @@ def _info_or_go(ctx: OptionContext, opt: int, payload: InfoRequestPayload) -> Op
     replies.append(option_reply(opt, c.Rep.INFO, InfoExport(size, flags)))
     if c.Info.NAME in requested:
         replies.append(option_reply(opt, c.Rep.INFO, InfoName(export.name)))
-    if c.Info.DESCRIPTION in requested and export.description:
+    unasked = "description-unasked" in ctx.features.quirks
+    if (c.Info.DESCRIPTION in requested or unasked) and export.description:
         replies.append(option_reply(opt, c.Rep.INFO, InfoDescription(export.description)))
     if send_block:
         replies.append(option_reply(opt, c.Rep.INFO, block_info))

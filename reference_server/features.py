@@ -84,6 +84,8 @@ KNOWN_QUIRKS = {
     "read-only-hides-fua": "no SEND_FUA on read-only exports (nbdkit)",
     "info-block-status-payload": "NBD_OPT_INFO advertises BLOCK_STATUS_PAYLOAD once extended "
     "headers are on, before any SET_META_CONTEXT (qemu)",
+    "description-unasked": "sends NBD_INFO_DESCRIPTION whenever the export has a description, "
+    "asked for or not (qemu)",
 }
 
 FULL = ServerFeatures()

@@ -112,6 +112,7 @@ QUIRK_EFFECTS: dict[str, QuirkEffect] = {
     "read-only-hides-write-flags": QuirkEffect(quirk="read-only-hides-write-flags"),
     "read-only-hides-fua": QuirkEffect(quirk="read-only-hides-fua"),
     "info-block-status-payload": QuirkEffect(quirk="info-block-status-payload"),
+    "description-unasked": QuirkEffect(quirk="description-unasked"),
     "memory-plugin-no-block-size": QuirkEffect(switches_off=_on("info_block_size")),
     "no-multi-conn-writable": QuirkEffect(note="already expressed by the multi-conn claims"),
     "multi-conn-needs-shared": QuirkEffect(

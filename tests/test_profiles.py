@@ -22,6 +22,7 @@ from harness.protocol.codec import decode_reply_payload, option
 from harness.protocol.messages import (
     ClientFlags,
     EmptyPayload,
+    InfoDescription,
     InfoExport,
     InfoRequestPayload,
     NewstyleGreeting,
@@ -172,9 +173,11 @@ def test_profiles_follow_the_data():
     assert profile("nbdkit-1.42").info_block_size
     assert profile("nbd-server-3.24").quirks == {"info-size-zero", "abort-without-ack"}
     assert profile("nbd-server-3.21").quirks == {"info-size-zero", "abort-without-ack"}
-    assert profile("qemu-5.2").quirks == {"read-only-hides-write-flags"}
-    assert profile("qemu-8.2").quirks == {"read-only-hides-write-flags",
+    assert profile("qemu-5.2").quirks == {"read-only-hides-write-flags", "description-unasked"}
+    assert profile("qemu-8.2").quirks == {"read-only-hides-write-flags", "description-unasked",
                                           "info-block-status-payload"}
+    assert "description-unasked" in profile("qemu-2.10").quirks
+    assert not profile("nbdkit-1.48").quirks & {"description-unasked"}
 
 
 def test_profile_docs_are_up_to_date():
@@ -438,3 +441,31 @@ def test_qemu_advertises_block_status_payload_on_info_before_contexts():
     with reference([{"name": "disk", "size": "1M"}], FULL) as port:
         info, go = info_and_go_flags(port)
     assert not info & bsp and not go & bsp
+
+
+def descriptions_unasked(port: int) -> list[str]:
+    """The NBD_INFO_DESCRIPTION replies to NBD_OPT_INFO and NBD_OPT_GO asking for no
+    information at all."""
+    found = []
+    with raw_connect(port) as client:
+        for opt in (c.Opt.INFO, c.Opt.GO):
+            replies = ask(client, opt, InfoRequestPayload("disk", ()))
+            infos = [decode_reply_payload(r.reply_type, r.data) for r in replies
+                     if r.reply_type == c.Rep.INFO]
+            found += [i.description for i in infos if isinstance(i, InfoDescription)]
+    return found
+
+
+@pytest.mark.peers
+def test_qemu_sends_the_description_unasked_and_so_does_its_profile(tmp_path, require_programs):
+    require_programs("qemu-nbd", "qemu-img")
+    require_version("qemu-nbd", ["qemu-nbd", "--version"], "7.2")
+    image = tmp_path / "disk.qcow2"
+    run_command(["qemu-img", "create", "-f", "qcow2", str(image), "1M"], timeout=30, check=True)
+    with managed(start_qemu_nbd(tmp_path, image, "-D", "a described disk")) as port:
+        assert descriptions_unasked(port) == ["a described disk"] * 2
+    export = {"name": "disk", "size": "1M", "description": "a described disk"}
+    with reference([export], profile("qemu-7.2")) as port:
+        assert descriptions_unasked(port) == ["a described disk"] * 2
+    with reference([export], FULL) as port:  # the reference server answers what is asked
+        assert descriptions_unasked(port) == []
