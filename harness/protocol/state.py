@@ -47,6 +47,13 @@ class Violation:
     errno: int = c.Errno.EINVAL
 
 
+def reply_form(structured_replies: bool, extended_headers: bool) -> str:
+    """``simple``, ``structured`` or ``extended``: the replies a negotiation uses."""
+    if extended_headers:
+        return "extended"
+    return "structured" if structured_replies else "simple"
+
+
 @dataclass
 class Negotiated:
     """Everything the handshake settled."""
@@ -71,6 +78,11 @@ class Negotiated:
     @property
     def no_zeroes(self) -> bool:
         return bool(self.client_flags & c.ClientFlag.C_NO_ZEROES)
+
+    @property
+    def reply_form(self) -> str:
+        """The replies this negotiation uses: see :func:`reply_form`."""
+        return reply_form(self.structured_replies, self.extended_headers)
 
     @property
     def fixed_newstyle(self) -> bool:

@@ -40,6 +40,7 @@ from harness.protocol.messages import (
     OptionRequest,
     Request,
 )
+from harness.protocol.state import reply_form
 
 TF = c.TransmissionFlag
 _MAX_COMPACT_LENGTH = 0xFFFFFFFF
@@ -57,15 +58,7 @@ class RecordedState:
 
     @property
     def reply_form(self) -> str:
-        if self.extended_headers:
-            return "extended"
-        return "structured" if self.structured_replies else "simple"
-
-
-def live_reply_form(live: Negotiated) -> str:
-    if live.extended_headers:
-        return "extended"
-    return "structured" if live.structured_replies else "simple"
+        return reply_form(self.structured_replies, self.extended_headers)
 
 
 def recorded_option(message: WireMessage) -> OptionRequest:
@@ -147,7 +140,7 @@ def adapt_request(request: Request, recorded: RecordedState, live: Negotiated) -
             return _skip(f"it sets {c.spec_name(c.CmdFlag(flag))}, and the live server does not "
                          f"offer {c.spec_name(needed)}", "Transmission flags", "Command flags")
     if (request.flags & c.CmdFlag.DF and recorded.reply_form != "simple"
-            and live_reply_form(live) == "simple"):
+            and live.reply_form == "simple"):
         return _skip("it sets NBD_CMD_FLAG_DF, which needs structured replies; the live "
                      "negotiation has none", "Command flags", "Option types")
     notes: list[str] = []
@@ -223,7 +216,6 @@ __all__ = [
     "RecordedState",
     "RequestPlan",
     "adapt_request",
-    "live_reply_form",
     "option_export_name",
     "recorded_option",
     "recorded_request",

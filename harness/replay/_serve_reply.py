@@ -136,13 +136,6 @@ def export_name_reply(recorded: ExportNameReply, neg: Negotiated) -> Adapted:
 # --- transmission ---------------------------------------------------------------------------
 
 
-def reply_form(neg: Negotiated) -> str:
-    """``simple``, ``structured`` or ``extended``: the replies the live negotiation uses."""
-    if neg.extended_headers:
-        return "extended"
-    return "structured" if neg.structured_replies else "simple"
-
-
 def recorded_form(recorded: RecordedRequest) -> str:
     for reply in recorded.replies:
         if isinstance(reply, ReplyChunk):
@@ -178,11 +171,12 @@ def request_replies(recorded: RecordedRequest, live: Request, neg: Negotiated,
                     image: ReplayImage, recorded_negotiation: str) -> Adapted:
     """The recorded replies to ``recorded``, made into replies to ``live`` (module doc).
 
-    ``recorded_negotiation`` is the :func:`reply_form` the recorded session negotiated.
+    ``recorded_negotiation`` is the reply form the recorded session negotiated
+    (:func:`harness.protocol.state.reply_form`).
     """
     out = Adapted()
     payloads = recorded_payloads(recorded)
-    now = reply_form(neg)
+    now = neg.reply_form
     if recorded_negotiation != now:
         out.notes.append(f"the recorded session negotiated {recorded_negotiation} replies, the "
                          f"live client {now} replies: recorded replies are re-encoded so")
@@ -323,6 +317,5 @@ __all__ = [
     "option_replies",
     "recorded_form",
     "recorded_payloads",
-    "reply_form",
     "request_replies",
 ]

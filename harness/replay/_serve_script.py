@@ -44,6 +44,7 @@ from harness.protocol.messages import (
     Request,
     SimpleReply,
 )
+from harness.protocol.state import reply_form
 
 Reply = SimpleReply | ReplyChunk
 
@@ -163,9 +164,7 @@ class Script:
     def reply_form(self) -> str:
         """``simple``, ``structured`` or ``extended``: the replies the session negotiated."""
         state = self.session.state
-        if state.extended_headers:
-            return "extended"
-        return "structured" if state.structured_replies else "simple"
+        return reply_form(state.structured_replies, state.extended_headers)
 
     @functools.cached_property
     def last_server_step(self) -> int:

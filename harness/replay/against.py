@@ -55,7 +55,6 @@ from harness.protocol.messages import (
 from ._against_adapt import (
     RecordedState,
     adapt_request,
-    live_reply_form,
     option_export_name,
     recorded_option,
     recorded_request,
@@ -279,7 +278,7 @@ class _SessionReplay:
             return ("the live server is not fixed-newstyle: NBD_OPT_EXPORT_NAME is the only "
                     "option it knows", ("Newstyle negotiation", "Fixed newstyle negotiation"))
         if (opt in _META_OPTIONS and self.recorded.reply_form != "simple"
-                and live_reply_form(live) == "simple"):
+                and live.reply_form == "simple"):
             return ("it needs structured replies or extended headers, which the live "
                     "negotiation lacks", ("Option types", "Metadata querying"))
         return "", ()
@@ -531,7 +530,7 @@ class _SessionReplay:
         self.report.replayed += 1
         if sent.type == c.Cmd.DISC:
             return
-        live_form = live_reply_form(live)
+        live_form = live.reply_form
         if live_form != self.recorded.reply_form:
             self.note(f"replies are compared by meaning, not form: the live negotiation has "
                       f"{_FORM_NAMES[live_form]}, the recorded one "
