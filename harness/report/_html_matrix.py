@@ -18,7 +18,7 @@ from harness.matrix.results import CaseResult, case_slug
 from harness.matrix.verdict import ORDER, SYMBOLS, Verdict, worst
 from harness.scenarios.loader import GROUPS
 
-from ._summary import citation
+from ._summary import citation, problems, verdict_of
 from .evidence import findings_of_peer
 
 VERDICT_CLASS = {
@@ -34,14 +34,6 @@ REASON_LIMIT = 240
 """Characters of a failure's one-line reason on the index."""
 
 _NUMBER = re.compile(r"(\d+)")
-
-
-def verdict_of(result: CaseResult) -> Verdict:
-    """The case's verdict (``error`` when the stored one is not a verdict at all)."""
-    try:
-        return result.final
-    except ValueError:
-        return Verdict.ERROR
 
 
 def is_good(result: CaseResult) -> bool:
@@ -302,11 +294,8 @@ def one_line_reason(result: CaseResult) -> str:
 
 def problem_list(results: Iterable[CaseResult], prefix: str = "") -> list[Problem]:
     """The failed and errored cases, worst first, then by id."""
-    rank = {verdict: number for number, verdict in enumerate(ORDER)}
-    bad = [r for r in results if not is_good(r)]
-    bad.sort(key=lambda r: (rank[verdict_of(r)], r.case_id))
     return [Problem(VERDICT_CLASS[verdict_of(r)], SYMBOLS[verdict_of(r)], r.verdict, r.case_id,
-                    case_href(r, prefix), one_line_reason(r)) for r in bad]
+                    case_href(r, prefix), one_line_reason(r)) for r in problems(results)]
 
 
 def legend(counts: dict[str, int]) -> list[tuple[str, str, str, int]]:

@@ -21,11 +21,10 @@ from ._html_matrix import (
     Problem,
     case_href,
     group_key,
-    is_good,
     one_line_reason,
-    verdict_of,
 )
-from .evidence import findings_of_peer, peer_under_test
+from ._summary import problems, verdict_of
+from .evidence import peer_under_test, rule_breaches
 
 CASES_PER_RULE = 5
 """Cases linked from each broken rule (the count says how many there are)."""
@@ -99,22 +98,13 @@ def _facts(spec: str, entry: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _broken_rules(judged: Sequence[CaseResult]) -> list[BrokenRule]:
-    by_rule: dict[tuple[str, str, str, str], list[CaseResult]] = {}
-    for result in judged:
-        seen = set()
-        for finding in findings_of_peer(result):
-            key = (str(finding.get("level", "?")), str(finding.get("rule", "?")),
-                   str(finding.get("section", "")), str(finding.get("sentence", "")))
-            if key not in seen:
-                seen.add(key)
-                by_rule.setdefault(key, []).append(result)
     mandatory = ("MUST", "MUST NOT")
-    ordered = sorted(by_rule.items(),
-                     key=lambda item: (item[0][0] not in mandatory, -len(item[1]), item[0][1]))
-    return [BrokenRule(level, rule, section, sentence, len(cases),
+    ordered = sorted(rule_breaches(judged),
+                     key=lambda b: (b.level not in mandatory, -len(b.cases), b.rule))
+    return [BrokenRule(b.level, b.rule, b.section, b.sentence, len(b.cases),
                        tuple((r.case_id, case_href(r, "../"))
-                             for r in cases[:CASES_PER_RULE]))
-            for (level, rule, section, sentence), cases in ordered]
+                             for r in b.cases[:CASES_PER_RULE]))
+            for b in ordered]
 
 
 def peer_view(spec: str, entry: dict[str, Any], cases: Sequence[CaseResult],
@@ -135,16 +125,14 @@ def peer_view(spec: str, entry: dict[str, Any], cases: Sequence[CaseResult],
         by_group.setdefault(result.group, []).append(result)
     groups = [_counts(group or "(no group)", "", by_group[group])
               for group in sorted(by_group, key=group_key)]
-    rank = {verdict: number for number, verdict in enumerate(ORDER)}
-    bad = sorted((r for r in taking_part if not is_good(r)),
-                 key=lambda r: (rank[verdict_of(r)], r.case_id))
-    problems = [(Problem(VERDICT_CLASS[verdict_of(r)], SYMBOLS[verdict_of(r)], r.verdict,
+    bad = problems(taking_part)
+    found = [(Problem(VERDICT_CLASS[verdict_of(r)], SYMBOLS[verdict_of(r)], r.verdict,
                          r.case_id, case_href(r, "../"), one_line_reason(r)),
                  peer_under_test(r) == spec) for r in bad]
     return PeerView(spec=spec, entry=entry, facts=_facts(spec, entry),
                     quirks=[str(q) for q in entry.get("quirks") or ()], roles=roles,
                     groups=groups, groups_judge=bool(judged), rules=_broken_rules(judged),
-                    problems=problems, judged=len(judged), conformance=conformance)
+                    problems=found, judged=len(judged), conformance=conformance)
 
 
 __all__ = ["BrokenRule", "CountRow", "PeerView", "peer_view"]

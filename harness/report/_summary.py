@@ -56,11 +56,19 @@ def counts_line(summary: Summary) -> str:
     return ", ".join(parts) if parts else "no cases"
 
 
+def verdict_of(result: CaseResult) -> Verdict:
+    """The case's verdict (``error`` when the stored one is not a verdict at all)."""
+    try:
+        return result.final
+    except ValueError:
+        return Verdict.ERROR
+
+
 def problems(results: Iterable[CaseResult]) -> list[CaseResult]:
     """The cases that failed or errored, worst first, then by id."""
-    rank = {verdict.value: index for index, verdict in enumerate(ORDER)}
-    bad = [r for r in results if not r.ok]
-    return sorted(bad, key=lambda r: (rank.get(r.verdict, 0), r.case_id))
+    rank = {verdict: index for index, verdict in enumerate(ORDER)}
+    bad = [r for r in results if not verdict_of(r).benign]
+    return sorted(bad, key=lambda r: (rank[verdict_of(r)], r.case_id))
 
 
 def citation(finding: dict[str, Any]) -> str:
@@ -100,4 +108,5 @@ __all__ = [
     "pair_label",
     "problems",
     "summarize",
+    "verdict_of",
 ]

@@ -28,6 +28,7 @@ from .evidence import (
     relative_link,
     replay_command,
     reproduce_command,
+    rule_breaches,
 )
 from .store import RunResults
 
@@ -70,23 +71,13 @@ def judged_peers(results: RunResults) -> list[str]:
 
 def problems_of(results: RunResults, spec: str) -> list[Problem]:
     """What ``spec`` did wrong: broken rules (any verdict) and failed scenarios, worst first."""
-    found: dict[str, Problem] = {}
-    for case in results.cases:
-        if peer_under_test(case) != spec:
-            continue
-        seen_rules = set()
-        for finding in findings_of_peer(case):
-            rule = str(finding.get("rule", "?"))
-            if rule in seen_rules:
-                continue
-            seen_rules.add(rule)
-            problem = found.setdefault(f"rule:{rule}", Problem(
-                key=rule, title=f"{finding.get('level', '?')} `{rule}`",
-                level=str(finding.get("level", "?"))))
-            problem.cases.append(case)
-            problem.findings.append(finding)
+    judged = [case for case in results.cases if peer_under_test(case) == spec]
+    found = {f"rule:{b.rule}": Problem(key=b.rule, title=f"{b.level} `{b.rule}`",
+                                       level=b.level, cases=b.cases, findings=b.findings)
+             for b in rule_breaches(judged)}
+    for case in judged:
         # A failed case in which the peer broke a rule is told under that rule.
-        if case.verdict == Verdict.FAIL.value and not seen_rules:
+        if case.verdict == Verdict.FAIL.value and not findings_of_peer(case):
             name = f"{case.group}/{case.scenario}" if case.group else case.scenario
             problem = found.setdefault(f"scenario:{name}", Problem(
                 key=name, title=f"scenario `{name}`: expectation not met", level="scenario"))

@@ -17,6 +17,7 @@ import gzip
 import json
 import os
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,38 @@ def peer_under_test(result: CaseResult) -> str:
     return result.server if result.role == "server" else result.client
 
 
+@dataclass
+class RuleBreach:
+    """One rule the side under test broke, and the cases it broke it in."""
+
+    rule: str
+    level: str
+    section: str
+    sentence: str
+    cases: list[CaseResult] = field(default_factory=list)
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    """The first finding of the rule in each case (parallel to ``cases``)."""
+
+
+def rule_breaches(cases: Iterable[CaseResult]) -> list[RuleBreach]:
+    """The rules the side under test broke in ``cases`` (see :func:`findings_of_peer`),
+    in the order first seen, each case counted once per rule."""
+    breaches: dict[str, RuleBreach] = {}
+    for case in cases:
+        seen = set()
+        for finding in findings_of_peer(case):
+            rule = str(finding.get("rule", "?"))
+            if rule in seen:
+                continue
+            seen.add(rule)
+            breach = breaches.setdefault(rule, RuleBreach(
+                rule, str(finding.get("level", "?")), str(finding.get("section", "")),
+                str(finding.get("sentence", ""))))
+            breach.cases.append(case)
+            breach.findings.append(finding)
+    return list(breaches.values())
+
+
 def findings_of_peer(result: CaseResult) -> list[dict[str, Any]]:
     """The findings that break rules of the side under test (not the deliberate breaches of the
     reference peer in negative scenarios)."""
@@ -233,6 +266,7 @@ def findings_of_peer(result: CaseResult) -> list[dict[str, Any]]:
 __all__ = [
     "AROUND",
     "CaseEvidence",
+    "RuleBreach",
     "WireBlock",
     "findings_of_peer",
     "peer_under_test",
@@ -240,4 +274,5 @@ __all__ = [
     "relative_link",
     "replay_command",
     "reproduce_command",
+    "rule_breaches",
 ]
