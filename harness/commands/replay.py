@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.address import Address, parse_address
 from harness.dissect import Capture
 from harness.errors import UserError
 from harness.replay import ReplayError, ReplayReport, Selection, load_sessions, unreplayable
@@ -124,13 +123,6 @@ def session_of_stream(capture: Capture, stream: int, path: str = "") -> int:
     return ordered[stream].index
 
 
-def listen_address(text: str) -> Address:
-    """``HOST:PORT``, ``tcp://HOST:PORT`` or ``unix:PATH``."""
-    if text.startswith(("unix:", "tcp://")):
-        return parse_address(text)
-    return parse_address(f"tcp://{text}")
-
-
 def _render(reports: list[ReplayReport], selection: Selection, peer: str, serve: bool) -> str:
     lines = [report.render() for report in reports]
     for index, why in selection.skipped:
@@ -173,10 +165,9 @@ def run(args: argparse.Namespace) -> int:
         # Part B's module; imported here so --against works without it.
         from harness.replay.serve import serve_replay
 
-        listen = listen_address(args.listen)
         # With --json, stdout carries the JSON document only: the "listening on" line goes
         # to stderr.
-        reports = serve_replay(selection, listen=listen, port_file=args.port_file,
+        reports = serve_replay(selection, listen=args.listen, port_file=args.port_file,
                                timeout=args.timeout, export_name=args.export, once=args.once,
                                out=sys.stderr if args.json else sys.stdout)
         peer = str(args.listen)
@@ -195,4 +186,4 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(report.same for report in reports) else 1
 
 
-__all__ = ["listen_address", "register", "run", "session_of_stream"]
+__all__ = ["register", "run", "session_of_stream"]

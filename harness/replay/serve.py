@@ -65,8 +65,7 @@ def parse_listen(text: str | Address) -> Address:
             raise ReplayError(f"--listen {text!r}: expected 127.0.0.1:PORT or unix:PATH "
                               f"({exc})") from None
     if address.kind == "tcp" and address.host != LOOPBACK:
-        shown = f"{address.host}:{address.port}" if isinstance(text, Address) else text
-        raise ReplayError(f"--listen {shown!r}: the replay server listens on {LOOPBACK} or a "
+        raise ReplayError(f"--listen {text!r}: the replay server listens on {LOOPBACK} or a "
                           "unix socket only (it has no access control)")
     return address
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.metadata
 import os
 import platform
 import socket
@@ -48,14 +47,12 @@ def _git(*argv: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
-def harness_version() -> dict[str, Any]:
+def harness_build() -> dict[str, Any]:
     """The harness's package version and, in a git checkout, its commit (and whether it is
     modified)."""
-    try:
-        version = importlib.metadata.version("nbd-harness")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    info: dict[str, Any] = {"version": version}
+    from harness.peers.reference import harness_version
+
+    info: dict[str, Any] = {"version": harness_version()}
     commit = _git("rev-parse", "HEAD")
     if commit:
         info["commit"] = commit
@@ -73,7 +70,7 @@ def describe_environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "memory_bytes": _memory_bytes(),
-        "harness": harness_version(),
+        "harness": harness_build(),
     }
 
 
@@ -128,4 +125,4 @@ def describe_peers(peers: Iterable[Any]) -> list[dict[str, Any]]:
     return [entries[spec] for spec in sorted(entries)]
 
 
-__all__ = ["describe_environment", "describe_peers", "harness_version"]
+__all__ = ["describe_environment", "describe_peers", "harness_build"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,15 +150,6 @@ def load_run(path: str | Path) -> RunResults:
     return _from_document(document, path)
 
 
-def store_from_directory(directory: Path, cases: Sequence[CaseResult],
-                         runs: Sequence[dict[str, Any]], environment: dict[str, Any],
-                         peers: Sequence[dict[str, Any]]) -> RunResults:
-    """The store of a finished run (cases sorted by id)."""
-    return RunResults(directory=Path(directory),
-                      cases=sorted(cases, key=lambda r: r.case_id), runs=list(runs),
-                      environment=environment, peers=list(peers))
-
-
 __all__ = [
     "FORMAT",
     "RESULTS_JSON",
@@ -168,6 +158,5 @@ __all__ = [
     "RunResults",
     "load_run",
     "results_document",
-    "store_from_directory",
     "write_results",
 ]
