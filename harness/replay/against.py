@@ -157,8 +157,8 @@ class _SessionReplay:
         except TimeoutError:
             self.report.error = f"could not connect to {self.address} within {self.timeout:g} s"
             return self.report
-        except OSError as exc:
-            self.report.error = f"cannot connect to {self.address}: {exc.strerror or exc}"
+        except OSError as exc:  # the client's NbdConnectionError says where and why
+            self.report.error = str(exc)
             return self.report
         try:
             await self._walk()
