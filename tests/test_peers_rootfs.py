@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,20 @@ def test_packaged_qemu_nbd_serves_a_chain_its_own_nbdinfo_reads(
         check_reads(nbdsh, server.endpoint)
     assert not server.is_running()
     assert "qemu-nbd" in server.log_path.name
+
+
+def test_a_peer_runs_in_a_directory_outside_tmp(provided: dict[str, RootfsProvider]) -> None:
+    """A run's evidence directory may be anywhere (`run --out /work/runs/x`): bwrap must be
+    able to make its mount point, which it cannot inside a root bound read-only at /."""
+    from harness.peers.rootfs import cache_dir
+
+    outside = Path(tempfile.mkdtemp(prefix="outside-tmp-", dir=cache_dir()))
+    try:
+        assert not outside.is_relative_to("/tmp")
+        with peer(provided["sid"], "nbdkit").start(CHAIN, outside / "server") as server:
+            check_reads(peer(provided["sid"], "nbdsh", outside), server.endpoint)
+    finally:
+        shutil.rmtree(outside)
 
 
 @pytest.mark.parametrize("suite", ["bullseye", "sid"])

@@ -250,9 +250,20 @@ def test_rootfs_runs_with_bubblewrap_in_the_host_network(tmp_path: Path) -> None
     provider = RootfsProvider(load_suites().suite("sid"), tmp_path)
     argv = provider.wrap(["qemu-nbd", "--version"], binds=[Path("/tmp/a"), Path("/tmp/a/b"),
                                                           Path("/srv/x")], cwd=Path("/tmp/a"))
-    root = str(tmp_path / "sid")
-    assert argv[:11] == ["bwrap", "--ro-bind", root, "/", "--proc", "/proc", "--dev", "/dev",
-                         "--tmpfs", "/tmp", "--bind"]
+    root = tmp_path / "sid"
+    # Only the system directories are bound (read-only): the rest of / is bwrap's tmpfs, where
+    # it can make the mount point of a bound directory anywhere.
+    assert argv[:5] == ["bwrap", "--proc", "/proc", "--dev", "/dev"]
+    (root / "usr").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "bin").symlink_to("usr/bin")
+    argv = provider.wrap(["qemu-nbd", "--version"], binds=[Path("/tmp/a"), Path("/tmp/a/b"),
+                                                          Path("/srv/x")], cwd=Path("/tmp/a"))
+    assert argv[:14] == ["bwrap", "--ro-bind", str(root / "usr"), "/usr",
+                         "--ro-bind", str(root / "etc"), "/etc", "--symlink", "usr/bin", "/bin",
+                         "--proc", "/proc", "--dev", "/dev"]
+    assert argv[14:17] == ["--tmpfs", "/tmp", "--bind"]
+    assert "--ro-bind" not in argv[argv.index("--bind"):]
     assert "--unshare-net" not in argv
     assert argv.count("--bind") == 2  # /tmp/a/b lies inside /tmp/a
     assert argv[argv.index("--unshare-pid"):][:2] == ["--unshare-pid", "--die-with-parent"]

@@ -11,8 +11,9 @@ filesystem built from another recipe is not ready, and provisioning replaces it.
 The old root is moved aside rather than deleted while peers may still run from
 it, and removed once no sandbox uses it.
 
-Programs run as ``bwrap --ro-bind ROOT / --proc /proc --dev /dev --tmpfs /tmp
---bind DIR DIR ... --unshare-pid --die-with-parent``: in the host network
+Programs run as ``bwrap --ro-bind ROOT/usr /usr ... --proc /proc --dev /dev --tmpfs /tmp
+--bind DIR DIR ... --unshare-pid --die-with-parent`` (the root's system directories bound
+read-only on bwrap's own tmpfs root, so a bound DIR may be anywhere): in the host network
 namespace, so 127.0.0.1 ports and unix sockets in the bound directories work
 both ways, and in a PID namespace, so whatever the program forks dies with it.
 """
@@ -304,7 +305,7 @@ class RootfsProvider(Provider):
             mounts += ["--bind", directory, directory]
         return [
             "bwrap",
-            "--ro-bind", os.fspath(self.root), "/",
+            *system_mounts(self.root),
             "--proc", "/proc",
             "--dev", "/dev",
             "--tmpfs", "/tmp",
@@ -346,6 +347,25 @@ def mounted_anywhere(directory: Path) -> bool:
                 if any(source == t or source.startswith(t + "/") for t in targets):
                     return True
     return False
+
+
+# The directories of a root filesystem that hold the system, bound read-only.  The rest of the
+# sandbox's / is bwrap's own tmpfs, so bwrap can make the mount point of any directory it binds
+# (with the whole root bound read-only at /, "--bind /work/run/case /work/run/case" fails:
+# "Can't mkdir parents for /work/run/case: Read-only file system").
+SYSTEM_DIRS = ("usr", "etc", "var", "opt", "lib", "lib32", "lib64", "libx32", "bin", "sbin")
+
+
+def system_mounts(root: Path) -> list[str]:
+    """bwrap arguments that show ``root``'s system directories (and merged-/usr symlinks)."""
+    words: list[str] = []
+    for name in SYSTEM_DIRS:
+        path = root / name
+        if path.is_symlink():
+            words += ["--symlink", os.readlink(path), f"/{name}"]
+        elif path.is_dir():
+            words += ["--ro-bind", os.fspath(path), f"/{name}"]
+    return words
 
 
 def outermost(binds: Sequence[Path]) -> list[str]:
