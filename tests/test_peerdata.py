@@ -19,7 +19,7 @@ from harness.peerdata import (
     version_matches,
 )
 
-QEMU_RST = REPO.parent / "shared" / "spec" / "qemu-nbd.rst"
+QEMU_RST = REPO / "docs" / "spec" / "qemu-nbd.rst"
 
 # The phrases of qemu's "Features by version" list -> our feature ids.
 RST_PHRASES = {
@@ -42,9 +42,9 @@ RST_PHRASES = {
 
 
 def rst_features_by_version() -> dict[str, str]:
-    """feature id -> version, read from qemu's own list in shared/spec/qemu-nbd.rst."""
+    """feature id -> version, read from qemu's own list in docs/spec/qemu-nbd.rst."""
     if not QEMU_RST.is_file():
-        pytest.fail(f"{QEMU_RST} is missing (shared/ must sit beside the repository)",
+        pytest.fail(f"{QEMU_RST} is missing (the copy of qemu's docs/interop/nbd.rst)",
                     pytrace=False)
     text = QEMU_RST.read_text().split("Features by version", 1)[1]
     found: dict[str, str] = {}

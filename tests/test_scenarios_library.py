@@ -11,7 +11,7 @@ from harness.scenarios import load_library, scenario_files, validate_library
 from harness.scenarios.client_actions import default_client_actions
 from harness.scenarios.loader import GROUPS, spec_headings
 
-# qemu's docs/interop/nbd.rst "Features by version" (shared/spec/qemu-nbd.rst), as
+# qemu's docs/interop/nbd.rst "Features by version" (docs/spec/qemu-nbd.rst), as
 # (version, feature id) pairs: each must have a server and a client scenario.
 QEMU_FEATURES_BY_VERSION = [
     ("2.6", "starttls-x509"),

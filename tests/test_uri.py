@@ -1,4 +1,4 @@
-"""NBD URIs (shared/spec/uri.md): the spec's own examples, TLS parameters, round
+"""NBD URIs (docs/spec/uri.md): the spec's own examples, TLS parameters, round
 trips and one-line errors."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""NBD URIs (``shared/spec/uri.md``): ``nbd://``, ``nbds://``, ``nbd+unix://``, ``nbds+unix://``.
+"""NBD URIs (``docs/spec/uri.md``): ``nbd://``, ``nbds://``, ``nbd+unix://``, ``nbds+unix://``.
 
     nbd://example.com:10809/disk
     nbds://127.0.0.1/disk?tls-certificates=/etc/pki/nbd

@@ -52,7 +52,7 @@ SPEC_FILE = REPO / "docs" / "spec" / "proto-extended-headers.md"
 QEMU_DOC = "qemu-nbd.rst"
 QEMU_HEADINGS = ("QEMU NBD protocol support", "Metadata namespaces", "qemu namespace",
                  "Features by version")
-"""Headings of qemu's docs/interop/nbd.rst (shared/spec/qemu-nbd.rst), cited as
+"""Headings of qemu's docs/interop/nbd.rst (docs/spec/qemu-nbd.rst), cited as
 ``qemu-nbd.rst: HEADING``."""
 
 GROUPS = ("handshake", "options", "commands", "contexts", "tls", "structured", "extended",
