@@ -4,7 +4,7 @@ The dissector hands out messages in causal order (a reply after what it
 answers, even when the server answered before the request was complete) with
 their request/option links.  Most rules need more context than one message:
 which options were answered by which replies and what had been negotiated when
-each option was sent (:class:`OptionExchange`), which replies belong to which
+each option was sent (:class:`OptionMessages`), which replies belong to which
 request and whether the reply was complete (:class:`Transaction`), and what the
 session settled for the transmission phase (:class:`Transmission`).  A
 :class:`SessionView` computes all that in one pass; rule functions read it.
@@ -26,33 +26,24 @@ from scapy.packet import NoPayload, Packet
 from harness.dissect.layers import TextField, TextLenField
 from harness.dissect.model import Session, Undecoded, WireMessage
 from harness.protocol import constants as c
+from harness.protocol.state import Negotiated
 
 _DATA_OPTIONS = (c.Opt.GO, c.Opt.INFO)
 
 
-@dataclass(frozen=True)
-class Negotiated:
-    """Handshake state at one point of a session (what the options so far settled)."""
-
-    structured: bool = False
-    extended: bool = False
-    tls: bool = False
-
-    @property
-    def replies_with_chunks(self) -> bool:
-        """Structured replies or extended headers: the server may send chunks."""
-        return self.structured or self.extended
-
-
 @dataclass
-class OptionExchange:
-    """One option the client sent and every option reply that answered it."""
+class OptionMessages:
+    """The wire messages of one option exchange: the option the client sent and every
+    option reply that answered it, where they sit in the session and what had been
+    negotiated before.  (The exchange as plain numbers, as a client records it, is
+    :class:`harness.protocol.state.OptionExchange`.)"""
 
     option: WireMessage
     position: int
     """Index of the option in :attr:`SessionView.messages`."""
     before: Negotiated
-    """What had been negotiated when the client sent the option."""
+    """What had been negotiated when the client sent the option (``tls``,
+    ``structured_replies``, ``extended_headers``; a snapshot, never changed)."""
     replies: list[WireMessage] = field(default_factory=list)
     reply_positions: list[int] = field(default_factory=list)
 
@@ -231,7 +222,7 @@ class Transmission:
     entered_by: WireMessage | None = None
     """The ``NBD_REP_ACK`` to ``NBD_OPT_GO``, the export-name reply or the
     oldstyle greeting; ``None`` when the capture never reached transmission."""
-    go: OptionExchange | None = None
+    go: OptionMessages | None = None
     export_name: str | None = None
     flags: int | None = None
     size: int | None = None
@@ -242,7 +233,7 @@ class Transmission:
     negotiated: Negotiated = field(default_factory=Negotiated)
     contexts: dict[int, str] = field(default_factory=dict)
     """Metadata contexts the last ``NBD_OPT_SET_META_CONTEXT`` selected (if it succeeded)."""
-    contexts_exchange: OptionExchange | None = None
+    contexts_exchange: OptionMessages | None = None
     """That last ``NBD_OPT_SET_META_CONTEXT`` (after any STARTTLS)."""
 
     def has(self, flag: int) -> bool:
@@ -349,7 +340,7 @@ class SessionView:
         """The session's messages in causal order: every reply follows what it answers."""
         self.greeting: WireMessage | None = None
         self.client_flags: WireMessage | None = None
-        self.options: list[OptionExchange] = []
+        self.options: list[OptionMessages] = []
         self.orphan_option_replies: list[WireMessage] = []
         self.export_name_reply: WireMessage | None = None
         self.transactions: list[Transaction] = []
@@ -399,12 +390,12 @@ class SessionView:
 
     def _walk(self) -> None:
         state = Negotiated()
-        pending: list[OptionExchange] = []  # awaiting their final reply, oldest first
+        pending: list[OptionMessages] = []  # awaiting their final reply, oldest first
         export_name_option: WireMessage | None = None
         in_flight: dict[int, list[Transaction]] = {}
         finished: dict[int, Transaction] = {}  # cookie -> last completed transaction
         contexts: dict[int, str] = {}
-        contexts_exchange: OptionExchange | None = None
+        contexts_exchange: OptionMessages | None = None
         export_info: dict[str, object] = {}
         for position, message in enumerate(self.messages):
             kind = message.kind
@@ -417,7 +408,7 @@ class SessionView:
             elif kind == "client-flags":
                 self.client_flags = message
             elif kind == "option":
-                exchange = OptionExchange(message, position, state)
+                exchange = OptionMessages(message, position, state)
                 self.options.append(exchange)
                 if exchange.code == c.Opt.EXPORT_NAME:
                     export_name_option = message
@@ -457,18 +448,19 @@ class SessionView:
         if self.midstream and self.transmission.entered_by is None:
             guessed = self.session.state
             self.transmission.negotiated = Negotiated(
-                structured=guessed.structured_replies, extended=guessed.extended_headers
+                structured_replies=guessed.structured_replies,
+                extended_headers=guessed.extended_headers,
             )
 
     def _apply_reply(
         self,
-        exchange: OptionExchange,
+        exchange: OptionMessages,
         message: WireMessage,
         state: Negotiated,
         contexts: dict[int, str],
-        contexts_exchange: OptionExchange | None,
+        contexts_exchange: OptionMessages | None,
         export_info: dict[str, object],
-    ) -> tuple[Negotiated, dict[int, str], OptionExchange | None]:
+    ) -> tuple[Negotiated, dict[int, str], OptionMessages | None]:
         rep = reply_type(message)
         named = message.fields.get("option")
         if named != exchange.code:
@@ -492,9 +484,9 @@ class SessionView:
             contexts = {}
         elif rep == c.Rep.ACK:
             if exchange.code == c.Opt.STRUCTURED_REPLY:
-                state = replace(state, structured=True)
+                state = replace(state, structured_replies=True)
             elif exchange.code == c.Opt.EXTENDED_HEADERS:
-                state = replace(state, extended=True)
+                state = replace(state, extended_headers=True)
             elif exchange.code == c.Opt.STARTTLS:
                 # Nothing negotiated before STARTTLS survives it.
                 state = Negotiated(tls=True)
@@ -515,7 +507,7 @@ class SessionView:
         message: WireMessage,
         state: Negotiated,
         contexts: dict[int, str],
-        contexts_exchange: OptionExchange | None,
+        contexts_exchange: OptionMessages | None,
     ) -> None:
         self.transmission.entered_by = message
         self.transmission.negotiated = state
@@ -551,7 +543,7 @@ class SessionView:
             finished[cookie] = transaction
 
 
-def _answered(pending: list[OptionExchange], reply: WireMessage) -> OptionExchange | None:
+def _answered(pending: list[OptionMessages], reply: WireMessage) -> OptionMessages | None:
     """The pending option a reply answers: the oldest one it names, else the oldest one
     (replies come in option order; a reply naming another option is still its answer)."""
     if not pending:

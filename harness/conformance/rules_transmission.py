@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from harness.conformance._rule import MUST, MUST_NOT, SHOULD, SHOULD_NOT, Hit, rule
 from harness.conformance._view import (
-    Negotiated,
     SessionView,
     Transaction,
     bad_magic,
@@ -26,6 +25,7 @@ from harness.conformance._view import (
 )
 from harness.dissect.model import CLIENT, SERVER, Undecoded, WireMessage
 from harness.protocol import constants as c
+from harness.protocol.state import Negotiated
 
 TF = c.TransmissionFlag
 CF = c.CmdFlag
@@ -240,7 +240,8 @@ def fast_zero_needs_write_zeroes(view: SessionView) -> Iterator[Hit]:
 def block_status_payload_needs_extended(view: SessionView) -> Iterator[Hit]:
     """NBD_FLAG_BLOCK_STATUS_PAYLOAD only with extended headers."""
     for advertised in _advertised(view):
-        if advertised.flags & TF.BLOCK_STATUS_PAYLOAD and not advertised.negotiated.extended:
+        extended = advertised.negotiated.extended_headers
+        if advertised.flags & TF.BLOCK_STATUS_PAYLOAD and not extended:
             yield Hit(
                 advertised.message, "NBD_FLAG_BLOCK_STATUS_PAYLOAD set without extended headers"
             )
@@ -264,7 +265,7 @@ def block_status_payload_needs_contexts(view: SessionView) -> Iterator[Hit]:
             advertised.go
             and advertised.message.option is transmission.go.option
             and advertised.flags & TF.BLOCK_STATUS_PAYLOAD
-            and advertised.negotiated.extended
+            and advertised.negotiated.extended_headers
         ):
             yield Hit(
                 advertised.message,
@@ -467,7 +468,7 @@ def extended_write_payload_len(view: SessionView) -> Iterator[Hit]:
 )
 def extended_request_when_negotiated(view: SessionView) -> Iterator[Hit]:
     """With extended headers negotiated, every request is an extended request."""
-    if not view.transmission.negotiated.extended or view.transmission.entered_by is None:
+    if not view.transmission.negotiated.extended_headers or view.transmission.entered_by is None:
         return
     for transaction in view.transactions:
         if not transaction.extended:
@@ -487,7 +488,7 @@ def extended_request_when_negotiated(view: SessionView) -> Iterator[Hit]:
 )
 def compact_request_unless_negotiated(view: SessionView) -> Iterator[Hit]:
     """Without extended headers, every request is a compact request."""
-    if view.transmission.negotiated.extended or view.transmission.entered_by is None:
+    if view.transmission.negotiated.extended_headers or view.transmission.entered_by is None:
         return
     for transaction in view.transactions:
         if transaction.extended:
