@@ -16,7 +16,6 @@ under the option it answers, a chunk after the final one is kept aside as
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
@@ -94,33 +93,6 @@ class OptionMessages:
         return out
 
 
-@dataclass(frozen=True)
-class RequestHeader:
-    """The fixed fields of a request, read from its bytes (they are there even when the
-    dissector could not make sense of the payload)."""
-
-    extended: bool
-    flags: int
-    command: int
-    cookie: int
-    offset: int
-    length: int
-
-
-def request_header(message: WireMessage) -> RequestHeader:
-    wire = message.wire
-    if len(wire) >= c.EXTENDED_REQUEST_LEN and wire[:4] == _EXTENDED_REQUEST_MAGIC:
-        _magic, flags, command, cookie, offset, length = struct.unpack_from(">IHHQQQ", wire)
-        return RequestHeader(True, flags, command, cookie, offset, length)
-    if len(wire) >= c.REQUEST_LEN:
-        _magic, flags, command, cookie, offset, length = struct.unpack_from(">IHHQQI", wire)
-        return RequestHeader(False, flags, command, cookie, offset, length)
-    return RequestHeader(False, 0, -1, 0, 0, 0)
-
-
-_EXTENDED_REQUEST_MAGIC = struct.pack(">I", c.EXTENDED_REQUEST_MAGIC)
-
-
 @dataclass
 class Transaction:
     """One request and the replies (simple, or chunks) the server sent for it."""
@@ -136,13 +108,14 @@ class Transaction:
     """Replies with this cookie after the reply was complete (and before the
     cookie was used again)."""
 
-    @property
-    def header(self) -> RequestHeader:
-        return request_header(self.request)
+    def _field(self, name: str) -> int:
+        """A header field of the request as the dissector decoded it (every request
+        message has its whole header, whatever the dissector made of the rest)."""
+        return int(self.request.fields.get(name, 0))
 
     @property
     def command(self) -> int:
-        return self.header.command
+        return int(self.request.fields.get("type", -1))
 
     @property
     def name(self) -> str:
@@ -151,20 +124,24 @@ class Transaction:
 
     @property
     def flags(self) -> int:
-        return self.header.flags
+        return self._field("flags")
+
+    @property
+    def cookie(self) -> int:
+        return self._field("cookie")
 
     @property
     def offset(self) -> int:
-        return self.header.offset
+        return self._field("offset")
 
     @property
     def length(self) -> int:
         """The header's length field (payload length with ``NBD_CMD_FLAG_PAYLOAD_LEN``)."""
-        return self.header.length
+        return self._field("length")
 
     @property
     def extended(self) -> bool:
-        return self.header.extended
+        return is_extended_request(self.request)
 
     @property
     def payload_form(self) -> bool:
@@ -176,8 +153,12 @@ class Transaction:
         """How much of the export the request covers (``length``, or the block
         status payload's effect length)."""
         if self.payload_form and self.command == c.Cmd.BLOCK_STATUS:
-            body = self.request.wire[c.EXTENDED_REQUEST_LEN :]
-            return int(struct.unpack_from(">Q", body)[0]) if len(body) >= 8 else 0
+            if "effect_length" in self.request.fields:
+                return int(self.request.fields["effect_length"])
+            # A payload the dissector shows as raw data (not 8 bytes plus 4 per
+            # context id): its first 8 bytes are still the effect length.
+            data = self.request.fields.get("data") or b""
+            return int.from_bytes(data[:8], "big") if len(data) >= 8 else 0
         return self.length
 
     @property
@@ -257,6 +238,11 @@ class Transmission:
     @property
     def maximum_payload(self) -> int | None:
         return self.block_size[2] if self.block_size else None
+
+
+def is_extended_request(message: WireMessage) -> bool:
+    """A request with the extended (64-bit) header."""
+    return message.fields.get("magic") == c.EXTENDED_REQUEST_MAGIC
 
 
 def reply_type(message: WireMessage) -> int:
@@ -442,7 +428,7 @@ class SessionView:
                 transaction = Transaction(message, position)
                 self.transactions.append(transaction)
                 if transaction.command != c.Cmd.DISC:
-                    in_flight.setdefault(transaction.header.cookie, []).append(transaction)
+                    in_flight.setdefault(transaction.cookie, []).append(transaction)
             elif kind in ("simple-reply", "chunk"):
                 self._pair(message, position, in_flight, finished)
         if self.midstream and self.transmission.entered_by is None:

@@ -19,7 +19,6 @@ from harness.conformance._view import (
     follows,
     found_zeroes,
     reply_error,
-    request_header,
     undecoded_after,
     undecoded_at,
 )
@@ -604,7 +603,7 @@ def no_reply_to_disc(view: SessionView) -> Iterator[Hit]:
     disc = _disc(view)
     if disc is None:
         return
-    cookie = disc.header.cookie
+    cookie = disc.cookie
     for reply in view.orphan_replies:
         if reply.fields.get("cookie") == cookie and view.position(reply) > disc.position:
             yield Hit(reply, f"{reply.name} with the cookie of NBD_CMD_DISC")
@@ -630,7 +629,7 @@ def reply_cookie_matches(view: SessionView) -> Iterator[Hit]:
     replies from then on cannot be matched and are not judged.
     """
     disc = _disc(view)
-    disc_cookie = disc.header.cookie if disc else None
+    disc_cookie = disc.cookie if disc else None
     unframed = [region.frame for region in view.undecoded(CLIENT)
                 if bad_magic(region, "request")]
     for reply in view.orphan_replies:
@@ -665,11 +664,11 @@ def reply_cookie_matches(view: SessionView) -> Iterator[Hit]:
 def cookie_distinct(view: SessionView) -> Iterator[Hit]:
     """A request does not reuse the cookie of a request still in flight."""
     for index, transaction in enumerate(view.transactions):
-        cookie = transaction.header.cookie
+        cookie = transaction.cookie
         for earlier in view.transactions[:index]:
             if (
                 earlier.command != c.Cmd.DISC
-                and earlier.header.cookie == cookie
+                and earlier.cookie == cookie
                 and earlier.in_flight_at(transaction.position)
             ):
                 yield Hit(
@@ -801,7 +800,7 @@ def soft_disconnect_on_eshutdown(view: SessionView) -> Iterator[Hit]:
         if reply_error(message) != c.Errno.ESHUTDOWN:
             continue
         later = [m for m in follows(view, message, CLIENT) if m.kind == "request"]
-        if later and request_header(later[0]).command != c.Cmd.DISC:
+        if later and later[0].fields.get("type") != c.Cmd.DISC:
             yield Hit(
                 later[0],
                 f"{later[0].name} sent after an NBD_ESHUTDOWN error instead of NBD_CMD_DISC",
