@@ -48,7 +48,7 @@ def test_read_write_read_back_and_the_info_size_quirk(nbd_server):
         client.enter_transmission()
         # ... and NBD_OPT_GO, right after, the real size.
         assert neg.selected_with == "NBD_OPT_GO" and neg.export_size == SIZE
-        assert "meta-contexts" in neg.fallback_kinds() and not neg.contexts
+        assert "meta-contexts" in neg.fallback_kinds() and not neg.meta_contexts
         data = pattern(0, 1 * MiB + 3, seed=4)
         client.write(123, data)
         assert client.read(123, len(data)) == data

@@ -64,7 +64,7 @@ def test_memory_plugin_write_zero_trim_and_allocation(nbdkit):
             assert neg.structured_replies and not neg.extended_headers
             assert neg.fallback_kinds() == ["extended-headers"]
             assert neg.export_size == SIZE
-            assert list(neg.contexts.values()) == ["base:allocation"]
+            assert list(neg.meta_contexts.values()) == ["base:allocation"]
             for flag in (
                 TF.SEND_FLUSH,
                 TF.SEND_FUA,

@@ -55,7 +55,7 @@ def test_chain_data_and_every_context_exactly(served_chain):
         assert neg.style == "fixed-newstyle" and neg.structured_replies
         assert neg.fallback_kinds() == ["extended-headers"]  # qemu 7.2 predates them
         assert neg.options[0].replies == (c.Rep.ERR_UNSUP,)
-        assert sorted(neg.contexts.values()) == sorted(CONTEXTS)
+        assert sorted(neg.meta_contexts.values()) == sorted(CONTEXTS)
         assert neg.export_size == CHAIN_SIZE and neg.description == "chain top"
         assert client.read(0, CHAIN_SIZE) == chain.data
         assert client.map("qemu:allocation-depth") == chain.allocation_depth
@@ -139,7 +139,7 @@ def test_tls_read_write_with_nbds(tls_server, chain):
         neg = client.negotiation
         assert neg.tls and neg.options[0].option == c.Opt.STARTTLS
         assert neg.options[0].replies == (c.Rep.ACK,)
-        assert neg.structured_replies and neg.contexts == {0: "base:allocation"}
+        assert neg.structured_replies and neg.meta_contexts == {0: "base:allocation"}
         assert client.tls_version in ("TLSv1.2", "TLSv1.3")
         assert client.read(0, 128 * KiB) == chain.data[: 128 * KiB]
         data = pattern(256 * KiB, 64 * KiB, seed=9)

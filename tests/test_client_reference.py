@@ -59,7 +59,7 @@ def test_extended_headers_session_reads_writes_and_maps(tmp_path):
                 assert neg.selected_with == "NBD_OPT_GO"
                 assert neg.export_size == 4 * MiB and neg.description == "scratch"
                 assert neg.canonical_name == "disk"
-                assert sorted(neg.contexts.values()) == sorted(ALL_CONTEXTS)
+                assert sorted(neg.meta_contexts.values()) == sorted(ALL_CONTEXTS)
                 assert [o.option for o in neg.options] == [
                     c.Opt.EXTENDED_HEADERS,
                     c.Opt.SET_META_CONTEXT,
@@ -186,7 +186,7 @@ def test_extended_headers_refused_falls_back_to_structured_replies(tmp_path):
                 assert not neg.extended_headers and neg.structured_replies
                 assert neg.fallback_kinds() == ["extended-headers"]
                 assert neg.options[0].replies == (c.Rep.ERR_UNSUP,)
-                assert neg.contexts == {1: "base:allocation"}
+                assert neg.meta_contexts == {1: "base:allocation"}
                 await client.write(0, pattern(0, 8 * KiB))
                 assert await client.read(0, 8 * KiB) == pattern(0, 8 * KiB)
                 assert await client.map() == [(0, 8 * KiB, 0), (8 * KiB, 4 * MiB - 8 * KiB, 3)]
@@ -211,7 +211,7 @@ def test_no_structured_replies_means_simple_replies_and_no_contexts(tmp_path):
                     "structured-replies",
                     "meta-contexts",
                 ]
-                assert not neg.contexts
+                assert not neg.meta_contexts
                 assert c.Opt.SET_META_CONTEXT not in [o.option for o in neg.options]
                 await client.write(0, pattern(0, 4 * KiB))
                 assert await client.read(0, 4 * KiB) == pattern(0, 4 * KiB)
@@ -230,7 +230,7 @@ def test_caller_can_turn_off_extended_and_structured(tmp_path):
         with Client.connect(ref_uri(server), options=options) as client:
             neg = client.negotiation
             assert [o.option for o in neg.options] == [c.Opt.GO]
-            assert not (neg.structured_replies or neg.extended_headers or neg.contexts)
+            assert not (neg.structured_replies or neg.extended_headers or neg.meta_contexts)
             assert neg.fallback_kinds() == ["meta-contexts"]
             client.write(0, b"x" * 512)
             assert client.read(0, 512) == b"x" * 512
@@ -246,7 +246,7 @@ def test_go_unsupported_falls_back_to_export_name(tmp_path):
                 assert neg.selected_with == "NBD_OPT_EXPORT_NAME"
                 assert "go" in neg.fallback_kinds()
                 assert neg.export_size == 4 * MiB and neg.block_size is None
-                assert neg.contexts == {1: "base:allocation"}  # still valid for the export
+                assert neg.meta_contexts == {1: "base:allocation"}  # still valid for the export
                 await client.write(0, pattern(0, 4 * KiB))
                 assert await client.read(0, 4 * KiB) == pattern(0, 4 * KiB)
 
@@ -259,7 +259,7 @@ def test_set_meta_context_failure_means_no_contexts(tmp_path):
         reference_server(tmp_path, features=features) as server,
         Client.connect(ref_uri(server)) as client,
     ):
-        assert client.negotiation.contexts == {}
+        assert client.negotiation.meta_contexts == {}
         assert client.negotiation.fallback_kinds() == ["meta-contexts"]
         assert client.read(0, 512) == bytes(512)
 

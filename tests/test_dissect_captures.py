@@ -268,9 +268,9 @@ def test_basic_session_decodes_completely(tmp_path: Path, pcapng: bool) -> None:
     ]
     assert [m.wire for m in session.messages] == [m for _, m in messages]
     state = session.state
-    assert (state.style, state.phase) == ("fixed-newstyle", "transmission")
+    assert (state.style, session.phase) == ("fixed-newstyle", "transmission")
     assert state.no_zeroes and state.structured_replies and not state.extended_headers
-    assert state.contexts == {1: "base:allocation"}
+    assert state.meta_contexts == {1: "base:allocation"}
     assert (state.export_name, state.export_size, state.transmission_flags) == (
         "disk",
         1 << 20,
@@ -444,7 +444,7 @@ def test_joined_mid_stream_at_a_message_boundary(tmp_path: Path) -> None:
     assert session.joined_midstream
     assert names(session) == BASIC_NAMES[10:]
     assert_all_decoded(session)
-    assert session.state.phase == "transmission" and session.state.style is None
+    assert session.phase == "transmission" and session.state.style == ""
     status = session.messages[5]
     # The context was negotiated before the capture began: its id is unknown.
     assert status.fields["context_name"] is None
@@ -716,7 +716,7 @@ def test_extended_headers_and_qemu_contexts() -> None:
     assert_all_decoded(session)
     state = session.state
     assert state.extended_headers and not state.structured_replies
-    assert state.contexts == {
+    assert state.meta_contexts == {
         1: "base:allocation",
         2: "qemu:allocation-depth",
         3: "qemu:dirty-bitmap:b0",
@@ -766,10 +766,10 @@ def test_last_set_meta_context_counts_and_a_failed_one_clears() -> None:
         ),
         reply(c.Opt.LIST_META_CONTEXT, c.Rep.ACK),
     ]
-    assert decode([*opening, *first, *second, *listed]).state.contexts == {
+    assert decode([*opening, *first, *second, *listed]).state.meta_contexts == {
         5: "qemu:allocation-depth"
     }
-    assert decode([*opening, *first, *failed]).state.contexts == {}
+    assert decode([*opening, *first, *failed]).state.meta_contexts == {}
 
 
 def test_interleaved_chunks_pair_by_cookie() -> None:
@@ -872,7 +872,7 @@ def test_starttls_then_opaque_tls(tmp_path: Path) -> None:
     tls_client = session.messages[4]
     assert (tls_client.kind, tls_client.frame, tls_client.last_frame) == ("tls", 8, 10)
     assert tls_client.fields["data"] == client_hello + client_finished
-    assert session.state.tls and session.state.phase == "tls"
+    assert session.state.tls and session.phase == "tls"
     for direction in (CLIENT, SERVER):
         assert session.accounted(direction)
 
@@ -887,7 +887,7 @@ def test_starttls_refused_continues_in_clear() -> None:
     ]
     session = decode(messages)
     assert_all_decoded(session)
-    assert not session.state.tls and session.state.phase == "aborted"
+    assert not session.state.tls and session.phase == "aborted"
     assert session.messages[3].fields["message"] == "no"
 
 
@@ -895,7 +895,7 @@ def test_not_nbd_session(tmp_path: Path) -> None:
     messages = [(CLIENT, b"GET / HTTP/1.0\r\n\r\n"), (SERVER, b"HTTP/1.0 200 OK\r\n\r\nhello")]
     capture = decode_capture(write(tmp_path / "http.pcap", Tcp().conversation(messages)))
     [session] = capture.sessions
-    assert not session.nbd and session.state.phase == "not-nbd"
+    assert not session.nbd and session.phase == "not-nbd"
     assert session.messages == []
     assert [(u.direction, u.offset, u.length) for u in session.undecoded] == [
         (CLIENT, 0, len(messages[0][1])),

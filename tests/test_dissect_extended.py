@@ -187,7 +187,7 @@ def test_a_reply_sent_before_its_option_is_complete_still_answers_it() -> None:
     go_message, refused = session.messages[2], session.messages[3]
     assert refused.option is go_message and session.messages[5].option is session.messages[4]
     assert all(m.notes == () for m in session.messages)
-    assert session.undecoded == [] and session.state.phase == "aborted"
+    assert session.undecoded == [] and session.phase == "aborted"
     assert rules_found(session) == []
 
 
@@ -446,7 +446,7 @@ def extended_sessions(capture: Capture, count: int) -> list[Session]:
     """The capture's sessions (exactly ``count``), each with extended headers negotiated,
     every byte decoded, nothing noted, every message extended and every reply paired."""
     assert capture.errors == []
-    assert len(capture.sessions) == count, [s.state.phase for s in capture.sessions]
+    assert len(capture.sessions) == count, [s.phase for s in capture.sessions]
     for session in capture.sessions:
         check_extended_session(session)
     return capture.sessions
@@ -460,7 +460,7 @@ def check_extended_session(session: Session) -> None:
         assert session.bytes_decoded[direction] == session.bytes_total[direction] > 0
     assert session.notes == []
     state = session.state
-    assert (state.style, state.extended_headers, state.phase) == (
+    assert (state.style, state.extended_headers, session.phase) == (
         "fixed-newstyle",
         True,
         "transmission",
@@ -525,11 +525,11 @@ def check_libnbd(capture: Capture) -> None:
     for session, context in zip(sessions[:3], CONTEXTS, strict=True):
         # nbdinfo --map: the one context asked for, its extents exactly.
         [status] = requests(session, "NBD_CMD_BLOCK_STATUS")
-        assert list(session.state.contexts.values()) == [context]
+        assert list(session.state.meta_contexts.values()) == [context]
         assert status.fields["flags"] == 0 and status.fields["length"] == CHAIN.size
         assert status_extents(session, status) == {context: expected_map(CHAIN, context)}
     nbdsh = sessions[3]
-    assert sorted(nbdsh.state.contexts.values()) == sorted(CONTEXTS)
+    assert sorted(nbdsh.state.meta_contexts.values()) == sorted(CONTEXTS)
     assert nbdsh.state.transmission_flags & c.TransmissionFlag.BLOCK_STATUS_PAYLOAD
     [write] = requests(nbdsh, "NBD_CMD_WRITE")
     assert write.fields["flags"] == c.CmdFlag.PAYLOAD_LEN
@@ -567,7 +567,7 @@ def check_qemu_clients(capture: Capture) -> None:
     assert [m.name for m in replies_to(writer, write)] == ["NBD_REPLY_TYPE_NONE"]
     reads = [m for m in requests(reader, "NBD_CMD_READ") if m.fields["offset"] == WRITE_AT]
     assert [read_data(reader, m) for m in reads] == [PATTERN]
-    assert mapper.state.contexts == {0: "base:allocation"}
+    assert mapper.state.meta_contexts == {0: "base:allocation"}
     statuses = requests(mapper, "NBD_CMD_BLOCK_STATUS")
     assert statuses
     extents: list[tuple[int, int]] = []

@@ -173,7 +173,7 @@ def check_qemu_nbd(capture: Capture) -> None:
         "qemu:dirty-bitmap:b0": [(65536, "DIRTY"), ((1 << 20) - 65536, "clean")],
     }
     for session, (context, extents) in zip(sessions, maps.items(), strict=False):
-        assert list(session.state.contexts.values()) == [context]
+        assert list(session.state.meta_contexts.values()) == [context]
         set_option = only(session, "NBD_OPT_SET_META_CONTEXT")
         assert [q["query"] for q in set_option.fields["queries"]] == [context]
         status = only(session, "NBD_REPLY_TYPE_BLOCK_STATUS")
@@ -210,7 +210,7 @@ def check_nbdkit(capture: Capture) -> None:
         "NBD_OPT_LIST_META_CONTEXT",
         "NBD_OPT_ABORT",
     ]
-    assert listing.state.phase == "aborted"
+    assert listing.phase == "aborted"
     server_reply = only(listing, "NBD_REP_SERVER")
     assert server_reply.option is only(listing, "NBD_OPT_LIST")
     info = only(listing, "NBD_OPT_INFO")
@@ -223,13 +223,14 @@ def check_nbdkit(capture: Capture) -> None:
         m.fields["context_name"] for m in listing.messages if m.name == "NBD_REP_META_CONTEXT"
     ]
     assert "base:allocation" in listed
-    assert listing.state.contexts == {}  # listing selects nothing
+    assert listing.state.meta_contexts == {}  # listing selects nothing
     write = only(qemu_io, "NBD_CMD_WRITE")
     assert (write.fields["offset"], write.fields["data"]) == (4096, b"\x5a" * 4096)
     read = only(qemu_io, "NBD_CMD_READ")
     assert read_data(qemu_io, read) == b"\x5a" * 4096
     # qemu-img convert asks for block status and reads what is allocated.
-    assert convert.state.contexts == {next(iter(convert.state.contexts)): "base:allocation"}
+    contexts = convert.state.meta_contexts
+    assert contexts == {next(iter(contexts)): "base:allocation"}
     convert_reads = [m for m in convert.messages if m.name == "NBD_CMD_READ"]
     assert convert_reads and any(b"\x5a" * 4096 in read_data(convert, m) for m in convert_reads)
     assert legacy.state.style == "newstyle" and not legacy.state.no_zeroes
@@ -322,7 +323,7 @@ def nbd_sessions(capture: Capture, count: int) -> list[Session]:
     """The capture's NBD sessions (exactly ``count``), each decoded without a loss."""
     assert capture.errors == []
     sessions = [s for s in capture.sessions if s.nbd]
-    assert len(sessions) == count, [(s.index, s.state.phase) for s in capture.sessions]
+    assert len(sessions) == count, [(s.index, s.phase) for s in capture.sessions]
     for session in sessions:
         assert session.undecoded == [], session.undecoded
         assert not session.joined_midstream
@@ -532,7 +533,7 @@ def test_fresh_capture_starttls(
     ]
     assert sorted(m.direction for m in session.messages[4:]) == [CLIENT, SERVER]
     assert all(m.kind == "tls" for m in session.messages[4:])
-    assert session.state.tls and session.state.phase == "tls"
+    assert session.state.tls and session.phase == "tls"
     for direction in (CLIENT, SERVER):
         assert session.bytes_tls[direction] > 0 and session.accounted(direction)
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.client.records import Negotiation, OptionExchange
+from harness.client.records import Negotiation
 from harness.peers.export import DataRange, pattern
 from harness.protocol import constants as c
+from harness.protocol.state import OptionExchange
 from harness.scenarios._content import ContentModel, first_difference, verify_pieces
 from harness.scenarios._expect import Failed, check_extents, command_outcome
 from harness.scenarios._features import missing_on_wire, server_has, step_needs

@@ -21,7 +21,7 @@ from .errors import (
     TlsError,
 )
 from .options import ConnectOptions, TlsMode, tls_context_for
-from .records import ExportEntry, ExportInfo, Fallback, Negotiation, OptionExchange
+from .records import ExportEntry, ExportInfo, Fallback, Negotiation
 from .sync import Client
 from .uri import DEFAULT_PORT, NbdUri, UriError, parse_uri
 
@@ -40,7 +40,6 @@ __all__ = [
     "NbdUri",
     "Negotiation",
     "NegotiationError",
-    "OptionExchange",
     "Target",
     "TlsError",
     "TlsMode",

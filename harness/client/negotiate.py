@@ -58,11 +58,12 @@ from harness.protocol.messages import (
     RawPayload,
     ServerPayload,
 )
+from harness.protocol.state import OptionExchange
 
 from ._wire import Wire
 from .errors import NbdConnectionError, NegotiationError, TlsError
 from .options import ConnectOptions, TlsMode
-from .records import ExportEntry, ExportInfo, Fallback, Negotiation, OptionExchange
+from .records import ExportEntry, ExportInfo, Fallback, Negotiation
 
 Reply = tuple[OptionReply, object]
 
@@ -304,7 +305,7 @@ async def set_meta_contexts(
         argument=f"{export!r}: {', '.join(queries)}",
     )
     final, message = _final(replies)
-    record.contexts = dict(wire.conn.negotiated.meta_contexts)
+    record.meta_contexts = dict(wire.conn.negotiated.meta_contexts)
     if final != c.Rep.ACK:
         _stop_if_tls_required(c.Opt.SET_META_CONTEXT, final, message, record)
         record.fallbacks.append(
@@ -314,7 +315,7 @@ async def set_meta_contexts(
             )
         )
         return
-    missing = [q for q in queries if q not in record.contexts.values()]
+    missing = [q for q in queries if q not in record.meta_contexts.values()]
     if missing:
         record.fallbacks.append(
             Fallback("meta-contexts", f"the server did not select {', '.join(missing)}")

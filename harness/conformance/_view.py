@@ -4,7 +4,7 @@ The dissector hands out messages in causal order (a reply after what it
 answers, even when the server answered before the request was complete) with
 their request/option links.  Most rules need more context than one message:
 which options were answered by which replies and what had been negotiated when
-each option was sent (:class:`OptionExchange`), which replies belong to which
+each option was sent (:class:`OptionMessages`), which replies belong to which
 request and whether the reply was complete (:class:`Transaction`), and what the
 session settled for the transmission phase (:class:`Transmission`).  A
 :class:`SessionView` computes all that in one pass; rule functions read it.
@@ -16,7 +16,6 @@ under the option it answers, a chunk after the final one is kept aside as
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
@@ -26,33 +25,24 @@ from scapy.packet import NoPayload, Packet
 from harness.dissect.layers import TextField, TextLenField
 from harness.dissect.model import Session, Undecoded, WireMessage
 from harness.protocol import constants as c
+from harness.protocol.state import Negotiated
 
 _DATA_OPTIONS = (c.Opt.GO, c.Opt.INFO)
 
 
-@dataclass(frozen=True)
-class Negotiated:
-    """Handshake state at one point of a session (what the options so far settled)."""
-
-    structured: bool = False
-    extended: bool = False
-    tls: bool = False
-
-    @property
-    def replies_with_chunks(self) -> bool:
-        """Structured replies or extended headers: the server may send chunks."""
-        return self.structured or self.extended
-
-
 @dataclass
-class OptionExchange:
-    """One option the client sent and every option reply that answered it."""
+class OptionMessages:
+    """The wire messages of one option exchange: the option the client sent and every
+    option reply that answered it, where they sit in the session and what had been
+    negotiated before.  (The exchange as plain numbers, as a client records it, is
+    :class:`harness.protocol.state.OptionExchange`.)"""
 
     option: WireMessage
     position: int
     """Index of the option in :attr:`SessionView.messages`."""
     before: Negotiated
-    """What had been negotiated when the client sent the option."""
+    """What had been negotiated when the client sent the option (``tls``,
+    ``structured_replies``, ``extended_headers``; a snapshot, never changed)."""
     replies: list[WireMessage] = field(default_factory=list)
     reply_positions: list[int] = field(default_factory=list)
 
@@ -103,33 +93,6 @@ class OptionExchange:
         return out
 
 
-@dataclass(frozen=True)
-class RequestHeader:
-    """The fixed fields of a request, read from its bytes (they are there even when the
-    dissector could not make sense of the payload)."""
-
-    extended: bool
-    flags: int
-    command: int
-    cookie: int
-    offset: int
-    length: int
-
-
-def request_header(message: WireMessage) -> RequestHeader:
-    wire = message.wire
-    if len(wire) >= c.EXTENDED_REQUEST_LEN and wire[:4] == _EXTENDED_REQUEST_MAGIC:
-        _magic, flags, command, cookie, offset, length = struct.unpack_from(">IHHQQQ", wire)
-        return RequestHeader(True, flags, command, cookie, offset, length)
-    if len(wire) >= c.REQUEST_LEN:
-        _magic, flags, command, cookie, offset, length = struct.unpack_from(">IHHQQI", wire)
-        return RequestHeader(False, flags, command, cookie, offset, length)
-    return RequestHeader(False, 0, -1, 0, 0, 0)
-
-
-_EXTENDED_REQUEST_MAGIC = struct.pack(">I", c.EXTENDED_REQUEST_MAGIC)
-
-
 @dataclass
 class Transaction:
     """One request and the replies (simple, or chunks) the server sent for it."""
@@ -145,13 +108,14 @@ class Transaction:
     """Replies with this cookie after the reply was complete (and before the
     cookie was used again)."""
 
-    @property
-    def header(self) -> RequestHeader:
-        return request_header(self.request)
+    def _field(self, name: str) -> int:
+        """A header field of the request as the dissector decoded it (every request
+        message has its whole header, whatever the dissector made of the rest)."""
+        return int(self.request.fields.get(name, 0))
 
     @property
     def command(self) -> int:
-        return self.header.command
+        return int(self.request.fields.get("type", -1))
 
     @property
     def name(self) -> str:
@@ -160,20 +124,24 @@ class Transaction:
 
     @property
     def flags(self) -> int:
-        return self.header.flags
+        return self._field("flags")
+
+    @property
+    def cookie(self) -> int:
+        return self._field("cookie")
 
     @property
     def offset(self) -> int:
-        return self.header.offset
+        return self._field("offset")
 
     @property
     def length(self) -> int:
         """The header's length field (payload length with ``NBD_CMD_FLAG_PAYLOAD_LEN``)."""
-        return self.header.length
+        return self._field("length")
 
     @property
     def extended(self) -> bool:
-        return self.header.extended
+        return is_extended_request(self.request)
 
     @property
     def payload_form(self) -> bool:
@@ -185,8 +153,12 @@ class Transaction:
         """How much of the export the request covers (``length``, or the block
         status payload's effect length)."""
         if self.payload_form and self.command == c.Cmd.BLOCK_STATUS:
-            body = self.request.wire[c.EXTENDED_REQUEST_LEN :]
-            return int(struct.unpack_from(">Q", body)[0]) if len(body) >= 8 else 0
+            if "effect_length" in self.request.fields:
+                return int(self.request.fields["effect_length"])
+            # A payload the dissector shows as raw data (not 8 bytes plus 4 per
+            # context id): its first 8 bytes are still the effect length.
+            data = self.request.fields.get("data") or b""
+            return int.from_bytes(data[:8], "big") if len(data) >= 8 else 0
         return self.length
 
     @property
@@ -231,7 +203,7 @@ class Transmission:
     entered_by: WireMessage | None = None
     """The ``NBD_REP_ACK`` to ``NBD_OPT_GO``, the export-name reply or the
     oldstyle greeting; ``None`` when the capture never reached transmission."""
-    go: OptionExchange | None = None
+    go: OptionMessages | None = None
     export_name: str | None = None
     flags: int | None = None
     size: int | None = None
@@ -242,7 +214,7 @@ class Transmission:
     negotiated: Negotiated = field(default_factory=Negotiated)
     contexts: dict[int, str] = field(default_factory=dict)
     """Metadata contexts the last ``NBD_OPT_SET_META_CONTEXT`` selected (if it succeeded)."""
-    contexts_exchange: OptionExchange | None = None
+    contexts_exchange: OptionMessages | None = None
     """That last ``NBD_OPT_SET_META_CONTEXT`` (after any STARTTLS)."""
 
     def has(self, flag: int) -> bool:
@@ -266,6 +238,11 @@ class Transmission:
     @property
     def maximum_payload(self) -> int | None:
         return self.block_size[2] if self.block_size else None
+
+
+def is_extended_request(message: WireMessage) -> bool:
+    """A request with the extended (64-bit) header."""
+    return message.fields.get("magic") == c.EXTENDED_REQUEST_MAGIC
 
 
 def reply_type(message: WireMessage) -> int:
@@ -349,7 +326,7 @@ class SessionView:
         """The session's messages in causal order: every reply follows what it answers."""
         self.greeting: WireMessage | None = None
         self.client_flags: WireMessage | None = None
-        self.options: list[OptionExchange] = []
+        self.options: list[OptionMessages] = []
         self.orphan_option_replies: list[WireMessage] = []
         self.export_name_reply: WireMessage | None = None
         self.transactions: list[Transaction] = []
@@ -399,12 +376,12 @@ class SessionView:
 
     def _walk(self) -> None:
         state = Negotiated()
-        pending: list[OptionExchange] = []  # awaiting their final reply, oldest first
+        pending: list[OptionMessages] = []  # awaiting their final reply, oldest first
         export_name_option: WireMessage | None = None
         in_flight: dict[int, list[Transaction]] = {}
         finished: dict[int, Transaction] = {}  # cookie -> last completed transaction
         contexts: dict[int, str] = {}
-        contexts_exchange: OptionExchange | None = None
+        contexts_exchange: OptionMessages | None = None
         export_info: dict[str, object] = {}
         for position, message in enumerate(self.messages):
             kind = message.kind
@@ -417,7 +394,7 @@ class SessionView:
             elif kind == "client-flags":
                 self.client_flags = message
             elif kind == "option":
-                exchange = OptionExchange(message, position, state)
+                exchange = OptionMessages(message, position, state)
                 self.options.append(exchange)
                 if exchange.code == c.Opt.EXPORT_NAME:
                     export_name_option = message
@@ -451,24 +428,25 @@ class SessionView:
                 transaction = Transaction(message, position)
                 self.transactions.append(transaction)
                 if transaction.command != c.Cmd.DISC:
-                    in_flight.setdefault(transaction.header.cookie, []).append(transaction)
+                    in_flight.setdefault(transaction.cookie, []).append(transaction)
             elif kind in ("simple-reply", "chunk"):
                 self._pair(message, position, in_flight, finished)
         if self.midstream and self.transmission.entered_by is None:
             guessed = self.session.state
             self.transmission.negotiated = Negotiated(
-                structured=guessed.structured_replies, extended=guessed.extended_headers
+                structured_replies=guessed.structured_replies,
+                extended_headers=guessed.extended_headers,
             )
 
     def _apply_reply(
         self,
-        exchange: OptionExchange,
+        exchange: OptionMessages,
         message: WireMessage,
         state: Negotiated,
         contexts: dict[int, str],
-        contexts_exchange: OptionExchange | None,
+        contexts_exchange: OptionMessages | None,
         export_info: dict[str, object],
-    ) -> tuple[Negotiated, dict[int, str], OptionExchange | None]:
+    ) -> tuple[Negotiated, dict[int, str], OptionMessages | None]:
         rep = reply_type(message)
         named = message.fields.get("option")
         if named != exchange.code:
@@ -492,9 +470,9 @@ class SessionView:
             contexts = {}
         elif rep == c.Rep.ACK:
             if exchange.code == c.Opt.STRUCTURED_REPLY:
-                state = replace(state, structured=True)
+                state = replace(state, structured_replies=True)
             elif exchange.code == c.Opt.EXTENDED_HEADERS:
-                state = replace(state, extended=True)
+                state = replace(state, extended_headers=True)
             elif exchange.code == c.Opt.STARTTLS:
                 # Nothing negotiated before STARTTLS survives it.
                 state = Negotiated(tls=True)
@@ -515,7 +493,7 @@ class SessionView:
         message: WireMessage,
         state: Negotiated,
         contexts: dict[int, str],
-        contexts_exchange: OptionExchange | None,
+        contexts_exchange: OptionMessages | None,
     ) -> None:
         self.transmission.entered_by = message
         self.transmission.negotiated = state
@@ -551,7 +529,7 @@ class SessionView:
             finished[cookie] = transaction
 
 
-def _answered(pending: list[OptionExchange], reply: WireMessage) -> OptionExchange | None:
+def _answered(pending: list[OptionMessages], reply: WireMessage) -> OptionMessages | None:
     """The pending option a reply answers: the oldest one it names, else the oldest one
     (replies come in option order; a reply naming another option is still its answer)."""
     if not pending:

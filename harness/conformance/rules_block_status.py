@@ -217,7 +217,8 @@ def status_chunk_type(view: SessionView) -> Iterator[Hit]:
     """32-bit status chunks with structured replies, 64-bit ones with extended headers."""
     if view.transmission.entered_by is None:
         return
-    expected = RT.BLOCK_STATUS_EXT if view.transmission.negotiated.extended else RT.BLOCK_STATUS
+    extended = view.transmission.negotiated.extended_headers
+    expected = RT.BLOCK_STATUS_EXT if extended else RT.BLOCK_STATUS
     for transaction in _block_status(view):
         for chunk in _status_chunks(transaction):
             if chunk_type(chunk) != expected:

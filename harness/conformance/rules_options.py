@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from harness.conformance._rule import MUST, MUST_NOT, SHOULD, SHOULD_NOT, Hit, rule
 from harness.conformance._view import (
-    OptionExchange,
+    OptionMessages,
     SessionView,
     bad_magic,
     header_length,
@@ -26,11 +26,11 @@ _REJECT_DATA_OPTIONS = (c.Opt.LIST, c.Opt.STRUCTURED_REPLY, c.Opt.EXTENDED_HEADE
 _DEFINED_OPTIONS = frozenset(int(o) for o in c.Opt) - {int(c.Opt.PEEK_EXPORT)}
 
 
-def _queries(exchange: OptionExchange) -> list[str]:
+def _queries(exchange: OptionMessages) -> list[str]:
     return [q.get("query", "") for q in exchange.option.fields.get("queries") or []]
 
 
-def _context_names(exchange: OptionExchange) -> list[str]:
+def _context_names(exchange: OptionMessages) -> list[str]:
     return [
         str(r.fields.get("context_name", "")) for r in exchange.replies_of_type(c.Rep.META_CONTEXT)
     ]
@@ -400,7 +400,7 @@ def go_not_unsup_after_extended(view: SessionView) -> Iterator[Hit]:
     for exchange in view.options:
         if (
             exchange.code == c.Opt.GO
-            and exchange.before.extended
+            and exchange.before.extended_headers
             and exchange.final_type == c.Rep.ERR_UNSUP
         ):
             yield Hit(
@@ -491,7 +491,7 @@ def rep_server_name_length(view: SessionView) -> Iterator[Hit]:
 def no_export_name_after_extended(view: SessionView) -> Iterator[Hit]:
     """No NBD_OPT_EXPORT_NAME once NBD_OPT_EXTENDED_HEADERS was acknowledged."""
     for exchange in view.options:
-        if exchange.code == c.Opt.EXPORT_NAME and exchange.before.extended:
+        if exchange.code == c.Opt.EXPORT_NAME and exchange.before.extended_headers:
             yield Hit(exchange.option, "NBD_OPT_EXPORT_NAME after extended headers were negotiated")
 
 

@@ -101,7 +101,7 @@ def structured_needs_negotiation(view: SessionView) -> Iterator[Hit]:
 )
 def extended_needs_negotiation(view: SessionView) -> Iterator[Hit]:
     """Extended reply chunks only after NBD_OPT_EXTENDED_HEADERS succeeded."""
-    if view.transmission.entered_by is None or view.transmission.negotiated.extended:
+    if view.transmission.entered_by is None or view.transmission.negotiated.extended_headers:
         return
     for chunk in _chunks(view):
         if _extended_chunk(chunk):
@@ -120,7 +120,7 @@ def extended_needs_negotiation(view: SessionView) -> Iterator[Hit]:
 )
 def extended_reply_when_negotiated(view: SessionView) -> Iterator[Hit]:
     """With extended headers, no structured (32-bit length) reply chunk."""
-    if not view.transmission.negotiated.extended:
+    if not view.transmission.negotiated.extended_headers:
         return
     for chunk in _chunks(view):
         if not _extended_chunk(chunk):
@@ -139,7 +139,7 @@ def extended_reply_when_negotiated(view: SessionView) -> Iterator[Hit]:
 )
 def simple_reply_with_extended(view: SessionView) -> Iterator[Hit]:
     """With extended headers, no simple reply."""
-    if not view.transmission.negotiated.extended:
+    if not view.transmission.negotiated.extended_headers:
         return
     for reply in view.messages_from(SERVER):
         if reply.kind == "simple-reply":
@@ -156,7 +156,7 @@ def simple_reply_with_extended(view: SessionView) -> Iterator[Hit]:
 def no_simple_reply_to_read(view: SessionView) -> Iterator[Hit]:
     """With structured replies, NBD_CMD_READ is answered with chunks."""
     negotiated = view.transmission.negotiated
-    if not negotiated.structured or negotiated.extended:
+    if not negotiated.structured_replies or negotiated.extended_headers:
         return  # with extended headers every simple reply is wrong: another rule
     for transaction in _reads(view):
         for reply in transaction.replies:
@@ -177,7 +177,7 @@ def no_simple_reply_to_read(view: SessionView) -> Iterator[Hit]:
 def structured_errors_preferred(view: SessionView) -> Iterator[Hit]:
     """With structured replies, errors come as error chunks rather than simple replies."""
     negotiated = view.transmission.negotiated
-    if not negotiated.structured or negotiated.extended:
+    if not negotiated.structured_replies or negotiated.extended_headers:
         return
     for transaction in view.transactions:
         if transaction.command == c.Cmd.READ:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from harness.conformance._rule import MUST, MUST_NOT, SHOULD, Hit, rule
-from harness.conformance._view import OptionExchange, SessionView, follows, reply_type
+from harness.conformance._view import OptionMessages, SessionView, follows, reply_type
 from harness.dissect.model import CLIENT, SERVER, WireMessage
 from harness.protocol import constants as c
 
@@ -23,11 +23,11 @@ _TLS_HANDSHAKE = 0x16
 _NOTLS_ANSWERS = (c.Rep.ERR_UNSUP, c.Rep.ERR_POLICY)
 
 
-def _starttls_exchanges(view: SessionView) -> list[OptionExchange]:
+def _starttls_exchanges(view: SessionView) -> list[OptionMessages]:
     return [e for e in view.options if e.code == c.Opt.STARTTLS]
 
 
-def _tls_required_replies(view: SessionView) -> list[tuple[OptionExchange, WireMessage]]:
+def _tls_required_replies(view: SessionView) -> list[tuple[OptionMessages, WireMessage]]:
     return [
         (exchange, reply)
         for exchange in view.options

@@ -13,19 +13,18 @@ from dataclasses import dataclass
 
 from harness.conformance._rule import MUST, MUST_NOT, SHOULD, SHOULD_NOT, Hit, rule
 from harness.conformance._view import (
-    Negotiated,
     SessionView,
     Transaction,
     bad_magic,
     follows,
     found_zeroes,
     reply_error,
-    request_header,
     undecoded_after,
     undecoded_at,
 )
 from harness.dissect.model import CLIENT, SERVER, Undecoded, WireMessage
 from harness.protocol import constants as c
+from harness.protocol.state import Negotiated
 
 TF = c.TransmissionFlag
 CF = c.CmdFlag
@@ -240,7 +239,8 @@ def fast_zero_needs_write_zeroes(view: SessionView) -> Iterator[Hit]:
 def block_status_payload_needs_extended(view: SessionView) -> Iterator[Hit]:
     """NBD_FLAG_BLOCK_STATUS_PAYLOAD only with extended headers."""
     for advertised in _advertised(view):
-        if advertised.flags & TF.BLOCK_STATUS_PAYLOAD and not advertised.negotiated.extended:
+        extended = advertised.negotiated.extended_headers
+        if advertised.flags & TF.BLOCK_STATUS_PAYLOAD and not extended:
             yield Hit(
                 advertised.message, "NBD_FLAG_BLOCK_STATUS_PAYLOAD set without extended headers"
             )
@@ -264,7 +264,7 @@ def block_status_payload_needs_contexts(view: SessionView) -> Iterator[Hit]:
             advertised.go
             and advertised.message.option is transmission.go.option
             and advertised.flags & TF.BLOCK_STATUS_PAYLOAD
-            and advertised.negotiated.extended
+            and advertised.negotiated.extended_headers
         ):
             yield Hit(
                 advertised.message,
@@ -467,7 +467,7 @@ def extended_write_payload_len(view: SessionView) -> Iterator[Hit]:
 )
 def extended_request_when_negotiated(view: SessionView) -> Iterator[Hit]:
     """With extended headers negotiated, every request is an extended request."""
-    if not view.transmission.negotiated.extended or view.transmission.entered_by is None:
+    if not view.transmission.negotiated.extended_headers or view.transmission.entered_by is None:
         return
     for transaction in view.transactions:
         if not transaction.extended:
@@ -487,7 +487,7 @@ def extended_request_when_negotiated(view: SessionView) -> Iterator[Hit]:
 )
 def compact_request_unless_negotiated(view: SessionView) -> Iterator[Hit]:
     """Without extended headers, every request is a compact request."""
-    if view.transmission.negotiated.extended or view.transmission.entered_by is None:
+    if view.transmission.negotiated.extended_headers or view.transmission.entered_by is None:
         return
     for transaction in view.transactions:
         if transaction.extended:
@@ -603,7 +603,7 @@ def no_reply_to_disc(view: SessionView) -> Iterator[Hit]:
     disc = _disc(view)
     if disc is None:
         return
-    cookie = disc.header.cookie
+    cookie = disc.cookie
     for reply in view.orphan_replies:
         if reply.fields.get("cookie") == cookie and view.position(reply) > disc.position:
             yield Hit(reply, f"{reply.name} with the cookie of NBD_CMD_DISC")
@@ -629,7 +629,7 @@ def reply_cookie_matches(view: SessionView) -> Iterator[Hit]:
     replies from then on cannot be matched and are not judged.
     """
     disc = _disc(view)
-    disc_cookie = disc.header.cookie if disc else None
+    disc_cookie = disc.cookie if disc else None
     unframed = [region.frame for region in view.undecoded(CLIENT)
                 if bad_magic(region, "request")]
     for reply in view.orphan_replies:
@@ -664,11 +664,11 @@ def reply_cookie_matches(view: SessionView) -> Iterator[Hit]:
 def cookie_distinct(view: SessionView) -> Iterator[Hit]:
     """A request does not reuse the cookie of a request still in flight."""
     for index, transaction in enumerate(view.transactions):
-        cookie = transaction.header.cookie
+        cookie = transaction.cookie
         for earlier in view.transactions[:index]:
             if (
                 earlier.command != c.Cmd.DISC
-                and earlier.header.cookie == cookie
+                and earlier.cookie == cookie
                 and earlier.in_flight_at(transaction.position)
             ):
                 yield Hit(
@@ -800,7 +800,7 @@ def soft_disconnect_on_eshutdown(view: SessionView) -> Iterator[Hit]:
         if reply_error(message) != c.Errno.ESHUTDOWN:
             continue
         later = [m for m in follows(view, message, CLIENT) if m.kind == "request"]
-        if later and request_header(later[0]).command != c.Cmd.DISC:
+        if later and later[0].fields.get("type") != c.Cmd.DISC:
             yield Hit(
                 later[0],
                 f"{later[0].name} sent after an NBD_ESHUTDOWN error instead of NBD_CMD_DISC",

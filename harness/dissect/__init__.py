@@ -7,7 +7,9 @@ contexts, requests paired with their replies by cookie).  The result is a
 :class:`Capture` of :class:`Session` objects holding :class:`WireMessage` and
 :class:`Undecoded` records that account for every captured byte.
 
-Only :mod:`harness.protocol.constants` is shared with the reference codec.
+Only :mod:`harness.protocol.constants` is shared with the reference codec, and
+the plain record of what a handshake settled
+(:class:`harness.protocol.state.Negotiated`), which the decoder fills in.
 """
 
 from harness.dissect.contexts import describe_status
@@ -22,7 +24,6 @@ from harness.dissect.model import (
     SERVER,
     UNDECODED_KINDS,
     Capture,
-    NegotiatedState,
     Session,
     Undecoded,
     WireMessage,
@@ -38,7 +39,6 @@ __all__ = [
     "UNDECODED_KINDS",
     "Capture",
     "CaptureError",
-    "NegotiatedState",
     "Session",
     "Undecoded",
     "WireMessage",

@@ -32,10 +32,11 @@ from harness.dissect.contexts import describe_status
 from harness.dissect.model import CLIENT, DIRECTIONS, SERVER, Session, Undecoded, WireMessage
 from harness.dissect.stream import DirectionStream
 from harness.protocol import constants as c
+from harness.protocol.messages import InfoBlockSize
 
 _OK, _NEED, _BAD, _BLOCKED, _END = range(5)
 
-# Per-direction reading positions (finer than NegotiatedState.phase: the client
+# Per-direction reading positions (finer than Session.phase: the client
 # is in transmission as soon as it sent EXPORT_NAME, the server once it replied).
 _AWAIT_GREETING = "await-greeting"
 _GREETING = "greeting"
@@ -124,7 +125,7 @@ class SessionDecoder:
         in_handshake = server_magic8 == c.OPTION_REPLY_MAGIC or client_magic8 == c.IHAVEOPT
         phase = _HANDSHAKE if in_handshake else _TRANSMISSION
         self.reading = {CLIENT: phase, SERVER: phase}
-        self.state.phase = phase
+        self.session.phase = phase
         self.state.structured_replies = server_magic4 == c.STRUCTURED_REPLY_MAGIC
         self.state.extended_headers = (
             server_magic4 == c.EXTENDED_REPLY_MAGIC or client_magic4 == c.EXTENDED_REQUEST_MAGIC
@@ -414,8 +415,7 @@ class SessionDecoder:
     ) -> None:
         self._emit(direction, cut, packet, fields, notes, "oldstyle greeting")
         self.state.style = "oldstyle"
-        self.state.export_size = fields.get("size")
-        self.state.transmission_flags = fields.get("transmission_flags")
+        self._settle_export(fields)
         self._enter(_TRANSMISSION)
 
     def _on_newstyle_greeting(
@@ -424,7 +424,7 @@ class SessionDecoder:
         self._emit(direction, cut, packet, fields, notes, "newstyle greeting")
         self.state.style = "newstyle"
         self.state.handshake_flags = fields.get("handshake_flags", 0)
-        self.state.phase = "handshake"
+        self.session.phase = "handshake"
         self.reading[SERVER] = _HANDSHAKE
         self.reading[CLIENT] = _FLAGS
 
@@ -439,8 +439,8 @@ class SessionDecoder:
         ):
             self.state.style = "fixed-newstyle"
         # The server honours what the client asked (a server that did not offer
-        # NO_ZEROES must close instead), so the client's flag decides the framing.
-        self.state.no_zeroes = bool(flags & c.ClientFlag.C_NO_ZEROES)
+        # NO_ZEROES must close instead), so the client's flag (state.no_zeroes)
+        # decides the framing.
         self.reading[CLIENT] = _HANDSHAKE
 
     def _on_option(
@@ -461,10 +461,10 @@ class SessionDecoder:
             self.export_info = {}
         elif option == c.Opt.SET_META_CONTEXT:
             # "Issuing this command replaces all previously-set metadata contexts"
-            self.state.contexts = {}
+            self.state.meta_contexts = {}
         elif option == c.Opt.ABORT:
             self.reading[CLIENT] = _ABORTED
-            self.state.phase = "aborted"
+            self.session.phase = "aborted"
 
     def _on_option_reply(
         self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
@@ -481,13 +481,13 @@ class SessionDecoder:
         if answered is not None and answered.fields.get("option") != option:
             return  # a reply naming another option than it answers changes nothing
         if reply_type == c.Rep.META_CONTEXT and option == c.Opt.SET_META_CONTEXT:
-            self.state.contexts[fields.get("context_id", 0)] = fields.get("context_name", "")
+            self.state.meta_contexts[fields.get("context_id", 0)] = fields.get("context_name", "")
         elif reply_type == c.Rep.INFO and option in (c.Opt.GO, c.Opt.INFO):
             self._note_info(fields)
         elif reply_type == c.Rep.ACK:
             self._on_ack(option, answered)
         elif c.is_rep_error(reply_type) and option == c.Opt.SET_META_CONTEXT:
-            self.state.contexts = {}
+            self.state.meta_contexts = {}
 
     def _note_info(self, fields: dict[str, Any]) -> None:
         info_type = fields.get("info_type")
@@ -495,11 +495,18 @@ class SessionDecoder:
             self.export_info["size"] = fields.get("size")
             self.export_info["transmission_flags"] = fields.get("transmission_flags")
         elif info_type == c.Info.BLOCK_SIZE:
-            self.export_info["block_size"] = (
-                fields.get("minimum_block_size"),
-                fields.get("preferred_block_size"),
-                fields.get("maximum_payload_size"),
-            )
+            sizes = [
+                fields.get(name)
+                for name in ("minimum_block_size", "preferred_block_size", "maximum_payload_size")
+            ]
+            if None not in sizes:
+                self.export_info["block_size"] = InfoBlockSize(*sizes)
+
+    def _settle_export(self, fields: dict[str, Any]) -> None:
+        """Size and transmission flags, as the oldstyle greeting, the export-name
+        reply or ``NBD_INFO_EXPORT`` gave them (a size of None: never given)."""
+        self.state.export_size = fields.get("size")
+        self.state.transmission_flags = fields.get("transmission_flags") or 0
 
     def _on_ack(self, option: int | None, answered: WireMessage | None) -> None:
         if option == c.Opt.STRUCTURED_REPLY:
@@ -512,14 +519,13 @@ class SessionDecoder:
             self.state.tls = True
             self.state.structured_replies = False
             self.state.extended_headers = False
-            self.state.contexts = {}
+            self.state.meta_contexts = {}
             self.reading[CLIENT] = self.reading[SERVER] = _TLS
-            self.state.phase = "tls"
+            self.session.phase = "tls"
         elif option == c.Opt.GO:
             if answered is not None:
                 self.state.export_name = answered.fields.get("export_name")
-            self.state.export_size = self.export_info.get("size")
-            self.state.transmission_flags = self.export_info.get("transmission_flags")
+            self._settle_export(self.export_info)
             self.state.block_size = self.export_info.get("block_size")
             self._enter(_TRANSMISSION)
         elif option == c.Opt.ABORT:
@@ -553,8 +559,7 @@ class SessionDecoder:
             option=self.export_name_option,
         )
         self.export_name_option = None
-        self.state.export_size = fields.get("size")
-        self.state.transmission_flags = fields.get("transmission_flags")
+        self._settle_export(fields)
         self._enter(_TRANSMISSION)
 
     def _on_request(
@@ -576,7 +581,8 @@ class SessionDecoder:
                 f"cookie {cookie:#x} is still in flight (request in frame {earlier[0].frame})"
             )
         if "context_ids" in fields:
-            fields["context_names"] = [self.state.contexts.get(i) for i in fields["context_ids"]]
+            names = self.state.meta_contexts
+            fields["context_names"] = [names.get(i) for i in fields["context_ids"]]
         if isinstance(packet, L.NBDExtendedWriteUnflagged):
             notes.append(
                 "NBD_CMD_WRITE without NBD_CMD_FLAG_PAYLOAD_LEN, yet its data follows "
@@ -613,7 +619,7 @@ class SessionDecoder:
         if request is None:
             notes.append(f"no request with cookie {cookie:#x} is in flight")
         if "descriptors" in fields and "context_id" in fields:
-            name = self.state.contexts.get(fields["context_id"])
+            name = self.state.meta_contexts.get(fields["context_id"])
             fields["context_name"] = name
             for descriptor in fields["descriptors"]:
                 descriptor["status_text"] = describe_status(name, descriptor.get("status", 0))
@@ -637,7 +643,7 @@ class SessionDecoder:
 
     def _enter(self, phase: str) -> None:
         self.reading[CLIENT] = self.reading[SERVER] = phase
-        self.state.phase = phase
+        self.session.phase = phase
 
     def _request_for(self, cookie: int) -> WireMessage | None:
         waiting = self.in_flight.get(cookie)

@@ -131,7 +131,7 @@ def _roles(connection: TcpConnection) -> tuple[tuple[str, int], tuple[str, int],
 
 
 def _not_nbd(session: Session, streams: dict[str, DirectionStream]) -> Session:
-    session.state.phase = "not-nbd"
+    session.phase = "not-nbd"
     reason = (
         "not NBD: joined mid-stream and neither side starts with an NBD magic"
         if session.joined_midstream

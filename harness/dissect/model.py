@@ -4,7 +4,8 @@ The conformance rules consume this model, so it says everything the wire said
 and nothing more: one :class:`WireMessage` per NBD message (with its scapy
 packet, plain field values, where it sits in the capture and which request or
 option it answers), one :class:`Undecoded` per region that could not be read
-(with the reason), and the :class:`NegotiatedState` the handshake arrived at.
+(with the reason), and the protocol's :class:`~harness.protocol.state.Negotiated`
+filled with what the handshake arrived at.
 
 Every captured byte is accounted for, per direction::
 
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scapy.packet import Packet
+
+from harness.protocol.state import Negotiated
 
 CLIENT = "client"
 """Direction of bytes sent by the client to the server."""
@@ -46,7 +49,7 @@ PHASES = (
     "aborted",  # after NBD_OPT_ABORT
     "not-nbd",  # the connection carries no NBD
 )
-"""Every value of :attr:`NegotiatedState.phase`."""
+"""Every value of :attr:`Session.phase`."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -141,31 +144,6 @@ class Undecoded:
 
 
 @dataclass
-class NegotiatedState:
-    """What the handshake of a session settled (as seen on the wire)."""
-
-    style: str | None = None
-    """``"oldstyle"``, ``"newstyle"`` or ``"fixed-newstyle"`` (both sides set the
-    fixed-newstyle flag); ``None`` until the greeting is seen."""
-    handshake_flags: int = 0
-    client_flags: int = 0
-    no_zeroes: bool = False
-    """Both sides set NO_ZEROES: the export-name reply has no 124 zero bytes."""
-    structured_replies: bool = False
-    extended_headers: bool = False
-    tls: bool = False
-    contexts: dict[int, str] = field(default_factory=dict)
-    """Metadata context id -> name, from the last ``NBD_OPT_SET_META_CONTEXT``."""
-    export_name: str | None = None
-    export_size: int | None = None
-    transmission_flags: int | None = None
-    block_size: tuple[int, int, int] | None = None
-    """(minimum, preferred, maximum payload) from ``NBD_INFO_BLOCK_SIZE``."""
-    phase: str = "greeting"
-    """One of :data:`PHASES`: where the session ended up."""
-
-
-@dataclass
 class Session:
     """One TCP connection: its messages in causal order and its accounting.
 
@@ -180,7 +158,12 @@ class Session:
     server: tuple[str, int]
     messages: list[WireMessage] = field(default_factory=list)
     undecoded: list[Undecoded] = field(default_factory=list)
-    state: NegotiatedState = field(default_factory=NegotiatedState)
+    state: Negotiated = field(default_factory=Negotiated)
+    """What the handshake settled, as seen on the wire: ``style`` stays empty until
+    the greeting is seen, ``meta_contexts`` are those of the last
+    ``NBD_OPT_SET_META_CONTEXT``, ``block_size`` is what came with ``NBD_OPT_GO``."""
+    phase: str = "greeting"
+    """One of :data:`PHASES`: where the session ended up."""
     joined_midstream: bool = False
     bytes_total: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DIRECTIONS, 0))
     bytes_decoded: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DIRECTIONS, 0))
@@ -193,7 +176,7 @@ class Session:
     @property
     def nbd(self) -> bool:
         """False when the connection carries no NBD at all."""
-        return self.state.phase != "not-nbd"
+        return self.phase != "not-nbd"
 
     def accounted(self, direction: str) -> bool:
         """True when every captured byte of ``direction`` is decoded, TLS or undecoded."""

@@ -104,12 +104,16 @@ def _session_header(session: Session) -> list[str]:
             negotiated.append("extended headers")
         if state.tls:
             negotiated.append("TLS")
-        lines.append(f"    {', '.join(negotiated)}; phase {state.phase}")
-        if state.contexts:
-            contexts = ", ".join(f"{i}={name}" for i, name in sorted(state.contexts.items()))
+        lines.append(f"    {', '.join(negotiated)}; phase {session.phase}")
+        if state.meta_contexts:
+            contexts = ", ".join(
+                f"{i}={name}" for i, name in sorted(state.meta_contexts.items())
+            )
             lines.append(f"    metadata contexts: {contexts}")
         if state.export_size is not None or state.export_name is not None:
-            flags = state.transmission_flags
+            # The flags come with the size (oldstyle greeting, NBD_INFO_EXPORT,
+            # export-name reply): without a size they were never seen.
+            flags = state.transmission_flags if state.export_size is not None else None
             lines.append(
                 f"    export {state.export_name!r}: size {state.export_size}, transmission "
                 f"flags {_flags_text(flags, c.TransmissionFlag) if flags is not None else '?'}"

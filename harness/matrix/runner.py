@@ -221,11 +221,11 @@ def _sessions_from_capture(capture: Any) -> list[dict[str, Any]]:
         commands = Counter(m.name for m in session.messages
                            if m.kind == "request" and m.direction == "client")
         sessions.append({
-            "style": state.style, "tls": state.tls,
+            "style": state.style or None, "tls": state.tls,  # no greeting seen: null
             "structured_replies": state.structured_replies,
             "extended_headers": state.extended_headers, "no_zeroes": state.no_zeroes,
-            "export": state.export_name, "meta_contexts": sorted(state.contexts.values()),
-            "options": options, "commands": dict(commands), "phase": state.phase,
+            "export": state.export_name, "meta_contexts": sorted(state.meta_contexts.values()),
+            "options": options, "commands": dict(commands), "phase": session.phase,
         })
     return sessions
 

@@ -98,7 +98,7 @@ def observe(server: RunningServer) -> Observed:
                     negotiation.structured_replies or negotiation.extended_headers)
     for feature, flag in FLAG_FEATURES.items():
         observed.record(feature, bool(negotiation.transmission_flags & flag))
-    names = set(negotiation.contexts.values())
+    names = set(negotiation.meta_contexts.values())
     for feature, name in CONTEXT_FEATURES.items():
         observed.record(feature, name in names)
     try:

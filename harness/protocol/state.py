@@ -1,7 +1,10 @@
 """What a session has negotiated, and what is in flight.
 
 Plain data, shared by the connection state machine, the reference server and
-client, and anything that judges a captured session.
+client, the dissector (which fills a :class:`Negotiated` from a capture), the
+conformance rules, replay and scenarios.  Numbers stay numbers (the protocol's
+IntEnum/IntFlag values); :meth:`Negotiated.as_dict` spells them the spec's way
+for JSON.
 """
 
 from __future__ import annotations
@@ -54,9 +57,47 @@ def reply_form(structured_replies: bool, extended_headers: bool) -> str:
     return "structured" if structured_replies else "simple"
 
 
+@dataclass(frozen=True)
+class OptionExchange:
+    """One option sent during the handshake and the reply types it got, in order.
+
+    ``argument`` is what the option named (an export, queries), for reading the
+    record; ``message`` the text of an error reply.  ``NBD_OPT_EXPORT_NAME``
+    has no option replies: its ``replies`` stay empty, ``outcome`` says what
+    happened instead.
+    """
+
+    option: int
+    replies: tuple[int, ...] = ()
+    argument: str = ""
+    message: str = ""
+    outcome: str = ""
+
+    @property
+    def final(self) -> int | None:
+        """The final reply type (``NBD_REP_ACK`` or an error), if any."""
+        return self.replies[-1] if self.replies else None
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "option": c.name_of(c.Opt, self.option),
+            "replies": [c.name_of(c.Rep, r) for r in self.replies],
+        }
+        for key in ("argument", "message", "outcome"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        return out
+
+
 @dataclass
 class Negotiated:
-    """Everything the handshake settled."""
+    """Everything the handshake settled (and, in ``options``, how it got there).
+
+    ``style`` is empty until the greeting is seen; ``block_size`` is
+    ``NBD_INFO_BLOCK_SIZE`` as the server sent it (None when it sent none);
+    ``infos`` lists the ``NBD_INFO_*`` types the server sent with the final
+    ``NBD_OPT_GO``; ``selected_with`` says how the export was selected.
+    """
 
     style: str = ""  # "oldstyle" | "newstyle" | "fixed-newstyle"
     handshake_flags: int = 0
@@ -74,6 +115,11 @@ class Negotiated:
     block_size: InfoBlockSize | None = None
     block_size_requested: bool = False
     init_state: int | None = None
+    description: str | None = None
+    canonical_name: str | None = None
+    infos: list[int] = field(default_factory=list)
+    options: list[OptionExchange] = field(default_factory=list)
+    selected_with: str = ""  # "NBD_OPT_GO" | "NBD_OPT_EXPORT_NAME" | "oldstyle greeting"
 
     @property
     def no_zeroes(self) -> bool:
@@ -83,6 +129,11 @@ class Negotiated:
     def reply_form(self) -> str:
         """The replies this negotiation uses: see :func:`reply_form`."""
         return reply_form(self.structured_replies, self.extended_headers)
+
+    @property
+    def replies_with_chunks(self) -> bool:
+        """Structured replies or extended headers: the server may send chunks."""
+        return self.structured_replies or self.extended_headers
 
     @property
     def fixed_newstyle(self) -> bool:
@@ -105,6 +156,51 @@ class Negotiated:
         self.extended_headers = False
         self.meta_contexts = {}
         self.meta_context_export = None
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready view with the spec's names for flags and types."""
+        block = self.block_size
+        return {
+            "style": self.style,
+            "handshake_flags": _flag_names(c.HandshakeFlag, self.handshake_flags),
+            "client_flags": _flag_names(c.ClientFlag, self.client_flags),
+            "tls": self.tls,
+            "structured_replies": self.structured_replies,
+            "extended_headers": self.extended_headers,
+            "selected_with": self.selected_with,
+            "export_name": self.export_name,
+            "export_size": self.export_size,
+            "transmission_flags": _flag_names(c.TransmissionFlag, self.transmission_flags),
+            "block_size": None
+            if block is None
+            else {
+                "minimum": block.minimum,
+                "preferred": block.preferred,
+                "maximum": block.maximum,
+            },
+            "description": self.description,
+            "canonical_name": self.canonical_name,
+            "init_state": None
+            if self.init_state is None
+            else _flag_names(c.InitFlag, self.init_state),
+            "contexts": {str(k): v for k, v in sorted(self.meta_contexts.items())},
+            "infos": [c.name_of(c.Info, i) for i in self.infos],
+            "options": [o.as_dict() for o in self.options],
+        }
+
+
+def _flag_names(flag_type: type[enum.IntFlag], value: int) -> list[str]:
+    names = [
+        c.spec_name(member)
+        for member in flag_type
+        if member.value and value & member.value == member.value
+    ]
+    known = 0
+    for member in flag_type:
+        known |= member.value
+    if value & ~known:
+        names.append(hex(value & ~known))
+    return names
 
 
 @dataclass

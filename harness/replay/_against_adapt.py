@@ -18,7 +18,7 @@ the recorded one did, a context the live server did not select) is not sent:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from harness.dissect import WireMessage
 from harness.protocol import Negotiated
@@ -40,25 +40,9 @@ from harness.protocol.messages import (
     OptionRequest,
     Request,
 )
-from harness.protocol.state import reply_form
 
 TF = c.TransmissionFlag
 _MAX_COMPACT_LENGTH = 0xFFFFFFFF
-
-
-@dataclass
-class RecordedState:
-    """What the recorded handshake had settled so far (followed along the replay)."""
-
-    client_flags: int = 0
-    structured_replies: bool = False
-    extended_headers: bool = False
-    transmission_flags: int = 0
-    contexts: dict[int, str] = field(default_factory=dict)
-
-    @property
-    def reply_form(self) -> str:
-        return reply_form(self.structured_replies, self.extended_headers)
 
 
 def recorded_option(message: WireMessage) -> OptionRequest:
@@ -120,7 +104,7 @@ def _skip(reason: str, *sections: str) -> RequestPlan:
     return RequestPlan(None, reason, tuple(sections))
 
 
-def adapt_request(request: Request, recorded: RecordedState, live: Negotiated) -> RequestPlan:
+def adapt_request(request: Request, recorded: Negotiated, live: Negotiated) -> RequestPlan:
     """The request to send live for ``request``, given both negotiations.
 
     Something the recorded server offered but the live one does not makes the
@@ -145,7 +129,7 @@ def adapt_request(request: Request, recorded: RecordedState, live: Negotiated) -
                      "negotiation has none", "Command flags", "Option types")
     notes: list[str] = []
     if request.type == c.Cmd.BLOCK_STATUS:
-        if recorded.contexts and not live.meta_contexts:
+        if recorded.meta_contexts and not live.meta_contexts:
             return _skip("no metadata context was selected live", "Metadata querying",
                          "Request types")
         if request.flags & c.CmdFlag.PAYLOAD_LEN and request.extended and live.extended_headers:
@@ -185,7 +169,7 @@ def _to_compact(request: Request, name: str, notes: list[str]) -> RequestPlan:
     return RequestPlan(compact, notes=tuple(notes))
 
 
-def _remap_contexts(request: Request, recorded: RecordedState, live: Negotiated) -> RequestPlan:
+def _remap_contexts(request: Request, recorded: Negotiated, live: Negotiated) -> RequestPlan:
     """A block status payload naming the live ids of the recorded contexts."""
     try:
         payload = decode_block_status_payload(request.payload)
@@ -194,7 +178,7 @@ def _remap_contexts(request: Request, recorded: RecordedState, live: Negotiated)
     live_ids = {context_name: cid for cid, context_name in live.meta_contexts.items()}
     mapped, notes = [], []
     for cid in payload.context_ids:
-        context_name = recorded.contexts.get(cid)
+        context_name = recorded.meta_contexts.get(cid)
         if context_name is None:
             mapped.append(cid)  # an id the recorded server never assigned: kept as recorded
             continue
@@ -213,7 +197,6 @@ def _remap_contexts(request: Request, recorded: RecordedState, live: Negotiated)
 
 
 __all__ = [
-    "RecordedState",
     "RequestPlan",
     "adapt_request",
     "option_export_name",

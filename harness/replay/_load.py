@@ -33,7 +33,7 @@ def unreplayable(session: Session) -> str | None:
     """Why ``session`` cannot be replayed, or None when it can."""
     if not session.nbd:
         return "it carries no NBD"
-    if session.state.tls or session.state.phase == "tls":
+    if session.state.tls or session.phase == "tls":
         frame = next((m.frame for m in session.messages if m.kind == "option"
                       and m.fields.get("option") == c.Opt.STARTTLS), None)
         where = f" (NBD_OPT_STARTTLS at frame {frame})" if frame else ""

@@ -44,7 +44,6 @@ from harness.protocol.messages import (
     Request,
     SimpleReply,
 )
-from harness.protocol.state import reply_form
 
 Reply = SimpleReply | ReplyChunk
 
@@ -163,8 +162,7 @@ class Script:
     @property
     def reply_form(self) -> str:
         """``simple``, ``structured`` or ``extended``: the replies the session negotiated."""
-        state = self.session.state
-        return reply_form(state.structured_replies, state.extended_headers)
+        return self.session.state.reply_form
 
     @functools.cached_property
     def last_server_step(self) -> int:

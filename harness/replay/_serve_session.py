@@ -634,7 +634,7 @@ def _context_names(script: Script, recorded: RecordedRequest) -> list[str] | Non
         ids = decode_block_status_payload(recorded.request.payload).context_ids
     except CodecError:
         return None
-    names = dict(script.session.state.contexts)
+    names = dict(script.session.state.meta_contexts)
     names.update(recorded.contexts)
     return [names.get(i, f"id {i}") for i in ids]
 

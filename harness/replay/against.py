@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from harness.address import Address
 from harness.client.uri import NbdUri, parse_uri
 from harness.dissect import Session, WireMessage
-from harness.protocol import Phase, RemoteProtocolError
+from harness.protocol import Negotiated, Phase, RemoteProtocolError
 from harness.protocol import constants as c
 from harness.protocol.codec import decode_option_payload, option
 from harness.protocol.errors import CodecError
@@ -53,7 +53,6 @@ from harness.protocol.messages import (
 )
 
 from ._against_adapt import (
-    RecordedState,
     adapt_request,
     option_export_name,
     recorded_option,
@@ -127,7 +126,7 @@ class _SessionReplay:
         self.export_name = export_name
         self.truncated = truncated
         self.report = ReplayReport(session=session.index, mode="against", peer=peer)
-        self.recorded = RecordedState()
+        self.recorded = Negotiated()  # what the recorded handshake settled so far
         self.renamed: dict[str, str] = {}
         self.exchanges: dict[int, _Exchange] = {}  # id(recorded request) -> exchange
         self.in_flight: dict[int, _Exchange] = {}  # live cookie -> exchange
@@ -363,7 +362,7 @@ class _SessionReplay:
         elif opt == c.Opt.EXTENDED_HEADERS and ok:
             self.recorded.extended_headers = True
         elif opt == c.Opt.SET_META_CONTEXT and final is not None:
-            self.recorded.contexts = {v.context_id or 0: v.context_name or "" for v in views
+            self.recorded.meta_contexts = {v.context_id or 0: v.context_name or "" for v in views
                                       if v.reply_type == c.Rep.META_CONTEXT} if ok else {}
         elif opt == c.Opt.GO and ok:
             for view in views:

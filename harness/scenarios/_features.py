@@ -193,7 +193,9 @@ def missing_on_wire(
         flag = FLAG_FEATURES[feature]
         if feature == "df" and not (record.structured_replies or record.extended_headers):
             return None  # DF is only advertised with structured replies
-        if feature == "block-status-payload" and not (record.extended_headers and record.contexts):
+        if feature == "block-status-payload" and not (
+            record.extended_headers and record.meta_contexts
+        ):
             return None
         if in_transmission and not record.transmission_flags & flag:
             return f"{c.spec_name(flag)} not advertised"
@@ -220,7 +222,7 @@ def missing_on_wire(
         case "base-allocation" | "dirty-bitmap" | "allocation-depth":
             wanted = [q for q in asked.get("contexts", ()) if context_feature(q) == feature]
             if wanted and record.style != "oldstyle":
-                selected = set(record.contexts.values())
+                selected = set(record.meta_contexts.values())
                 lacking = [q for q in wanted if q not in selected]
                 if lacking:
                     why = _refused(record, c.Opt.SET_META_CONTEXT)
