@@ -7,7 +7,7 @@ from typing import Any
 
 from harness.process import PeerError
 
-from ._base import ClientPeer, Endpoint, version_in
+from ._base import ClientPeer, Endpoint
 from .export import Extents, merge_extents
 
 
@@ -16,10 +16,8 @@ class Nbdinfo(ClientPeer):
 
     program = "nbdinfo"
     executable = "nbdinfo"
+    version_word = "nbdinfo"
     capabilities = frozenset({"map", "map-contexts", "size", "info", "list"})
-
-    def parse_version(self, output: str) -> str:
-        return version_in(output, "nbdinfo")
 
     def size(self, endpoint: Endpoint) -> int:
         result = self.run(["--size", endpoint.uri()], binds=endpoint.binds())

@@ -56,14 +56,10 @@ class Nbdsh(LibnbdScripted):
 
     program = "nbdsh"
     executable = "nbdsh"
+    version_word = "libnbd"
 
     def command(self, script: str) -> list[str]:
         return ["-c", script]
-
-    def parse_version(self, output: str) -> str:
-        from ._base import version_in
-
-        return version_in(output, "libnbd")
 
 
 __all__ = ["LibnbdScripted", "Nbdsh"]

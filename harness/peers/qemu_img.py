@@ -7,7 +7,7 @@ import os
 
 from harness.process import PeerError
 
-from ._base import ClientPeer, Endpoint, scratch_dir, version_in
+from ._base import ClientPeer, Endpoint, scratch_dir
 from ._qemu import client_args
 from .export import DATA_FLAGS, Extents, merge_extents
 
@@ -20,10 +20,8 @@ class QemuImg(ClientPeer):
 
     program = "qemu-img"
     executable = "qemu-img"
+    version_word = "qemu-img"
     capabilities = frozenset({"read", "map", "size"})
-
-    def parse_version(self, output: str) -> str:
-        return version_in(output, "qemu-img")
 
     def _binds(self, endpoint: Endpoint) -> list:
         return endpoint.binds()

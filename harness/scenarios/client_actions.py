@@ -203,16 +203,10 @@ def _qemu_img_dirty_map(stdout: str, out: Path) -> ActionOutput:
                                  for e in _json(stdout)])
 
 
-_DUMP_LINE = re.compile(r"^([0-9a-f]{8}):\s+((?:[0-9a-f]{2} ?)+?)\s{2,}", re.MULTILINE)
-
-
 def _qemu_io_dump(stdout: str, out: Path) -> ActionOutput:
-    data = bytearray()
-    for match in _DUMP_LINE.finditer(stdout):
-        data += bytes.fromhex(match.group(2).replace(" ", ""))
-    if "failed" in stdout.lower() and not data:
-        raise ValueError(f"qemu-io read failed: {stdout.strip()[:200]}")
-    return ActionOutput(data=bytes(data))
+    from harness.peers.qemu_io import parse_hexdump
+
+    return ActionOutput(data=parse_hexdump(stdout))
 
 
 def _qemu_nbd_list(stdout: str, out: Path) -> ActionOutput:
