@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harness.process import PeerError
 
+from ._actions import ActionOutput, output_reader
 from ._base import ClientPeer, Endpoint, scratch_dir
 from ._qemu import client_args
 
@@ -49,6 +50,12 @@ def parse_hexdump(text: str, offset: int | None = None, length: int | None = Non
     return bytes(data)
 
 
+@output_reader("qemu-io-dump")
+def read_dump(stdout: str, out: Path) -> ActionOutput:
+    """``qemu-io -c 'read -v ...'``: the bytes it dumped."""
+    return ActionOutput(data=parse_hexdump(stdout))
+
+
 class QemuIo(ClientPeer):
     """qemu's own NBD client, through ``qemu-io`` commands."""
 
@@ -78,4 +85,4 @@ class QemuIo(ClientPeer):
                           "flush", binds=[scratch])
 
 
-__all__ = ["HexdumpError", "QemuIo", "parse_hexdump"]
+__all__ = ["HexdumpError", "QemuIo", "parse_hexdump", "read_dump"]

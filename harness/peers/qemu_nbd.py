@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._actions import ActionOutput, output_reader
 from ._base import RunningServer, ServerPeer, Transport
 from ._qemu import build_image, probe_chain, tls_object
 from .export import ExportSpec
 
 if TYPE_CHECKING:
     from harness.scenarios import ExportRequirements
+
+
+@output_reader("qemu-nbd-list")
+def read_list(stdout: str, out: Path) -> ActionOutput:
+    """``qemu-nbd --list`` (qemu's NBD client): the export names it printed."""
+    return ActionOutput(exports=re.findall(r"^\s*export: '(.*)'\s*$", stdout, re.MULTILINE))
 
 
 @dataclass(frozen=True)
@@ -84,4 +92,4 @@ class QemuNbd(ServerPeer):
         )
 
 
-__all__ = ["QemuNbd", "QemuNbdOptions"]
+__all__ = ["QemuNbd", "QemuNbdOptions", "read_list"]
