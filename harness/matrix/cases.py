@@ -406,14 +406,19 @@ def _checks_info_size(scenario: Scenario) -> bool:
                and "size" in (step.expect or {}) for step in steps)
 
 
-INFO_SIZE_FROM_OPT_INFO = frozenset({"nbdinfo"})
-"""Client programs whose ``info`` action shows the size NBD_OPT_INFO gave (nbdinfo
-describes an export with libnbd's ``nbd_opt_info``); the others show NBD_OPT_GO's."""
+def _info_size_from_opt_info(program: str) -> bool:
+    """True when the client program's ``info`` action shows the size NBD_OPT_INFO gave
+    (``info_size_from_opt_info`` in ``matrix/client-actions.toml``); the others show
+    NBD_OPT_GO's."""
+    from harness.scenarios.client_actions import default_client_actions
+
+    known = default_client_actions().get(program)
+    return known is not None and known.info_size_from_opt_info
 
 
 CLIENT_UNJUDGEABLE: dict[str, tuple[Callable[[Scenario, PeerRef], bool], str]] = {
     "info-size-zero": (
-        lambda scenario, client: client.program in INFO_SIZE_FROM_OPT_INFO
+        lambda scenario, client: _info_size_from_opt_info(client.program)
         and _checks_info_size(scenario),
         "reports size 0 to NBD_OPT_INFO (quirk info-size-zero, nbd-server's deviation), and "
         "{client} shows the size NBD_OPT_INFO gave: right to show 0, so its size cannot be "
@@ -543,7 +548,6 @@ def peer_matches(peer: PeerRef, wanted: str) -> bool:
 __all__ = [
     "CLIENT_UNJUDGEABLE",
     "DEFAULT_TIMEOUT",
-    "INFO_SIZE_FROM_OPT_INFO",
     "REFERENCE_CLIENT",
     "REFERENCE_SERVER",
     "Case",

@@ -22,13 +22,14 @@ from ._base import (
     READY_TIMEOUT,
     ClientPeer,
     Endpoint,
+    Peer,
     PeerVersion,
     RunningServer,
     ServerPeer,
     Transport,
 )
 from ._images import write_raw_layers
-from ._provider import Argv, Progress, Provider, ProvisionReport
+from ._provider import Progress, Provider, ProvisionReport
 from .export import ExportSpec, Extents
 from .suites import Suite
 
@@ -71,9 +72,9 @@ class BuiltinProvider(Provider):
     def provision(self, progress: Progress) -> ProvisionReport:
         return ProvisionReport(self.name, False, 0.0, 0, "part of nbd-harness")
 
-    def wrap(self, argv: Argv, *, binds: Sequence[Path] = (), cwd: Path | None = None,
-             pid_namespace: bool = False, label: str | None = None) -> list[str]:
-        return [os.fspath(word) for word in argv]
+    def wrap_words(self, words: list[str], *, binds: list[str], cwd: Path | None,
+                   pid_namespace: bool, label: str | None) -> list[str]:
+        return words
 
 
 class ReferenceServerPeer(ServerPeer):
@@ -81,11 +82,17 @@ class ReferenceServerPeer(ServerPeer):
 
     program = "reference-server"
     executable = "reference-server"
+    builtin = True
 
     def __init__(self, provider: Provider | None = None, *, profile: str | None = None,
                  log_dir: Path | None = None) -> None:
         super().__init__(provider or BuiltinProvider(), log_dir=log_dir)
         self.profile = profile
+
+    @classmethod
+    def in_process(cls, version: str | None, *, log_dir: Path | None = None) -> Peer:
+        """``reference-server@PROFILE``: the version is a profile name."""
+        return cls(profile=version, log_dir=log_dir)
 
     def version(self) -> PeerVersion:
         version = harness_version()
@@ -165,10 +172,15 @@ class ReferenceClientPeer(ClientPeer):
 
     program = "reference-client"
     executable = "reference-client"
+    builtin = True
     capabilities = frozenset({"read", "write", "map", "map-contexts", "size"})
 
     def __init__(self, provider: Provider | None = None, *, log_dir: Path | None = None) -> None:
         super().__init__(provider or BuiltinProvider(), log_dir=log_dir)
+
+    @classmethod
+    def in_process(cls, version: str | None, *, log_dir: Path | None = None) -> Peer:
+        return cls(log_dir=log_dir)
 
     def version(self) -> PeerVersion:
         version = harness_version()
