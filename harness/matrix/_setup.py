@@ -1,8 +1,9 @@
 """How a real server driver is asked to serve a scenario's export, or why it cannot be.
 
-A scenario's :class:`~harness.scenarios.ExportRequirements` says more than an
-:class:`~harness.peers.export.ExportSpec` can (block size constraints, extra
-exports, TLS modes, handshake styles).  What a real program can be configured
+A scenario's :class:`~harness.scenarios.ExportRequirements` holds the export
+(an :class:`~harness.peers.export.ExportSpec`) and what the server around it
+must do (extra exports, TLS modes, handshake styles); not every program can be
+configured for all of it (block size constraints, for one).  What a real program can be configured
 for, it gets through its driver's options; what it cannot, makes the
 combination not a case (listed with this reason): a qemu-nbd that was never
 asked for a 4 KiB minimum block size cannot be blamed for not having one.
@@ -28,13 +29,14 @@ def unservable(program: str, export: ExportRequirements) -> str | None:
     from harness.peers import DRIVERS
 
     driver = DRIVERS.get(program)
-    if export.description and driver is not None and not driver.serves_descriptions:
+    spec = export.spec
+    if spec.description and driver is not None and not driver.serves_descriptions:
         return f"{program} cannot be given an export description"
-    if program == "nbd-server" and export.name in ("", "generic"):
-        return f"nbd-server cannot name an export {export.name!r}"
+    if program == "nbd-server" and spec.name in ("", "generic"):
+        return f"nbd-server cannot name an export {spec.name!r}"
     if export.handshake != "fixed-newstyle" and program not in _HANDSHAKES[export.handshake]:
         return f"{program} cannot be started with a {export.handshake} handshake"
-    if export.block_sizes_set or export.block_size_required:
+    if spec.block_sizes_set or spec.block_size_required:
         return f"{program} cannot be given the scenario's block size constraints"
     if export.extra_exports:
         return f"{program} serves one export here; the scenario needs {len(export.extra_exports)}" \
@@ -43,7 +45,7 @@ def unservable(program: str, export: ExportRequirements) -> str | None:
         return f"{program} is not driven with optional TLS (only required)"
     if not export.list_exports and program not in _LIST_DISABLED:
         return f"{program} cannot refuse NBD_OPT_LIST by configuration"
-    if not export.multi_conn:
+    if not spec.multi_conn:
         return f"{program} is not driven with a non-shareable export"
     return None
 
@@ -58,7 +60,7 @@ def driver_options(program: str, export: ExportRequirements) -> object | None:
         if export.handshake == "newstyle":
             return NbdkitOptions(mask_handshake=0)
         return None
-    if program == "qemu-nbd" and export.multi_conn:
+    if program == "qemu-nbd" and export.spec.multi_conn:
         from harness.peers import QemuNbdOptions
 
         # qemu-nbd advertises CAN_MULTI_CONN only when it accepts several clients at once.

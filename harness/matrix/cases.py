@@ -278,7 +278,7 @@ READ_ONLY_HIDES: dict[str, frozenset[str]] = {
 def server_features_for(scenario: Scenario, server: PeerRef) -> frozenset[str]:
     """The features ``server`` shows for ``scenario``'s export (quirks of read-only exports)."""
     features = server.features
-    if scenario.export.read_only:
+    if scenario.export.spec.read_only:
         for quirk in server.quirks:
             features -= READ_ONLY_HIDES.get(quirk, frozenset())
     return features
