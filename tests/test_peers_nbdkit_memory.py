@@ -16,6 +16,7 @@ from harness.peers import (
     ClientPeer,
     DataRange,
     ExportSpec,
+    Layer,
     NbdkitOptions,
     ServerPeer,
     pattern,
@@ -66,7 +67,8 @@ def test_peers_doctor_checks_it_against_nbdkits_data(memory_server: ServerPeer,
 
 def test_the_matrix_plans_it_without_preset_content() -> None:
     empty = ExportRequirements()
-    preset = ExportRequirements(layers=((DataRange(0, 4 * KiB),),))
+    preset = ExportRequirements(spec=ExportSpec(size=64 * KiB,
+                                                layers=(Layer((DataRange(0, 64 * KiB),)),)))
     oldstyle = ExportRequirements(handshake="oldstyle")
     assert unservable("nbdkit-memory", empty) is None
     assert "cannot hold the scenario's preset data" in str(unservable("nbdkit-memory", preset))

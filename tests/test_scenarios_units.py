@@ -9,7 +9,7 @@ import pytest
 
 from harness.cli import main
 from harness.client.records import Negotiation
-from harness.peers.export import DataRange, pattern
+from harness.peers.export import DataRange, ExportSpec, Layer, pattern
 from harness.protocol import constants as c
 from harness.protocol.state import OptionExchange
 from harness.scenarios._content import ContentModel, first_difference, verify_pieces
@@ -77,7 +77,8 @@ def test_command_outcomes() -> None:
 
 
 def test_extents_exact_and_safe() -> None:
-    export = ExportRequirements(size=1 << 20, layers=((DataRange(0, 65536),),))
+    export = ExportRequirements(ExportSpec(1 << 20, image_format="raw",
+                                           layers=(Layer((DataRange(0, 65536),)),)))
     spec = export.export_spec()
     model = ContentModel.of(spec)
     hole = int(c.StateFlag.HOLE | c.StateFlag.ZERO)
@@ -100,7 +101,8 @@ def test_extents_exact_and_safe() -> None:
 def test_extents_hole_optional() -> None:
     """NBD_STATE_HOLE may be clear (qemu 5.2 counts a qcow2's zero space as allocated);
     NBD_STATE_ZERO must be exactly where the export reads as zeroes."""
-    export = ExportRequirements(size=1 << 20, layers=((DataRange(262144, 131072),),))
+    export = ExportRequirements(ExportSpec(1 << 20, image_format="raw",
+                                           layers=(Layer((DataRange(262144, 131072),)),)))
     spec = export.export_spec()
     model = ContentModel.of(spec)
     both = int(c.StateFlag.HOLE | c.StateFlag.ZERO)

@@ -1,8 +1,9 @@
 """How a real server driver is asked to serve a scenario's export, or why it cannot be.
 
-A scenario's :class:`~harness.scenarios.ExportRequirements` says more than an
-:class:`~harness.peers.export.ExportSpec` can (block size constraints, extra
-exports, TLS modes, handshake styles).  What a real program can be configured
+A scenario's :class:`~harness.scenarios.ExportRequirements` holds the export
+(an :class:`~harness.peers.export.ExportSpec`) and what the server around it
+must do (extra exports, TLS modes, handshake styles); not every program can be
+configured for all of it (block size constraints, for one).  What a real program can be configured
 for, it gets through its driver's options; what it cannot, makes the
 combination not a case (listed with this reason): a qemu-nbd that was never
 asked for a 4 KiB minimum block size cannot be blamed for not having one.

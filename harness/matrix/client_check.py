@@ -29,7 +29,7 @@ from typing import Any
 from harness.address import Address
 from harness.capture import ProxyThread
 from harness.errors import UserError
-from harness.peers.export import BitmapSpec, DataRange
+from harness.peers.export import BitmapSpec, DataRange, ExportSpec, Layer
 from harness.process import PeerError, run_command
 from harness.scenarios import ExportRequirements
 
@@ -46,16 +46,19 @@ _SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _MIB = 1 << 20
 
 CHECK_EXPORT = ExportRequirements(
-    name="disk",
-    size=16 * _MIB,
-    backend="layers",
-    layers=(
-        (DataRange(0, _MIB, 1), DataRange(4 * _MIB, 2 * _MIB, 2)),
-        (DataRange(_MIB // 2, _MIB, 3), DataRange(10 * _MIB, _MIB, 4)),
+    ExportSpec(
+        name="disk",
+        size=16 * _MIB,
+        image_format="qcow2",
+        layers=(
+            Layer((DataRange(0, _MIB, 1), DataRange(4 * _MIB, 2 * _MIB, 2))),
+            Layer((DataRange(_MIB // 2, _MIB, 3), DataRange(10 * _MIB, _MIB, 4))),
+        ),
+        bitmaps=(BitmapSpec("b0"),),
+        writes_after_bitmaps=(DataRange(12 * _MIB, 256 * 1024, 5),),
+        description="nbd-harness check-client export",
     ),
-    bitmaps=(BitmapSpec("b0"),),
-    writes_after_bitmaps=(DataRange(12 * _MIB, 256 * 1024, 5),),
-    description="nbd-harness check-client export",
+    backend="layers",
 )
 """A 16 MiB two-layer chain with data in both layers, holes, and a dirty bitmap ``b0``."""
 
@@ -159,7 +162,7 @@ def check_client(command: ClientCommand, server: PeerRef, store: ResultStore, *,
                 front = served.behind(proxy.address)
                 values = {"uri": front.uri(), "uri_server": front.uri(""),
                           "host": proxy.address.host, "port": str(proxy.address.port),
-                          "export": export.name, "tls_dir": str(tls_dir or "")}
+                          "export": export.spec.name, "tls_dir": str(tls_dir or "")}
                 argv = command.render(values)
                 completed = run_command(argv, timeout=timeout, env=_environment(),
                                         cwd=case_dir, log_path=case_dir / "client.log")

@@ -137,7 +137,7 @@ def _serve(case: Case, workdir: Path, watchdog: _Watchdog) -> Iterator[tuple[Add
         features = profile(case.server.profile or "reference")
         with serve_reference(requirements, features, workdir / "server", tls_dir=tls_dir) as srv:
             watchdog.add(srv.thread.stop)
-            yield srv.address, requirements.name, tls_dir
+            yield srv.address, requirements.spec.name, tls_dir
         return
     from ._setup import driver_options
 

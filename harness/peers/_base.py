@@ -393,13 +393,14 @@ class ServerPeer(Peer):
         """Why this program cannot serve a scenario's ``export`` as it is described (None:
         it can, with :meth:`options_for`)."""
         program = cls.program
-        if export.description and not cls.serves_descriptions:
+        spec = export.spec
+        if spec.description and not cls.serves_descriptions:
             return f"{program} cannot be given an export description"
-        if export.name in cls.reserved_export_names:
-            return f"{program} cannot name an export {export.name!r}"
+        if spec.name in cls.reserved_export_names:
+            return f"{program} cannot name an export {spec.name!r}"
         if export.handshake not in cls.handshakes:
             return f"{program} cannot be started with a {export.handshake} handshake"
-        if export.block_sizes_set or export.block_size_required:
+        if spec.block_sizes_set or spec.block_size_required:
             return f"{program} cannot be given the scenario's block size constraints"
         if export.extra_exports:
             return f"{program} serves one export here; the scenario needs " \
@@ -409,7 +410,7 @@ class ServerPeer(Peer):
             return f"{program} is not driven with {export.tls} TLS (only {driven})"
         if not export.list_exports and not cls.can_refuse_list:
             return f"{program} cannot refuse NBD_OPT_LIST by configuration"
-        if not export.multi_conn:
+        if not spec.multi_conn:
             return f"{program} is not driven with a non-shareable export"
         return None
 

@@ -25,7 +25,7 @@ class NbdkitMemory(Nbdkit):
 
     @classmethod
     def unservable(cls, export: ExportRequirements) -> str | None:
-        if any(export.layers) or export.writes_after_bitmaps:
+        if any(export.spec.layers) or export.spec.writes_after_bitmaps:
             return f"{cls.program} starts empty: it cannot hold the scenario's preset data"
         return super().unservable(export)
 

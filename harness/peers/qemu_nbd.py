@@ -51,7 +51,7 @@ class QemuNbd(ServerPeer):
     @classmethod
     def options_for(cls, export: ExportRequirements) -> QemuNbdOptions | None:
         # qemu-nbd advertises CAN_MULTI_CONN only when it accepts several clients at once.
-        return QemuNbdOptions(shared=8) if export.multi_conn else None
+        return QemuNbdOptions(shared=8) if export.spec.multi_conn else None
 
     @classmethod
     def probe_export(cls) -> tuple[ExportSpec, QemuNbdOptions]:

@@ -230,7 +230,7 @@ class ClientRun:
         address = self.client_address
         assert address is not None
         args = step.args
-        export = args.get("export", self.scenario.export.name)
+        export = args.get("export", self.spec.name)
         if self.scenario.export.handshake == "oldstyle":
             export = ""  # oldstyle has no export names: clients must not ask for one
         offset = args.get("offset", 0)
@@ -246,7 +246,7 @@ class ClientRun:
             "uri": uri, "uri_server": server_uri, "host": address.host, "port": address.port,
             "socket": address.path, "export": export, "server_opts": server_opts,
             "tls_dir": str(self.pki or ""), "offset": offset, "length": length,
-            "end": offset + length, "size": self.scenario.export.size, "context": context,
+            "end": offset + length, "size": self.spec.size, "context": context,
             "in": str(data_in), "out": str(data_out), "workdir": str(self.workdir),
             "python": sys.executable, "uri_repr": repr(uri), "uri_server_repr": repr(server_uri),
             "in_repr": repr(str(data_in)), "out_repr": repr(str(data_out)),
@@ -278,7 +278,7 @@ class ClientRun:
         if action == "write":
             data_in.write_bytes(pattern(offset, length, seed))
         elif action == "copy-in":
-            data_in.write_bytes(pattern(0, self.scenario.export.size, seed))
+            data_in.write_bytes(pattern(0, self.spec.size, seed))
         argv = render(argv_template, self._values(step, index, tls, data_in, data_out))
         before = len(served.records)
         started = time.monotonic()
@@ -344,7 +344,7 @@ class ClientRun:
         if action == "write":
             self.model.write(offset, length, seed)
         elif action == "copy-in":
-            self.model.write(0, self.scenario.export.size, seed)
+            self.model.write(0, self.spec.size, seed)
         elif action in ("zero", "fast-zero"):
             self.model.zero(offset, length)
         elif action == "trim":
@@ -353,7 +353,7 @@ class ClientRun:
     def _check_output(self, step: Step, action: str, output: ActionOutput, offset: int,
                       length: int, what: str) -> None:
         expect = step.expect or {}
-        size = self.scenario.export.size
+        size = self.spec.size
         if action == "read":
             check_data(output.data or b"", expect.get("data"), offset, length, self.model,
                        self.spec, what)

@@ -241,7 +241,7 @@ class ServerRun(OptionSteps, CommandSteps):
             **wanted,
             "contexts": list(contexts),
             "tls": tls != "off",
-            "init_state": export.init_state,
+            "init_state": export.spec.init_state,
             "oldstyle": export.handshake == "oldstyle",
         }
         return options, asked

@@ -35,7 +35,7 @@ PLACEHOLDERS = frozenset({
 })
 
 
-_PROGRAM_KEYS = ("description", "uri_tls", "info_size_from_opt_info")
+_PROGRAM_KEYS = ("description", "uri_tls")
 """Keys of a program's table that are not actions."""
 
 
@@ -67,8 +67,6 @@ class ClientProgram:
     description: str
     uri_tls: bool
     actions: dict[str, tuple[ActionForm, ...]] = field(default_factory=dict)
-    info_size_from_opt_info: bool = False
-    """True when its ``info`` shows the size NBD_OPT_INFO gave (not NBD_OPT_GO's)."""
 
     def form(self, action: str, context: str | None = None) -> ActionForm | None:
         """The form of ``action`` that fits ``context`` (a map's context), or None."""
@@ -130,8 +128,7 @@ def load_client_actions(path: Path = ACTIONS_FILE) -> dict[str, ClientProgram]:
                 ))
             actions[key] = tuple(forms)
         programs[name] = ClientProgram(name, str(table.get("description", "")),
-                                       bool(table.get("uri_tls", False)), actions,
-                                       bool(table.get("info_size_from_opt_info", False)))
+                                       bool(table.get("uri_tls", False)), actions)
     return programs
 
 
