@@ -20,8 +20,8 @@ from harness.matrix.cases import (
     select_scenarios,
     server_features_for,
 )
-from harness.matrix.verdict import Verdict
 from harness.scenarios import ExportRequirements, Fallback, Scenario, Step
+from harness.verdict import Verdict
 
 
 def scenario(name: str = "sr-read", *, server: set[str] | None = None,

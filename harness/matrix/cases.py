@@ -33,8 +33,7 @@ from typing import Literal
 from harness.errors import UserError
 from harness.peerdata import PeerDataError, default_peerdata, version_matches
 from harness.scenarios import Scenario
-
-from .verdict import Verdict
+from harness.verdict import Verdict
 
 Role = Literal["server", "client"]
 

@@ -41,7 +41,7 @@ from .cases import Case, PeerRef
 if TYPE_CHECKING:
     from harness.peers import Provider, ServerPeer
 from .results import CaseResult, ResultStore
-from .verdict import Verdict, judge
+from .verdict import judge_case
 
 LOOPBACK = Address.tcp("127.0.0.1", 0)
 CAPTURE = "capture.pcapng"
@@ -250,31 +250,32 @@ def _lint(capture_path: Path, case_dir: Path) -> tuple[list[dict[str, Any]], lis
     return findings, _sessions_from_capture(capture), list(capture.errors)
 
 
-def _judge_findings(case: Case, findings: list[dict[str, Any]]) -> tuple[Verdict | None, str]:
-    """The verdict the wire checks impose (None: no objection) and why."""
-    mandatory = [f for f in findings if f.get("level") in ("MUST", "MUST NOT")]
-    theirs = [f for f in mandatory if f.get("role") == case.role]
-    ours = [f for f in mandatory if f.get("role") != case.role]
-    if theirs:
-        first = theirs[0]
-        return Verdict.FAIL, (
-            f"{case.under_test.spec} broke {first['level']} {first['rule']} at frame "
-            f"{first['frame']} (spec \"{first['section']}\": \"{first['sentence']}\"): "
-            f"{first['message']}" + (f" (and {len(theirs) - 1} more)" if len(theirs) > 1 else ""))
-    if ours:
-        if case.role == "server" and breaks_rules_on_purpose(case.scenario):
-            return None, ""
-        if case.role == "client" and case.server.profile not in (None, "reference"):
-            from reference_server.profiles import profile
+def reference_breaches_deliberate(case: Case) -> bool:
+    """True when the reference side of ``case`` may break a MUST on purpose.
 
-            if profile(case.server.profile).quirks:
-                return None, ""  # the profile reproduces a real server's deviations
-        first = ours[0]
-        side = "reference client" if case.role == "server" else "reference server"
-        return Verdict.ERROR, (
-            f"the {side} broke {first['level']} {first['rule']} at frame {first['frame']}: "
-            f"{first['message']} (a harness bug)")
-    return None, ""
+    A server-role scenario that breaks the rules on purpose makes the reference
+    client do so; a reference-server profile with quirks reproduces a real
+    server's deviations.  Either way its breaches are no harness bug.
+    """
+    if case.role == "server":
+        return breaks_rules_on_purpose(case.scenario)
+    from reference_server.profiles import profile
+
+    return bool(profile(case.server.profile or "reference").quirks)
+
+
+def lint_capture(capture_path: Path, case_dir: Path) -> tuple[list[dict[str, Any]],
+                                                               list[dict[str, Any]], str | None]:
+    """Decode and check the capture (see :func:`_lint`): (findings, sessions, problem).
+
+    ``problem`` says why the capture cannot evidence the case (damaged, or
+    decoding or checking it failed); None when it can.
+    """
+    try:
+        findings, sessions, errors = _lint(capture_path, case_dir)
+    except Exception as exc:
+        return [], [], f"decoding or checking the capture failed: {type(exc).__name__}: {exc}"
+    return findings, sessions, f"the capture is damaged: {errors[0]}" if errors else None
 
 
 # --- evidence -----------------------------------------------------------------------------------
@@ -355,30 +356,13 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
     if case.scenario.path is not None:  # the case page and the conformance report quote it
         with contextlib.suppress(OSError):
             shutil.copyfile(case.scenario.path, case_dir / SCENARIO_COPY)
-    observed = Verdict.parse(outcome.verdict)
-    detail = outcome.detail
-    findings: list[dict[str, Any]] = []
-    sessions: list[dict[str, Any]] = list(outcome.evidence.get("sessions", []) or [])
-    try:
-        findings, wire_sessions, capture_errors = _lint(capture, case_dir)
-        if not sessions:
-            sessions = wire_sessions
-        if capture_errors and observed != Verdict.ERROR:
-            observed, detail = Verdict.ERROR, f"the capture is damaged: {capture_errors[0]}"
-    except Exception as exc:
-        if observed != Verdict.ERROR:
-            observed, detail = Verdict.ERROR, f"decoding or checking the capture failed: " \
-                                              f"{type(exc).__name__}: {exc}"
-    imposed, why = _judge_findings(case, findings)
-    # A MUST the peer under test broke on the wire fails the case whatever the steps came to
-    # (the reference side may have choked on it); our own side breaking one is a harness
-    # error, unless the steps already found the peer at fault.
-    if imposed == Verdict.FAIL or (imposed == Verdict.ERROR and observed.benign):
-        observed, detail = imposed, why + (f"; steps: {detail}" if detail else "")
-    if observed in (Verdict.PASS, Verdict.UNSUPPORTED, Verdict.EXPECTED_FALLBACK) \
-            and case.role == "server" and not capture.exists():
-        observed, detail = Verdict.ERROR, "no capture was written: the case is not evidenced"
-    final = judge(observed, case.expected, detail)
+    findings, wire_sessions, capture_problem = lint_capture(capture, case_dir)
+    sessions = list(outcome.evidence.get("sessions", []) or []) or wire_sessions
+    final = judge_case(outcome.verdict, outcome.detail, findings, under_test=case.role,
+                       peer=case.under_test.spec, expected=case.expected,
+                       capture_problem=capture_problem,
+                       reference_breaches_deliberate=reference_breaches_deliberate(case),
+                       evidenced=case.role != "server" or capture.exists())
     if final.ok and not keep_data:
         _prune(case_dir)
     return CaseResult(
@@ -389,7 +373,7 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
         server=case.server.spec,
         client=case.client.spec,
         verdict=final.verdict.value,
-        observed=observed.value,
+        observed=final.observed.value,
         expected=case.expected.value if case.expected else None,
         detail=final.detail,
         description=case.scenario.description,
@@ -408,4 +392,5 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
     )
 
 
-__all__ = ["STEP_TIMEOUT", "breaks_rules_on_purpose", "run_case"]
+__all__ = ["STEP_TIMEOUT", "breaks_rules_on_purpose", "lint_capture",
+           "reference_breaches_deliberate", "run_case"]
