@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import UserError
+from harness.paths import MATRIX_DIR, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ROOT = REPO / "matrix"
+DEFAULT_ROOT = MATRIX_DIR
 
 Role = Literal["server", "client"]
 ROLES: tuple[Role, ...] = ("server", "client")

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from harness.errors import UserError
+from harness.paths import REPORTS_DIR
 
 if TYPE_CHECKING:
     from harness.matrix.results import CaseResult
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not expansion.cases:
         raise UserError("no scenario applies to this export (see --list for why)")
-    out = args.out or REPO / "reports" / f"check-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or REPORTS_DIR / f"check-{time.strftime('%Y%m%d-%H%M%S')}"
     store = ResultStore(out)
     pool = run_cases(expansion.cases, store, jobs=args.jobs)
     results = pool.results

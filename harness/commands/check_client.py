@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from harness.paths import REPORTS_DIR
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     command = ClientCommand.parse(args.command)
     servers = profiles_for(args.profile, args.all_profiles)
-    out = args.out or REPO / "reports" / f"check-client-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or REPORTS_DIR / f"check-client-{time.strftime('%Y%m%d-%H%M%S')}"
     store = ResultStore(out)
     results = []
     try:

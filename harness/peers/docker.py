@@ -20,16 +20,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness import paths
 from harness.process import PeerError, find_program, run_command
 
 from ._provider import Argv, Progress, Provider, ProvisionReport, upstream_version
 from .rootfs import outermost, run_with_progress
-from .suites import REPO, Suite, host_mirror
+from .suites import Suite, host_mirror
 
 IMAGE_ENV = "NBD_HARNESS_DOCKER_IMAGE"
 PULL_ENV = "NBD_HARNESS_DOCKER_PULL"
 DEFAULT_IMAGE = "nbd-harness-peers"
-DOCKER_DIR = REPO / "matrix" / "docker"
+DOCKER_DIR = paths.DOCKER_DIR
 QUERY_TIMEOUT = 20.0
 BUILD_TIMEOUT = 30 * 60.0
 _labels = itertools.count(1)

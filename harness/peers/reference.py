@@ -17,6 +17,7 @@ from pathlib import Path
 
 from harness.address import Address
 from harness.process import PeerError
+from harness.version import harness_version
 
 from ._base import (
     READY_TIMEOUT,
@@ -33,15 +34,6 @@ from .export import ExportSpec, Extents
 from .suites import Suite
 
 BUILTIN_SUITE = Suite(name="builtin", release="", providers=(), packages=())
-
-
-def harness_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("nbd-harness")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 class BuiltinProvider(Provider):
@@ -203,4 +195,4 @@ class ReferenceClientPeer(ClientPeer):
         raise PeerError("the reference client runs in-process: use its methods")
 
 
-__all__ = ["BuiltinProvider", "ReferenceClientPeer", "ReferenceServerPeer", "harness_version"]
+__all__ = ["BuiltinProvider", "ReferenceClientPeer", "ReferenceServerPeer"]
