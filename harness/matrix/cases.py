@@ -41,7 +41,7 @@ REFERENCE_SERVER = "reference-server"
 REFERENCE_CLIENT = "reference-client"
 REFERENCE_PROFILE = "reference"
 
-DEFAULT_TIMEOUT = 180.0
+CASE_TIMEOUT = 180.0
 """Seconds one case may take from provisioning to verdict."""
 
 
@@ -314,7 +314,7 @@ class Case:
     server: PeerRef
     client: PeerRef
     expectation: Expectation
-    timeout: float = DEFAULT_TIMEOUT
+    timeout: float = CASE_TIMEOUT
 
     @property
     def id(self) -> str:
@@ -448,7 +448,7 @@ def expand(
     *,
     client_profiles: Sequence[PeerRef] | None = None,
     relevant_only: bool = False,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float = CASE_TIMEOUT,
 ) -> Expansion:
     """Every case of ``scenarios`` between ``servers`` and ``clients``.
 
@@ -540,8 +540,8 @@ def peer_matches(peer: PeerRef, wanted: str) -> bool:
 
 
 __all__ = [
+    "CASE_TIMEOUT",
     "CLIENT_UNJUDGEABLE",
-    "DEFAULT_TIMEOUT",
     "INFO_SIZE_FROM_OPT_INFO",
     "REFERENCE_CLIENT",
     "REFERENCE_SERVER",

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.address import Address
+from harness.address import LOOPBACK
 from harness.capture import ProxyThread
 from harness.errors import UserError
 from harness.peers.export import BitmapSpec, DataRange
@@ -156,7 +156,7 @@ def check_client(command: ClientCommand, server: PeerRef, store: ResultStore, *,
     argv: list[str] = []
     try:
         with serve_reference(export, features, case_dir / "server", tls_dir=tls_dir) as served:
-            proxy = ProxyThread(Address.tcp("127.0.0.1", 0), served.address, capture).start()
+            proxy = ProxyThread(LOOPBACK, served.address, capture).start()
             try:
                 front = served.behind(proxy.address)
                 values = {"uri": front.uri(), "uri_server": front.uri(""),

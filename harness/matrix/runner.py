@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.address import Address
+from harness.address import LOOPBACK, Address
 from harness.capture import ProxyThread
 from harness.scenarios import Scenario, ScenarioResult
 
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 from .results import CaseResult, ResultStore
 from .verdict import judge_case
 
-LOOPBACK = Address.tcp("127.0.0.1", 0)
 CAPTURE = "capture.pcapng"
 SCENARIO_COPY = "scenario.yaml"
 WIRE_LOG = "wire.txt"

@@ -30,6 +30,7 @@ from harness.client import (
     TlsError,
     tls_context_for,
 )
+from harness.client.options import DEFAULT_TIMEOUT
 from harness.client.uri import NbdUri
 from harness.protocol import LocalProtocolError, Phase, RemoteProtocolError
 from harness.protocol import constants as c
@@ -367,7 +368,7 @@ class ServerRun(OptionSteps, CommandSteps):
 
 async def run_server_async(scenario: Scenario, uri: str, *,
                            features_client: Iterable[str] | None = None,
-                           timeout: float = 30.0,
+                           timeout: float = DEFAULT_TIMEOUT,
                            tls_dir: Path | None = None) -> ScenarioResult:
     """The asyncio form of :func:`harness.scenarios.steps.run_server_scenario`."""
     run = ServerRun(scenario, uri, features_client=features_client, timeout=timeout,

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.client.options import DEFAULT_TIMEOUT
 from harness.verdict import Verdict
 from reference_server.features import FULL, ServerFeatures
 
@@ -42,8 +43,6 @@ from .model import Scenario, ScenarioResult, StepResult
 if TYPE_CHECKING:
     from harness.peers import Provider
 
-DEFAULT_TIMEOUT = 30.0
-"""Seconds each network wait (and a tenth of each client program's run) may take."""
 
 
 def _overall_bound(scenario: Scenario, timeout: float) -> float:
@@ -138,7 +137,7 @@ def run_client_scenario(
 
         @contextlib.contextmanager
         def recorded(upstream: Address) -> Iterator[Address]:
-            with ProxyThread(Address.tcp("127.0.0.1", 0), upstream, capture) as proxy:
+            with ProxyThread(LOOPBACK, upstream, capture) as proxy:
                 yield proxy.address
 
     ``provider`` (a :class:`harness.peers.Provider`; None: this machine's
