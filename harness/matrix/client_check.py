@@ -32,8 +32,10 @@ from harness.capture import ProxyThread
 from harness.errors import UserError
 from harness.peers.export import BitmapSpec, DataRange
 from harness.process import PeerError, run_command
-from harness.scenarios import ExportRequirements
+from harness.scenarios import ExportRequirements, serve_reference
+from harness.tls import make_test_pki
 from harness.verdict import Verdict
+from reference_server.profiles import profile
 
 from .cases import PeerRef, reference_profiles, reference_server
 from .results import CaseResult, ResultStore
@@ -133,9 +135,6 @@ def check_client(command: ClientCommand, server: PeerRef, store: ResultStore, *,
                  timeout: float = 120.0, tls: bool = False,
                  strict_exit: bool = False) -> CaseResult:
     """Run ``command`` against the reference server in ``server``'s profile; judge it."""
-    from harness.scenarios import serve_reference
-    from reference_server.profiles import profile
-
     case_id = f"{SCENARIO}[{server.spec}-vs-{command.program}]"
     case_dir = store.case_dir(case_id)
     capture = case_dir / CAPTURE
@@ -146,8 +145,6 @@ def check_client(command: ClientCommand, server: PeerRef, store: ResultStore, *,
         **{**CHECK_EXPORT.__dict__, "tls": "required"})
     tls_dir = None
     if tls:
-        from harness.tls import make_test_pki
-
         tls_dir = make_test_pki(case_dir / "pki").directory
     features = profile(server.profile or "reference")
     observed, detail = Verdict.PASS, ""

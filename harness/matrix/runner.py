@@ -30,16 +30,26 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.address import LOOPBACK, Address
 from harness.capture import ProxyThread
-from harness.scenarios import Scenario, ScenarioResult
+from harness.client import parse_uri
+from harness.peers import DRIVERS, Catalog, Endpoint, Provider, ServerPeer
+from harness.process import PeerError
+from harness.scenarios import (
+    Scenario,
+    ScenarioResult,
+    run_client_scenario,
+    run_server_scenario,
+    serve_reference,
+)
+from harness.tls import make_test_pki
+from reference_server.profiles import profile
 
+from ._recorded import recording_proxy
+from ._setup import driver_options
 from .cases import Case, PeerRef
-
-if TYPE_CHECKING:
-    from harness.peers import Provider, ServerPeer
 from .results import CaseResult, ResultStore
 from .verdict import judge_case
 
@@ -102,8 +112,6 @@ def breaks_rules_on_purpose(scenario: Scenario) -> bool:
 
 
 def _driver(peer: PeerRef, log_dir: Path) -> ServerPeer:
-    from harness.peers import DRIVERS, Catalog
-
     catalog = Catalog.load()
     if peer.provider and peer.provider != "builtin":
         provider = catalog.provider(peer.provider)
@@ -119,27 +127,18 @@ def _serve(case: Case, workdir: Path, watchdog: _Watchdog) -> Iterator[tuple[Add
     requirements = scenario.export
     tls_dir = None
     if requirements.tls != "off" and case.server.program != "external":
-        from harness.tls import make_test_pki
-
         tls_dir = make_test_pki(workdir / "pki").directory
     if case.server.program == "external":
-        from harness.client import parse_uri
-
         uri = parse_uri(case.server.spec.removeprefix("external:"))
         yield uri.address, uri.export, Path(uri.tls_certificates) if uri.tls_certificates \
             else None
         return
     if case.server.reference:
-        from harness.scenarios import serve_reference
-        from reference_server.profiles import profile
-
         features = profile(case.server.profile or "reference")
         with serve_reference(requirements, features, workdir / "server", tls_dir=tls_dir) as srv:
             watchdog.add(srv.thread.stop)
             yield srv.address, requirements.name, tls_dir
         return
-    from ._setup import driver_options
-
     driver = _driver(case.server, workdir)
     spec = requirements.export_spec(tls_dir)
     running = driver.start(spec, workdir / "server", options=driver_options(
@@ -152,15 +151,11 @@ def _serve(case: Case, workdir: Path, watchdog: _Watchdog) -> Iterator[tuple[Add
 
 
 def _uri(address: Address, export: str, tls_dir: Path | None) -> str:
-    from harness.peers import Endpoint
-
     return Endpoint(address, export, tls_dir).uri()
 
 
 def _run_server_role(case: Case, workdir: Path, capture: Path,
                      watchdog: _Watchdog) -> ScenarioResult:
-    from harness.scenarios import run_server_scenario
-
     with _serve(case, workdir, watchdog) as (address, export, tls_dir):
         proxy = ProxyThread(LOOPBACK, address, capture).start()
         watchdog.add(proxy.stop)
@@ -176,9 +171,6 @@ def _client_provider(peer: PeerRef) -> Provider | None:
     """The provider ``peer`` runs from (None: the harness's own program, run as it is)."""
     if not peer.provider or peer.provider == "builtin":
         return None
-    from harness.peers import Catalog
-    from harness.process import PeerError
-
     provider = Catalog.load().provider(peer.provider)
     if not provider.ready():  # a sandbox that cannot start is no failure of the client
         raise PeerError(f"{provider.name} is not installed: run `{provider.install_hint()}`")
@@ -187,11 +179,6 @@ def _client_provider(peer: PeerRef) -> Provider | None:
 
 def _run_client_role(case: Case, workdir: Path, capture: Path,
                      watchdog: _Watchdog) -> ScenarioResult:
-    from harness.scenarios import run_client_scenario
-    from reference_server.profiles import profile
-
-    from ._recorded import recording_proxy
-
     workdir = workdir / "client"
     workdir.mkdir(parents=True, exist_ok=True)
     return run_client_scenario(case.scenario, case.client.program,
@@ -235,6 +222,8 @@ def _lint(capture_path: Path, case_dir: Path) -> tuple[list[dict[str, Any]], lis
 
     Returns (findings, sessions, problems with the capture itself).
     """
+    # Here, not at the top: the dissector and the rules load scapy (seconds on a busy machine),
+    # which the CLI and the pool's parent process need not pay for to import the runner.
     from harness.conformance import check_capture
     from harness.dissect import decode_capture, render_capture_indexed
 
@@ -258,8 +247,6 @@ def reference_breaches_deliberate(case: Case) -> bool:
     """
     if case.role == "server":
         return breaks_rules_on_purpose(case.scenario)
-    from reference_server.profiles import profile
-
     return bool(profile(case.server.profile or "reference").quirks)
 
 
