@@ -84,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.matrix.external import external_cases, probe
     from harness.matrix.pool import run_cases
     from harness.matrix.results import ResultStore
-    from harness.report import collect, write_reports
-    from harness.report._summary import counts_line, summarize
+    from harness.report import collect, counts_line, summarize, write_reports
     from harness.scenarios import LIBRARY, load_library
 
     if args.jobs < 1:

@@ -51,8 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from harness.matrix.client_check import ClientCommand, check_client, profiles_for
     from harness.matrix.results import ResultStore
-    from harness.report import collect, negotiated_text, write_reports
-    from harness.report._summary import counts_line, summarize
+    from harness.report import collect, counts_line, negotiated_text, summarize, write_reports
 
     from .check import print_failures
 
