@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import UserError
+from harness.paths import MATRIX_DIR, REPO
 from harness.protocol import constants as c
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ROOT = REPO / "matrix"
+DEFAULT_ROOT = MATRIX_DIR
 
 Role = Literal["server", "client"]
 ROLES: tuple[Role, ...] = ("server", "client")

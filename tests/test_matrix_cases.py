@@ -20,10 +20,10 @@ from harness.matrix.cases import (
     select_scenarios,
     server_features_for,
 )
-from harness.matrix.verdict import Verdict
 from harness.peers import ExportSpec
 from harness.scenarios import ExportRequirements, Fallback, Scenario, Step
 from harness.scenarios.model import DEFAULT_EXPORT_SIZE
+from harness.verdict import Verdict
 
 
 def scenario(name: str = "sr-read", *, server: set[str] | None = None,

@@ -22,7 +22,8 @@ from harness.scenarios.client_actions import (
     load_client_actions,
     render,
 )
-from harness.scenarios.model import ExportRequirements
+from harness.scenarios.model import ExportRequirements, StepResult, verdict_of_steps
+from harness.verdict import Verdict
 from reference_server.features import FULL
 from reference_server.profiles import bare_server, profile
 
@@ -231,3 +232,23 @@ def test_cli_run_against_the_reference_server(capsys: pytest.CaptureFixture[str]
     assert "commands/cache (server): unsupported: server lacks cache" in capsys.readouterr().out
     assert main(["scenarios", "run", "client/copy-out"]) == 2
     assert "has no server role (give --client PROGRAM)" in capsys.readouterr().err
+
+
+# --- the verdict of a run's steps -------------------------------------------------------------
+
+
+def step(status: str, index: int = 0, **extra: object) -> StepResult:
+    return StepResult(index, "read", 3 + index, status, f"step {index}", **extra)  # type: ignore[arg-type]
+
+
+def test_verdict_of_steps_error_before_failure_before_fallback() -> None:
+    steps = [step("ok"), step("failed", 1, expected=1, got=2), step("error", 2)]
+    assert verdict_of_steps(steps) == (Verdict.ERROR, "steps[2] read (line 5): step 2")
+    assert verdict_of_steps(steps[:2], unsupported="x") == (
+        Verdict.FAIL, "steps[1] read (line 4): step 1 (expected 1, got 2)")
+    assert verdict_of_steps(steps[:1], unsupported="no BLOCK_STATUS",
+                            fell_back_without={"b": "y"}) == (Verdict.UNSUPPORTED,
+                                                                "no BLOCK_STATUS")
+    assert verdict_of_steps(steps[:1], fell_back_without={"b": "y", "a": "x"}) == (
+        Verdict.EXPECTED_FALLBACK, "without a: x; b: y")
+    assert verdict_of_steps(steps[:1]) == (Verdict.PASS, "")

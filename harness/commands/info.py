@@ -27,6 +27,7 @@ from harness.client import (
     NegotiationError,
     parse_uri,
 )
+from harness.client.options import DEFAULT_TIMEOUT
 from harness.client.uri import NbdUri
 from harness.protocol import Phase, ProtocolError
 from harness.protocol import constants as c
@@ -87,9 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--timeout",
         type=float,
-        default=30.0,
+        default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help="limit for connecting and for each reply (default 30)",
+        help=f"limit for connecting and for each reply (default {DEFAULT_TIMEOUT:g})",
     )
     parser.set_defaults(func=run)
 

@@ -33,8 +33,7 @@ from typing import Literal
 from harness.errors import UserError
 from harness.peerdata import PeerDataError, default_peerdata, version_matches
 from harness.scenarios import Scenario
-
-from .verdict import Verdict
+from harness.verdict import Verdict
 
 Role = Literal["server", "client"]
 
@@ -42,7 +41,7 @@ REFERENCE_SERVER = "reference-server"
 REFERENCE_CLIENT = "reference-client"
 REFERENCE_PROFILE = "reference"
 
-DEFAULT_TIMEOUT = 180.0
+CASE_TIMEOUT = 180.0
 """Seconds one case may take from provisioning to verdict."""
 
 
@@ -316,7 +315,7 @@ class Case:
     server: PeerRef
     client: PeerRef
     expectation: Expectation
-    timeout: float = DEFAULT_TIMEOUT
+    timeout: float = CASE_TIMEOUT
 
     @property
     def id(self) -> str:
@@ -471,7 +470,7 @@ def expand(
     *,
     client_profiles: Sequence[PeerRef] | None = None,
     relevant_only: bool = False,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float = CASE_TIMEOUT,
 ) -> Expansion:
     """Every case of ``scenarios`` between ``servers`` and ``clients``.
 
@@ -563,8 +562,9 @@ def peer_matches(peer: PeerRef, wanted: str) -> bool:
 
 
 __all__ = [
+    "CASE_TIMEOUT",
     "CLIENT_UNJUDGEABLE",
-    "DEFAULT_TIMEOUT",
+    "INFO_SIZE_FROM_OPT_INFO",
     "REFERENCE_CLIENT",
     "REFERENCE_SERVER",
     "Case",

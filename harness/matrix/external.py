@@ -20,12 +20,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from harness.client import Client, parse_uri
+from harness.client.options import DEFAULT_TIMEOUT
 from harness.client.uri import NbdUri
 from harness.errors import UserError
 from harness.scenarios import Scenario, Step
 
 from .cases import (
-    DEFAULT_TIMEOUT,
+    CASE_TIMEOUT,
     Case,
     Excluded,
     Expansion,
@@ -69,7 +70,7 @@ class ExternalExport:
                        provider="external")
 
 
-def probe(uri: str, timeout: float = 30.0) -> ExternalExport:
+def probe(uri: str, timeout: float = DEFAULT_TIMEOUT) -> ExternalExport:
     """Connect once with the reference client: size, read-only flag, TLS."""
     from harness.client import ConnectOptions
     from harness.client.errors import NbdClientError
@@ -202,7 +203,7 @@ def not_applicable(scenario: Scenario, export: ExternalExport, allow_writes: boo
 
 
 def external_cases(scenarios: Iterable[Scenario], export: ExternalExport, *,
-                   allow_writes: bool = False, timeout: float = DEFAULT_TIMEOUT) -> Expansion:
+                   allow_writes: bool = False, timeout: float = CASE_TIMEOUT) -> Expansion:
     """Cases of the applicable scenarios against ``export`` (the rest listed as excluded)."""
     cases: list[Case] = []
     excluded: list[Excluded] = []

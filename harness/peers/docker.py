@@ -19,16 +19,17 @@ import os
 import time
 from pathlib import Path
 
+from harness import paths
 from harness.process import PeerError, find_program, run_command
 
 from ._provider import Progress, Provider, ProvisionReport, upstream_version
 from .rootfs import run_with_progress
-from .suites import REPO, Suite, host_mirror
+from .suites import Suite, host_mirror
 
 IMAGE_ENV = "NBD_HARNESS_DOCKER_IMAGE"
 PULL_ENV = "NBD_HARNESS_DOCKER_PULL"
 DEFAULT_IMAGE = "nbd-harness-peers"
-DOCKER_DIR = REPO / "matrix" / "docker"
+DOCKER_DIR = paths.DOCKER_DIR
 QUERY_TIMEOUT = 20.0
 BUILD_TIMEOUT = 30 * 60.0
 _labels = itertools.count(1)

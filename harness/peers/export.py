@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness.errors import UserError
+from harness.protocol.extents import merge_extents
 
 ImageFormat = Literal["raw", "qcow2"]
 IMAGE_FORMATS: tuple[ImageFormat, ...] = ("raw", "qcow2")
@@ -223,7 +224,7 @@ class ExportSpec:
 
     def base_allocation(self) -> Extents:
         """``base:allocation``: data (0) where any layer has data, else hole+zero (3)."""
-        return _merge(
+        return merge_extents(
             [
                 (offset, length, HOLE_FLAGS if depth == 0 else DATA_FLAGS)
                 for offset, length, depth in self.allocation_depth()
@@ -260,22 +261,6 @@ def _runs(values: Sequence[int], unit: int, size: int) -> Extents:
         else:
             extents.append((start, length, value))
     return extents
-
-
-def _merge(extents: Extents) -> Extents:
-    merged: Extents = []
-    for offset, length, flags in extents:
-        if merged and merged[-1][2] == flags:
-            start, previous, _ = merged[-1]
-            merged[-1] = (start, previous + length, flags)
-        else:
-            merged.append((offset, length, flags))
-    return merged
-
-
-def merge_extents(extents: Iterable[tuple[int, int, int]]) -> Extents:
-    """Merge adjacent extents with equal flags (clients split them differently)."""
-    return _merge(list(extents))
 
 
 __all__ = [

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from harness.address import Address
 from harness.process import PeerError
+from harness.version import harness_version
 
 from ._base import (
     READY_TIMEOUT,
@@ -44,15 +45,6 @@ if TYPE_CHECKING:
     from reference_server.storage import Backend
 
 BUILTIN_SUITE = Suite(name="builtin", release="", providers=(), packages=())
-
-
-def harness_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("nbd-harness")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 class BuiltinProvider(Provider):
@@ -303,7 +295,6 @@ __all__ = [
     "ReferenceClientPeer",
     "ReferenceServerPeer",
     "Storage",
-    "harness_version",
     "host_reference",
     "reference_config",
 ]

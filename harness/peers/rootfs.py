@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.paths import REPO
 from harness.process import ManagedProcess, PeerError, find_program
 
 from ._provider import (
@@ -41,7 +42,7 @@ from ._provider import (
     read_dpkg_status,
     sandboxed,
 )
-from .suites import REPO, Suite, host_mirror
+from .suites import Suite, host_mirror
 
 CACHE_ENV = "NBD_HARNESS_CACHE"
 # Spelled exactly so: the mirror is a frozen snapshot whose Release files have expired.

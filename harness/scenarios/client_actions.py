@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+from harness.paths import CLIENT_ACTIONS_FILE
 from harness.peers._actions import OUTPUT_READERS, ActionOutput, output_reader, parse_json
 
-REPO = Path(__file__).resolve().parents[2]
-ACTIONS_FILE = REPO / "matrix" / "client-actions.toml"
+ACTIONS_FILE = CLIENT_ACTIONS_FILE
 
 ACTIONS = ("info", "list", "read", "write", "zero", "fast-zero", "trim", "flush", "cache",
            "map", "copy-in", "copy-out")

@@ -27,6 +27,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from harness.paths import EXTENDED_SPEC_FILE, REPO, SCENARIOS_DIR
 from harness.peers.export import DEFAULT_CLUSTER_SIZE as CLUSTER
 from harness.peers.export import BitmapSpec, DataRange, ExportSpec, ExportSpecError, Layer
 from harness.peers.reference import reference_config
@@ -46,10 +47,9 @@ from .model import (
 )
 from .schema import validate
 
-REPO = Path(__file__).resolve().parents[2]
-LIBRARY = REPO / "scenarios"
+LIBRARY = SCENARIOS_DIR
 """The scenario library of this repository."""
-SPEC_FILE = REPO / "docs" / "spec" / "proto-extended-headers.md"
+SPEC_FILE = EXTENDED_SPEC_FILE
 
 QEMU_DOC = "qemu-nbd.rst"
 QEMU_HEADINGS = ("QEMU NBD protocol support", "Metadata namespaces", "qemu namespace",

@@ -14,18 +14,13 @@ numbers of bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from harness.peers.export import ExportSpec, ExportSpecError
-
-Verdict = Literal["pass", "fail", "unsupported", "expected-fallback", "error"]
-VERDICTS: tuple[Verdict, ...] = ("pass", "fail", "unsupported", "expected-fallback", "error")
-"""pass; fail (an expectation did not hold); unsupported (a side lacks a required
-feature and said so correctly); expected-fallback (the scenario's fallback
-expectation held); error (the harness or the environment broke)."""
+from harness.verdict import Verdict
 
 Role = Literal["server", "client"]
 ROLES: tuple[Role, ...] = ("server", "client")
@@ -273,17 +268,21 @@ class ScenarioResult:
     """
 
     verdict: Verdict
+    """A :class:`~harness.verdict.Verdict` (its string value is accepted and converted)."""
     steps: list[StepResult] = field(default_factory=list)
     detail: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
     scenario: str = ""
     role: Role = "server"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "verdict", Verdict(self.verdict))
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
             "role": self.role,
-            "verdict": self.verdict,
+            "verdict": self.verdict.value,
             "detail": self.detail,
             "steps": [s.as_dict() for s in self.steps],
             "evidence": _jsonable(self.evidence),
@@ -292,6 +291,45 @@ class ScenarioResult:
     @property
     def failed_step(self) -> StepResult | None:
         return next((s for s in self.steps if s.status in ("failed", "error")), None)
+
+
+def describe_missing(missing: Mapping[str, object]) -> str:
+    """``feature: how it showed missing; ...`` (sorted by feature), for a verdict's detail."""
+    return "; ".join(f"{feature}: {why}" for feature, why in sorted(missing.items()))
+
+
+def verdict_of_steps(steps: Sequence[StepResult], *, unsupported: str | None = None,
+                     fell_back_without: Mapping[str, object] | None = None
+                     ) -> tuple[Verdict, str]:
+    """The verdict a run's step results come to, and why.
+
+    The first step that errored makes it ``error`` (the harness or the
+    environment broke); else the first that failed makes it ``fail`` (with
+    what it expected and got); else ``unsupported`` when a required feature
+    showed missing and the scenario's fallback says so (``unsupported`` is how
+    it showed), ``expected-fallback`` when the run went on without the
+    features in ``fell_back_without`` (feature -> how it showed missing), and
+    ``pass`` otherwise.
+    """
+    errors = [step for step in steps if step.status == "error"]
+    failures = [step for step in steps if step.status == "failed"]
+    if errors:
+        return Verdict.ERROR, _where(errors[0])
+    if failures:
+        first = failures[0]
+        detail = _where(first)
+        if first.expected is not None or first.got is not None:
+            detail += f" (expected {first.expected}, got {first.got})"
+        return Verdict.FAIL, detail
+    if unsupported is not None:
+        return Verdict.UNSUPPORTED, unsupported
+    if fell_back_without is not None:
+        return Verdict.EXPECTED_FALLBACK, f"without {describe_missing(fell_back_without)}"
+    return Verdict.PASS, ""
+
+
+def _where(step: StepResult) -> str:
+    return f"{step.phase}[{step.index}] {step.action} (line {step.line}): {step.detail}"
 
 
 def _jsonable(value: Any) -> Any:
@@ -311,7 +349,6 @@ __all__ = [
     "DEFAULT_CONNECTION",
     "DEFAULT_EXPORT_SIZE",
     "ROLES",
-    "VERDICTS",
     "Backend",
     "ExportRequirements",
     "Fallback",
@@ -324,6 +361,7 @@ __all__ = [
     "StepResult",
     "StepStatus",
     "TlsMode",
-    "Verdict",
     "default_image_format",
+    "describe_missing",
+    "verdict_of_steps",
 ]
