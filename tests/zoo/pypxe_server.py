@@ -23,7 +23,8 @@ def main():
     server = NBD(block_device='disk.img', write=True, cow=True, in_mem=False,
                      ip='127.0.0.1', port=0, netboot_directory=work)
     port = server.sock.getsockname()[1]
-    sys.stdout.write('LISTENING tcp://127.0.0.1:%d disk.img\n' % port)
+    # Python 2: no f-strings.
+    sys.stdout.write('LISTENING tcp://127.0.0.1:%d disk.img\n' % port)  # noqa: UP031
     sys.stdout.flush()
     server.listen()
 

@@ -39,7 +39,7 @@ class Connection:
         return dict(headers), []
 
     def put_container(self, name, headers=None):
-        stored, objects = self.containers.setdefault(name, ({}, {}))
+        stored = self.containers.setdefault(name, ({}, {}))[0]
         stored.update(headers or {})
 
     def get_object(self, container, name):
@@ -76,7 +76,7 @@ def main():
     loop = asyncio.get_event_loop()
     listener = loop.run_until_complete(asyncio.start_server(server.handler, "127.0.0.1", 0))
     port = listener.sockets[0].getsockname()[1]
-    print("LISTENING tcp://127.0.0.1:%d %s" % (port, EXPORT), flush=True)
+    print(f"LISTENING tcp://127.0.0.1:{port} {EXPORT}", flush=True)
     loop.run_forever()
 
 
