@@ -109,6 +109,7 @@ def zoo_server(impl: zoo.Implementation, work: Path) -> Iterator[Upstream]:
 def healthy_server(name: str, work: Path) -> Iterator[Upstream]:
     """Start qemu-nbd or nbdkit on a unix socket."""
     sock, image = work / "server.sock", work / "disk.img"
+    sock.unlink(missing_ok=True)  # the last server's: waiting for it would not wait at all
     image.write_bytes(bytes((i * 7 + 3) & 0xFF for i in range(EXPORT_SIZE)))
     argv = [part.format(sock=sock, image=image) for part in HEALTHY[name]]
     with open(work / "server.log", "w") as log:
