@@ -270,3 +270,16 @@ def test_undefined_flag_bits_are_violations():
     fresh.receive_data(b"\x00\x00\x01\x01")
     fresh.next_event()
     assert [v.rule for v in fresh.last_violations] == ["client-flags-unknown"]
+
+
+def test_tables_agree_on_turns():
+    """Each side that may send in a phase has a reader, and each message it may send
+    there has a transition: the three tables describe one machine."""
+    from harness.protocol.connection import READERS, TRANSITIONS, TURNS
+
+    assert {p: set(sides) for p, sides in READERS.items()} == {
+        p: set(sides) for p, sides in TURNS.items()
+    }
+    for phase, sides in TURNS.items():
+        allowed = {kind for kinds in sides.values() for kind in kinds}
+        assert set(TRANSITIONS[phase]) == allowed, phase
