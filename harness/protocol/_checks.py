@@ -10,6 +10,9 @@ advice belongs to the conformance rules.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
 from . import constants as c
 from .codec import decode_block_status_payload, decode_chunk_payload
 from .errors import CodecError
@@ -197,6 +200,145 @@ def check_block_size(info: InfoBlockSize) -> list[Violation]:
     return out
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """One option reply, with what the checks of option replies read."""
+
+    reply: OptionReply
+    payload: object
+    decode_error: CodecError | None
+    pending: PendingOption
+    neg: Negotiated
+
+    @property
+    def option_name(self) -> str:
+        return c.name_of(c.Opt, self.pending.option)
+
+
+AnswerCheck = Callable[[_Answer], Iterable[Violation]]
+_REPLY_SECTION = "Option reply types"
+
+
+def _reply_names_option(a: _Answer) -> Iterator[Violation]:
+    if a.reply.option != a.pending.option:
+        yield _v(
+            f"option reply names {c.name_of(c.Opt, a.reply.option)} but answers {a.option_name}",
+            "Fixed newstyle negotiation",
+            "reply-option-mismatch",
+        )
+
+
+def _reply_decodes(a: _Answer) -> Iterator[Violation]:
+    if a.decode_error is not None:
+        yield _v(
+            f"malformed {c.name_of(c.Rep, a.reply.reply_type)}: {a.decode_error.message}",
+            a.decode_error.section or _REPLY_SECTION,
+            a.decode_error.rule or "reply-data",
+        )
+
+
+def _reply_type_fits(a: _Answer) -> Iterator[Violation]:
+    rtype = a.reply.reply_type
+    if c.is_rep_error(rtype):
+        return
+    if rtype in ALLOWED_REPLY_FOR and a.pending.option not in ALLOWED_REPLY_FOR[rtype]:
+        yield _v(
+            f"{c.name_of(c.Rep, rtype)} is not a valid reply to {a.option_name}",
+            _REPLY_SECTION,
+            "reply-type-for-option",
+        )
+    elif rtype not in ALLOWED_REPLY_FOR and rtype != c.Rep.ACK:
+        yield _v(f"unknown option reply type {rtype:#x}", _REPLY_SECTION, "reply-type-unknown")
+
+
+def _info_export_flags(a: _Answer) -> list[Violation]:
+    if isinstance(a.payload, InfoExport):
+        return check_transmission_flags(a.payload.transmission_flags, a.neg, "NBD_INFO_EXPORT")
+    return []
+
+
+def _info_block_size(a: _Answer) -> list[Violation]:
+    return check_block_size(a.payload) if isinstance(a.payload, InfoBlockSize) else []
+
+
+def _ack_after_info_export(a: _Answer) -> Iterator[Violation]:
+    if a.reply.reply_type == c.Rep.ACK and c.Info.EXPORT not in a.pending.infos:
+        yield _v(
+            f"{a.option_name} succeeded without an NBD_INFO_EXPORT",
+            _REPLY_SECTION,
+            "info-export-required",
+        )
+
+
+def _go_not_unsup_after_extended(a: _Answer) -> Iterator[Violation]:
+    if a.reply.reply_type == c.Rep.ERR_UNSUP and a.neg.extended_headers:
+        yield _v(
+            "NBD_OPT_GO failed with NBD_REP_ERR_UNSUP after extended headers were acknowledged",
+            "Option types",
+            "go-unsup-after-extended",
+        )
+
+
+def _block_size_reqd_unless_requested(a: _Answer) -> Iterator[Violation]:
+    asked = a.pending.payload
+    if (
+        a.reply.reply_type == c.Rep.ERR_BLOCK_SIZE_REQD
+        and isinstance(asked, InfoRequestPayload)
+        and c.Info.BLOCK_SIZE in asked.info_requests
+    ):
+        yield _v(
+            "NBD_REP_ERR_BLOCK_SIZE_REQD although the client requested NBD_INFO_BLOCK_SIZE",
+            "Option types",
+            "block-size-reqd-when-requested",
+        )
+
+
+def _ext_header_reqd_not_for_base(a: _Answer) -> Iterator[Violation]:
+    asked = a.pending.payload
+    if (
+        a.reply.reply_type == c.Rep.ERR_EXT_HEADER_REQD
+        and isinstance(asked, MetaContextPayload)
+        and asked.queries
+        and all(q.startswith("base:") for q in asked.queries)
+    ):
+        yield _v(
+            "NBD_REP_ERR_EXT_HEADER_REQD for a query limited to the base: namespace",
+            "Option types",
+            "ext-header-reqd-for-base",
+        )
+
+
+def _meta_context_ids_unique(a: _Answer) -> Iterator[Violation]:
+    if (
+        a.reply.reply_type == c.Rep.META_CONTEXT
+        and hasattr(a.payload, "context_id")
+        and a.payload.context_id in a.pending.contexts
+    ):
+        yield _v(
+            f"metadata context id {a.payload.context_id} given twice",
+            "Option types",
+            "meta-context-id-unique",
+        )
+
+
+ANY = None
+"""In the check tables: the check applies whatever the option, command or chunk."""
+
+OPTION_REPLY_CHECKS: tuple[tuple[frozenset[int] | None, AnswerCheck], ...] = (
+    (ANY, _reply_names_option),
+    (ANY, _reply_decodes),
+    (ANY, _reply_type_fits),
+    (ANY, _info_export_flags),
+    (ANY, _info_block_size),
+    (frozenset({c.Opt.INFO, c.Opt.GO}), _ack_after_info_export),
+    (frozenset({c.Opt.GO}), _go_not_unsup_after_extended),
+    (ANY, _block_size_reqd_unless_requested),
+    (frozenset({c.Opt.LIST_META_CONTEXT}), _ext_header_reqd_not_for_base),
+    (frozenset({c.Opt.SET_META_CONTEXT}), _meta_context_ids_unique),
+)
+"""The rules an option reply follows, in order, each with the options it concerns."""
+
+
 def check_option_reply(
     reply: OptionReply,
     payload: object,
@@ -204,97 +346,14 @@ def check_option_reply(
     pending: PendingOption,
     neg: Negotiated,
 ) -> list[Violation]:
-    out = []
-    section = "Option reply types"
-    opt_name = c.name_of(c.Opt, pending.option)
-    if reply.option != pending.option:
-        out.append(
-            _v(
-                f"option reply names {c.name_of(c.Opt, reply.option)} but answers {opt_name}",
-                "Fixed newstyle negotiation",
-                "reply-option-mismatch",
-            )
-        )
-    if decode_error is not None:
-        out.append(
-            _v(
-                f"malformed {c.name_of(c.Rep, reply.reply_type)}: {decode_error.message}",
-                decode_error.section or section,
-                decode_error.rule or "reply-data",
-            )
-        )
-    rtype = reply.reply_type
-    if not c.is_rep_error(rtype):
-        if rtype in ALLOWED_REPLY_FOR and pending.option not in ALLOWED_REPLY_FOR[rtype]:
-            out.append(
-                _v(
-                    f"{c.name_of(c.Rep, rtype)} is not a valid reply to {opt_name}",
-                    section,
-                    "reply-type-for-option",
-                )
-            )
-        elif rtype not in ALLOWED_REPLY_FOR and rtype != c.Rep.ACK:
-            out.append(_v(f"unknown option reply type {rtype:#x}", section, "reply-type-unknown"))
-    if isinstance(payload, InfoExport):
-        out += check_transmission_flags(payload.transmission_flags, neg, "NBD_INFO_EXPORT")
-    if isinstance(payload, InfoBlockSize):
-        out += check_block_size(payload)
-    if (
-        rtype == c.Rep.ACK
-        and pending.option in (c.Opt.INFO, c.Opt.GO)
-        and (c.Info.EXPORT not in pending.infos)
-    ):
-        out.append(
-            _v(f"{opt_name} succeeded without an NBD_INFO_EXPORT", section, "info-export-required")
-        )
-    if rtype == c.Rep.ERR_UNSUP and pending.option == c.Opt.GO and neg.extended_headers:
-        out.append(
-            _v(
-                "NBD_OPT_GO failed with NBD_REP_ERR_UNSUP after extended headers were acknowledged",
-                "Option types",
-                "go-unsup-after-extended",
-            )
-        )
-    if (
-        rtype == c.Rep.ERR_BLOCK_SIZE_REQD
-        and isinstance(pending.payload, InfoRequestPayload)
-        and (c.Info.BLOCK_SIZE in pending.payload.info_requests)
-    ):
-        out.append(
-            _v(
-                "NBD_REP_ERR_BLOCK_SIZE_REQD although the client requested NBD_INFO_BLOCK_SIZE",
-                "Option types",
-                "block-size-reqd-when-requested",
-            )
-        )
-    if (
-        rtype == c.Rep.ERR_EXT_HEADER_REQD
-        and pending.option == c.Opt.LIST_META_CONTEXT
-        and isinstance(pending.payload, MetaContextPayload)
-        and pending.payload.queries
-        and all(q.startswith("base:") for q in pending.payload.queries)
-    ):
-        out.append(
-            _v(
-                "NBD_REP_ERR_EXT_HEADER_REQD for a query limited to the base: namespace",
-                "Option types",
-                "ext-header-reqd-for-base",
-            )
-        )
-    if (
-        rtype == c.Rep.META_CONTEXT
-        and pending.option == c.Opt.SET_META_CONTEXT
-        and hasattr(payload, "context_id")
-        and payload.context_id in pending.contexts
-    ):
-        out.append(
-            _v(
-                f"metadata context id {payload.context_id} given twice",
-                "Option types",
-                "meta-context-id-unique",
-            )
-        )
-    return out
+    """Rules an option reply breaks, given the option it answers."""
+    answer = _Answer(reply, payload, decode_error, pending, neg)
+    return [
+        violation
+        for options, check in OPTION_REPLY_CHECKS
+        if options is ANY or pending.option in options
+        for violation in check(answer)
+    ]
 
 
 # --- transmission: requests -------------------------------------------------------
@@ -315,171 +374,228 @@ def effect_of(request: Request) -> tuple[int, tuple[int, ...] | None, CodecError
     return request.length, None, None
 
 
-def check_request(req: Request, neg: Negotiated) -> list[Violation]:
-    """Rules a client request breaks; ``errno`` is the error a server answers with."""
-    out: list[Violation] = []
-    section = "Request types"
-    try:
-        cmd_name = c.spec_name(c.Cmd(req.type))
-    except ValueError:
-        return [_v(f"unknown command type {req.type}", section, "command-unknown")]
-    if req.extended != neg.extended_headers:
-        out.append(
-            _v(
-                f"{'extended' if req.extended else 'compact'} request header, but extended "
-                f"headers were {'' if neg.extended_headers else 'not '}negotiated",
-                "Request message",
-                "request-header-style",
-            )
+@dataclass(frozen=True)
+class _Asked:
+    """One request, with what the checks of requests read."""
+
+    req: Request
+    neg: Negotiated
+    name: str
+    effect: int
+    """The length of the export the request touches (its payload's, for the payload form)."""
+    context_ids: tuple[int, ...] | None
+    payload_error: CodecError | None
+
+
+RequestCheck = Callable[[_Asked], Iterable[Violation]]
+_REQUEST_SECTION = "Request types"
+
+
+def _header_style(r: _Asked) -> Iterator[Violation]:
+    if r.req.extended != r.neg.extended_headers:
+        yield _v(
+            f"{'extended' if r.req.extended else 'compact'} request header, but extended "
+            f"headers were {'' if r.neg.extended_headers else 'not '}negotiated",
+            "Request message",
+            "request-header-style",
         )
-    needed = c.CMD_REQUIRES_TFLAG.get(req.type)
-    # CACHE is advertised by SEND_CACHE but "server implementations exist which support the
-    # command without advertising this bit": no MUST to enforce there.
-    if needed is not None and req.type != c.Cmd.CACHE and not neg.has(needed):
-        out.append(
-            _v(
-                f"{cmd_name} sent although {c.spec_name(needed)} was not advertised",
-                section,
-                "command-not-advertised",
-            )
+
+
+def _command_advertised(r: _Asked) -> Iterator[Violation]:
+    needed = c.CMD_REQUIRES_TFLAG[r.req.type]
+    if not r.neg.has(needed):
+        yield _v(
+            f"{r.name} sent although {c.spec_name(needed)} was not advertised",
+            _REQUEST_SECTION,
+            "command-not-advertised",
         )
-    allowed = c.CMD_ALLOWED_FLAGS.get(req.type, c.CmdFlag(0))
-    extra = req.flags & ~int(allowed)
+
+
+def _flags_documented(r: _Asked) -> Iterator[Violation]:
+    extra = r.req.flags & ~int(c.CMD_ALLOWED_FLAGS.get(r.req.type, c.CmdFlag(0)))
     if extra:
-        out.append(
-            _v(
-                f"{cmd_name} with flag(s) {c.spec_name(c.CmdFlag(extra))} not documented for it",
-                "Command flags",
-                "command-flag-invalid",
-            )
+        yield _v(
+            f"{r.name} with flag(s) {c.spec_name(c.CmdFlag(extra))} not documented for it",
+            "Command flags",
+            "command-flag-invalid",
         )
+
+
+def _flags_advertised(r: _Asked) -> Iterator[Violation]:
     for flag, tflag in c.FLAG_REQUIRES_TFLAG.items():
-        if req.flags & flag and not neg.has(tflag):
-            out.append(
-                _v(
-                    f"{c.spec_name(c.CmdFlag(flag))} set although {c.spec_name(tflag)} was "
-                    "not advertised",
-                    "Command flags",
-                    "command-flag-not-advertised",
-                )
-            )
-    if req.flags & c.CmdFlag.PAYLOAD_LEN:
-        if not req.extended:
-            out.append(
-                _v(
-                    "NBD_CMD_FLAG_PAYLOAD_LEN in a compact request",
-                    "Command flags",
-                    "payload-len-needs-extended",
-                )
-            )
-        elif req.type == c.Cmd.BLOCK_STATUS and not neg.has(TF.BLOCK_STATUS_PAYLOAD):
-            out.append(
-                _v(
-                    "block status payload form without NBD_FLAG_BLOCK_STATUS_PAYLOAD",
-                    section,
-                    "block-status-payload-unadvertised",
-                )
-            )
-    if req.extended and req.type == c.Cmd.WRITE and not req.flags & c.CmdFlag.PAYLOAD_LEN:
-        out.append(
-            _v(
-                "NBD_CMD_WRITE with extended headers lacks NBD_CMD_FLAG_PAYLOAD_LEN",
+        if r.req.flags & flag and not r.neg.has(tflag):
+            yield _v(
+                f"{c.spec_name(c.CmdFlag(flag))} set although {c.spec_name(tflag)} was "
+                "not advertised",
                 "Command flags",
-                "write-needs-payload-len",
+                "command-flag-not-advertised",
             )
+
+
+def _payload_len_form(r: _Asked) -> Iterator[Violation]:
+    if not r.req.flags & c.CmdFlag.PAYLOAD_LEN:
+        return
+    if not r.req.extended:
+        yield _v(
+            "NBD_CMD_FLAG_PAYLOAD_LEN in a compact request",
+            "Command flags",
+            "payload-len-needs-extended",
         )
-    if req.payload and not (
-        req.type == c.Cmd.WRITE or (req.extended and req.flags & c.CmdFlag.PAYLOAD_LEN)
-    ):
-        out.append(
-            _v(
-                f"{cmd_name} carries {len(req.payload)} bytes of payload; only a write, or an "
-                "extended request with NBD_CMD_FLAG_PAYLOAD_LEN, has a payload",
-                "Request message",
-                "request-unexpected-payload",
-            )
+    elif r.req.type == c.Cmd.BLOCK_STATUS and not r.neg.has(TF.BLOCK_STATUS_PAYLOAD):
+        yield _v(
+            "block status payload form without NBD_FLAG_BLOCK_STATUS_PAYLOAD",
+            _REQUEST_SECTION,
+            "block-status-payload-unadvertised",
         )
+
+
+def _extended_write_payload_len(r: _Asked) -> Iterator[Violation]:
+    if r.req.extended and not r.req.flags & c.CmdFlag.PAYLOAD_LEN:
+        yield _v(
+            "NBD_CMD_WRITE with extended headers lacks NBD_CMD_FLAG_PAYLOAD_LEN",
+            "Command flags",
+            "write-needs-payload-len",
+        )
+
+
+def _has_payload(req: Request) -> bool:
+    """Whether the request carries a payload: a write, or the extended payload form."""
+    return req.type == c.Cmd.WRITE or bool(req.extended and req.flags & c.CmdFlag.PAYLOAD_LEN)
+
+
+def _payload_only_where_allowed(r: _Asked) -> Iterator[Violation]:
+    if r.req.payload and not _has_payload(r.req):
+        yield _v(
+            f"{r.name} carries {len(r.req.payload)} bytes of payload; only a write, or an "
+            "extended request with NBD_CMD_FLAG_PAYLOAD_LEN, has a payload",
+            "Request message",
+            "request-unexpected-payload",
+        )
+
+
+def _payload_matches_length(r: _Asked) -> Iterator[Violation]:
+    req = r.req
     if (req.type == c.Cmd.WRITE or req.flags & c.CmdFlag.PAYLOAD_LEN) and req.length != len(
         req.payload
     ):
-        out.append(
-            _v(
-                f"{cmd_name} header length {req.length} but {len(req.payload)} bytes of payload",
-                "Request message",
-                "request-length-mismatch",
-            )
+        yield _v(
+            f"{r.name} header length {req.length} but {len(req.payload)} bytes of payload",
+            "Request message",
+            "request-length-mismatch",
         )
-    effect, ids, payload_error = effect_of(req)
-    if payload_error is not None:
-        out.append(_v(payload_error.message, section, payload_error.rule))
-    if req.type == c.Cmd.BLOCK_STATUS:
-        if not neg.meta_contexts or neg.meta_context_export != neg.export_name:
-            out.append(
-                _v(
-                    "NBD_CMD_BLOCK_STATUS without metadata contexts negotiated for this export",
-                    section,
-                    "block-status-needs-contexts",
-                )
-            )
-        if ids is not None and (
-            len(set(ids)) != len(ids) or not set(ids) <= set(neg.meta_contexts)
-        ):
-            out.append(
-                _v(
-                    f"block status payload names unknown or duplicate context ids {ids}",
-                    section,
-                    "block-status-payload-ids",
-                )
-            )
-    if req.type in c.RANGE_COMMANDS and neg.export_size is not None:
-        if req.offset + effect > neg.export_size:
-            errno = (
-                c.Errno.ENOSPC
-                if req.type in (c.Cmd.WRITE, c.Cmd.WRITE_ZEROES)
-                else (c.Errno.EINVAL)
-            )
-            out.append(
-                _v(
-                    f"{cmd_name} of {effect} bytes at offset {req.offset} goes past the end "
-                    f"of the {neg.export_size}-byte export",
-                    "Size constraints",
-                    "request-past-end",
-                    errno,
-                )
-            )
-        min_block = neg.min_block
-        if min_block > 1 and (req.offset % min_block or effect % min_block):
-            out.append(
-                _v(
-                    f"{cmd_name} at offset {req.offset} length {effect} is not aligned to "
-                    f"the minimum block size {min_block}",
-                    "Size constraints",
-                    "request-alignment",
-                )
-            )
+
+
+def _payload_decodes(r: _Asked) -> Iterator[Violation]:
+    if r.payload_error is not None:
+        yield _v(r.payload_error.message, _REQUEST_SECTION, r.payload_error.rule)
+
+
+def _status_needs_contexts(r: _Asked) -> Iterator[Violation]:
+    if not r.neg.meta_contexts or r.neg.meta_context_export != r.neg.export_name:
+        yield _v(
+            "NBD_CMD_BLOCK_STATUS without metadata contexts negotiated for this export",
+            _REQUEST_SECTION,
+            "block-status-needs-contexts",
+        )
+
+
+def _status_payload_ids(r: _Asked) -> Iterator[Violation]:
+    ids = r.context_ids
+    if ids is not None and (len(set(ids)) != len(ids) or not set(ids) <= set(r.neg.meta_contexts)):
+        yield _v(
+            f"block status payload names unknown or duplicate context ids {ids}",
+            _REQUEST_SECTION,
+            "block-status-payload-ids",
+        )
+
+
+def _within_export(r: _Asked) -> Iterator[Violation]:
+    req, size = r.req, r.neg.export_size
+    if size is not None and req.offset + r.effect > size:
+        errno = c.Errno.ENOSPC if req.type in (c.Cmd.WRITE, c.Cmd.WRITE_ZEROES) else c.Errno.EINVAL
+        yield _v(
+            f"{r.name} of {r.effect} bytes at offset {req.offset} goes past the end "
+            f"of the {size}-byte export",
+            "Size constraints",
+            "request-past-end",
+            errno,
+        )
+
+
+def _aligned(r: _Asked) -> Iterator[Violation]:
+    min_block = r.neg.min_block
+    if (
+        r.neg.export_size is not None
+        and min_block > 1
+        and (r.req.offset % min_block or r.effect % min_block)
+    ):
+        yield _v(
+            f"{r.name} at offset {r.req.offset} length {r.effect} is not aligned to "
+            f"the minimum block size {min_block}",
+            "Size constraints",
+            "request-alignment",
+        )
+
+
+def _within_max_payload(r: _Asked) -> Iterator[Violation]:
+    req, neg = r.req, r.neg
     if (req.type == c.Cmd.WRITE and len(req.payload) > neg.max_payload) or (
         req.type == c.Cmd.READ
         and not (neg.structured_replies or neg.extended_headers)
         and req.length > neg.max_payload
     ):
-        out.append(
-            _v(
-                f"{cmd_name} of {effect} bytes exceeds the maximum payload {neg.max_payload}",
-                "Size constraints",
-                "request-over-max-payload",
-                c.Errno.EOVERFLOW if req.type == c.Cmd.READ else c.Errno.EINVAL,
-            )
+        yield _v(
+            f"{r.name} of {r.effect} bytes exceeds the maximum payload {neg.max_payload}",
+            "Size constraints",
+            "request-over-max-payload",
+            c.Errno.EOVERFLOW if req.type == c.Cmd.READ else c.Errno.EINVAL,
         )
-    if req.type in c.WRITE_COMMANDS and neg.has(TF.READ_ONLY):
-        out.append(
-            _v(
-                f"{cmd_name} on a read-only export",
-                "Error values",
-                "write-read-only",
-                c.Errno.EPERM,
-            )
+
+
+def _not_on_read_only(r: _Asked) -> Iterator[Violation]:
+    if r.neg.has(TF.READ_ONLY):
+        yield _v(
+            f"{r.name} on a read-only export", "Error values", "write-read-only", c.Errno.EPERM
         )
-    return out
+
+
+# CACHE is advertised by SEND_CACHE but "server implementations exist which support the
+# command without advertising this bit": no MUST to enforce there.
+_ADVERTISED_COMMANDS = frozenset(c.CMD_REQUIRES_TFLAG) - {c.Cmd.CACHE}
+
+REQUEST_CHECKS: tuple[tuple[frozenset[int] | None, RequestCheck], ...] = (
+    (ANY, _header_style),
+    (_ADVERTISED_COMMANDS, _command_advertised),
+    (ANY, _flags_documented),
+    (ANY, _flags_advertised),
+    (ANY, _payload_len_form),
+    (frozenset({c.Cmd.WRITE}), _extended_write_payload_len),
+    (ANY, _payload_only_where_allowed),
+    (ANY, _payload_matches_length),
+    (ANY, _payload_decodes),
+    (frozenset({c.Cmd.BLOCK_STATUS}), _status_needs_contexts),
+    (frozenset({c.Cmd.BLOCK_STATUS}), _status_payload_ids),
+    (c.RANGE_COMMANDS, _within_export),
+    (c.RANGE_COMMANDS, _aligned),
+    (frozenset({c.Cmd.READ, c.Cmd.WRITE}), _within_max_payload),
+    (c.WRITE_COMMANDS, _not_on_read_only),
+)
+"""The rules a request follows, in order, each with the commands it concerns."""
+
+
+def check_request(req: Request, neg: Negotiated) -> list[Violation]:
+    """Rules a client request breaks; ``errno`` is the error a server answers with."""
+    try:
+        name = c.spec_name(c.Cmd(req.type))
+    except ValueError:
+        return [_v(f"unknown command type {req.type}", _REQUEST_SECTION, "command-unknown")]
+    asked = _Asked(req, neg, name, *effect_of(req))
+    return [
+        violation
+        for commands, check in REQUEST_CHECKS
+        if commands is ANY or req.type in commands
+        for violation in check(asked)
+    ]
 
 
 # --- transmission: replies ------------------------------------------------------
@@ -544,6 +660,168 @@ def decode_chunk(chunk: ReplyChunk) -> tuple[object, CodecError | None]:
         return ChunkUnknown(chunk.type, chunk.payload), exc
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    """One reply chunk, with what the checks of chunks read."""
+
+    chunk: ReplyChunk
+    payload: object
+    flight: InFlight
+    neg: Negotiated
+
+    @property
+    def req(self) -> Request:
+        return self.flight.request
+
+    @property
+    def request_end(self) -> int:
+        return self.flight.request.offset + self.flight.effect_length
+
+
+ChunkCheck = Callable[[_Chunk], Iterable[Violation]]
+_CHUNK_SECTION = "Structured reply types"
+
+
+def _chunk_header_style(k: _Chunk) -> Iterator[Violation]:
+    if k.chunk.extended != k.neg.extended_headers:
+        yield _v(
+            f"{'extended' if k.chunk.extended else 'structured'} chunk header, but "
+            f"extended headers were {'' if k.neg.extended_headers else 'not '}negotiated",
+            "Extended reply chunk message",
+            "chunk-header-style",
+        )
+
+
+def _extended_offset_matches(k: _Chunk) -> Iterator[Violation]:
+    if k.chunk.extended and k.chunk.offset != k.req.offset:
+        yield _v(
+            f"extended reply offset {k.chunk.offset} does not match the request offset "
+            f"{k.req.offset}",
+            "Extended reply chunk message",
+            "extended-reply-offset",
+        )
+
+
+def _reply_flags_known(k: _Chunk) -> Iterator[Violation]:
+    if k.chunk.flags & ~int(c.ReplyFlag.DONE):
+        yield _v(
+            f"reply flags {k.chunk.flags:#x} hold bits not negotiated",
+            "Structured and extended header reply flags",
+            "reply-flags-unknown",
+        )
+
+
+def _none_is_done(k: _Chunk) -> Iterator[Violation]:
+    if not k.chunk.done:
+        yield _v(
+            "NBD_REPLY_TYPE_NONE without NBD_REPLY_FLAG_DONE", _CHUNK_SECTION, "none-needs-done"
+        )
+
+
+def _content_span(payload: ChunkOffsetData | ChunkOffsetHole) -> tuple[int, int]:
+    """The range of the export a content chunk describes."""
+    length = len(payload.data) if isinstance(payload, ChunkOffsetData) else payload.length
+    return payload.offset, payload.offset + length
+
+
+def _content_only_for_read(k: _Chunk) -> Iterator[Violation]:
+    if k.req.type != c.Cmd.READ:
+        yield _v(
+            f"content chunk in reply to {c.name_of(c.Cmd, k.req.type)}",
+            _CHUNK_SECTION,
+            "content-only-for-read",
+        )
+
+
+def _hole_nonzero(k: _Chunk) -> Iterator[Violation]:
+    if k.payload.length == 0:
+        yield _v("NBD_REPLY_TYPE_OFFSET_HOLE of size 0", _CHUNK_SECTION, "hole-size-zero")
+
+
+def _content_within_request(k: _Chunk) -> Iterator[Violation]:
+    start, end = _content_span(k.payload)
+    if start < k.req.offset or end > k.request_end:
+        yield _v(
+            f"content chunk [{start}, {end}) lies outside the request "
+            f"[{k.req.offset}, {k.request_end})",
+            _CHUNK_SECTION,
+            "chunk-outside-request",
+        )
+
+
+def _content_no_overlap(k: _Chunk) -> Iterator[Violation]:
+    start, end = _content_span(k.payload)
+    if any(start < e and s < end for s, e in k.flight.covered):
+        yield _v(
+            f"content chunk [{start}, {end}) overlaps an earlier chunk",
+            _CHUNK_SECTION,
+            "chunk-overlap",
+        )
+
+
+def _df_single_content_chunk(k: _Chunk) -> Iterator[Violation]:
+    if k.req.flags & c.CmdFlag.DF and k.flight.data_chunks:
+        yield _v(
+            "more than one content chunk for a read with NBD_CMD_FLAG_DF",
+            "Command flags",
+            "df-one-chunk",
+        )
+
+
+def _status_chunk(k: _Chunk) -> list[Violation]:
+    return _check_status_chunk(k.chunk, k.payload, k.flight, k.neg)
+
+
+def _error_nonzero(k: _Chunk) -> Iterator[Violation]:
+    if k.payload.error == 0:
+        yield _v("error chunk with error value 0", _CHUNK_SECTION, "error-nonzero")
+
+
+def _error_offset_valid_for(k: _Chunk) -> Iterator[Violation]:
+    if k.req.type not in ERROR_OFFSET_VALID_FOR:
+        yield _v(
+            f"NBD_REPLY_TYPE_ERROR_OFFSET in reply to {c.name_of(c.Cmd, k.req.type)}",
+            _CHUNK_SECTION,
+            "error-offset-valid-for",
+        )
+
+
+def _error_offset_within_request(k: _Chunk) -> Iterator[Violation]:
+    if not k.req.offset <= k.payload.offset < max(k.request_end, k.req.offset + 1):
+        yield _v(
+            f"error offset {k.payload.offset} lies outside the request",
+            _CHUNK_SECTION,
+            "error-offset-range",
+        )
+
+
+def _chunk_type_known(k: _Chunk) -> Iterator[Violation]:
+    yield _v(
+        f"unknown chunk type {k.chunk.type}; the client MUST disconnect",
+        _CHUNK_SECTION,
+        "chunk-type-unknown",
+    )
+
+
+_CONTENT_CHECKS: tuple[ChunkCheck, ...] = (
+    _content_only_for_read,
+    _content_within_request,
+    _content_no_overlap,
+    _df_single_content_chunk,
+)
+
+CHUNK_CHECKS: dict[type, tuple[ChunkCheck, ...]] = {
+    ChunkNone: (_none_is_done,),
+    ChunkOffsetData: _CONTENT_CHECKS,
+    ChunkOffsetHole: (_content_only_for_read, _hole_nonzero, *_CONTENT_CHECKS[1:]),
+    ChunkBlockStatus: (_status_chunk,),
+    ChunkError: (_error_nonzero,),
+    ChunkErrorOffset: (_error_nonzero, _error_offset_valid_for, _error_offset_within_request),
+    ChunkUnknown: (_chunk_type_known,),
+}
+"""The rules a decoded chunk follows, by chunk type, in order."""
+
+
 def check_chunk(
     chunk: ReplyChunk,
     payload: object,
@@ -551,7 +829,7 @@ def check_chunk(
     neg: Negotiated,
     in_flight: dict[int, InFlight],
 ) -> list[Violation]:
-    section = "Structured reply types"
+    """Rules a reply chunk breaks, given the request it answers and the chunks before it."""
     if not (neg.structured_replies or neg.extended_headers):
         return [
             _v(
@@ -566,123 +844,24 @@ def check_chunk(
         return [
             _v(
                 f"reply chunk for cookie {chunk.cookie:#x}, which is not in flight",
-                section,
+                _CHUNK_SECTION,
                 "reply-unknown-cookie",
             )
         ]
-    out = []
-    req = flight.request
-    if chunk.extended != neg.extended_headers:
-        out.append(
-            _v(
-                f"{'extended' if chunk.extended else 'structured'} chunk header, but "
-                f"extended headers were {'' if neg.extended_headers else 'not '}negotiated",
-                "Extended reply chunk message",
-                "chunk-header-style",
-            )
-        )
-    if chunk.extended and chunk.offset != req.offset:
-        out.append(
-            _v(
-                f"extended reply offset {chunk.offset} does not match the request offset "
-                f"{req.offset}",
-                "Extended reply chunk message",
-                "extended-reply-offset",
-            )
-        )
+    k = _Chunk(chunk, payload, flight, neg)
+    out = [*_chunk_header_style(k), *_extended_offset_matches(k)]
     if decode_error is not None:
         out.append(
             _v(
                 decode_error.message,
-                decode_error.section or section,
+                decode_error.section or _CHUNK_SECTION,
                 decode_error.rule or "chunk-payload",
             )
         )
         return out
-    if chunk.flags & ~int(c.ReplyFlag.DONE):
-        out.append(
-            _v(
-                f"reply flags {chunk.flags:#x} hold bits not negotiated",
-                "Structured and extended header reply flags",
-                "reply-flags-unknown",
-            )
-        )
-    cmd_name = c.name_of(c.Cmd, req.type)
-    end = req.offset + flight.effect_length
-    match payload:
-        case ChunkNone():
-            if not chunk.done:
-                out.append(
-                    _v(
-                        "NBD_REPLY_TYPE_NONE without NBD_REPLY_FLAG_DONE",
-                        section,
-                        "none-needs-done",
-                    )
-                )
-        case ChunkOffsetData() | ChunkOffsetHole():
-            if req.type != c.Cmd.READ:
-                out.append(
-                    _v(f"content chunk in reply to {cmd_name}", section, "content-only-for-read")
-                )
-            start = payload.offset
-            length = len(payload.data) if isinstance(payload, ChunkOffsetData) else payload.length
-            if isinstance(payload, ChunkOffsetHole) and length == 0:
-                out.append(_v("NBD_REPLY_TYPE_OFFSET_HOLE of size 0", section, "hole-size-zero"))
-            if start < req.offset or start + length > end:
-                out.append(
-                    _v(
-                        f"content chunk [{start}, {start + length}) lies outside the request "
-                        f"[{req.offset}, {end})",
-                        section,
-                        "chunk-outside-request",
-                    )
-                )
-            if any(start < e and s < start + length for s, e in flight.covered):
-                out.append(
-                    _v(
-                        f"content chunk [{start}, {start + length}) overlaps an earlier chunk",
-                        section,
-                        "chunk-overlap",
-                    )
-                )
-            if req.flags & c.CmdFlag.DF and flight.data_chunks:
-                out.append(
-                    _v(
-                        "more than one content chunk for a read with NBD_CMD_FLAG_DF",
-                        "Command flags",
-                        "df-one-chunk",
-                    )
-                )
-        case ChunkBlockStatus():
-            out += _check_status_chunk(chunk, payload, flight, neg)
-        case ChunkErrorOffset() | ChunkError():
-            if payload.error == 0:
-                out.append(_v("error chunk with error value 0", section, "error-nonzero"))
-            if isinstance(payload, ChunkErrorOffset):
-                if req.type not in ERROR_OFFSET_VALID_FOR:
-                    out.append(
-                        _v(
-                            f"NBD_REPLY_TYPE_ERROR_OFFSET in reply to {cmd_name}",
-                            section,
-                            "error-offset-valid-for",
-                        )
-                    )
-                if not req.offset <= payload.offset < max(end, req.offset + 1):
-                    out.append(
-                        _v(
-                            f"error offset {payload.offset} lies outside the request",
-                            section,
-                            "error-offset-range",
-                        )
-                    )
-        case ChunkUnknown():
-            out.append(
-                _v(
-                    f"unknown chunk type {chunk.type}; the client MUST disconnect",
-                    section,
-                    "chunk-type-unknown",
-                )
-            )
+    out += _reply_flags_known(k)
+    for check in CHUNK_CHECKS[type(payload)]:
+        out += check(k)
     if chunk.done and not flight.errored and not isinstance(payload, ChunkError | ChunkErrorOffset):
         out += _check_complete(chunk, payload, flight, neg)
     return out
