@@ -768,10 +768,6 @@ def _df_single_content_chunk(k: _Chunk) -> Iterator[Violation]:
         )
 
 
-def _status_chunk(k: _Chunk) -> list[Violation]:
-    return _check_status_chunk(k.chunk, k.payload, k.flight, k.neg)
-
-
 def _error_nonzero(k: _Chunk) -> Iterator[Violation]:
     if k.payload.error == 0:
         yield _v("error chunk with error value 0", _CHUNK_SECTION, "error-nonzero")
@@ -801,6 +797,110 @@ def _chunk_type_known(k: _Chunk) -> Iterator[Violation]:
         _CHUNK_SECTION,
         "chunk-type-unknown",
     )
+
+
+def _status_type_matches_headers(k: _Chunk) -> Iterator[Violation]:
+    if k.payload.wide != k.neg.extended_headers:
+        yield _v(
+            f"{c.name_of(c.ReplyType, k.chunk.type)} used "
+            f"{'without' if k.payload.wide else 'with'} extended headers",
+            _CHUNK_SECTION,
+            "status-chunk-type",
+        )
+
+
+def _status_context_selected(k: _Chunk) -> Iterator[Violation]:
+    if k.payload.context_id not in k.flight.context_ids:
+        yield _v(
+            f"block status for context id {k.payload.context_id}, which was not selected "
+            "for this request",
+            _REQUEST_SECTION,
+            "status-context-unknown",
+        )
+
+
+def _status_one_chunk_per_context(k: _Chunk) -> Iterator[Violation]:
+    if k.payload.context_id in k.flight.status_contexts:
+        yield _v(
+            f"second status chunk for context id {k.payload.context_id}",
+            _CHUNK_SECTION,
+            "status-one-chunk-per-context",
+        )
+
+
+def _status_extents_nonzero(k: _Chunk) -> Iterator[Violation]:
+    if any(e.length == 0 for e in k.payload.extents):
+        yield _v("block status descriptor of length 0", _CHUNK_SECTION, "status-extent-nonzero")
+
+
+def _status_extent_count(k: _Chunk) -> Iterator[Violation]:
+    extents, length = k.payload.extents, k.flight.effect_length
+    if k.req.flags & c.CmdFlag.REQ_ONE:
+        if len(extents) != 1:
+            yield _v(
+                f"{len(extents)} descriptors despite NBD_CMD_FLAG_REQ_ONE",
+                "Command flags",
+                "req-one-single-extent",
+            )
+        elif extents[0].length > length:
+            yield _v(
+                f"descriptor length {extents[0].length} exceeds the request length "
+                f"{length} with NBD_CMD_FLAG_REQ_ONE",
+                _REQUEST_SECTION,
+                "req-one-length",
+            )
+    elif sum(e.length for e in extents[:-1]) >= max(length, 1) and len(extents) > 1:
+        yield _v(
+            "the descriptors before the last already cover the requested length",
+            _CHUNK_SECTION,
+            "status-extent-sum",
+        )
+
+
+def _status_extents_aligned(k: _Chunk) -> Iterator[Violation]:
+    min_block = k.neg.min_block
+    if min_block > 1 and any(e.length % min_block for e in k.payload.extents):
+        yield _v(
+            f"descriptor length not a multiple of the minimum block size {min_block}",
+            _REQUEST_SECTION,
+            "status-extent-alignment",
+        )
+
+
+def _status_base_32bit(k: _Chunk) -> Iterator[Violation]:
+    name = k.neg.meta_contexts.get(k.payload.context_id, "")
+    if (
+        k.payload.wide
+        and name.startswith("base:")
+        and any(e.flags >> 32 for e in k.payload.extents)
+    ):
+        yield _v(
+            "base: context status with upper 32 bits set", _CHUNK_SECTION, "status-ext-base-32bit"
+        )
+
+
+_STATUS_CHECKS: tuple[ChunkCheck, ...] = (
+    _status_type_matches_headers,
+    _status_context_selected,
+    _status_one_chunk_per_context,
+    _status_extents_nonzero,
+    _status_extent_count,
+    _status_extents_aligned,
+    _status_base_32bit,
+)
+
+
+def _status_chunk(k: _Chunk) -> list[Violation]:
+    """A status chunk answers only a block status request; then its own rules apply."""
+    if k.req.type != c.Cmd.BLOCK_STATUS:
+        return [
+            _v(
+                f"block status chunk in reply to {c.name_of(c.Cmd, k.req.type)}",
+                _CHUNK_SECTION,
+                "status-only-for-block-status",
+            )
+        ]
+    return [violation for check in _STATUS_CHECKS for violation in check(k)]
 
 
 _CONTENT_CHECKS: tuple[ChunkCheck, ...] = (
@@ -864,93 +964,6 @@ def check_chunk(
         out += check(k)
     if chunk.done and not flight.errored and not isinstance(payload, ChunkError | ChunkErrorOffset):
         out += _check_complete(chunk, payload, flight, neg)
-    return out
-
-
-def _check_status_chunk(
-    chunk: ReplyChunk, payload: ChunkBlockStatus, flight: InFlight, neg: Negotiated
-) -> list[Violation]:
-    section = "Structured reply types"
-    req = flight.request
-    out = []
-    if req.type != c.Cmd.BLOCK_STATUS:
-        out.append(
-            _v(
-                f"block status chunk in reply to {c.name_of(c.Cmd, req.type)}",
-                section,
-                "status-only-for-block-status",
-            )
-        )
-        return out
-    if payload.wide != neg.extended_headers:
-        out.append(
-            _v(
-                f"{c.name_of(c.ReplyType, chunk.type)} used "
-                f"{'without' if payload.wide else 'with'} extended headers",
-                section,
-                "status-chunk-type",
-            )
-        )
-    if payload.context_id not in flight.context_ids:
-        out.append(
-            _v(
-                f"block status for context id {payload.context_id}, which was not selected "
-                "for this request",
-                "Request types",
-                "status-context-unknown",
-            )
-        )
-    if payload.context_id in flight.status_contexts:
-        out.append(
-            _v(
-                f"second status chunk for context id {payload.context_id}",
-                section,
-                "status-one-chunk-per-context",
-            )
-        )
-    extents = payload.extents
-    if any(e.length == 0 for e in extents):
-        out.append(_v("block status descriptor of length 0", section, "status-extent-nonzero"))
-    if req.flags & c.CmdFlag.REQ_ONE:
-        if len(extents) != 1:
-            out.append(
-                _v(
-                    f"{len(extents)} descriptors despite NBD_CMD_FLAG_REQ_ONE",
-                    "Command flags",
-                    "req-one-single-extent",
-                )
-            )
-        elif extents[0].length > flight.effect_length:
-            out.append(
-                _v(
-                    f"descriptor length {extents[0].length} exceeds the request length "
-                    f"{flight.effect_length} with NBD_CMD_FLAG_REQ_ONE",
-                    "Request types",
-                    "req-one-length",
-                )
-            )
-    elif sum(e.length for e in extents[:-1]) >= max(flight.effect_length, 1) and len(extents) > 1:
-        out.append(
-            _v(
-                "the descriptors before the last already cover the requested length",
-                section,
-                "status-extent-sum",
-            )
-        )
-    min_block = neg.min_block
-    if min_block > 1 and any(e.length % min_block for e in extents):
-        out.append(
-            _v(
-                f"descriptor length not a multiple of the minimum block size {min_block}",
-                "Request types",
-                "status-extent-alignment",
-            )
-        )
-    name = neg.meta_contexts.get(payload.context_id, "")
-    if payload.wide and name.startswith("base:") and any(e.flags >> 32 for e in extents):
-        out.append(
-            _v("base: context status with upper 32 bits set", section, "status-ext-base-32bit")
-        )
     return out
 
 
