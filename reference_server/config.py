@@ -37,6 +37,7 @@ from harness.protocol.constants import (
     MAX_MIN_BLOCK_SIZE,
     MAX_STRING_LEN,
     QEMU_DIRTY_BITMAP_PREFIX,
+    is_power_of_two,
 )
 
 
@@ -194,10 +195,6 @@ def _show(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return repr(value)
-
-
-def _is_power_of_two(value: int) -> bool:
-    return value > 0 and value & (value - 1) == 0
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -511,7 +508,7 @@ def _export_size(
 def _block_sizes(where: _Where, table: Mapping[str, Any]) -> tuple[int, int, int]:
     """Resolve and check the three constraints (spec "Size constraints")."""
     minimum = _size(where, "min_block_size", table.get("min_block_size", DEFAULT_MIN_BLOCK))
-    if not _is_power_of_two(minimum) or minimum > MAX_MIN_BLOCK_SIZE:
+    if not is_power_of_two(minimum) or minimum > MAX_MIN_BLOCK_SIZE:
         raise where.error(
             f"min_block_size {minimum} must be a power of two from 1 to {MAX_MIN_BLOCK_SIZE}"
         )
@@ -520,7 +517,7 @@ def _block_sizes(where: _Where, table: Mapping[str, Any]) -> tuple[int, int, int
         where, "preferred_block_size", table.get("preferred_block_size", preferred_default)
     )
     floor = max(minimum, 512)
-    if not _is_power_of_two(preferred) or preferred < floor:
+    if not is_power_of_two(preferred) or preferred < floor:
         raise where.error(
             f"preferred_block_size {preferred} must be a power of two of at least {floor} "
             "(at least 512 and min_block_size)"
@@ -562,7 +559,7 @@ def _bitmaps(where: _Where, raw: Any) -> tuple[BitmapConfig, ...]:
             item.get("granularity", DEFAULT_BITMAP_GRANULARITY),
         )
         if not (
-            _is_power_of_two(granularity)
+            is_power_of_two(granularity)
             and MIN_BITMAP_GRANULARITY <= granularity <= MAX_BITMAP_GRANULARITY
         ):
             raise where.error(

@@ -27,10 +27,6 @@ class _Advertised:
     """The export size sent in the same reply, if any."""
 
 
-def _power_of_two(value: int) -> bool:
-    return value > 0 and value & (value - 1) == 0
-
-
 def _block_sizes(view: SessionView) -> Iterator[_Advertised]:
     """Every NBD_INFO_BLOCK_SIZE the server sent, with the export size of the same reply."""
     for exchange in view.options:
@@ -63,7 +59,7 @@ def _block_sizes(view: SessionView) -> Iterator[_Advertised]:
 def block_size_minimum(view: SessionView) -> Iterator[Hit]:
     """The minimum block size is a power of 2 no larger than 64 KiB."""
     for item in _block_sizes(view):
-        if not _power_of_two(item.minimum) or item.minimum > c.MAX_MIN_BLOCK_SIZE:
+        if not c.is_power_of_two(item.minimum) or item.minimum > c.MAX_MIN_BLOCK_SIZE:
             yield Hit(
                 item.message,
                 f"minimum block size {item.minimum} is not a power of 2 no larger than 65536",
@@ -81,7 +77,7 @@ def block_size_minimum(view: SessionView) -> Iterator[Hit]:
 def block_size_preferred(view: SessionView) -> Iterator[Hit]:
     """The preferred block size is a power of 2, at least max(minimum, 512)."""
     for item in _block_sizes(view):
-        if not _power_of_two(item.preferred) or item.preferred < max(item.minimum, 512):
+        if not c.is_power_of_two(item.preferred) or item.preferred < max(item.minimum, 512):
             yield Hit(
                 item.message,
                 f"preferred block size {item.preferred} is not a power of 2 "

@@ -21,15 +21,12 @@ from harness.conformance._view import (
 from harness.dissect.model import CLIENT, SERVER
 from harness.protocol import constants as c
 
-KNOWN_HANDSHAKE_FLAGS = int(c.HandshakeFlag.FIXED_NEWSTYLE | c.HandshakeFlag.NO_ZEROES)
-KNOWN_CLIENT_FLAGS = int(c.ClientFlag.C_FIXED_NEWSTYLE | c.ClientFlag.C_NO_ZEROES)
-
 
 def _bad_client_flags(view: SessionView) -> str | None:
     """Why the client flags are unacceptable to the server, or None."""
     flags = view.client_flag_bits
-    if flags & ~KNOWN_CLIENT_FLAGS:
-        return f"unknown client flag bits {flags & ~KNOWN_CLIENT_FLAGS:#x}"
+    if flags & ~c.KNOWN_CLIENT_FLAGS:
+        return f"unknown client flag bits {flags & ~c.KNOWN_CLIENT_FLAGS:#x}"
     if flags & c.ClientFlag.C_NO_ZEROES and not view.handshake_flags & c.HandshakeFlag.NO_ZEROES:
         return "NBD_FLAG_C_NO_ZEROES although the server did not offer NBD_FLAG_NO_ZEROES"
     return None
@@ -64,7 +61,7 @@ def handshake_flags_known(view: SessionView) -> Iterator[Hit]:
     """The newstyle greeting sets no handshake flag besides FIXED_NEWSTYLE and NO_ZEROES."""
     greeting = view.greeting
     if greeting is not None and greeting.kind == "newstyle-greeting":
-        unknown = view.handshake_flags & ~KNOWN_HANDSHAKE_FLAGS
+        unknown = view.handshake_flags & ~c.KNOWN_HANDSHAKE_FLAGS
         if unknown:
             yield Hit(
                 greeting,
@@ -84,7 +81,7 @@ def oldstyle_no_handshake_flags(view: SessionView) -> Iterator[Hit]:
     greeting = view.greeting
     if greeting is not None and greeting.kind == "oldstyle-greeting":
         high = int(greeting.fields.get("flags_high", 0))
-        if high & KNOWN_HANDSHAKE_FLAGS:
+        if high & c.KNOWN_HANDSHAKE_FLAGS:
             yield Hit(
                 greeting, f"oldstyle flags set handshake flag bits {high:#06x} in the upper 16 bits"
             )
@@ -99,8 +96,8 @@ def oldstyle_no_handshake_flags(view: SessionView) -> Iterator[Hit]:
 )
 def client_flags_known(view: SessionView) -> Iterator[Hit]:
     """The client flags hold only C_FIXED_NEWSTYLE and C_NO_ZEROES."""
-    if view.client_flags is not None and view.client_flag_bits & ~KNOWN_CLIENT_FLAGS:
-        unknown = view.client_flag_bits & ~KNOWN_CLIENT_FLAGS
+    if view.client_flags is not None and view.client_flag_bits & ~c.KNOWN_CLIENT_FLAGS:
+        unknown = view.client_flag_bits & ~c.KNOWN_CLIENT_FLAGS
         yield Hit(
             view.client_flags,
             f"client flags {view.client_flag_bits:#010x} set unknown bits {unknown:#x}",

@@ -21,7 +21,6 @@ from harness.conformance._view import (
 from harness.dissect.model import CLIENT, SERVER, WireMessage
 from harness.protocol import constants as c
 
-_NO_DATA_OPTIONS = (c.Opt.LIST, c.Opt.STARTTLS, c.Opt.STRUCTURED_REPLY, c.Opt.EXTENDED_HEADERS)
 _REJECT_DATA_OPTIONS = (c.Opt.LIST, c.Opt.STRUCTURED_REPLY, c.Opt.EXTENDED_HEADERS)
 _DEFINED_OPTIONS = frozenset(int(o) for o in c.Opt) - {int(c.Opt.PEEK_EXPORT)}
 
@@ -49,11 +48,11 @@ def _info_type(reply: WireMessage) -> int | None:
     return struct.unpack_from(">H", data)[0] if len(data) >= 2 else None
 
 
-def _replies_outside(view: SessionView, options: tuple[int, ...],
-                     allowed: int) -> Iterator[Hit]:
-    """Replies to ``options`` that are neither ``allowed``, NBD_REP_ACK nor an error."""
+def _replies_outside(view: SessionView, allowed: int) -> Iterator[Hit]:
+    """Replies to the options ``allowed`` answers that are neither ``allowed``, NBD_REP_ACK
+    nor an error."""
     for exchange in view.options:
-        if exchange.code not in options:
+        if exchange.code not in c.OPTIONS_ANSWERED_WITH[allowed]:
             continue
         for reply in exchange.replies:
             rep = reply_type(reply)
@@ -180,7 +179,7 @@ def unsupported_option_err_unsup(view: SessionView) -> Iterator[Hit]:
 def no_data_with_option(view: SessionView) -> Iterator[Hit]:
     """LIST, STARTTLS, STRUCTURED_REPLY and EXTENDED_HEADERS carry no data."""
     for exchange in view.options:
-        if exchange.code in _NO_DATA_OPTIONS and header_length(exchange.option):
+        if exchange.code in c.NO_DATA_OPTIONS and header_length(exchange.option):
             yield Hit(
                 exchange.option,
                 f"{exchange.option.name} carries {header_length(exchange.option)} byte(s) of data",
@@ -567,8 +566,7 @@ def set_meta_context_unnegotiated(view: SessionView) -> Iterator[Hit]:
 )
 def meta_context_replies(view: SessionView) -> Iterator[Hit]:
     """LIST/SET_META_CONTEXT get NBD_REP_META_CONTEXT replies, then ACK or an error."""
-    yield from _replies_outside(view, (c.Opt.LIST_META_CONTEXT, c.Opt.SET_META_CONTEXT),
-                                c.Rep.META_CONTEXT)
+    yield from _replies_outside(view, c.Rep.META_CONTEXT)
 
 
 @rule(
@@ -740,7 +738,7 @@ def list_ext_header_reqd_not_for_base(view: SessionView) -> Iterator[Hit]:
 )
 def list_replies(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_LIST gets NBD_REP_SERVER replies, then ACK or an error."""
-    yield from _replies_outside(view, (c.Opt.LIST,), c.Rep.SERVER)
+    yield from _replies_outside(view, c.Rep.SERVER)
 
 
 @rule(
@@ -754,7 +752,7 @@ def list_replies(view: SessionView) -> Iterator[Hit]:
 )
 def info_go_replies(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_INFO/GO get NBD_REP_INFO replies, then ACK or an error."""
-    yield from _replies_outside(view, (c.Opt.INFO, c.Opt.GO), c.Rep.INFO)
+    yield from _replies_outside(view, c.Rep.INFO)
 
 
 @rule(

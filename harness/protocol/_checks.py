@@ -38,15 +38,9 @@ from .state import InFlight, Negotiated, PendingOption, Violation
 
 TF = c.TransmissionFlag
 
-KNOWN_CLIENT_FLAGS = c.ClientFlag.C_FIXED_NEWSTYLE | c.ClientFlag.C_NO_ZEROES
-
 
 def _v(message: str, section: str, rule: str, errno: int = c.Errno.EINVAL) -> Violation:
     return Violation(message, section, rule, errno)
-
-
-def _power_of_two(value: int) -> bool:
-    return value > 0 and value & (value - 1) == 0
 
 
 # --- handshake ------------------------------------------------------------------
@@ -54,7 +48,7 @@ def _power_of_two(value: int) -> bool:
 
 def check_client_flags(event: ClientFlags, neg: Negotiated) -> list[Violation]:
     out = []
-    if event.flags & ~int(KNOWN_CLIENT_FLAGS):
+    if event.flags & ~c.KNOWN_CLIENT_FLAGS:
         out.append(
             _v(
                 f"client flags {event.flags:#x} hold bits the spec does not define; the "
@@ -127,13 +121,6 @@ def check_option(
     return out
 
 
-ALLOWED_REPLY_FOR = {
-    c.Rep.SERVER: {c.Opt.LIST},
-    c.Rep.INFO: {c.Opt.INFO, c.Opt.GO},
-    c.Rep.META_CONTEXT: {c.Opt.LIST_META_CONTEXT, c.Opt.SET_META_CONTEXT},
-}
-
-
 def check_transmission_flags(flags: int, neg: Negotiated, where: str) -> list[Violation]:
     out = []
     section = "Transmission flags"
@@ -171,7 +158,7 @@ def check_transmission_flags(flags: int, neg: Negotiated, where: str) -> list[Vi
 def check_block_size(info: InfoBlockSize) -> list[Violation]:
     out = []
     section = "Size constraints"
-    if not _power_of_two(info.minimum) or info.minimum > c.MAX_MIN_BLOCK_SIZE:
+    if not c.is_power_of_two(info.minimum) or info.minimum > c.MAX_MIN_BLOCK_SIZE:
         out.append(
             _v(
                 f"minimum block size {info.minimum} is not a power of 2 no larger than 65536",
@@ -179,7 +166,7 @@ def check_block_size(info: InfoBlockSize) -> list[Violation]:
                 "block-size-minimum",
             )
         )
-    if not _power_of_two(info.preferred) or info.preferred < max(info.minimum, 512):
+    if not c.is_power_of_two(info.preferred) or info.preferred < max(info.minimum, 512):
         out.append(
             _v(
                 f"preferred block size {info.preferred} is not a power of 2 at least "
@@ -241,13 +228,13 @@ def _reply_type_fits(a: _Answer) -> Iterator[Violation]:
     rtype = a.reply.reply_type
     if c.is_rep_error(rtype):
         return
-    if rtype in ALLOWED_REPLY_FOR and a.pending.option not in ALLOWED_REPLY_FOR[rtype]:
+    if rtype in c.OPTIONS_ANSWERED_WITH and a.pending.option not in c.OPTIONS_ANSWERED_WITH[rtype]:
         yield _v(
             f"{c.name_of(c.Rep, rtype)} is not a valid reply to {a.option_name}",
             _REPLY_SECTION,
             "reply-type-for-option",
         )
-    elif rtype not in ALLOWED_REPLY_FOR and rtype != c.Rep.ACK:
+    elif rtype not in c.OPTIONS_ANSWERED_WITH and rtype != c.Rep.ACK:
         yield _v(f"unknown option reply type {rtype:#x}", _REPLY_SECTION, "reply-type-unknown")
 
 

@@ -445,12 +445,7 @@ def decode_option_payload(option: int, data: Buffer) -> object:
         # "The client SHOULD NOT send any additional data with the option; however, a
         # server SHOULD ignore any data sent by the client".
         return RawPayload(data) if data else EmptyPayload()
-    if option in (
-        c.Opt.LIST,
-        c.Opt.STARTTLS,
-        c.Opt.STRUCTURED_REPLY,
-        c.Opt.EXTENDED_HEADERS,
-    ):
+    if option in c.NO_DATA_OPTIONS:
         if data:
             raise CodecError(
                 f"{c.name_of(c.Opt, option)} carries {len(data)} bytes of data; it takes none",
