@@ -81,6 +81,31 @@ def server_string_no_nul(view: SessionView) -> Iterator[Hit]:
     yield from _with_nul(view, SERVER)
 
 
+def _not_utf8(view: SessionView, direction: str, skip: int | None = None) -> Iterator[Hit]:
+    """Strings from ``direction`` that are not UTF-8 (but those of option replies of type
+    ``skip``, which have their own rule)."""
+    for message, name, value in _strings(view, direction, chunks=True):
+        if skip is not None and message.kind == "option-reply" and reply_type(message) == skip:
+            continue
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield Hit(message, f"{name} is not valid UTF-8 ({exc.reason} at byte {exc.start})")
+
+
+@rule(id="client.string-utf8", midstream=True)
+def client_string_utf8(view: SessionView) -> Iterator[Hit]:
+    """Export names and queries the client sends are UTF-8."""
+    yield from _not_utf8(view, CLIENT)
+
+
+@rule(id="server.string-utf8", midstream=True)
+def server_string_utf8(view: SessionView) -> Iterator[Hit]:
+    """Names, descriptions and error messages the server sends are UTF-8 (metadata context
+    names have their own rule)."""
+    yield from _not_utf8(view, SERVER, skip=c.Rep.META_CONTEXT)
+
+
 @rule(id="server.meta-context-name-utf8", midstream=True)
 def meta_context_name_utf8(view: SessionView) -> Iterator[Hit]:
     """NBD_REP_META_CONTEXT names are valid UTF-8."""

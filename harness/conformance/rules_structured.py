@@ -422,6 +422,17 @@ def error_offset_within_request(view: SessionView) -> Iterator[Hit]:
                 )
 
 
+@rule(id="server.error-offset-valid-for")
+def error_offset_valid_for(view: SessionView) -> Iterator[Hit]:
+    """NBD_REPLY_TYPE_ERROR_OFFSET answers only commands that have a range."""
+    for transaction in view.transactions:
+        if transaction.command in c.ERROR_OFFSET_COMMANDS:
+            continue
+        for chunk in transaction.chunks:
+            if chunk_type(chunk) == RT.ERROR_OFFSET:
+                yield Hit(chunk, f"{chunk.name} in reply to {transaction.name}")
+
+
 @rule(id="server.error-once")
 def error_once(view: SessionView) -> Iterator[Hit]:
     """One reply has at most one NBD_REPLY_TYPE_ERROR chunk."""

@@ -66,6 +66,7 @@ from .messages import (
     Request,
     SimpleReply,
 )
+from .rules import CITATIONS
 from .state import InFlight, Negotiated, PendingOption, Phase, Role, Violation
 
 
@@ -200,6 +201,30 @@ READERS: dict[Phase, dict[Role, Reader]] = {
 }
 """Phase -> sending side -> the decoder of its next message (the same turns as TURNS)."""
 
+OUT_OF_TURN: dict[tuple[Phase, Role], str] = {
+    # A side that may not speak at all in this phase.
+    (Phase.CLIENT_FLAGS, Role.SERVER): "server.option-reply-answers-option",
+    (Phase.OPTIONS, Role.SERVER): "server.option-reply-answers-option",
+    (Phase.OPTION_REPLY, Role.CLIENT): "client.no-option-before-final-reply",
+    (Phase.EXPORT_NAME_REPLY, Role.CLIENT): "client.no-option-before-final-reply",
+    (Phase.TLS_HANDSHAKE, Role.CLIENT): "client.tls-after-starttls-ack",
+    (Phase.TLS_HANDSHAKE, Role.SERVER): "server.tls-after-starttls-ack",
+    (Phase.DISCONNECTING, Role.CLIENT): "client.nothing-after-disc",
+    (Phase.CLOSED, Role.CLIENT): "client.nothing-after-disc",
+    (Phase.CLOSED, Role.SERVER): "server.no-reply-to-disc",
+    # A side whose turn it is, sending another message than the phase expects.
+    (Phase.GREETING, Role.SERVER): "server.greeting-magic",
+    (Phase.CLIENT_FLAGS, Role.CLIENT): "client.client-flags-known",
+    (Phase.OPTIONS, Role.CLIENT): "client.option-magic",
+    (Phase.OPTION_REPLY, Role.SERVER): "server.option-reply-magic",
+    (Phase.EXPORT_NAME_REPLY, Role.SERVER): "server.export-name-no-option-reply",
+    (Phase.TRANSMISSION, Role.CLIENT): "client.request-magic",
+    (Phase.TRANSMISSION, Role.SERVER): "server.reply-magic",
+    (Phase.DISCONNECTING, Role.SERVER): "server.reply-magic",
+}
+"""The rule a side breaks by sending out of turn, by phase.  A client that speaks before
+the server's greeting breaks no one sentence of the spec: its violation has no id."""
+
 
 class Connection:
     """One end of an NBD session, as a state machine with no I/O."""
@@ -221,6 +246,8 @@ class Connection:
         self.negotiated = Negotiated()
         self.pending_option: PendingOption | None = None
         self.in_flight: dict[int, InFlight] = {}
+        self.answered: set[int] = set()
+        """Cookies whose reply is complete (and not reused by a request since)."""
         self.violations: list[tuple[Role, Violation]] = []
         """Every rule broken so far and by whom (only when not raised)."""
         self.last_violations: list[Violation] = []
@@ -257,7 +284,6 @@ class Connection:
                         f"connection closed with {len(self._buffer)} bytes of an incomplete "
                         f"message ({self.phase.value})",
                         section="Transmission",
-                        rule="truncated-message",
                     )
                 self.phase = Phase.CLOSED
                 return ConnectionClosed()
@@ -276,8 +302,7 @@ class Connection:
             raise CodecError(
                 f"{self.their_role.value} sent {len(buf)} bytes while it is not its "
                 f"turn ({self.phase.value})",
-                section="Fixed newstyle negotiation",
-                rule="out-of-turn",
+                rule=OUT_OF_TURN.get((self.phase, self.their_role), ""),
             )
         return reader(self, buf)
 
@@ -318,11 +343,12 @@ class Connection:
     def _judge(self, sender: Role, event: Event) -> list[Violation]:
         allowed = TURNS.get(self.phase, {}).get(sender, ())
         if not isinstance(event, allowed):
+            rule = OUT_OF_TURN.get((self.phase, sender), "")
             return [
                 Violation(
                     f"{sender.value} may not send {type(event).__name__} now ({self.phase.value})",
-                    "Fixed newstyle negotiation",
-                    "out-of-turn",
+                    CITATIONS[rule].section if rule else "",
+                    rule,
                 )
             ]
         neg = self.negotiated
@@ -341,16 +367,7 @@ class Connection:
             case ExportNameReply(transmission_flags=flags, zeroes=zeroes):
                 out = _checks.check_transmission_flags(flags, neg, "export-name reply")
                 if zeroes == neg.no_zeroes:
-                    out.append(
-                        Violation(
-                            "export-name reply " + ("has" if zeroes else "lacks") + " the 124 zero "
-                            "bytes although the client "
-                            + ("set" if zeroes else "did not set")
-                            + " NBD_FLAG_C_NO_ZEROES",
-                            "Client flags",
-                            "export-name-zeroes",
-                        )
-                    )
+                    out.append(_checks.zeroes_violation(zeroes))
                 return out
             case Request():
                 return _checks.check_request(event, neg)
@@ -358,7 +375,9 @@ class Connection:
                 return _checks.check_simple_reply(event, neg, self.in_flight)
             case ReplyChunk():
                 payload, error = _checks.decode_chunk(event)
-                return _checks.check_chunk(event, payload, error, neg, self.in_flight)
+                return _checks.check_chunk(
+                    event, payload, error, neg, self.in_flight, self.answered
+                )
         return []
 
     def _apply(self, sender: Role, event: Event) -> None:
@@ -396,7 +415,8 @@ class Connection:
             case Request():
                 self._record_request(event)
             case SimpleReply(cookie=cookie):
-                self.in_flight.pop(cookie, None)
+                if self.in_flight.pop(cookie, None) is not None:
+                    self.answered.add(cookie)
             case ReplyChunk():
                 self._record_chunk(event)
 
@@ -452,6 +472,7 @@ class Connection:
         if ids is None:
             ids = tuple(self.negotiated.meta_contexts)
         self.in_flight[req.cookie] = InFlight(req, effect, ids)
+        self.answered.discard(req.cookie)
 
     def _record_chunk(self, chunk: ReplyChunk) -> None:
         flight = self.in_flight.get(chunk.cookie)
@@ -472,6 +493,7 @@ class Connection:
                 flight.errored = True
         if chunk.done:
             del self.in_flight[chunk.cookie]
+            self.answered.add(chunk.cookie)
 
 
 def _parse_option(option: int, data: bytes) -> tuple[object, CodecError | None]:

@@ -312,6 +312,10 @@ RANGE_COMMANDS = frozenset(
     {Cmd.READ, Cmd.WRITE, Cmd.TRIM, Cmd.CACHE, Cmd.WRITE_ZEROES, Cmd.BLOCK_STATUS}
 )
 """Commands whose offset and length describe a range of the export."""
+ERROR_OFFSET_COMMANDS = frozenset(
+    {Cmd.READ, Cmd.WRITE, Cmd.TRIM, Cmd.CACHE, Cmd.WRITE_ZEROES, Cmd.BLOCK_STATUS}
+)
+"""The commands ``NBD_REPLY_TYPE_ERROR_OFFSET`` is "Valid as a reply to"."""
 
 
 # --- metadata contexts --------------------------------------------------------

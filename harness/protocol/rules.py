@@ -666,6 +666,18 @@ _TABLE = (
         "MUST NOT contain `NUL` characters",
     ),
     Citation(
+        "client.string-utf8",
+        MUST,
+        "Conventions",
+        "that string is a sequence of UTF-8 code points",
+    ),
+    Citation(
+        "server.string-utf8",
+        MUST,
+        "Conventions",
+        "that string is a sequence of UTF-8 code points",
+    ),
+    Citation(
         "server.meta-context-name-utf8",
         MUST,
         "Option reply types",
@@ -835,6 +847,13 @@ _TABLE = (
         "Structured reply types",
         "This reply represents that an error occurred at a given offset, which MUST lie within "
         "the original offset and length of the request",
+    ),
+    Citation(
+        "server.error-offset-valid-for",
+        MUST,
+        "Structured reply types",
+        "Valid as a reply to `NBD_CMD_READ`, `NBD_CMD_WRITE`, `NBD_CMD_TRIM`, `NBD_CMD_CACHE`, "
+        "`NBD_CMD_WRITE_ZEROES`, and `NBD_CMD_BLOCK_STATUS`.",
     ),
     Citation(
         "server.error-once",
