@@ -286,3 +286,24 @@ def test_tables_agree_on_turns():
     for phase, sides in TURNS.items():
         allowed = {kind for kinds in sides.values() for kind in kinds}
         assert set(TRANSITIONS[phase]) == allowed, phase
+
+
+def test_every_rule_id_the_protocol_package_names_is_cited():
+    """The state machine speaks the conformance rules' vocabulary: each id it names in its
+    checks, codec and tables has a citation (and so a conformance rule reading it)."""
+    import re
+    from pathlib import Path
+
+    from harness.protocol import connection
+    from harness.protocol.rules import CITATIONS
+
+    package = Path(connection.__file__).parent
+    named = {
+        rule_id
+        for path in package.glob("*.py")
+        if path.name != "rules.py"
+        for rule_id in re.findall(r'"((?:client|server)\.[a-z0-9-]+)"', path.read_text())
+    }
+    assert len(named) > 60
+    assert named <= set(CITATIONS), named - set(CITATIONS)
+    assert set(connection.OUT_OF_TURN.values()) <= set(CITATIONS)
