@@ -81,7 +81,7 @@ class Executor:
 
     def execute(self, req: Request, violations: list[Violation]) -> list[Reply]:
         if "unflagged-extended-write" in self.quirks:
-            violations = [v for v in violations if v.rule != "write-needs-payload-len"]
+            violations = [v for v in violations if v.rule != "client.extended-write-payload-len"]
         if violations:
             first = violations[0]
             return self.failure(req, first.errno, f"{first.message} (spec: {first.section})")

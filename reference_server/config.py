@@ -43,6 +43,7 @@ from harness.protocol.constants import (
     MAX_MIN_BLOCK_SIZE,
     MAX_STRING_LEN,
     QEMU_DIRTY_BITMAP_PREFIX,
+    is_power_of_two,
 )
 
 
@@ -97,7 +98,7 @@ class BitmapConfig:
         if len((QEMU_DIRTY_BITMAP_PREFIX + self.name).encode()) > MAX_STRING_LEN:
             raise ConfigError(f'bitmap "{self.name[:40]}...": name too long for a context name')
         if not (
-            _is_power_of_two(self.granularity)
+            is_power_of_two(self.granularity)
             and MIN_BITMAP_GRANULARITY <= self.granularity <= MAX_BITMAP_GRANULARITY
         ):
             raise ConfigError(f'bitmap "{self.name}": granularity {self.granularity} must be a '
@@ -192,12 +193,12 @@ class ExportConfig:
     def _check_block_sizes(self) -> None:
         minimum, preferred = self.min_block_size, self.preferred_block_size
         maximum = self.max_payload_size
-        if not _is_power_of_two(minimum) or minimum > MAX_MIN_BLOCK_SIZE:
+        if not is_power_of_two(minimum) or minimum > MAX_MIN_BLOCK_SIZE:
             raise ConfigError(
                 f"min_block_size {minimum} must be a power of two from 1 to {MAX_MIN_BLOCK_SIZE}"
             )
         floor = max(minimum, 512)
-        if not _is_power_of_two(preferred) or preferred < floor:
+        if not is_power_of_two(preferred) or preferred < floor:
             raise ConfigError(
                 f"preferred_block_size {preferred} must be a power of two of at least {floor} "
                 "(at least 512 and min_block_size)"
@@ -333,10 +334,6 @@ def _show(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return repr(value)
-
-
-def _is_power_of_two(value: int) -> bool:
-    return value > 0 and value & (value - 1) == 0
 
 
 # --- loading ---------------------------------------------------------------------------
