@@ -80,10 +80,9 @@ def markdown_table(faults: Sequence[Fault]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for fault in faults:
-        lines.append(
-            f"| `{fault.name}` | {fault.fault_class} | {fault.description} | {fault.trigger} | "
-            f"{fault.section} | {fault.level} | `{fault.rule}` |"
-        )
+        cells = [f"`{fault.name}`", fault.fault_class, fault.description, fault.trigger,
+                 fault.section, fault.level, f"`{fault.rule}`" if fault.rule else "none"]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

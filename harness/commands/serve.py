@@ -81,7 +81,7 @@ def build_config(args: argparse.Namespace):
     for key, value in overrides.items():
         if value is not None:
             server[key] = str(Path(value).absolute()) if isinstance(value, Path) else value
-    if server:
+    if server or "server" in document:
         document = {**document, "server": server}
     config = config_from_dict(document, base_dir=base_dir, source=args.config)
     extra = [parse_export_spec(spec) for spec in args.export]

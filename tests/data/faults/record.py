@@ -497,9 +497,10 @@ class _Nbdkit:
     def __init__(self, args: tuple[str, ...], directory: Path) -> None:
         self.socket = directory / "nbdkit.sock"
         self.socket.unlink(missing_ok=True)  # a previous nbdkit's socket must not look ready
-        self.process = subprocess.Popen(
-            ["nbdkit", "-f", "-U", str(self.socket), "--exportname=disk", *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        with open(directory / "nbdkit.log", "wb") as log:
+            self.process = subprocess.Popen(
+                ["nbdkit", "-f", "-U", str(self.socket), "--exportname=disk", *args],
+                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 10
         while not self.socket.exists():
             if time.monotonic() > deadline or self.process.poll() is not None:
@@ -523,6 +524,7 @@ def run_recipe(recipe: Recipe, directory: Path, scratch: Path) -> Outcome:
     ``scratch`` holds what must not be committed (sockets, the test PKI).
     """
     directory.mkdir(parents=True, exist_ok=True)
+    scratch.mkdir(parents=True, exist_ok=True)
     capture = directory / f"{recipe.name}.pcapng"
     if recipe.nbdkit:
         server = _Nbdkit(recipe.nbdkit, scratch)
