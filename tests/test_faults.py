@@ -88,7 +88,7 @@ def test_fault_names_are_unique_and_every_fault_has_a_capture() -> None:
 
 
 def test_unknown_fault_is_a_user_error_listing_the_known_ones() -> None:
-    with pytest.raises(UserError, match="unknown server fault 'nope'.*reply-bad-magic"):
+    with pytest.raises(UserError, match=r"unknown server fault 'nope'.*reply-bad-magic"):
         ServerFaults(["reply-bad-magic", "nope"])
     with pytest.raises(UserError, match="unknown client fault"):
         select_faults(["reply-bad-magic"], CLIENT_FAULTS, "client")

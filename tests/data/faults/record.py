@@ -431,6 +431,12 @@ RECIPES: tuple[Recipe, ...] = (
                       raw("client", request_header(c.Cmd.BLOCK_STATUS)),
                       "NBD_CMD_BLOCK_STATUS with no metadata context selected"),),
            judged="client"),
+    # --- healthy controls: the same clients against the healthy reference server ----------------
+    Recipe("healthy-qemu-io", qemu_io("write -P 0x55 0 4k", "write -z 4k 4k", "read -P 0x55 0 4k",
+                                      "read -P 0 4k 4k", "discard 0 4k"), "succeeds", (),
+           notes="The healthy reference server: no deviation; a test of false findings."),
+    Recipe("healthy-nbdinfo-map", ("nbdinfo", "--map", "{uri}"), "succeeds", (),
+           notes="The healthy reference server: no deviation; a test of false findings."),
     # --- nbdkit's error and delay filters ---------------------------------------------------------
     Recipe("nbdkit-error-eio", READ_4K, "fails", (),
            nbdkit=("--filter=error", "memory", "1M", "error-pread=EIO",
@@ -589,7 +595,7 @@ def ground_truth(recipe: Recipe, capture_path: Path, client: str) -> dict:
     document = {
         "capture": capture_path.name,
         "produced_by": f"{server} (1 MiB export 'disk') driven by {client}: "
-                       f"{' '.join(recipe.client)}",
+                       + " ".join(recipe.client).replace(" ".join(HARNESS), "nbd-harness"),
         "judged": recipe.judged,
         "deviations": deviations,
     }
