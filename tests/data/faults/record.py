@@ -69,10 +69,21 @@ RUN_TIMEOUT = 30.0
 HARNESS = [sys.executable, "-m", "harness.cli"]
 
 CITATIONS: dict[str, Fault] = {fault.name: fault for fault in (*FAULTS, *CLIENT_FAULTS)}
-NO_ENOMEM = Fault(
-    "nbdkit-error-enomem", "server", "wrong-error",
-    "nbdkit's error filter answers reads with NBD_ENOMEM", "Error values", "SHOULD NOT",
-    "The server SHOULD NOT return `NBD_ENOMEM` if at all possible.", "server.no-enomem",
+EXTRA_CITATIONS = (
+    # Deviations no fault profile makes on purpose, met in the captures all the same: nbdkit's
+    # error filter, and what a real client does to reach a server fault.
+    Fault("nbdkit-error-enomem", "server", "wrong-error",
+          "nbdkit's error filter answers reads with NBD_ENOMEM", "Error values", "SHOULD NOT",
+          "The server SHOULD NOT return `NBD_ENOMEM` if at all possible.", "server.no-enomem"),
+    Fault("read-past-end", "client", "client", "a read past the end of the export",
+          "Size constraints", "MUST NOT",
+          "For those requests, the client MUST NOT use a *length* which, when added to "
+          "*offset*, would exceed the export size.", "client.request-within-export"),
+    Fault("no-fixed-newstyle-reply", "client", "client",
+          "client flags without NBD_FLAG_C_FIXED_NEWSTYLE to a fixed-newstyle server",
+          "Fixed newstyle negotiation", "SHOULD",
+          "The client SHOULD reply with `NBD_FLAG_C_FIXED_NEWSTYLE` set in its flags field too",
+          "client.fixed-newstyle-flag"),
 )
 
 
@@ -173,6 +184,9 @@ class Deviation:
     where: Locator
     what: str
     also_at: tuple[Locator, ...] = ()
+    """Other frames where the same deviation may be reported (``frames:``)."""
+    also: tuple[str, ...] = ()
+    """Rule ids that mean the same deviation of these bytes (``also:``)."""
 
 
 # --- how each capture is made --------------------------------------------------------------
@@ -250,13 +264,18 @@ RECIPES: tuple[Recipe, ...] = (
                     "NBD_REPLY_TYPE_OFFSET_HOLE chunk with length 16 (it carries 12 bytes)"),),
            faults=("hole-chunk-length-long",)),
     Recipe("hole-chunk-length-short", READ_4K, "fails",
-           (_server("hole-chunk-length-short", raw("server", CHUNK_MAGIC, 1),
-                    "NBD_REPLY_TYPE_OFFSET_HOLE chunk with length 8 (it carries 12 bytes)"),),
+           # Read with the header's length, the chunk leaves 4 bytes where the next reply's
+           # magic must be, and its hole does not cover the read: the same bytes, other rules.
+           (Deviation("hole-chunk-length-short", raw("server", CHUNK_MAGIC, 1),
+                      "NBD_REPLY_TYPE_OFFSET_HOLE chunk with length 8 (it carries 12 bytes)",
+                      also=("server.reply-magic", "server.read-full-coverage")),),
            faults=("hole-chunk-length-short",)),
     Recipe("read-reply-long", nbdsh("h.pread(4096, 0)\nh.pread(512, 0)", structured=False),
            "fails",
-           (_server("read-reply-long", raw("server", SIMPLE_MAGIC, 1),
-                    "simple reply to a 4096-byte NBD_CMD_READ carries 4608 bytes of data"),),
+           # The 512 extra bytes stand where the next reply's magic must be: the same bytes.
+           (Deviation("read-reply-long", raw("server", SIMPLE_MAGIC, 1),
+                      "simple reply to a 4096-byte NBD_CMD_READ carries 4608 bytes of data",
+                      also=("server.reply-magic",)),),
            faults=("read-reply-long",)),
     Recipe("garbage-between-replies", qemu_io("read 0 4k", "read 4k 4k"), "fails",
            (_server("garbage-between-replies", raw("server", GARBAGE),
@@ -291,14 +310,21 @@ RECIPES: tuple[Recipe, ...] = (
                     "the server closes the connection instead of answering NBD_CMD_READ",
                     message("client", "NBD_CMD_READ")),),
            faults=("disconnect-on-read",)),
-    Recipe("disconnect-on-read-past-end", nbdsh(PAST_END, strict=False), "fails", (),
-           faults=("disconnect-on-read-past-end",),
+    Recipe("disconnect-on-read-past-end", nbdsh(PAST_END, strict=False), "fails",
+           (Deviation("read-past-end", message("client", "NBD_CMD_READ"),
+                      "NBD_CMD_READ of 4096 bytes at 1046528 runs past the 1 MiB export"),),
+           faults=("disconnect-on-read-past-end",), judged="both",
            notes="The client's read past the end breaks a MUST NOT (Size constraints), so the "
-           "server MAY hard-disconnect (Terminating the transmission phase): no deviation."),
-    Recipe("disconnect-on-unknown-command", harness_fault("unknown-command"), "succeeds", (),
+           "server MAY hard-disconnect (Terminating the transmission phase): the server's "
+           "close is no deviation, the client's read is."),
+    Recipe("disconnect-on-unknown-command", harness_fault("unknown-command"), "succeeds",
+           (Deviation("unknown-command", raw("client", request_header(UNKNOWN_COMMAND)),
+                      "a request of the undefined command type 66"),),
            faults=("disconnect-on-unknown-command",), output="closed the connection",
+           judged="both",
            notes="An unknown command breaks the client's MUST (Baseline: negotiate more "
-           "messages first), so the server MAY hard-disconnect: no deviation."),
+           "messages first), so the server MAY hard-disconnect: the server's close is no "
+           "deviation, the client's command is."),
     Recipe("write-payload-not-consumed",
            nbdsh(f"h.pwrite(bytes.fromhex('{_phantom_read()}'), 0)\nh.pread(512, 0)"), "fails",
            (_server("write-payload-not-consumed",
@@ -332,19 +358,28 @@ RECIPES: tuple[Recipe, ...] = (
                     "NBD_REP_ACK ends NBD_OPT_INFO without any NBD_INFO_EXPORT"),),
            faults=("go-without-info-export",)),
     Recipe("eio-read-past-end", nbdsh(PAST_END, strict=False), "fails",
-           (_server("eio-read-past-end", message("server", answering="NBD_CMD_READ"),
-                    "a read past the end fails with NBD_EIO"),),
-           faults=("eio-read-past-end",)),
+           (Deviation("read-past-end", message("client", "NBD_CMD_READ"),
+                      "NBD_CMD_READ of 4096 bytes at 1046528 runs past the 1 MiB export"),
+            _server("eio-read-past-end", message("server", answering="NBD_CMD_READ"),
+                    "a read past the end fails with NBD_EIO")),
+           faults=("eio-read-past-end",), judged="both"),
     Recipe("eio-block-status-no-context", harness_fault("block-status-without-context"),
            "succeeds",
-           (_server("eio-block-status-no-context",
+           (Deviation("block-status-without-context",
+                      raw("client", request_header(c.Cmd.BLOCK_STATUS)),
+                      "NBD_CMD_BLOCK_STATUS with no metadata context selected"),
+            _server("eio-block-status-no-context",
                     message("server", answering="NBD_CMD_BLOCK_STATUS"),
-                    "NBD_CMD_BLOCK_STATUS without a context fails with NBD_EIO"),),
-           faults=("eio-block-status-no-context",), output=r"error 5 \(NBD_EIO\)"),
+                    "NBD_CMD_BLOCK_STATUS without a context fails with NBD_EIO")),
+           faults=("eio-block-status-no-context",), judged="both", output=r"error 5 \(NBD_EIO\)"),
     Recipe("undefined-errno", nbdsh(PAST_END, strict=False), "fails",
-           (_server("undefined-errno", message("server", answering="NBD_CMD_READ"),
-                    "the error reply carries error value 127"),),
-           faults=("undefined-errno",)),
+           (Deviation("read-past-end", message("client", "NBD_CMD_READ"),
+                      "NBD_CMD_READ of 4096 bytes at 1046528 runs past the 1 MiB export"),
+            _server("undefined-errno", message("server", answering="NBD_CMD_READ"),
+                    "the error reply carries error value 127"),
+            _server("eio-read-past-end", message("server", answering="NBD_CMD_READ"),
+                    "a read past the end fails with error value 127, not NBD_EINVAL")),
+           faults=("undefined-errno",), judged="both"),
     Recipe("enotsup-write-zeroes", qemu_io("write -z 0 4k"), "succeeds",
            (_server("enotsup-write-zeroes",
                     message("server", answering="NBD_CMD_WRITE_ZEROES"),
@@ -380,9 +415,12 @@ RECIPES: tuple[Recipe, ...] = (
            faults=("info-go-disagree",), output="INFO size 1048576 GO size 524288"),
     Recipe("export-name-option-reply", nbdsh("print(h.get_size())", handshake_flags=0),
            "hangs",
-           (_server("export-name-option-reply", raw("server", OPTION_REPLY_MAGIC, 1),
-                    "NBD_OPT_EXPORT_NAME answered with an NBD_REP_ERR_UNKNOWN option reply"),),
-           faults=("export-name-option-reply",)),
+           (Deviation("no-fixed-newstyle-reply", message("client", "client flags"),
+                      "client flags 0 (the client was told to, to send NBD_OPT_EXPORT_NAME "
+                      "at once)"),
+            _server("export-name-option-reply", raw("server", OPTION_REPLY_MAGIC, 1),
+                    "NBD_OPT_EXPORT_NAME answered with an NBD_REP_ERR_UNKNOWN option reply")),
+           faults=("export-name-option-reply",), judged="both"),
     # --- the reference client's faults, against the healthy reference server ------------------
     Recipe("client-bad-client-flags", harness_fault("bad-client-flags"), "succeeds",
            (Deviation("bad-client-flags", at("client", 0),
@@ -453,7 +491,7 @@ RECIPES: tuple[Recipe, ...] = (
            notes="Every read answered after 2 s: a bounded wait, not a deviation."),
 )
 RECIPE_BY_NAME = {recipe.name: recipe for recipe in RECIPES}
-CITATIONS[NO_ENOMEM.name] = NO_ENOMEM
+CITATIONS.update({fault.name: fault for fault in EXTRA_CITATIONS})
 
 
 # --- running a recipe ------------------------------------------------------------------------
@@ -582,7 +620,7 @@ def ground_truth(recipe: Recipe, capture_path: Path, client: str) -> dict:
         cited = CITATIONS[deviation.citation]
         entry = {
             "frame": deviation.where(capture),
-            "sender": recipe.judged,
+            "sender": cited.role,
             "what": deviation.what,
             "level": cited.level,
             "section": cited.section,
@@ -591,6 +629,8 @@ def ground_truth(recipe: Recipe, capture_path: Path, client: str) -> dict:
         }
         if deviation.also_at:
             entry["frames"] = [locate(capture) for locate in deviation.also_at]
+        if deviation.also:
+            entry["also"] = list(deviation.also)
         deviations.append(entry)
     document = {
         "capture": capture_path.name,
