@@ -36,6 +36,7 @@ from harness.protocol.state import Negotiated
 from ._commands import Executor
 from ._options import OptionContext, answer_option, export_needs_tls, transmission_flags
 from .config import ExportConfig, ServerConfig
+from .faults import ServerFaults
 from .features import FULL, ServerFeatures
 from .storage import ExportRegistry
 
@@ -109,7 +110,9 @@ class Session:
         self.writer = writer
         # A request payload above MAX_REQUEST_PAYLOAD ends the session (hard disconnect)
         # instead of being buffered: a hostile client cannot make us hold 4 GiB.
-        self.conn = Connection(Role.SERVER, strict_remote=False, max_payload=MAX_REQUEST_PAYLOAD)
+        self.faults = server.faults  # None unless `serve --fault`: then we may send what is wrong
+        self.conn = Connection(Role.SERVER, strict_remote=False, strict_local=self.faults is None,
+                               max_payload=MAX_REQUEST_PAYLOAD)
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         self.record = SessionRecord(self.peer, negotiated=self.conn.negotiated)
@@ -179,6 +182,8 @@ class Session:
             flags |= c.HandshakeFlag.FIXED_NEWSTYLE
         if features.no_zeroes:
             flags |= c.HandshakeFlag.NO_ZEROES
+        if self.faults is not None:
+            flags = self.faults.greeting_flags(flags)
         await self._send(NewstyleGreeting(int(flags)))
         client_flags = await self._next(HANDSHAKE_TIMEOUT)
         assert isinstance(client_flags, ClientFlags)
@@ -186,12 +191,16 @@ class Session:
             # "the server MUST close the TCP connection if it does not recognize the
             # client's flags".
             raise SessionEnded(self.conn.last_violations[0].message)
+        if self.faults is not None:
+            self.faults.after_client_flags()
         while True:
             event = await self._next(HANDSHAKE_TIMEOUT)
             assert isinstance(event, OptionRequest)
-            if event.option == c.Opt.EXPORT_NAME:
+            outcome = None if self.faults is None else await self.faults.on_option(self, event)
+            if outcome is None and event.option == c.Opt.EXPORT_NAME:
                 return await self._export_name()
-            outcome = answer_option(self._option_context(), event, self.conn.last_violations)
+            if outcome is None:
+                outcome = answer_option(self._option_context(), event, self.conn.last_violations)
             final = outcome.replies[-1] if outcome.replies else None
             self.record.options.append(
                 f"{c.name_of(c.Opt, event.option)} -> "
@@ -241,6 +250,8 @@ class Session:
             if event.type == c.Cmd.DISC:
                 backend.flush()
                 raise SessionEnded("client sent NBD_CMD_DISC")
+            if self.faults is not None and await self.faults.on_request(self, event, executor):
+                continue
             replies = executor.execute(event, self.conn.last_violations)
             await self._send(*replies)
             if self.conn.phase is Phase.CLOSED:
@@ -250,9 +261,12 @@ class Session:
 class ReferenceServer:
     """The server: listens, and runs a :class:`Session` per connection."""
 
-    def __init__(self, config: ServerConfig, features: ServerFeatures = FULL) -> None:
+    def __init__(self, config: ServerConfig, features: ServerFeatures = FULL,
+                 faults: ServerFaults | None = None) -> None:
         self.config = config
         self.features = features
+        self.faults = faults
+        """Deliberate breaches of the spec (``serve --fault``); None for the healthy server."""
         self.registry = ExportRegistry(config.exports)
         self.ssl_context = server_ssl_context(config)
         self._server: asyncio.AbstractServer | None = None
