@@ -34,6 +34,7 @@ from .cases import (
     PeerRef,
     reference_client,
 )
+from .probes import ServerFacts
 
 WRITING_ACTIONS = frozenset({"write", "zero", "trim", "raw"})
 WRITING_COMMANDS = frozenset({"NBD_CMD_WRITE", "NBD_CMD_WRITE_ZEROES", "NBD_CMD_TRIM", "1", "6",
@@ -71,7 +72,11 @@ class ExternalExport:
 
 
 def probe(uri: str, timeout: float = DEFAULT_TIMEOUT) -> ExternalExport:
-    """Connect once with the reference client: size, read-only flag, TLS."""
+    """Connect once with the reference client: size, read-only flag, TLS.
+
+    Raises :class:`ExternalError` when that fails; ``nbd-harness check`` learns
+    what it can through :func:`harness.matrix.probes.learn_server` instead, recorded.
+    """
     from harness.client import ConnectOptions
     from harness.client.errors import NbdClientError
     from harness.protocol import constants as c
@@ -84,6 +89,18 @@ def probe(uri: str, timeout: float = DEFAULT_TIMEOUT) -> ExternalExport:
                                   client.negotiation.tls, _greets_a_second_client(parsed))
     except (NbdClientError, OSError) as exc:
         raise ExternalError(f"cannot use {uri}: {exc}") from None
+
+
+def from_facts(uri: str, facts: ServerFacts) -> ExternalExport | None:
+    """The export as the first probe learned it (None: it learned no size)."""
+    from harness.protocol import constants as c
+
+    if facts.size is None:
+        return None
+    parsed = parse_uri(uri)
+    return ExternalExport(uri, parsed, facts.size,
+                          bool(facts.flags & c.TransmissionFlag.READ_ONLY), parsed.tls_required,
+                          _greets_a_second_client(parsed))
 
 
 def _greets_a_second_client(parsed: NbdUri, wait: float = SECOND_CLIENT_WAIT) -> bool:
@@ -137,6 +154,20 @@ def _literal_size(step: Step) -> bool:
     return False
 
 
+def _other_names(step: Step, export: str) -> str | None:
+    """An export name the step expects something of, other than the URI's (None: none).
+
+    What a server does with a name it was not asked about is its own business (it may
+    serve any name, or list what it likes): the probes judge that, with both answers.
+    """
+    named = step.args.get("name", step.args.get("export"))
+    if named is not None and str(named) != export and (step.expect or {}):
+        return str(named)
+    included = (step.expect or {}).get("include") if step.action == "list_exports" else None
+    others = [str(name) for name in included or () if str(name) != export]
+    return others[0] if others else None
+
+
 def _writes(step: Step) -> bool:
     if step.action in WRITING_ACTIONS:
         return True
@@ -166,6 +197,11 @@ def not_applicable(scenario: Scenario, export: ExternalExport, allow_writes: boo
     if wanted.read_only != export.read_only:
         return f"needs a {'read-only' if wanted.read_only else 'writable'} export"
     steps = [*scenario.steps, *(scenario.fallback.expect if scenario.fallback else ())]
+    other = next((name for step in steps if (name := _other_names(step, export.parsed.export))
+                  is not None), None)
+    if other is not None:
+        return (f"expects something of the export name {other!r}, which this server was not "
+                "asked about (the probes judge unknown names)")
     if not export.concurrent and any(_second_connection(step) for step in steps):
         return "opens a second connection; the server greets one client at a time"
     if not allow_writes and any(_writes(step) for step in steps):
@@ -227,5 +263,5 @@ def tls_dir_of(export: ExternalExport) -> str | None:
     return export.parsed.tls_certificates
 
 
-__all__ = ["ExternalError", "ExternalExport", "external_cases", "not_applicable", "probe",
-           "tls_dir_of"]
+__all__ = ["ExternalError", "ExternalExport", "external_cases", "from_facts", "not_applicable",
+           "probe", "tls_dir_of"]
