@@ -21,6 +21,7 @@ the capture is checked by every conformance rule as well.
 from __future__ import annotations
 
 import secrets
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -395,17 +396,26 @@ def _advertised(flag: int) -> Callable[[ServerFacts, bool], str | None]:
     return needs
 
 
-def _option_probe(option: int, data: bytes = b"", first: tuple[int, ...] = ()
-                  ) -> Callable[[Prober, ServerFacts], ProbeOutcome]:
-    """Any final answer passes (the server may not implement it); silence or a drop fails."""
+def _option_probe(option: int, data: bytes = b"", first: tuple[int, ...] = (),
+                  export_query: bool = False) -> Callable[[Prober, ServerFacts], ProbeOutcome]:
+    """Any final answer passes (the server may not implement it); silence or a drop fails.
+
+    ``export_query``: the data is the URI's export name and one query, ``base:allocation``.
+    """
     name = c.name_of(c.Opt, option)
 
     def run(prober: Prober, facts: ServerFacts) -> ProbeOutcome:
+        nonlocal data
+        if export_query:
+            data = meta_context_data(facts.export, c.BASE_ALLOCATION)
         session, stop = to_options(prober)
         if stop is not None:
             return stop
         for earlier in first:
-            session.option(earlier)
+            before = session.option(earlier)
+            bad = _bad_end(session, c.name_of(c.Opt, earlier), before, "options")
+            if bad is not None:
+                return bad
         reaction = session.option(option, data)
         bad = _bad_end(session, name, reaction, "options")
         if bad is not None:
@@ -420,6 +430,14 @@ def _option_probe(option: int, data: bytes = b"", first: tuple[int, ...] = ()
         return ProbeOutcome(Verdict.FAIL if findings else Verdict.PASS,
                             f"{name}: {reaction.detail}", findings)
     return run
+
+
+def meta_context_data(export: str, *queries: str) -> bytes:
+    """The data of ``NBD_OPT_{LIST,SET}_META_CONTEXT``: export name, then the queries."""
+    name = export.encode()
+    encoded = [query.encode() for query in queries]
+    return (struct.pack(">I", len(name)) + name + struct.pack(">I", len(encoded))
+            + b"".join(struct.pack(">I", len(query)) + query for query in encoded))
 
 
 def _unknown_option(prober: Prober, facts: ServerFacts) -> ProbeOutcome:
@@ -626,6 +644,10 @@ PROBES: tuple[Probe, ...] = (
           "answered", "Option types",
           _option_probe(c.Opt.LIST_META_CONTEXT, b"\0\0\0\0\0\0\0\0",
                         first=(c.Opt.STRUCTURED_REPLY,)), _options_needed),
+    Probe("option-set-meta-context", "NBD_OPT_SET_META_CONTEXT for base:allocation (after "
+          "structured replies) is answered", "Option types",
+          _option_probe(c.Opt.SET_META_CONTEXT, b"", first=(c.Opt.STRUCTURED_REPLY,),
+                        export_query=True), _options_needed),
     Probe("starttls-without-tls", "NBD_OPT_STARTTLS in the clear gets an answer (an error, or "
           "ACK from a server that offers TLS), not a drop", "NOTLS mode", _starttls_without_tls,
           _options_needed),
