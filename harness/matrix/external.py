@@ -100,7 +100,24 @@ def from_facts(uri: str, facts: ServerFacts) -> ExternalExport | None:
     parsed = parse_uri(uri)
     return ExternalExport(uri, parsed, facts.size,
                           bool(facts.flags & c.TransmissionFlag.READ_ONLY), parsed.tls_required,
-                          _greets_a_second_client(parsed))
+                          _greets_while_one_is_connected(parsed))
+
+
+def _greets_while_one_is_connected(parsed: NbdUri) -> bool:
+    """Whether a second client is greeted while a first one (greeted too) is connected."""
+    import contextlib
+    import socket
+
+    address = parsed.address
+    family = socket.AF_UNIX if address.kind == "unix" else (
+        socket.AF_INET6 if ":" in address.host else socket.AF_INET)
+    with socket.socket(family, socket.SOCK_STREAM) as first:
+        first.settimeout(SECOND_CLIENT_WAIT)
+        with contextlib.suppress(OSError):
+            first.connect(address.path if address.kind == "unix" else
+                          (address.host, address.port))
+            first.recv(8)
+        return _greets_a_second_client(parsed)
 
 
 def _greets_a_second_client(parsed: NbdUri, wait: float = SECOND_CLIENT_WAIT) -> bool:
