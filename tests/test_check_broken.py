@@ -191,3 +191,29 @@ def test_the_reference_server_gets_no_fail_and_no_error(tmp_path: Path) -> None:
         code, _elapsed, cases = _check(served.uri(), tmp_path / "out", "--allow-writes")
     _no_fail_no_error(cases)
     assert code == 0
+
+
+# --- check-client -------------------------------------------------------------------------------
+
+HANGING_CLIENT = """
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
+s.recv(18)  # the greeting; then nothing: no client flags, ever
+time.sleep(60)
+"""
+
+
+def test_check_client_bounds_a_hanging_client_and_reports_it(tmp_path: Path) -> None:
+    script = tmp_path / "hanging_client.py"
+    script.write_text(HANGING_CLIENT)
+    out = tmp_path / "out"
+    clock = time.monotonic()
+    code = main(["check-client", f"{sys.executable} {script} {{port}}", "--profile",
+                 "reference", "--timeout", "3", "--out", str(out)])
+    assert time.monotonic() - clock < 60
+    assert code == 1
+    for name in REPORTS:
+        assert (out / name).is_file(), name
+    (case,) = json.loads((out / "results.json").read_text())["cases"]
+    assert case["verdict"] == "fail" and "timed out after 3 s" in case["detail"]
+    assert case["evidence"].get("capture")

@@ -119,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
     check = check_live(args.uri, scenarios, store, allow_writes=args.allow_writes,
                        wait=args.wait, jobs=args.jobs, timeout=args.timeout)
     _print_facts(args.uri, check)
+    if not any(not name.startswith("probe:") for name in check.planned):
+        print("note: no scenario applies to this export (see --list for why); only the probes "
+              "ran", file=sys.stderr)
     results = check.results
     store.write_run({"command": ["nbd-harness", "check", args.uri], "uri": args.uri,
                      "cases": len(results), "allow_writes": args.allow_writes,
