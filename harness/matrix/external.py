@@ -2,15 +2,17 @@
 
 The export behind the URI is whatever it is: its size, its contents and its
 configuration are unknown.  So the server is probed first (size, read-only,
-TLS), and only the server-role scenarios whose expectations hold whatever the
-export holds are run: a plain export (no preset layers, bitmaps, block sizes,
-extra exports, special handshake), every read of data the scenario wrote
-itself first, no exact extent maps, every request inside the export (or the
-export exactly the scenario's size when it tests the end).  Scenarios that
-write run only with ``allow_writes``.  Each runs with the reference client
-through a recording proxy, and the capture is checked by every rule; nothing
-is predicted, so any of pass, unsupported and expected-fallback is good, and
-fail (an expectation broke, a MUST was broken on the wire) or error is not.
+TLS: :func:`harness.matrix.probes.learn_server`, then :func:`from_facts`), and
+only the server-role scenarios whose expectations hold whatever the export
+holds are run: a plain export (no preset layers, bitmaps, block sizes, extra
+exports, special handshake), every read of data the scenario wrote itself
+first, no exact extent maps, every request inside the export (or the export
+exactly the scenario's size when it tests the end), no expectation about an
+export name the server was not asked about.  Scenarios that write run only
+with ``allow_writes``.  Each runs with the reference client through a
+recording proxy, and the capture is checked by every rule; nothing is
+predicted, so any of pass, unsupported and expected-fallback is good, and fail
+(an expectation broke, a MUST was broken on the wire) or error is not.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from harness.client import Client, parse_uri
-from harness.client.options import DEFAULT_TIMEOUT
+from harness.client import parse_uri
 from harness.client.uri import NbdUri
 from harness.errors import UserError
 from harness.scenarios import Scenario, Step
@@ -69,26 +70,6 @@ class ExternalExport:
         """The server as the side of a case (``external``; reports show the URI)."""
         return PeerRef(spec=f"external:{self.uri}", program="external", role="server",
                        provider="external")
-
-
-def probe(uri: str, timeout: float = DEFAULT_TIMEOUT) -> ExternalExport:
-    """Connect once with the reference client: size, read-only flag, TLS.
-
-    Raises :class:`ExternalError` when that fails; ``nbd-harness check`` learns
-    what it can through :func:`harness.matrix.probes.learn_server` instead, recorded.
-    """
-    from harness.client import ConnectOptions
-    from harness.client.errors import NbdClientError
-    from harness.protocol import constants as c
-
-    parsed = parse_uri(uri)  # UriError is a UserError: one line
-    try:
-        with Client.connect(uri, options=ConnectOptions(timeout=timeout)) as client:
-            return ExternalExport(uri, parsed, client.export_size,
-                                  client.can(c.TransmissionFlag.READ_ONLY),
-                                  client.negotiation.tls, _greets_a_second_client(parsed))
-    except (NbdClientError, OSError) as exc:
-        raise ExternalError(f"cannot use {uri}: {exc}") from None
 
 
 def from_facts(uri: str, facts: ServerFacts) -> ExternalExport | None:
@@ -281,4 +262,4 @@ def tls_dir_of(export: ExternalExport) -> str | None:
 
 
 __all__ = ["ExternalError", "ExternalExport", "external_cases", "from_facts", "not_applicable",
-           "probe", "tls_dir_of"]
+           "tls_dir_of"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from harness.address import Address
 from harness.client import parse_uri
 from harness.scenarios import Scenario
 
@@ -73,6 +74,7 @@ def _learn_tls(uri: str, wait: float, facts: ServerFacts):
 def learn(uri: str, store: ResultStore, wait: float) -> tuple[ServerFacts, CaseResult]:
     """The first probe: what the server says about itself, recorded and judged."""
     parsed = parse_uri(uri)  # a bad URI is a one-line usage error
+    _listening(parsed.address, wait, uri)
     facts = ServerFacts(parsed.export)
 
     def body(prober: Prober) -> ProbeOutcome:
@@ -85,10 +87,22 @@ def learn(uri: str, store: ResultStore, wait: float) -> tuple[ServerFacts, CaseR
     probe = ProbeCase(LEARN, "what the server says about itself: greeting, NBD_OPT_LIST, "
                       "NBD_OPT_GO (or NBD_OPT_EXPORT_NAME) for the URI's export, one read",
                       "Baseline", body)
-    result = run_probe_case(probe, parsed.address, server_name(uri), store, wait)
-    if result.verdict == "error" and not facts.greeted and "cannot connect" in result.detail:
-        raise ExternalError(f"cannot use {uri}: {result.detail}")
-    return facts, result
+    return facts, run_probe_case(probe, parsed.address, server_name(uri), store, wait)
+
+
+def _listening(address: Address, wait: float, uri: str) -> None:
+    """Nothing listening at the URI's address is a usage error (exit 2), not a finding."""
+    import socket
+
+    family = socket.AF_UNIX if address.kind == "unix" else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(wait)
+        try:
+            probe.connect(address.path if address.kind == "unix" else
+                          (address.host, address.port))
+        except OSError as exc:
+            raise ExternalError(f"cannot use {uri}: nothing answers at {address}: {exc}") \
+                from None
 
 
 def server_name(uri: str) -> str:
