@@ -189,10 +189,18 @@ def report(rows: dict[str, list[dict[str, float]]], size: int, rounds: int) -> l
     return lines
 
 
+def default_workdir() -> Path | None:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="256M", help="bytes to copy each way (256M, 1G, ...)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per server (median)")
+    parser.add_argument("--workdir", type=Path, default=default_workdir(),
+                        help="where the source, the copies read back and qemu-nbd's image go "
+                             "(default: /dev/shm when it exists, so no disk is timed)")
     args = parser.parse_args()
     size = parse_size(args.size)
     if size <= 0 or args.rounds <= 0:
@@ -201,7 +209,7 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in SERVERS}
     names = list(SERVERS)
-    with tempfile.TemporaryDirectory(prefix="nbd-bench-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="nbd-bench-", dir=args.workdir) as scratch:
         workdir = Path(scratch)
         source = workdir / "source.raw"
         make_source(source, size)

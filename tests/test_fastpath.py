@@ -1,0 +1,214 @@
+"""The reference server's fast path judges like the state machine and answers like the executor.
+
+:class:`reference_server._fastpath.FastPath` serves reads and writes without
+the protocol package's message objects.  It may only take a request the state
+machine finds no fault with, and must answer it with exactly the bytes the
+:class:`~reference_server._commands.Executor` would.  Both are checked here
+over every combination of command flags, header style, negotiated reply form,
+advertised transmission flags and block-size constraints, with ranges at the
+edges (zero length, past the end, misaligned, over the maximum payload).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import pytest
+
+from harness.protocol import NEED_DATA, Connection, Phase, Role
+from harness.protocol import constants as c
+from harness.protocol.codec import encode
+from harness.protocol.messages import InfoBlockSize, Request
+from harness.protocol.state import Negotiated
+from reference_server._commands import Executor
+from reference_server._fastpath import FastPath
+from reference_server.config import ExportConfig
+from reference_server.storage import MemoryBackend
+
+KiB = 1024
+SIZE = 1024 * KiB
+MAX_REQUEST = 64 * 1024 * KiB
+TF = c.TransmissionFlag
+ALL_FLAG_SETS = [
+    sum(bits) for n in range(7) for bits in itertools.combinations([1, 2, 4, 8, 16, 32], n)
+] + [0x40, 0x8000, 0x8001]
+RANGES = [
+    (0, 4 * KiB),
+    (0, 0),
+    (SIZE - 4 * KiB, 4 * KiB),
+    (SIZE - 4 * KiB, 8 * KiB),
+    (1, 4 * KiB),
+    (4 * KiB, 4 * KiB + 1),
+    (0, SIZE),
+    (3 * KiB, 700 * KiB),
+]
+COMMANDS = [int(cmd) for cmd in c.Cmd] + [9, 200]
+PATTERN = bytes(range(251)) * (SIZE // 251 + 2)
+"""Patterned bytes: a 251-byte period never lines up with a block, so misplaced data shows."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One negotiated state of a session in transmission."""
+
+    extended: bool
+    structured: bool
+    tflags: int
+    block: InfoBlockSize | None
+
+    def negotiated(self) -> Negotiated:
+        return Negotiated(
+            style="fixed-newstyle",
+            structured_replies=self.structured,
+            extended_headers=self.extended,
+            export_name="disk",
+            export_size=SIZE,
+            transmission_flags=int(TF.HAS_FLAGS) | self.tflags,
+            block_size=self.block,
+        )
+
+
+SETUPS = [
+    Setup(extended, structured, tflags, block)
+    for extended, structured in [(False, False), (False, True), (True, True)]
+    for tflags in [
+        0,
+        int(TF.SEND_FUA | TF.SEND_DF | TF.SEND_FLUSH),
+        int(TF.SEND_FUA),
+        int(TF.READ_ONLY | TF.SEND_FUA | TF.SEND_DF),
+    ]
+    for block in [None, InfoBlockSize(512, 4 * KiB, 256 * KiB)]
+]
+
+
+def judge(neg: Negotiated, request: Request) -> list:
+    """What the protocol state machine says about ``request`` in this session."""
+    conn = Connection(Role.SERVER, strict_remote=False, max_payload=MAX_REQUEST)
+    conn.negotiated = neg
+    conn.phase = Phase.TRANSMISSION
+    conn.receive_data(encode(request))
+    event = conn.next_event()
+    assert event is not NEED_DATA and event == request
+    return list(conn.last_violations)
+
+
+def make_request(setup: Setup, extended: bool, cmd: int, flags: int, offset: int,
+                 length: int) -> Request:
+    with_payload = cmd == c.Cmd.WRITE or (extended and flags & c.CmdFlag.PAYLOAD_LEN)
+    start = offset % 251
+    payload = PATTERN[start : start + length] if with_payload else b""
+    return Request(type=cmd, offset=offset, length=length, cookie=0x1234, flags=flags,
+                   payload=payload, extended=extended)
+
+
+def fast_path(setup: Setup, backend: MemoryBackend) -> tuple[FastPath, Executor]:
+    neg = setup.negotiated()
+    executor = Executor(neg, ExportConfig(name="disk", size=SIZE), backend)
+    return FastPath(neg, backend, executor, MAX_REQUEST), executor
+
+
+def accepted(fast: FastPath, extended: bool, cmd: int, flags: int, offset: int,
+             length: int) -> bool:
+    """What the session does: the magic first, then :meth:`FastPath.accepts`."""
+    return extended == fast.extended and fast.accepts(flags, cmd, offset, length)
+
+
+def test_accepted_requests_break_no_rule() -> None:
+    """Over every combination: accepted by the fast path => no violation from the state machine."""
+    taken = 0
+    for setup in SETUPS:
+        fast, _ = fast_path(setup, MemoryBackend(SIZE))
+        neg = setup.negotiated()
+        for extended, cmd, flags, (offset, length) in itertools.product(
+            (False, True), COMMANDS, ALL_FLAG_SETS, RANGES
+        ):
+            if not accepted(fast, extended, cmd, flags, offset, length):
+                continue
+            taken += 1
+            request = make_request(setup, extended, cmd, flags, offset, length)
+            assert judge(neg, request) == [], (setup, request)
+            assert cmd in (c.Cmd.READ, c.Cmd.WRITE) and length > 0
+    assert taken > 300  # the fast path is not vacuous
+
+
+def test_common_requests_take_the_fast_path() -> None:
+    for setup in SETUPS:
+        fast, _ = fast_path(setup, MemoryBackend(SIZE))
+        fua = int(c.CmdFlag.FUA) if setup.tflags & TF.SEND_FUA else 0
+        write_flags = int(c.CmdFlag.PAYLOAD_LEN) if setup.extended else 0
+        assert fast.accepts(fua, c.Cmd.READ, 0, 64 * KiB)
+        assert fast.accepts(0, c.Cmd.READ, SIZE - 4 * KiB, 4 * KiB)
+        writable = not setup.tflags & TF.READ_ONLY
+        assert fast.accepts(write_flags | fua, c.Cmd.WRITE, 4 * KiB, 256 * KiB) == writable
+        assert not fast.accepts(0, c.Cmd.FLUSH, 0, 0)
+        # The other header style, or a write without PAYLOAD_LEN under extended headers,
+        # goes to the state machine.
+        assert not fast.accepts(int(c.CmdFlag.PAYLOAD_LEN) - write_flags, c.Cmd.WRITE, 0, 4096)
+
+
+def test_rejected_reads_and_writes_break_a_rule_or_need_the_executor() -> None:
+    """The converse for reads and writes in the negotiated header style: what the fast path
+    leaves to the state machine is faulted there, or is a zero-length request or a read
+    above the maximum payload (which the executor answers itself)."""
+    for setup in SETUPS:
+        fast, _ = fast_path(setup, MemoryBackend(SIZE))
+        neg = setup.negotiated()
+        for cmd, flags, (offset, length) in itertools.product(
+            (c.Cmd.READ, c.Cmd.WRITE), ALL_FLAG_SETS, RANGES
+        ):
+            if fast.accepts(flags, cmd, offset, length):
+                continue
+            request = make_request(setup, setup.extended, cmd, flags, offset, length)
+            over_max = length > neg.max_payload
+            assert judge(neg, request) or length == 0 or over_max, (setup, request)
+
+
+def filled_backend() -> MemoryBackend:
+    """Data, a hole and allocated zeroes: reads see every kind of segment."""
+    backend = MemoryBackend(SIZE)
+    backend.write(0, PATTERN[3 : 3 + SIZE])
+    backend.trim(256 * KiB, 64 * KiB)
+    backend.write_zeroes(512 * KiB, 4 * KiB, may_trim=False)
+    return backend
+
+
+@pytest.mark.parametrize("setup", SETUPS, ids=repr)
+def test_fast_replies_are_the_executors_bytes(setup: Setup) -> None:
+    fast_backend, slow_backend = filled_backend(), filled_backend()
+    fast, _ = fast_path(setup, fast_backend)
+    _, executor = fast_path(setup, slow_backend)
+    checked = 0
+    ranges = [*RANGES, (250 * KiB, 20 * KiB), (500 * KiB, 16 * KiB)]
+    for flags, (offset, length) in itertools.product(ALL_FLAG_SETS, ranges):
+        for cmd in (c.Cmd.READ, c.Cmd.WRITE):
+            if not fast.accepts(flags, cmd, offset, length):
+                continue
+            request = make_request(setup, setup.extended, cmd, flags, offset, length)
+            expected = b"".join(encode(r) for r in executor.execute(request, []))
+            if cmd == c.Cmd.READ:
+                got = bytes(fast.read(flags, request.cookie, offset, length))
+            else:
+                payload = fast.payload_buffer(length)
+                payload[:] = request.payload
+                got = bytes(fast.write(flags, request.cookie, offset, payload))
+            assert got == expected, (request.type, flags, offset, length)
+            checked += 1
+    assert checked
+    assert fast_backend.read(0, SIZE) == slow_backend.read(0, SIZE)
+    assert fast_backend.allocation(0, SIZE) == slow_backend.allocation(0, SIZE)
+
+
+@pytest.mark.parametrize("extended", [False, True])
+def test_backend_errors_answer_like_the_executor(extended: bool) -> None:
+    """A backend that fails an accepted request: the executor's error reply, same bytes."""
+    setup = Setup(extended, True, int(TF.SEND_FUA), None)
+    backend = MemoryBackend(SIZE, read_only=True)  # refuses writes the export did not flag
+    fast, executor = fast_path(setup, backend)
+    flags = int(c.CmdFlag.PAYLOAD_LEN) if extended else 0
+    request = make_request(setup, extended, c.Cmd.WRITE, flags, 0, 4 * KiB)
+    payload = fast.payload_buffer(4 * KiB)
+    payload[:] = request.payload
+    got = fast.write(flags, request.cookie, 0, payload)
+    assert got == b"".join(encode(r) for r in executor.execute(request, []))
+    assert c.Errno.EPERM.to_bytes(4, "big") in got
