@@ -137,6 +137,12 @@ class Stream(asyncio.BufferedProtocol):
         """The fields of the next ``layout.size`` buffered bytes, without consuming them."""
         return layout.unpack_from(self._staging, self._start)
 
+    def take(self, count: int) -> bytes:
+        """A copy of the next ``count`` buffered bytes, consumed."""
+        data = bytes(self._view[self._start : self._start + count])
+        self.consume(count)
+        return data
+
     async def read_some(self, timeout: float) -> bytes:
         """Everything buffered (at least one byte), or ``b""`` once the peer has closed."""
         if self._end == self._start:

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import ssl
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,8 @@ class SessionRecord:
     client_violations: list[str] = field(default_factory=list)
     export: str | None = None
     end: str = ""
+    fast_path: int = 0
+    """Requests served by :mod:`._fastpath` (the rest went through the state machine)."""
 
     def summary(self) -> dict:
         neg = self.negotiated or Negotiated()
@@ -247,9 +250,9 @@ class Session:
         executor = Executor(neg, export, backend, self.server.features.quirks)
         fast = FastPath(neg, backend, executor, MAX_REQUEST_PAYLOAD)
         while True:
-            if not self.conn.buffered and await self._serve_fast(fast):
+            if await self._serve_fast(fast):
                 continue
-            event = await self._next(IDLE_TIMEOUT)
+            event = await self._next_request()
             assert isinstance(event, Request)
             self.record.commands[c.name_of(c.Cmd, event.type)] += 1
             if event.type == c.Cmd.DISC:
@@ -264,27 +267,23 @@ class Session:
         """Serve the next request if :class:`FastPath` accepts its header.
 
         False (nothing consumed) when the state machine must judge it: another
-        magic, another command, any rule broken, or the client closed.
+        magic, another command, any rule broken, the client closed, or bytes the
+        state machine already holds.
         """
         stream = self.stream
-        try:
-            if not await stream.fill(4, IDLE_TIMEOUT) or stream.peek_u32() != fast.magic:
-                return False
-            if not await stream.fill(fast.header.size, IDLE_TIMEOUT):
-                return False
-        except StreamTimeout:
-            raise SessionEnded(f"client idle for {IDLE_TIMEOUT:.0f} s") from None
+        if self.conn.buffered or not await self._fill(4) or stream.peek_u32() != fast.magic:
+            return False
+        if not await self._fill(fast.header.size):
+            return False
         _, flags, cmd, cookie, offset, length = stream.peek(fast.header)
         if not fast.accepts(flags, cmd, offset, length):
             return False
         stream.consume(fast.header.size)
+        self.record.fast_path += 1
         if cmd == WRITE:
             self.record.commands[_WRITE_NAME] += 1
             payload = fast.payload_buffer(length)
-            try:
-                await stream.read_into(payload, IDLE_TIMEOUT)
-            except StreamTimeout:
-                raise SessionEnded(f"client idle for {IDLE_TIMEOUT:.0f} s") from None
+            await self._read_into(payload)
             stream.write(fast.write(flags, cookie, offset, payload))
         else:
             self.record.commands[_READ_NAME] += 1
@@ -292,9 +291,46 @@ class Session:
         await self._drain()
         return True
 
+    async def _next_request(self) -> Event:
+        """The next request, judged by the state machine.
+
+        It is fed exactly the request's bytes (the header, then the payload if the
+        state machine asks for one: ``length`` bytes in both header styles), so the
+        request after a bad one can take the fast path again.  An unknown magic or
+        the end of the stream: everything goes to the state machine, which says so.
+        """
+        stream = self.stream
+        if not self.conn.buffered and await self._fill(4):
+            layout = _HEADERS.get(stream.peek_u32())
+            if layout is not None and await self._fill(layout.size):
+                length = stream.peek(layout)[-1]
+                self.conn.receive_data(stream.take(layout.size))
+                event = self.conn.next_event()
+                if event is not NEED_DATA:
+                    return event
+                payload = bytearray(length)  # the state machine bounded it: MAX_REQUEST_PAYLOAD
+                await self._read_into(memoryview(payload))
+                self.conn.receive_data(payload)
+        return await self._next(IDLE_TIMEOUT)
+
+    async def _fill(self, count: int) -> bool:
+        try:
+            return await self.stream.fill(count, IDLE_TIMEOUT)
+        except StreamTimeout:
+            raise SessionEnded(f"client idle for {IDLE_TIMEOUT:.0f} s") from None
+
+    async def _read_into(self, target: memoryview) -> None:
+        try:
+            await self.stream.read_into(target, IDLE_TIMEOUT)
+        except StreamTimeout:
+            raise SessionEnded(f"client idle for {IDLE_TIMEOUT:.0f} s") from None
+
 
 _READ_NAME = c.name_of(c.Cmd, READ)
 _WRITE_NAME = c.name_of(c.Cmd, WRITE)
+_HEADERS = {c.REQUEST_MAGIC: struct.Struct(">IHHQQI"),
+            c.EXTENDED_REQUEST_MAGIC: struct.Struct(">IHHQQQ")}
+"""Request header layouts by magic (section "Request message")."""
 
 
 class ReferenceServer:

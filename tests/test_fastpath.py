@@ -12,18 +12,31 @@ edges (zero length, past the end, misaligned, over the maximum payload).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from _raw_client import RawClient
+from test_server_negative import connect, go
 
 from harness.protocol import NEED_DATA, Connection, Phase, Role
 from harness.protocol import constants as c
-from harness.protocol.codec import encode
-from harness.protocol.messages import InfoBlockSize, Request
+from harness.protocol.codec import decode_chunk_payload, encode
+from harness.protocol.messages import (
+    ChunkError,
+    ChunkOffsetData,
+    ChunkOffsetHole,
+    InfoBlockSize,
+    ReplyChunk,
+    Request,
+    SimpleReply,
+)
 from harness.protocol.state import Negotiated
 from reference_server._commands import Executor
 from reference_server._fastpath import FastPath
-from reference_server.config import ExportConfig
+from reference_server.config import ExportConfig, config_from_dict
+from reference_server.runner import ServerThread
 from reference_server.storage import MemoryBackend
 
 KiB = 1024
@@ -212,3 +225,97 @@ def test_backend_errors_answer_like_the_executor(extended: bool) -> None:
     got = fast.write(flags, request.cookie, 0, payload)
     assert got == b"".join(encode(r) for r in executor.execute(request, []))
     assert c.Errno.EPERM.to_bytes(4, "big") in got
+
+
+# --- a live server: fast and judged requests pipelined on one connection ----------------------
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerThread]:
+    document = {"export": [{"name": "disk", "size": "1M", "min_block_size": 512}]}
+    with ServerThread(config_from_dict(document, base_dir=tmp_path)) as thread:
+        yield thread
+
+
+def collect(client: RawClient, cookies: set[int]) -> dict[int, tuple[int, bytes]]:
+    """``cookie -> (error, data read)`` for every cookie, replies judged by a strict client."""
+    results: dict[int, tuple[int, bytes]] = {}
+    pending: dict[int, dict[int, bytes]] = {}
+    while len(results) < len(cookies):
+        reply = client.recv()
+        if isinstance(reply, SimpleReply):
+            results[reply.cookie] = (reply.error, reply.data)
+            continue
+        assert isinstance(reply, ReplyChunk)
+        pieces = pending.setdefault(reply.cookie, {})
+        payload = decode_chunk_payload(reply.type, reply.payload)
+        error = 0
+        if isinstance(payload, ChunkOffsetData):
+            pieces[payload.offset] = payload.data
+        elif isinstance(payload, ChunkOffsetHole):
+            pieces[payload.offset] = bytes(payload.length)
+        elif isinstance(payload, ChunkError):
+            error = payload.error
+        if reply.done:
+            results[reply.cookie] = (error, b"".join(pieces[k] for k in sorted(pieces)))
+    assert set(results) == cookies
+    return results
+
+
+@pytest.mark.parametrize("structured", [False, True], ids=["simple", "structured"])
+def test_pipelined_fast_and_judged_requests_stay_in_order_and_in_sync(
+    server: ServerThread, structured: bool
+) -> None:
+    """One burst of requests: good ones take the fast path, bad ones the state machine.
+
+    Each bad request gets the error the spec names; every good one its exact
+    data; the strict client judging the replies finds no fault.
+    """
+    size = 1024 * KiB
+    model = bytearray(size)
+    requests: list[Request] = []
+    expected: dict[int, tuple[int, bytes | None]] = {}
+
+    def write(offset: int, length: int, flags: int = 0, errno: int = 0) -> None:
+        cookie = len(requests) + 1
+        start = (offset + cookie) % 251
+        payload = PATTERN[start : start + length]
+        requests.append(Request(type=c.Cmd.WRITE, offset=offset, length=length, cookie=cookie,
+                                flags=flags, payload=payload))
+        if not errno:
+            model[offset : offset + length] = payload
+        expected[cookie] = (errno, b"")
+
+    def read(offset: int, length: int, errno: int = 0) -> None:
+        cookie = len(requests) + 1
+        requests.append(Request(type=c.Cmd.READ, offset=offset, length=length, cookie=cookie))
+        expected[cookie] = (errno, None if errno else bytes(model[offset : offset + length]))
+
+    write(0, 64 * KiB)
+    read(size, 512, errno=c.Errno.EINVAL)  # past the end
+    read(0, 64 * KiB)
+    write(1536, 1024, flags=0x40, errno=c.Errno.EINVAL)  # undocumented flag
+    read(1, 512, errno=c.Errno.EINVAL)  # not aligned to the minimum block
+    write(size - 512, 1024, errno=c.Errno.ENOSPC)  # past the end
+    for index in range(40):
+        offset = (index * 37 * 512) % (size - 128 * KiB)
+        if index % 3:
+            write(offset, 512 * (1 + index * 7 % 200))
+        read(offset // 2 // 512 * 512, 512 * (1 + index * 11 % 250))
+    read(512 * 1000, 512 * 24)  # a range never written: holes in structured replies
+    with connect(server) as client:
+        go(client, structured=structured)
+        client.send_raw(b"".join(client.conn.send(request) for request in requests))
+        results = collect(client, set(expected))
+    for cookie, (errno, data) in expected.items():
+        got_errno, got_data = results[cookie]
+        assert got_errno == errno, requests[cookie - 1]
+        if data is not None:
+            assert got_data == data, requests[cookie - 1]
+    records = server.wait_for_records(1)
+    reads = sum(request.type == c.Cmd.READ for request in requests)
+    assert records[0].commands == {"NBD_CMD_READ": reads, "NBD_CMD_WRITE": len(requests) - reads}
+    assert len(records[0].client_violations) == 4
+    # Only the four bad requests went through the state machine: after each, the fast
+    # path took over again.
+    assert records[0].fast_path == len(requests) - 4
