@@ -284,7 +284,9 @@ class Session:
             self.record.commands[_WRITE_NAME] += 1
             payload = fast.payload_buffer(length)
             await self._read_into(payload)
-            stream.write(fast.write(flags, cookie, offset, payload))
+            stream.hold(fast.write(flags, cookie, offset, payload))
+            if stream.available >= fast.header.size:
+                return True  # the next request is here: its reply can join this one
         else:
             self.record.commands[_READ_NAME] += 1
             stream.write(fast.read(flags, cookie, offset, length))
