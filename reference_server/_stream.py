@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from asyncio import selector_events
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +59,7 @@ class Stream(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._owns_writes = False  # see copies_on_write()
         self._held: list[bytes] = []
         self._held_bytes = 0
         self._closed = self._loop.create_future()
@@ -66,6 +68,7 @@ class Stream(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self._owns_writes = copies_on_write(transport)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self._on_connect(self)
 
@@ -231,7 +234,8 @@ class Stream(asyncio.BufferedProtocol):
         assert self.transport is not None
         if self._held:
             self.flush()
-        self.transport.write(data)
+        # A transport that may keep a reference to ``data`` gets a copy: the caller reuses it.
+        self.transport.write(data if self._owns_writes else bytes(data))
 
     def hold(self, reply: bytes) -> None:
         """Keep a small reply back, to go out with the next ones in one send.
@@ -279,6 +283,7 @@ class Stream(asyncio.BufferedProtocol):
         self.transport = await self._loop.start_tls(
             self.transport, self, context, server_side=True
         )
+        self._owns_writes = copies_on_write(self.transport)
 
     def close(self) -> None:
         """Send what is held, then close (the transport sends what it buffered first)."""
@@ -291,6 +296,17 @@ class Stream(asyncio.BufferedProtocol):
 
 
 _U32 = struct.Struct(">I")
+
+
+def copies_on_write(transport: object) -> bool:
+    """True when ``transport.write(data)`` never keeps a reference to ``data``.
+
+    asyncio's own plain socket transport sends at once and copies the rest into
+    its buffer.  Its TLS transport keeps the object in a backlog until the TLS
+    layer takes it, and uvloop queues it until the loop iteration ends: for
+    those, :meth:`Stream.write` passes a copy.
+    """
+    return type(transport) is selector_events._SelectorSocketTransport
 
 
 def _time_out(waiter: asyncio.Future[None]) -> None:

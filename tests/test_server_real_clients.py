@@ -540,3 +540,26 @@ def test_libnbd_pipelined_writes_and_reads_round_trip(memory_server, structured,
         handle.shutdown()
     (record,) = memory_server.wait_for_records(1)
     assert record.fast_path == 128 and not record.client_violations
+
+
+def test_nbdcopy_round_trip_over_tls(tmp_path, require_programs):
+    """The fast path over TLS (whose transport keeps what it is given: replies are copied)."""
+    require_programs("nbdcopy")
+    pki = make_test_pki(tmp_path / "pki")
+    server = start(
+        tmp_path,
+        {"server": {"tls": "required", "tls_certificates": str(pki.directory)},
+         "export": [{"name": "disk", "size": "8M"}]},
+    )
+    data = pattern(0, 5 * MiB + 4 * KiB, seed=23)
+    source = tmp_path / "in.raw"
+    source.write_bytes(data + bytes(8 * MiB - len(data)))
+    try:
+        secure = f"nbds://127.0.0.1:{server.address.port}/disk?tls-certificates={pki.directory}"
+        run(["nbdcopy", "--requests=16", str(source), secure])
+        copy = tmp_path / "out.raw"
+        run(["nbdcopy", "--requests=16", secure, str(copy)])
+        assert copy.read_bytes() == source.read_bytes()
+    finally:
+        server.stop()
+    assert sum(record.fast_path for record in server.server.records) > 0
