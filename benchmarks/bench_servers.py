@@ -13,7 +13,9 @@ server alike.  Printed, as medians over the rounds: MiB/s for each step, the
 CPU seconds the server process spent per GiB moved (less sensitive to a
 crowded machine than wall-clock time), the peak resident memory (VmHWM) and
 its ratio to the bytes written, and the reference server's figures as ratios
-of nbdkit's.  The machine and the peers' versions head the output.
+of nbdkit's.  The machine and the peers' versions head the output.  The files
+(source, copies read back, qemu-nbd's image) live in /dev/shm when it exists,
+so no disk is timed.
 
     .venv/bin/python benchmarks/bench_servers.py [--size 1G] [--rounds 3]
 
