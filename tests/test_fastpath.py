@@ -12,6 +12,7 @@ edges (zero length, past the end, misaligned, over the maximum payload).
 from __future__ import annotations
 
 import itertools
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +34,12 @@ from harness.protocol.messages import (
     SimpleReply,
 )
 from harness.protocol.state import Negotiated
+from reference_server._backend import HOLE_ZERO
 from reference_server._commands import Executor
 from reference_server._fastpath import FastPath
 from reference_server.config import ExportConfig, config_from_dict
 from reference_server.runner import ServerThread
-from reference_server.storage import MemoryBackend
+from reference_server.storage import Extent, MemoryBackend
 
 KiB = 1024
 SIZE = 1024 * KiB
@@ -319,3 +321,35 @@ def test_pipelined_fast_and_judged_requests_stay_in_order_and_in_sync(
     # Only the four bad requests went through the state machine: after each, the fast
     # path took over again.
     assert records[0].fast_path == len(requests) - 4
+
+
+def test_replies_still_go_out_after_the_client_shuts_its_sending_side(
+    server: ServerThread,
+) -> None:
+    data = PATTERN[:8 * KiB]
+    requests = [
+        Request(type=c.Cmd.WRITE, offset=4 * KiB, length=len(data), cookie=1, payload=data),
+        Request(type=c.Cmd.READ, offset=4 * KiB, length=len(data), cookie=2),
+        Request(type=c.Cmd.READ, offset=1, length=512, cookie=3),  # misaligned: judged
+    ]
+    with connect(server) as client:
+        go(client, structured=False)
+        client.send_raw(b"".join(client.conn.send(request) for request in requests))
+        client.sock.shutdown(socket.SHUT_WR)
+        results = collect(client, {1, 2, 3})
+        assert client.closed_by_peer()
+    assert results == {1: (0, b""), 2: (0, data), 3: (c.Errno.EINVAL, b"")}
+
+
+def test_a_client_gone_in_the_middle_of_a_write_leaves_the_export_alone(
+    server: ServerThread,
+) -> None:
+    with connect(server) as client:
+        go(client, structured=False)
+        header = encode(Request(type=c.Cmd.WRITE, offset=0, length=64 * KiB, cookie=1,
+                                payload=PATTERN[: 64 * KiB]))
+        client.send_raw(header[: 28 + KiB])  # the header and 1 KiB of the 64 KiB promised
+    (record,) = server.wait_for_records(1)
+    assert "in the middle of a request" in record.end
+    backend = server.server.registry.backend("disk")
+    assert backend.allocation(0, 1024 * KiB) == [Extent(1024 * KiB, HOLE_ZERO)]
