@@ -36,7 +36,7 @@ class StreamClosed(Exception):
     """The peer closed the connection (or it broke) before the bytes we need arrived."""
 
 
-class StreamTimeout(Exception):
+class StreamTimeout(TimeoutError):
     """No bytes arrived within the timeout."""
 
 
