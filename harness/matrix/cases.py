@@ -457,7 +457,7 @@ def _client_profile_exclusion(scenario: Scenario, server: PeerRef,
 
 
 def _client_exclusion(scenario: Scenario, client: PeerRef) -> str | None:
-    from harness.scenarios import client_can_run
+    from harness.client_role import client_can_run
 
     runnable, why = client_can_run(scenario, client.program)
     return None if runnable else why

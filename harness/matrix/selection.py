@@ -60,7 +60,7 @@ class MatrixRequest:
 
 
 def _client_programs() -> set[str]:
-    from harness.scenarios.client_actions import default_client_actions
+    from harness.client_role import default_client_actions
 
     return set(default_client_actions())
 

@@ -5,7 +5,7 @@ version profile (``reference_server.profiles``); ``reference-server`` alone
 speaks the whole protocol.
 
 :func:`host_reference` is the one way the harness hosts the reference server
-(the peer here, and :func:`harness.scenarios.serve_reference` for a scenario's
+(the peer here, and :func:`harness.client_role.serve_reference` for a scenario's
 export): a thread of this process with a configuration built directly
 (:func:`reference_config`).  The export's chain becomes raw layer files (or
 memory); its bitmaps start clean and the writes after the bitmaps are marked in
