@@ -19,7 +19,7 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.paths import CLIENT_ACTIONS_FILE
-from harness.peers._actions import OUTPUT_READERS, ActionOutput, output_reader, parse_json
+from harness.peers import OUTPUT_READERS, ActionOutput, output_reader, parse_json
 from harness.scenarios.model import Scenario
 
 ACTIONS_FILE = CLIENT_ACTIONS_FILE
