@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from harness.matrix.cases import Case, Expansion
     from harness.matrix.results import CaseResult, ResultStore
 
+# pytest loads this plugin in every session of this environment, the project's own test
+# suite included: what only --nbd-matrix needs (the matrix, the scenarios, the reports)
+# is imported inside the hooks that use it.
+
 DEFAULT_OUT = REPORTS_DIR / "pytest-matrix"
 _VERDICT_PROPERTY = "nbd_verdict"
 

@@ -18,7 +18,6 @@ magic, a wrong length, garbage) are written raw.
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
@@ -254,7 +253,7 @@ def _healthy_answer(session: Session, request: OptionRequest) -> OptionOutcome:
 
 
 def _write_raw(session: Session, data: bytes) -> None:
-    session.writer.write(data)
+    session.stream.write(data)
 
 
 async def _answer_bytes(session: Session, replies: Iterable[SimpleReply | ReplyChunk],
@@ -262,7 +261,7 @@ async def _answer_bytes(session: Session, replies: Iterable[SimpleReply | ReplyC
     """Send ``replies`` through the state machine, each encoding passed through ``mangle``."""
     for reply in replies:
         _write_raw(session, mangle(reply, session.conn.send(reply)))
-    await session.writer.drain()
+    await session._drain()
 
 
 async def _mangle_reads(session: Session, req: Request, executor: Executor,
@@ -349,7 +348,7 @@ async def _trim_swallows(session: Session, req: Request, executor: Executor) -> 
     conn = session.conn
     while conn.buffered < req.length:
         try:
-            data = await asyncio.wait_for(session.reader.read(1 << 16), 60)
+            data = await session.stream.read_some(60)
         except TimeoutError:
             raise _ended("waited 60 s for a TRIM's 'payload'") from None
         if not data:

@@ -100,8 +100,9 @@ def test_run_usage_errors_are_one_line(library: Path, argv: list[str], message: 
 
 def test_check_a_conforming_server(library: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.client_role import serve_reference
     from harness.peers import ExportSpec
-    from harness.scenarios import ExportRequirements, serve_reference
+    from harness.scenarios import ExportRequirements
 
     export = ExportRequirements(ExportSpec(1 << 20, image_format="raw"))
     with serve_reference(export, workdir=tmp_path / "srv") as served:

@@ -162,12 +162,9 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from harness.scenarios import (
-        find_scenario,
-        run_client_scenario,
-        run_server_scenario,
-        serve_reference,
-    )
+    from harness.client_role import run_client_scenario, serve_reference
+    from harness.scenarios import find_scenario
+    from harness.server_role import run_server_scenario
     from reference_server.profiles import profile
 
     scenario = find_scenario(args.name, _root(args))

@@ -49,6 +49,8 @@ def main(argv: list[str]) -> int:
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    # Imported only now: output printed while importing cannot corrupt the frames, and the
+    # pool's parent, which imports this module for its framing, never loads the runner.
     from .results import ResultStore
     from .runner import run_case
 

@@ -25,15 +25,28 @@ listed as :class:`Excluded` with the reason, so nothing is skipped silently.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Literal
 
+from harness.client_role import client_can_run
 from harness.errors import UserError
 from harness.peerdata import PeerDataError, default_peerdata, version_matches
-from harness.scenarios import Scenario
+from harness.peers import DRIVERS, list_peers, parse_peer_spec
+from harness.peers.suites import load_suites
+from harness.scenarios import REFERENCE_CLIENT_LACKS, Scenario, server_has
 from harness.verdict import Verdict
+from reference_server.profiles import (
+    FEATURE_GRANTS,
+    QUIRK_EFFECTS,
+    list_profiles,
+    profile,
+    split_profile_name,
+)
+
+from ._setup import unservable
 
 Role = Literal["server", "client"]
 
@@ -91,8 +104,6 @@ class PeerRef:
 
 
 def _families() -> dict[str, str]:
-    from harness.peers.suites import load_suites
-
     return dict(load_suites().families)
 
 
@@ -117,7 +128,6 @@ def data_features(family: str, version: str, role: Role) -> frozenset[str]:
     plugin sends no block sizes) removes that feature, exactly as the version
     profile does.
     """
-    from reference_server.profiles import FEATURE_GRANTS, QUIRK_EFFECTS
 
     program = default_peerdata().program(family)
     features = set(program.features(version, role))
@@ -136,8 +146,6 @@ def data_features(family: str, version: str, role: Role) -> frozenset[str]:
 
 def reference_server(profile_name: str | None = None) -> PeerRef:
     """The reference server in ``profile_name`` (None or ``reference``: the full protocol)."""
-    from harness.scenarios import server_has
-    from reference_server.profiles import profile, split_profile_name
 
     name = profile_name or REFERENCE_PROFILE
     features = profile(name)  # raises ProfileError (a UserError) for an unknown name
@@ -153,7 +161,6 @@ def reference_server(profile_name: str | None = None) -> PeerRef:
 
 def reference_client() -> PeerRef:
     """The reference client: every client feature but what it cannot play (TLS-PSK)."""
-    from harness.scenarios import REFERENCE_CLIENT_LACKS
 
     return PeerRef(REFERENCE_CLIENT, REFERENCE_CLIENT, "client", None, None, None,
                    _vocabulary("client") - REFERENCE_CLIENT_LACKS, "builtin")
@@ -180,7 +187,6 @@ def parse_peer(text: str, role: Role, *, installed: Sequence[PeerRef] = ()) -> P
     installed version is wanted, so it needs ``installed`` to choose from and
     the first installed one is returned.
     """
-    from harness.peers import parse_peer_spec
 
     spec = parse_peer_spec(text)
     if spec.program == REFERENCE_SERVER:
@@ -191,7 +197,6 @@ def parse_peer(text: str, role: Role, *, installed: Sequence[PeerRef] = ()) -> P
         if role != "client":
             raise MatrixError(f"{text}: the reference client is not a server")
         return reference_client()
-    from harness.peers import DRIVERS
 
     driver = DRIVERS.get(spec.program)
     if driver is None:
@@ -217,7 +222,6 @@ def parse_peer(text: str, role: Role, *, installed: Sequence[PeerRef] = ()) -> P
 
 def installed_peers(role: Role | None = None) -> list[PeerRef]:
     """Every real peer some ready provider has (host first), one per ``program@version``."""
-    from harness.peers import list_peers
 
     found: dict[str, PeerRef] = {}
     for row in list_peers(unpackaged=False):
@@ -238,7 +242,6 @@ def reference_profiles(distinct: bool = False) -> list[PeerRef]:
     ``distinct`` only the first of each such group is kept (``reference`` first,
     then the data's order: oldest versions first).
     """
-    from reference_server.profiles import list_profiles, profile
 
     peers: list[PeerRef] = []
     seen: set[object] = set()
@@ -392,8 +395,6 @@ def _server_exclusion(scenario: Scenario, server: PeerRef, client: PeerRef) -> s
     if server.reference and scenario.requires_server & {"starttls-psk"}:
         return "the reference server cannot play starttls-psk"
     if not server.reference:
-        from ._setup import unservable
-
         return unservable(server.program, scenario.export)
     return None
 
@@ -457,8 +458,6 @@ def _client_profile_exclusion(scenario: Scenario, server: PeerRef,
 
 
 def _client_exclusion(scenario: Scenario, client: PeerRef) -> str | None:
-    from harness.scenarios import client_can_run
-
     runnable, why = client_can_run(scenario, client.program)
     return None if runnable else why
 
@@ -530,7 +529,6 @@ def _duplicates(cases: Sequence[Case]) -> set[str]:
 
 def select_scenarios(scenarios: Sequence[Scenario], wanted: Sequence[str]) -> list[Scenario]:
     """The scenarios named in ``wanted`` (a name, ``group/name``, a group, or a glob)."""
-    import fnmatch
 
     if not wanted:
         return list(scenarios)

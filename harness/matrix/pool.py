@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from harness.process import descendant_pids
 from harness.verdict import Verdict
 
 from ._worker import read_frame, write_frame
@@ -49,7 +50,6 @@ def _stop_process_tree(pid: int, wait: float = STOP_WAIT) -> None:
 
     The tree is read before the signal: once ``pid`` is gone its children belong to init.
     """
-    from harness.process import descendant_pids
 
     family = set(descendant_pids(pid))
     with contextlib.suppress(ProcessLookupError):

@@ -35,15 +35,11 @@ from typing import Any
 from harness.address import LOOPBACK, Address
 from harness.capture import ProxyThread
 from harness.client import parse_uri
+from harness.client_role import run_client_scenario, serve_reference
 from harness.peers import DRIVERS, Catalog, Endpoint, Provider, ServerPeer
 from harness.process import PeerError
-from harness.scenarios import (
-    Scenario,
-    ScenarioResult,
-    run_client_scenario,
-    run_server_scenario,
-    serve_reference,
-)
+from harness.scenarios import Scenario, ScenarioResult
+from harness.server_role import run_server_scenario
 from harness.tls import make_test_pki
 from reference_server.profiles import profile
 

@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from harness.client_role import default_client_actions
+from harness.peers import Catalog
+from harness.scenarios import LIBRARY, load_library
+
 from .cases import (
     CASE_TIMEOUT,
     REFERENCE_CLIENT,
@@ -60,8 +64,6 @@ class MatrixRequest:
 
 
 def _client_programs() -> set[str]:
-    from harness.scenarios.client_actions import default_client_actions
-
     return set(default_client_actions())
 
 
@@ -69,7 +71,6 @@ def _check_provided(peer: PeerRef) -> None:
     """Fail early (one line) for a real peer no ready provider has."""
     if peer.reference:
         return
-    from harness.peers import Catalog
 
     Catalog.load().resolve(peer.spec)  # raises PeerSpecError saying what to run
 
@@ -111,7 +112,6 @@ def clients_for(request: MatrixRequest) -> list[PeerRef]:
 
 def build_matrix(request: MatrixRequest) -> Expansion:
     """Expand ``request`` into cases (sorted by id) and the combinations that make none."""
-    from harness.scenarios import LIBRARY, load_library
 
     library = load_library(request.library or LIBRARY)
     if not library:

@@ -11,6 +11,7 @@ Providers: ``host`` (this machine's packages), ``rootfs`` (a suite's root
 filesystem under bubblewrap), ``docker`` (an image per suite).
 """
 
+from ._actions import OUTPUT_READERS, ActionOutput, output_reader, parse_json
 from ._base import (
     DRIVERS,
     ClientPeer,
@@ -40,6 +41,8 @@ from .qemu_storage_daemon import LiveBitmap, QemuStorageDaemonOptions
 
 __all__ = [
     "DRIVERS",
+    "OUTPUT_READERS",
+    "ActionOutput",
     "BitmapSpec",
     "Catalog",
     "ClientPeer",
@@ -63,6 +66,8 @@ __all__ = [
     "RunningServer",
     "ServerPeer",
     "list_peers",
+    "output_reader",
+    "parse_json",
     "parse_peer_spec",
     "pattern",
     "resolve_client",

@@ -32,11 +32,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from harness.address import Address
+from harness.client.uri import NbdUri
 from harness.errors import UserError
 from harness.process import ManagedProcess, PeerError
 
 from ._observe import Observed, observe
 from .export import DataRange, ExportSpec, Extents, Layer
+from .suites import default_suites
 
 if TYPE_CHECKING:
     from harness.scenarios import ExportRequirements
@@ -124,7 +126,6 @@ class Endpoint:
 
     def uri(self) -> str:
         """The libnbd-style URI (``nbd://``, ``nbds://``, ``nbd+unix://``, ``nbds+unix://``)."""
-        from harness.client.uri import NbdUri
 
         scheme = "nbds" if self.tls else "nbd"
         tls_dir = os.fspath(self.tls_dir) if self.tls_dir is not None else None
@@ -305,7 +306,6 @@ class Peer(ABC):
     @property
     def family(self) -> str | None:
         """The version family in ``matrix/peers`` (``qemu`` for every qemu program)."""
-        from .suites import default_suites
 
         return default_suites().family_of(self.program)
 

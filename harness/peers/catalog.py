@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.peerdata import load_peerdata, version_matches
 from harness.process import PeerError
 
 from ._base import (
@@ -53,8 +54,6 @@ def family_programs(data: SuiteData) -> dict[str, str]:
 
 
 def _version_matches(actual: str | None, wanted: str) -> bool:
-    from harness.peerdata import version_matches
-
     if not actual:
         return False
     try:
@@ -295,10 +294,8 @@ def _unpackaged_rows(catalog: Catalog, listed: set[tuple[str, str]]) -> list[Pee
         for name in builtin_programs()
     ]
     try:
-        from harness.peerdata import load_peerdata
-
         peerdata = load_peerdata()
-    except (ImportError, PeerError, ValueError):
+    except (PeerError, ValueError):
         return rows
     standing_for = family_programs(catalog.data)
     for family, program_data in peerdata.programs.items():

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.paths import REPO
+from harness.peers import Catalog
 from harness.version import harness_version
 
 GIT_TIMEOUT = 5.0
@@ -76,8 +77,6 @@ def describe_environment() -> dict[str, Any]:
 
 @functools.cache
 def _catalog() -> Any:
-    from harness.peers import Catalog
-
     return Catalog.load()
 
 

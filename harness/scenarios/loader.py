@@ -34,8 +34,8 @@ from harness.peers.reference import reference_config
 from harness.protocol import constants as c
 from reference_server.config import ConfigError
 
-from . import _features
 from ._yaml import Lines, Path_, ScenarioError, read_document, show_path
+from .features import known_features, step_needs
 from .model import (
     DEFAULT_CONNECTION,
     DEFAULT_EXPORT_SIZE,
@@ -195,7 +195,7 @@ def _steps(raw: list[Mapping[str, Any]] | None, path: Path_, lines: Lines) -> tu
 
 
 def _check_features(document: Mapping[str, Any], lines: Lines) -> None:
-    known = _features.known_features()
+    known = known_features()
     for role in ("server", "client"):
         for index, feature in enumerate((document.get("requires") or {}).get(role, [])):
             where: Path_ = ("requires", role, index)
@@ -259,7 +259,7 @@ def _check_server_steps(steps: tuple[Step, ...], key: Path_, requires: frozenset
             raise lines.error(where, f"{show_path(where)}: {step.action!r} uses connection "
                                      f"{step.on!r}, which no earlier step opens (add "
                                      f"- connect: {{as: {step.on}}})")
-        needs = _features.step_needs(step.action, step.args, opened.get(step.on, ()),
+        needs = step_needs(step.action, step.args, opened.get(step.on, ()),
                                          step.expect)
         lacking = sorted(needs - requires)
         if lacking:
@@ -273,7 +273,7 @@ def _check_client_steps(steps: tuple[Step, ...], key: Path_, requires: frozenset
                         export: ExportRequirements, lines: Lines) -> None:
     for index, step in enumerate(steps):
         where: Path_ = (*key, index)
-        lacking = sorted(_features.step_needs(step.action, step.args) - requires)
+        lacking = sorted(step_needs(step.action, step.args) - requires)
         if lacking:
             raise lines.error(where, f"{show_path(where)}: this client action needs the server "
                                      f"feature(s) {', '.join(lacking)}: list them in "

@@ -51,9 +51,10 @@ from harness.client.faults import (  # noqa: E402
 )
 from harness.dissect import WireMessage, decode_capture  # noqa: E402
 from harness.dissect._capfile import read_frames  # noqa: E402
-from harness.dissect._netlayers import TCP_FIN, NotTcp, tcp_segment  # noqa: E402
+from harness.dissect._netlayers import NotTcp, tcp_segment  # noqa: E402
 from harness.dissect.stream import reassemble  # noqa: E402
 from harness.faults import Fault  # noqa: E402
+from harness.pcapformat import TCP_FIN  # noqa: E402
 from harness.protocol import constants as c  # noqa: E402
 from reference_server.config import config_from_dict  # noqa: E402
 from reference_server.faults import FAULTS, GARBAGE, PHANTOM_COOKIE, ServerFaults  # noqa: E402

@@ -26,6 +26,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -34,24 +35,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.address import Address
+from harness.client.options import DEFAULT_TIMEOUT
 from harness.peers import Endpoint
 from harness.peers.export import ExportSpec, pattern
 from harness.process import MissingProgramError, PeerError, run_command
 from harness.protocol import constants as c
-from harness.tls import make_test_pki
-from harness.verdict import Verdict
-from reference_server.features import ServerFeatures
-
-from . import _features, _names
-from ._content import ContentModel, verify_pieces
-from ._expect import (
+from harness.scenarios import spec_names
+from harness.scenarios.content import ContentModel, verify_pieces
+from harness.scenarios.expect import (
     Failed,
     HarnessLimit,
     check_data,
     check_extents,
 )
-from .client_actions import OUTPUT_READERS, ActionOutput, ClientProgram, render
-from .model import (
+from harness.scenarios.features import server_has, step_needs
+from harness.scenarios.model import (
     Scenario,
     ScenarioResult,
     Step,
@@ -59,6 +57,11 @@ from .model import (
     describe_missing,
     verdict_of_steps,
 )
+from harness.tls import make_test_pki
+from harness.verdict import Verdict
+from reference_server.features import FULL, ServerFeatures
+
+from .actions import OUTPUT_READERS, ActionOutput, ClientProgram, default_client_actions, render
 from .reference import ServedExport, serve_reference
 
 if TYPE_CHECKING:
@@ -123,7 +126,7 @@ class ClientRun:
     def run(self) -> ScenarioResult:
         scenario = self.scenario
         for feature in sorted(scenario.requires_server):
-            if not _features.server_has(self.server_features, feature):
+            if not server_has(self.server_features, feature):
                 self.missing[feature] = f"the server profile {self.server_features.name} " \
                                         "lacks it"
         if self.features_client is not None:
@@ -197,7 +200,7 @@ class ClientRun:
             return StepResult(index, step.action, step.line, status, detail,  # type: ignore[arg-type]
                               expected, got, phase)
 
-        lacking = sorted(_features.step_needs(step.action, step.args) & set(self.missing))
+        lacking = sorted(step_needs(step.action, step.args) & set(self.missing))
         lenient = self.unsupported_mode or (self.fallback_mode and phase != "fallback")
         if lacking and self.fallback_mode:
             return result("skipped", f"needs {', '.join(lacking)}, which is missing")
@@ -447,11 +450,11 @@ class ClientRun:
                 problems.append(f"{key}: expected {args[key]}, got {got}")
         options = _option_names(record)
         for name in args.get("options_include", []):
-            wanted = c.name_of(c.Opt, _names.value("Opt", name))
+            wanted = c.name_of(c.Opt, spec_names.value("Opt", name))
             if wanted not in options:
                 problems.append(f"{wanted} not sent (sent: {options})")
         for name in args.get("options_exclude", []):
-            wanted = c.name_of(c.Opt, _names.value("Opt", name))
+            wanted = c.name_of(c.Opt, spec_names.value("Opt", name))
             if wanted in options:
                 problems.append(f"{wanted} sent")
         contexts = summary["meta_contexts"]
@@ -463,11 +466,11 @@ class ClientRun:
                 problems.append(f"context {name} selected")
         commands = summary["commands"]
         for name in args.get("commands_include", []):
-            wanted = c.name_of(c.Cmd, _names.value("Cmd", name))
+            wanted = c.name_of(c.Cmd, spec_names.value("Cmd", name))
             if not commands.get(wanted):
                 problems.append(f"{wanted} not used (commands: {commands})")
         for name in args.get("commands_exclude", []):
-            wanted = c.name_of(c.Cmd, _names.value("Cmd", name))
+            wanted = c.name_of(c.Cmd, spec_names.value("Cmd", name))
             if commands.get(wanted):
                 problems.append(f"{wanted} used")
         return problems
@@ -533,4 +536,63 @@ class ClientRun:
                               self.scenario.id, "client")
 
 
-__all__ = ["ClientRun", "ListenWrapper"]
+def run_client_scenario(
+    scenario: Scenario,
+    client_program: str | ClientProgram,
+    server_features: ServerFeatures = FULL,
+    workdir: Path | None = None,
+    *,
+    features_client: Iterable[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    listen_wrapper: ListenWrapper | None = None,
+    provider: Provider | None = None,
+) -> ScenarioResult:
+    """Run ``scenario.client_steps`` with ``client_program`` against the reference server.
+
+    ``client_program`` is a program of ``matrix/client-actions.toml`` (``nbdinfo``,
+    ``qemu-img``...) or a :class:`ClientProgram`; ``server_features`` the
+    reference server's profile (``reference_server.profiles.profile("qemu-2.10")``).
+    ``workdir`` receives the data files, logs and PKI (a temporary directory
+    when None).  ``features_client``, when given, are the program's feature ids
+    (from ``matrix/peers``): requiring one outside them makes the case
+    unsupported or a fallback, as the scenario says.
+
+    ``listen_wrapper`` (None: the program talks to the server directly) is
+    called with the server's address once it listens and returns a context
+    manager whose value is the address the program is given instead (every
+    URI, host, port and socket in its command line names it); the context is
+    left before the server stops.  To record the conversation::
+
+        @contextlib.contextmanager
+        def recorded(upstream: Address) -> Iterator[Address]:
+            with ProxyThread(LOOPBACK, upstream, capture) as proxy:
+                yield proxy.address
+
+    ``provider`` (a :class:`harness.peers.Provider`; None: this machine's
+    programs, Debian's first on PATH) runs each action's command from its suite,
+    with ``workdir`` (data, PKI) and a unix socket's directory visible inside.
+    The session records and data the checks read are the server's either way.
+    """
+    if "client" not in scenario.roles:
+        return ScenarioResult(Verdict.ERROR, [], f"{scenario.id} has no client role",
+                              scenario=scenario.id, role="client")
+    if isinstance(client_program, str):
+        programs = default_client_actions()
+        program = programs.get(client_program)
+        if program is None:
+            return ScenarioResult(
+                Verdict.ERROR, [], f"unknown client program {client_program!r} (known: "
+                             f"{', '.join(sorted(programs))})", scenario=scenario.id,
+                role="client")
+    else:
+        program = client_program
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="nbdh-client-")))
+        return ClientRun(scenario, program, server_features, Path(workdir),
+                         features_client=features_client, timeout=timeout,
+                         listen_wrapper=listen_wrapper, provider=provider).run()
+
+
+__all__ = ["ClientRun", "ListenWrapper", "run_client_scenario"]

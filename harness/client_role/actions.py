@@ -19,7 +19,8 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.paths import CLIENT_ACTIONS_FILE
-from harness.peers._actions import OUTPUT_READERS, ActionOutput, output_reader, parse_json
+from harness.peers import OUTPUT_READERS, ActionOutput, output_reader, parse_json
+from harness.scenarios.model import Scenario
 
 ACTIONS_FILE = CLIENT_ACTIONS_FILE
 
@@ -170,6 +171,24 @@ def _harness_map(stdout: str, out: Path) -> ActionOutput:
                                  for e in parse_json(stdout)["map"]["extents"]])
 
 
+def client_can_run(scenario: Scenario, client_program: str | ClientProgram) -> tuple[bool, str]:
+    """Whether ``client_program`` has a form for every action of ``scenario`` (and why not)."""
+    program = (default_client_actions().get(client_program)
+               if isinstance(client_program, str) else client_program)
+    if program is None:
+        return False, f"unknown client program {client_program!r}"
+    steps = [*scenario.client_steps, *(scenario.fallback.client_expect if scenario.fallback
+                                       else ())]
+    for step in steps:
+        if step.action != "client_action":
+            continue
+        action = step.args["action"]
+        context = step.args.get("context") if action == "map" else None
+        if program.form(action, context) is None:
+            return False, f"{program.name} cannot {action}" + (f" {context}" if context else "")
+    return True, ""
+
+
 __all__ = [
     "ACTIONS",
     "ACTIONS_FILE",
@@ -178,6 +197,7 @@ __all__ = [
     "ActionOutput",
     "ClientActionsError",
     "ClientProgram",
+    "client_can_run",
     "default_client_actions",
     "load_client_actions",
     "render",
