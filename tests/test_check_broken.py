@@ -183,8 +183,9 @@ def test_qemu_nbd_gets_no_fail_and_no_error(tmp_path: Path, require_programs) ->
 
 
 def test_the_reference_server_gets_no_fail_and_no_error(tmp_path: Path) -> None:
+    from harness.client_role import serve_reference
     from harness.peers import ExportSpec
-    from harness.scenarios import ExportRequirements, serve_reference
+    from harness.scenarios import ExportRequirements
 
     export = ExportRequirements(ExportSpec(8 << 20, image_format="raw"))
     with serve_reference(export, workdir=tmp_path / "srv") as served:
