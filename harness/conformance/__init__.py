@@ -19,6 +19,7 @@ from harness.conformance import (  # noqa: F401 (importing registers the rules)
     rules_errors,
     rules_handshake,
     rules_options,
+    rules_semantics,
     rules_strings,
     rules_structured,
     rules_tls,
