@@ -28,9 +28,9 @@ from _conformance_samples import (
 )
 
 from harness.capture import PcapngWriter
-from harness.conformance import Finding, SessionView, check_capture
+from harness.conformance import Finding, SessionView, check_capture, check_session
 from harness.conformance._content import Extents, first_difference, subtract
-from harness.dissect import decode_capture
+from harness.dissect import decode_capture, decode_streams
 from harness.protocol import constants as c
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,6 +281,30 @@ def test_another_connection_may_have_written_the_bytes(tmp_path: Path) -> None:
     _two_connections(tmp_path / "apart.pcapng", other_offset=65536)
     findings = [f for f in check_capture(tmp_path / "apart.pcapng") if f.rule in SEMANTIC]
     assert [(f.rule, f.session) for f in findings] == [("server.write-writes-data", 1)]
+
+
+def _midstream(orphan: bool) -> list[Finding]:
+    """A capture joined mid-stream: a write, its reply, maybe the reply to a request sent
+    before the capture began, then a read with other bytes."""
+    segments = [
+        ("client", request(CMD.WRITE, 2, 0, 512, data=OLD)),
+        ("server", simple(2)),
+        *([("server", simple(1))] if orphan else []),
+        ("client", request(CMD.READ, 3, 0, 512)),
+        ("server", simple(3, data=NEW)),
+    ]
+    numbered = list(enumerate(segments, start=1))
+    session = decode_streams(
+        [(frame, chunk) for frame, (side, chunk) in numbered if side == "client"],
+        [(frame, chunk) for frame, (side, chunk) in numbered if side == "server"],
+        joined_midstream=True,
+    )
+    return [f for f in check_session(session) if f.rule in SEMANTIC]
+
+
+def test_a_reply_to_a_request_before_the_capture_may_have_changed_anything() -> None:
+    assert [f.rule for f in _midstream(orphan=False)] == ["server.write-writes-data"]
+    assert _midstream(orphan=True) == []
 
 
 # --- the JSON shape ----------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -272,14 +272,17 @@ class _InFlight:
 class ExportContent:
     """The facts about one session's export and every contradiction among them."""
 
-    def __init__(self, view: SessionView, others: list[SessionView] | None = None) -> None:
+    def __init__(self, view: SessionView, others: Sequence[Session] = ()) -> None:
         self.view = view
+        self._others = [other for other in others if other.nbd and other is not view.session]
+        self._foreign: list[tuple[float, float, int, int]] | None = None
+        """When and where other connections may have written (worked out on the first
+        contradiction: most sessions have none)."""
         self.facts: Extents[Fact] = Extents()
         self.unstable: Extents[bool] = Extents()
         """Ranges reported as ``NBD_STATE_HOLE`` without ``NBD_STATE_ZERO``: their
         contents are undefined, reads of them are never compared."""
         self.contradictions: list[Contradiction] = []
-        self._foreign = _foreign_changes(others or [])
         self._hidden = [u.frame for u in view.undecoded(CLIENT)]
         self._read_only = view.transmission.has(c.TransmissionFlag.READ_ONLY)
         self._size = view.transmission.size
@@ -302,12 +305,29 @@ class ExportContent:
             events.append((transaction.position, False, transaction))
             if transaction.completed_at is not None:
                 events.append((transaction.completed_at, True, transaction))
+        unseen = self._unseen_requests()
         events.sort(key=lambda event: event[0])
-        for _position, done, transaction in events:
+        for position, done, transaction in events:
+            while unseen and unseen[0] < position:
+                unseen.pop(0)
+                self._something_changed()
             if done:
                 self._finish(transaction)
             else:
                 self._start(transaction)
+
+    def _unseen_requests(self) -> list[int]:
+        """Positions of replies to requests sent before a capture joined mid-stream: such a
+        request (a write, maybe) was in flight, unseen, until then."""
+        if not self.view.midstream:
+            return []
+        return sorted(self.view.position(reply) for reply in self.view.orphan_replies)
+
+    def _something_changed(self) -> None:
+        """Anything may have changed anywhere: forget every fact."""
+        self.facts = Extents()
+        for observer in self._observers.values():
+            observer.disturbed.append((0, UNBOUNDED))
 
     def _start(self, transaction: Transaction) -> None:
         for other in self._in_flight:
@@ -503,6 +523,8 @@ class ExportContent:
         could not read."""
         if any(fact.since_frame <= frame <= message.frame for frame in self._hidden):
             return True
+        if self._foreign is None:
+            self._foreign = _foreign_changes(self._others)
         return any(
             begin <= message.time and end >= fact.since and _overlap((start, stop), (low, high))
             for begin, end, start, stop in self._foreign
@@ -517,11 +539,13 @@ def _span(transaction: Transaction) -> tuple[int, int]:
     return 0, UNBOUNDED
 
 
-def _foreign_changes(others: list[SessionView]) -> list[tuple[float, float, int, int]]:
+def _foreign_changes(others: list[Session]) -> list[tuple[float, float, int, int]]:
     """``(from, to, start, end)``: when and where other connections may have written."""
+    from harness.conformance._view import SessionView  # it imports this module
+
     out: list[tuple[float, float, int, int]] = []
     for other in others:
-        out.extend(_changes_of(other))
+        out.extend(_changes_of(SessionView(other)))
     return out
 
 

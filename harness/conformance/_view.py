@@ -18,18 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 from scapy.fields import PacketListField
 from scapy.packet import NoPayload, Packet
 
+from harness.conformance._content import ExportContent
 from harness.dissect.layers import TextField, TextLenField
 from harness.dissect.model import Session, Undecoded, WireMessage
 from harness.protocol import constants as c
 from harness.protocol.state import Negotiated
-
-if TYPE_CHECKING:
-    from harness.conformance._content import ExportContent
 
 _DATA_OPTIONS = (c.Opt.GO, c.Opt.INFO)
 
@@ -384,10 +381,7 @@ class SessionView:
         """The export's bytes as this session reveals them, and the contradictions among
         them (:mod:`harness.conformance._content`), worked out on first use."""
         if self._content is None:
-            from harness.conformance._content import ExportContent  # it imports this module
-
-            others = [SessionView(other) for other in self.others if other.nbd]
-            self._content = ExportContent(self, others)
+            self._content = ExportContent(self, self.others)
         return self._content
 
     # --- the one pass ------------------------------------------------------------
