@@ -1180,3 +1180,10 @@ def _status_zero_reads_zero() -> Conv:
     conv = ready().c(request(CMD.BLOCK_STATUS, 1, 0, 4096))
     conv.s(chunk(1, RT.BLOCK_STATUS, status(1, (4096, c.StateFlag.HOLE | c.StateFlag.ZERO))))
     return _read(conv, 2).mark().s(chunk(2, RT.OFFSET_DATA, offset_data(0, DATA))).disc()
+
+
+@sample("server.fast-zero-refusal-keeps-data")
+def _fast_zero_refusal_keeps_data() -> Conv:
+    conv = write(ready()).s(simple(1))
+    conv.c(request(CMD.WRITE_ZEROES, 2, 0, 512, flags=CF.FAST_ZERO)).s(err(2, E.ENOTSUP))
+    return _read(conv, 3).mark().s(chunk(3, RT.OFFSET_HOLE, offset_hole(0, 512))).disc()

@@ -41,6 +41,7 @@ SEMANTIC = {
     "server.write-zeroes-zeroes",
     "server.cache-keeps-data",
     "server.status-zero-reads-zero",
+    "server.fast-zero-refusal-keeps-data",
 }
 OLD, NEW = pattern(512, seed=1), pattern(512, seed=2)
 
@@ -152,6 +153,19 @@ def test_a_cache_between_takes_the_blame(tmp_path: Path) -> None:
     assert finding.rule == "server.cache-keeps-data"
     assert finding.related is not None and finding.related.frame == frames[conv.marked - 2]
     assert finding.to_dict()["related"]["frame"] == frames[conv.marked - 2]
+
+
+def test_a_refused_fast_zero_keeps_the_data(tmp_path: Path) -> None:
+    def conv(after: bytes) -> Conv:
+        conv = write(Conv().ready(), 1, OLD).s(simple(1))
+        conv.c(request(CMD.WRITE_ZEROES, 2, 0, 512, flags=c.CmdFlag.FAST_ZERO))
+        conv.s(chunk(2, RT.ERROR, error_payload(c.Errno.ENOTSUP)))
+        return read(conv, 3).mark().s(data(3, after)).disc()
+
+    assert semantic(conv(OLD), tmp_path)[0] == []
+    [finding], frames = semantic(conv(bytes(512)), tmp_path)
+    assert (finding.rule, finding.level) == ("server.fast-zero-refusal-keeps-data", "SHOULD NOT")
+    assert finding.related is not None and finding.related.frame == frames[-4]  # ENOTSUP
 
 
 def test_zero_status_over_written_data_and_data_under_zero_status(tmp_path: Path) -> None:

@@ -109,15 +109,17 @@ class Contradiction:
     """Export offset of the first byte that differs."""
     expected: int
     found: int
-    cache: Transaction | None = None
-    """The latest ``NBD_CMD_CACHE`` over those bytes since the fact held, if any."""
+    between: Transaction | None = None
+    """The latest command that must not change data (``NBD_CMD_CACHE``, a fast
+    ``NBD_CMD_WRITE_ZEROES`` refused with ``NBD_ENOTSUP``) over those bytes since the
+    fact held, if any: it takes the blame, being the only command there."""
 
     @property
     def earlier(self) -> WireMessage:
-        """The message the later one contradicts: the cache's reply when a cache came
-        between, else the fact's origin."""
-        if self.cache is not None:
-            return self.cache.replies[-1] if self.cache.replies else self.cache.request
+        """The message the later one contradicts: the reply of the command that came
+        between, if any, else the fact's origin."""
+        if self.between is not None:
+            return self.between.replies[-1] if self.between.replies else self.between.request
         return self.fact.origin
 
 
@@ -292,7 +294,8 @@ class ExportContent:
         self._racy: set[int] = set()
         """Transactions whose effect is unknown: writes racing an overlapping write,
         any request sharing its cookie with another one in flight."""
-        self._caches: list[Transaction] = []
+        self._keepers: list[Transaction] = []
+        """Commands that must not change data (see :func:`keeps_data`)."""
         self._walk()
 
     # --- the walk ------------------------------------------------------------------------
@@ -339,9 +342,10 @@ class ExportContent:
             self._observers[id(transaction)] = _InFlight(
                 [_span(write) for write in self._writes_in_flight]
             )
-        elif command == c.Cmd.CACHE:
-            self._caches.append(transaction)
-        elif command not in _HARMLESS:
+        elif keeps_data(transaction):
+            if command != c.Cmd.FLUSH:
+                self._keepers.append(transaction)
+        else:
             span = _span(transaction)
             for write in self._writes_in_flight:
                 if _overlap(_span(write), span):
@@ -363,7 +367,7 @@ class ExportContent:
                 self._observe_read(transaction, observer.disturbed)
             else:
                 self._observe_status(transaction, observer.disturbed)
-        elif command not in _HARMLESS:
+        elif not keeps_data(transaction):
             self._writes_in_flight.remove(transaction)
             if trusted and not self._read_only:
                 self._learn_write(transaction)
@@ -490,8 +494,8 @@ class ExportContent:
         assert done is not None
         if self._changed_unseen(fact, message, low, high):
             return
-        cache = self._cache_between(fact, done, low, high)
-        if fact.kind == READ and cache is None:
+        between = self._keeper_between(fact, done, low, high)
+        if fact.kind == READ and between is None:
             return  # reading unwritten bytes twice: the spec promises nothing
         expected = fact.bytes_at(offset, offset + 1)
         self.contradictions.append(
@@ -501,20 +505,20 @@ class ExportContent:
                 offset=offset,
                 expected=expected[0] if expected else 0,
                 found=found,
-                cache=cache,
+                between=between,
             )
         )
 
-    def _cache_between(self, fact: Fact, done: int, low: int, high: int) -> Transaction | None:
-        """The latest NBD_CMD_CACHE over ``[low, high)`` that may have acted after the fact
-        held and before the later message was sent."""
+    def _keeper_between(self, fact: Fact, done: int, low: int, high: int) -> Transaction | None:
+        """The latest command that must not change data over ``[low, high)`` that may have
+        acted after the fact held and before the later message was sent."""
         chosen = None
-        for cache in self._caches:
-            if cache.position > done or not _overlap(_span(cache), (low, high)):
+        for keeper in self._keepers:
+            if keeper.position > done or not _overlap(_span(keeper), (low, high)):
                 continue
-            finished = cache.completed_at
+            finished = keeper.completed_at
             if finished is None or finished > fact.basis:
-                chosen = cache
+                chosen = keeper
         return chosen
 
     def _changed_unseen(self, fact: Fact, message: WireMessage, low: int, high: int) -> bool:
@@ -529,6 +533,19 @@ class ExportContent:
             begin <= message.time and end >= fact.since and _overlap((start, stop), (low, high))
             for begin, end, start, stop in self._foreign
         )
+
+
+def keeps_data(transaction: Transaction) -> bool:
+    """A command that must not change the export's bytes: FLUSH, DISC, CACHE ("there MUST
+    NOT be any difference in semantics"), and a WRITE_ZEROES with NBD_CMD_FLAG_FAST_ZERO
+    refused with NBD_ENOTSUP ("SHOULD NOT alter the contents of the export")."""
+    if transaction.command in _HARMLESS:
+        return True
+    return (
+        transaction.command == c.Cmd.WRITE_ZEROES
+        and bool(transaction.flags & c.CmdFlag.FAST_ZERO)
+        and transaction.error == c.Errno.ENOTSUP
+    )
 
 
 def _span(transaction: Transaction) -> tuple[int, int]:

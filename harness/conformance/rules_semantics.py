@@ -14,6 +14,8 @@ area reported as a hole not known to be zero unstable), data read after ``NBD_CM
 (the client "MUST NOT make any assumptions about the contents"), and reads or status
 queries that change data (no sentence says they must not).  A successful write on a
 read-only export is ``server.read-only-write-errors`` (rules_transmission).
+A fast ``NBD_CMD_WRITE_ZEROES`` refused with ``NBD_ENOTSUP`` is, like ``NBD_CMD_CACHE``,
+a command that must not change data (at SHOULD NOT level).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from collections.abc import Iterator
 from harness.conformance._content import READ, STATUS_ZERO, WRITE, ZEROES, Contradiction, Fact
 from harness.conformance._rule import Hit, rule
 from harness.conformance._view import SessionView
+from harness.protocol import constants as c
+
+ALL_KINDS = (WRITE, ZEROES, STATUS_ZERO, READ)
 
 
 def _said_before(fact: Fact) -> str:
@@ -49,17 +54,22 @@ def _describe(contradiction: Contradiction) -> str:
     else:
         now = f"the read returns 0x{contradiction.found:02x} at {where}"
     text = f"{now}, where {_said_before(fact)} left 0x{contradiction.expected:02x}"
-    cache = contradiction.cache
-    if cache is not None:
-        text += f"; NBD_CMD_CACHE (request at frame {cache.request.frame}) came between"
+    between = contradiction.between
+    if between is not None:
+        refused = " refused with NBD_ENOTSUP" if between.command == c.Cmd.WRITE_ZEROES else ""
+        text += f"; {between.name}{refused} (request at frame {between.request.frame}) came between"
     return text
 
 
-def _hits(view: SessionView, kinds: tuple[str, ...], *, cache: bool) -> Iterator[Hit]:
-    """Contradictions with an earlier fact of one of ``kinds``, with or without a cache
-    between (a cache between takes the blame: it is the only command there)."""
+def _hits(
+    view: SessionView, kinds: tuple[str, ...], *, between: int | None = None
+) -> Iterator[Hit]:
+    """Contradictions with an earlier fact of one of ``kinds``; with ``between`` (a
+    command), those where such a command that must not change data came between (it takes
+    the blame: it is the only command there), else those where none did."""
     for contradiction in view.content.contradictions:
-        if (contradiction.cache is not None) != cache or contradiction.fact.kind not in kinds:
+        command = None if contradiction.between is None else contradiction.between.command
+        if command != between or contradiction.fact.kind not in kinds:
             continue
         yield Hit(contradiction.at, _describe(contradiction), contradiction.earlier)
 
@@ -72,7 +82,7 @@ def _status_chunk(message_fields: dict) -> bool:
 def write_writes_data(view: SessionView) -> Iterator[Hit]:
     """A later read returns what a successful NBD_CMD_WRITE wrote (nothing between
     could change it)."""
-    for hit in _hits(view, (WRITE,), cache=False):
+    for hit in _hits(view, (WRITE,)):
         if not _status_chunk(hit.at.fields):
             yield hit
 
@@ -80,20 +90,27 @@ def write_writes_data(view: SessionView) -> Iterator[Hit]:
 @rule(id="server.write-zeroes-zeroes", midstream=True)
 def write_zeroes_zeroes(view: SessionView) -> Iterator[Hit]:
     """A later read returns zeroes where a successful NBD_CMD_WRITE_ZEROES zeroed."""
-    yield from _hits(view, (ZEROES,), cache=False)
+    yield from _hits(view, (ZEROES,))
 
 
 @rule(id="server.cache-keeps-data", midstream=True)
 def cache_keeps_data(view: SessionView) -> Iterator[Hit]:
     """A read after NBD_CMD_CACHE returns what was written or read before the cache."""
-    yield from _hits(view, (WRITE, ZEROES, STATUS_ZERO, READ), cache=True)
+    yield from _hits(view, ALL_KINDS, between=c.Cmd.CACHE)
 
 
 @rule(id="server.status-zero-reads-zero", midstream=True)
 def status_zero_reads_zero(view: SessionView) -> Iterator[Hit]:
     """base:allocation NBD_STATE_ZERO agrees with the data: not over bytes a write left
     nonzero, and a later read of the range returns zeroes."""
-    yield from _hits(view, (STATUS_ZERO,), cache=False)
-    for hit in _hits(view, (WRITE,), cache=False):
+    yield from _hits(view, (STATUS_ZERO,))
+    for hit in _hits(view, (WRITE,)):
         if _status_chunk(hit.at.fields):
             yield hit
+
+
+@rule(id="server.fast-zero-refusal-keeps-data", midstream=True)
+def fast_zero_refusal_keeps_data(view: SessionView) -> Iterator[Hit]:
+    """A read after a fast NBD_CMD_WRITE_ZEROES refused with NBD_ENOTSUP returns what was
+    there before."""
+    yield from _hits(view, ALL_KINDS, between=c.Cmd.WRITE_ZEROES)

@@ -1187,6 +1187,12 @@ _TABLE = (
         "status field of each descriptor is determined by the flags field as defined by the "
         "metadata context.",
     ),
+    Citation(
+        "server.fast-zero-refusal-keeps-data",
+        SHOULD_NOT,
+        "Request types",
+        "SHOULD NOT alter the contents of the export when returning an `NBD_ENOTSUP` failure.",
+    ),
 )
 
 
