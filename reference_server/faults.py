@@ -205,7 +205,7 @@ FAULTS: tuple[Fault, ...] = (
           "Request types", "MUST NOT",
           "other than any difference in performance, there MUST NOT be any difference in "
           "semantics compared to if the client had not used this command",
-          "new:server.cache-keeps-data", "write, cache, read back (nbdsh)"),
+          "server.cache-keeps-data", "write, cache, read back (nbdsh)"),
     Fault("read-only-write-accepted", "server", "semantic",
           "NBD_CMD_WRITE on a READ_ONLY export gets a success reply (the data is not written)",
           "Transmission flags", "MUST",
@@ -215,7 +215,7 @@ FAULTS: tuple[Fault, ...] = (
           "NBD_CMD_WRITE_ZEROES succeeds but leaves the data as it was",
           "Request types", "MUST",
           "The server MUST zero out the data on disk, and then send the reply message.",
-          "new:server.write-zeroes-zeroes",
+          "server.write-zeroes-zeroes",
           "qemu-io -c 'write -P 0x55 0 4k' -c 'write -z 0 4k' -c 'read -P 0 0 4k'"),
     Fault("info-go-disagree", "server", "negotiation",
           "NBD_OPT_GO reports half the export size NBD_OPT_INFO reported just before",

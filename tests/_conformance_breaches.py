@@ -1148,3 +1148,42 @@ def _maximum_payload_at_least_1m() -> Conv:
 
 PATCHES = {"server.status-extents-cap": ("MAX_EXTENTS_PER_CHUNK", 4)}
 """Constants a sample needs lowered (``harness.protocol.constants`` attribute, value)."""
+
+
+# --- the export's content (rules_semantics) --------------------------------------------------
+
+
+def _read(conv: Conv, cookie: int, offset: int = 0, length: int = 512) -> Conv:
+    return conv.c(request(CMD.READ, cookie, offset, length))
+
+
+@sample("server.write-writes-data")
+def _write_writes_data() -> Conv:
+    conv = _read(write(ready()).s(simple(1)), 2).mark()
+    return conv.s(chunk(2, RT.OFFSET_DATA, offset_data(0, pattern(512, seed=9)))).disc()
+
+
+@sample("server.write-zeroes-zeroes")
+def _write_zeroes_zeroes() -> Conv:
+    conv = ready().c(request(CMD.WRITE_ZEROES, 1, 0, 512)).s(simple(1))
+    return _read(conv, 2).mark().s(chunk(2, RT.OFFSET_DATA, offset_data(0, DATA))).disc()
+
+
+@sample("server.cache-keeps-data")
+def _cache_keeps_data() -> Conv:
+    conv = write(ready()).s(simple(1)).c(request(CMD.CACHE, 2, 0, 512)).s(simple(2))
+    return _read(conv, 3).mark().s(chunk(3, RT.OFFSET_HOLE, offset_hole(0, 512))).disc()
+
+
+@sample("server.status-zero-reads-zero")
+def _status_zero_reads_zero() -> Conv:
+    conv = ready().c(request(CMD.BLOCK_STATUS, 1, 0, 4096))
+    conv.s(chunk(1, RT.BLOCK_STATUS, status(1, (4096, c.StateFlag.HOLE | c.StateFlag.ZERO))))
+    return _read(conv, 2).mark().s(chunk(2, RT.OFFSET_DATA, offset_data(0, DATA))).disc()
+
+
+@sample("server.fast-zero-refusal-keeps-data")
+def _fast_zero_refusal_keeps_data() -> Conv:
+    conv = write(ready()).s(simple(1))
+    conv.c(request(CMD.WRITE_ZEROES, 2, 0, 512, flags=CF.FAST_ZERO)).s(err(2, E.ENOTSUP))
+    return _read(conv, 3).mark().s(chunk(3, RT.OFFSET_HOLE, offset_hole(0, 512))).disc()

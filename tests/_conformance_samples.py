@@ -306,7 +306,9 @@ def clean_structured() -> Conv:
     conv.c(request(c.Cmd.READ, 4, 16384, 4096, flags=CF.DF))
     conv.s(chunk(4, RT.OFFSET_HOLE, offset_hole(16384, 4096)))
     conv.c(request(c.Cmd.BLOCK_STATUS, 5, 0, SIZE))
-    conv.s(chunk(5, RT.BLOCK_STATUS, status(1, (8192, 0), (SIZE - 8192, 3))))
+    # NBD_STATE_ZERO only where nothing was written (the write at 65536 is data).
+    extents = ((8192, 0), (65536 - 8192, 3), (4096, 0), (SIZE - 69632, 3))
+    conv.s(chunk(5, RT.BLOCK_STATUS, status(1, *extents)))
     conv.c(request(c.Cmd.BLOCK_STATUS, 6, 0, 4096, flags=CF.REQ_ONE))
     conv.s(chunk(6, RT.BLOCK_STATUS, status(1, (4096, 0))))
     conv.c(request(c.Cmd.WRITE_ZEROES, 7, 8192, 8192, flags=CF.NO_HOLE)).s(simple(7))

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from harness.conformance.findings import Finding
+from harness.conformance.findings import Finding, Pointer
 from harness.dissect.model import Undecoded, WireMessage
 from harness.protocol.rules import (
     LEVELS,
@@ -61,6 +61,8 @@ class Hit(NamedTuple):
 
     at: WireMessage | Undecoded
     message: str
+    related: WireMessage | None = None
+    """The earlier message ``at`` contradicts, when the rule compares two messages."""
 
 
 CheckFunction = Callable[["SessionView"], Iterable[Hit]]
@@ -103,9 +105,19 @@ class Rule:
                 offset=hit.at.offset,
                 direction=hit.at.direction,
                 message=hit.message,
+                related=None if hit.related is None else _pointer(hit.related),
             )
             for hit in self.function(view)
         ]
+
+
+def _pointer(message: WireMessage) -> Pointer:
+    return Pointer(
+        session=message.session,
+        frame=message.frame,
+        offset=message.offset,
+        direction=message.direction,
+    )
 
 
 REGISTRY: dict[str, Rule] = {}

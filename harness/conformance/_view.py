@@ -16,12 +16,13 @@ under the option it answers, a chunk after the final one is kept aside as
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from scapy.fields import PacketListField
 from scapy.packet import NoPayload, Packet
 
+from harness.conformance._content import ExportContent
 from harness.dissect.layers import TextField, TextLenField
 from harness.dissect.model import Session, Undecoded, WireMessage
 from harness.protocol import constants as c
@@ -320,8 +321,11 @@ def _collect_strings(packet: Packet, out: list[tuple[str, bytes]]) -> None:
 class SessionView:
     """One decoded session with everything the rules ask about, computed once."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, others: Sequence[Session] = ()) -> None:
         self.session = session
+        self.others = [other for other in others if other is not session]
+        """The capture's other connections (they may write to the same export)."""
+        self._content: ExportContent | None = None
         self.messages = list(session.messages)
         """The session's messages in causal order: every reply follows what it answers."""
         self.greeting: WireMessage | None = None
@@ -371,6 +375,14 @@ class SessionView:
     @property
     def midstream(self) -> bool:
         return self.session.joined_midstream
+
+    @property
+    def content(self) -> ExportContent:
+        """The export's bytes as this session reveals them, and the contradictions among
+        them (:mod:`harness.conformance._content`), worked out on first use."""
+        if self._content is None:
+            self._content = ExportContent(self, self.others)
+        return self._content
 
     # --- the one pass ------------------------------------------------------------
 

@@ -1158,6 +1158,41 @@ _TABLE = (
         "Terminating the transmission phase",
         "If the client receives an `NBD_ESHUTDOWN` error it MUST initiate a soft disconnect.",
     ),
+    # --- The export's content (checked in harness/conformance/rules_semantics.py) -------------
+    Citation(
+        "server.write-writes-data",
+        MUST,
+        "Request types",
+        "The server MUST write the data to disk, and then send the reply message.",
+    ),
+    Citation(
+        "server.write-zeroes-zeroes",
+        MUST,
+        "Request types",
+        "The server MUST zero out the data on disk, and then send the reply message.",
+    ),
+    Citation(
+        "server.cache-keeps-data",
+        MUST_NOT,
+        "Request types",
+        "other than any difference in performance, there MUST NOT be any difference in "
+        "semantics compared to if the client had not used this command.",
+    ),
+    Citation(
+        "server.status-zero-reads-zero",
+        MUST,
+        "Request types",
+        "For a successful return, the server MUST use a structured reply, containing exactly "
+        "one chunk of type `NBD_REPLY_TYPE_BLOCK_STATUS` per selected context id, where the "
+        "status field of each descriptor is determined by the flags field as defined by the "
+        "metadata context.",
+    ),
+    Citation(
+        "server.fast-zero-refusal-keeps-data",
+        SHOULD_NOT,
+        "Request types",
+        "SHOULD NOT alter the contents of the export when returning an `NBD_ENOTSUP` failure.",
+    ),
 )
 
 

@@ -85,6 +85,11 @@ EXTRA_CITATIONS = (
           "Fixed newstyle negotiation", "SHOULD",
           "The client SHOULD reply with `NBD_FLAG_C_FIXED_NEWSTYLE` set in its flags field too",
           "client.fixed-newstyle-flag"),
+    Fault("write-not-written", "server", "semantic",
+          "an acknowledged NBD_CMD_WRITE whose data a later read does not return",
+          "Request types", "MUST",
+          "The server MUST write the data to disk, and then send the reply message.",
+          "server.write-writes-data"),
 )
 
 
@@ -330,7 +335,12 @@ RECIPES: tuple[Recipe, ...] = (
            nbdsh(f"h.pwrite(bytes.fromhex('{_phantom_read()}'), 0)\nh.pread(512, 0)"), "fails",
            (_server("write-payload-not-consumed",
                     raw("server", PHANTOM_COOKIE.to_bytes(8, "big"), back=8),
-                    "a reply to cookie 0xbad0c0ffee, which the client only wrote as data"),),
+                    "a reply to cookie 0xbad0c0ffee, which the client only wrote as data"),
+            # It never wrote the payload (it read it as requests), so the read returns zeroes.
+            _server("write-not-written", message("server", answering="NBD_CMD_READ"),
+                    "the read after the acknowledged NBD_CMD_WRITE (reply at frame 12) returns a "
+                    "hole (zeroes) where the write put 0x25 0x60 ...; the server never wrote the "
+                    "payload, it read it as requests")),
            faults=("write-payload-not-consumed",)),
     Recipe("trim-length-as-payload",
            nbdsh("h.aio_trim(65536, 0)\nh.aio_pread(nbd.Buffer(512), 0)\n"
