@@ -696,6 +696,30 @@ def _plain(field: Field[Any, Any], value: Any) -> Any:
     return int(value)
 
 
+def dissect_prefix(layer: type[Packet], raw: bytes) -> Packet:
+    """A message cut short inside its fixed fields: as many whole fields as ``raw`` holds.
+
+    Fields the bytes do not reach are absent (:func:`fields_of` leaves them out rather
+    than show their defaults); the bytes of a field cut in the middle stay as ``Raw``.
+    """
+    packet = layer()
+    rest = raw
+    for field in packet.fields_desc:
+        if not rest:
+            break
+        try:
+            remaining, value = field.getfield(packet, rest)
+        except Exception:  # a field cut in the middle: struct cannot read it
+            break
+        packet.fields[field.name] = value
+        rest = remaining
+    if rest:
+        packet.add_payload(Raw(rest))
+    packet.original = raw
+    packet.cut_short = True
+    return packet
+
+
 def fields_of(packet: Packet) -> dict[str, Any]:
     """Every field of every layer of ``packet``, by name, as plain values.
 
@@ -709,7 +733,10 @@ def fields_of(packet: Packet) -> dict[str, Any]:
         if isinstance(layer, Raw | Padding):
             result["trailing"] = result.get("trailing", b"") + bytes(layer.load)
         else:
+            cut_short = getattr(layer, "cut_short", False)
             for field in layer.fields_desc:
+                if cut_short and field.name not in layer.fields:
+                    continue  # the bytes never reached it
                 if isinstance(field, ConditionalField):
                     if not field._evalcond(layer):
                         continue
