@@ -744,14 +744,19 @@ class SessionDecoder:
         boundary follows them: a reply after garbage must not be read before the request
         it answers, which comes after the client's own garbage."""
         for direction, cut in cuts.items():
-            if not self._skippable(cut):
+            short = cut.status == _NEED and bool(cut.message)
+            if not (self._skippable(cut) or short):
                 continue
             if self.streams[direction].frame_at(self.cursor[direction]) >= next_frame:
                 continue
             attempt = (self.cursor[direction], self._expectation(direction))
             if self._failed_skips.get(direction) == attempt:
                 continue  # nothing changed since the last search found nothing
-            if self._skip(direction, cut):
+            if (
+                self._cut_short(direction, cut, at_close=False)
+                if short
+                else self._skip(direction, cut)
+            ):
                 return True
             self._failed_skips[direction] = attempt
         return False
@@ -796,9 +801,9 @@ class SessionDecoder:
         self.cursor[direction] = boundary
         return True
 
-    def _cut_short(self, direction: str, cut: _Cut) -> bool:
+    def _cut_short(self, direction: str, cut: _Cut, at_close: bool = True) -> bool:
         """Decode a message its sender cut short: the next plausible message starts
-        inside it, or the sender closed its stream (FIN) before the end of it."""
+        inside it, or (``at_close``) the sender closed its stream (FIN) before its end."""
         stream = self.streams[direction]
         at = self.cursor[direction]
         available = len(stream.data) - at
@@ -806,7 +811,7 @@ class SessionDecoder:
         if found is not None:
             length = found[0] - at
             why = f"the next message ({found[1]}) starts at offset {found[0]}"
-        elif stream.fin_seen and not stream.gaps:
+        elif at_close and stream.fin_seen and not stream.gaps:
             length, why = available, "its sender closed the connection"
         else:
             return False  # the capture, not the sender, may have cut it
