@@ -15,8 +15,13 @@ export-name reply has 124 zeroes unless NO_ZEROES), and state changes only by
 applying messages, so this is the order in which the peers themselves learned
 things.  A direction that cannot be cut now (bad magic, or client bytes that
 only make sense once the server's pending reply is applied) waits while the
-other side can progress; when neither can, what is left is reported as
-undecoded with its reason.  Nothing here raises on bad input.
+other side can progress.  Bytes with a wrong magic are skipped up to the next
+plausible message boundary (:mod:`harness.dissect._resync`), left behind as an
+undecoded region that says where decoding resumed and why; a message its sender
+cut short (the next plausible message starts inside it, or the sender closed
+first) is decoded as far as it goes and marked ``missing``.  When nothing can
+move any more, what is left is reported as undecoded with its reason.  Nothing
+here raises on bad input.
 """
 
 from __future__ import annotations
