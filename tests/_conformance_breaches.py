@@ -1146,6 +1146,15 @@ def _maximum_payload_at_least_1m() -> Conv:
     return Conv().newstyle().sr().go(block=(512, 4096, 64 * KiB), mark="block").disc()
 
 
+# --- framing (resync) -----------------------------------------------------------------------
+
+
+@sample("client.write-data-follows")
+def _write_data_follows() -> Conv:
+    # The header announces 512 bytes; the next request follows at once.
+    return ready().mark().c(request(CMD.WRITE, 1, 0, 512)).s(simple(1)).disc()
+
+
 PATCHES = {"server.status-extents-cap": ("MAX_EXTENTS_PER_CHUNK", 4)}
 """Constants a sample needs lowered (``harness.protocol.constants`` attribute, value)."""
 

@@ -60,7 +60,7 @@ CLIENT_FAULTS: tuple[Fault, ...] = (
           "Request types", "MUST",
           "The client MUST follow the request header with *length* number of bytes to be "
           "written to the device.",
-          "new:client.write-data-follows", "any writable export"),
+          "client.write-data-follows", "any writable export"),
     Fault("close-without-disc", "client", "client",
           "reads once, then closes the connection without NBD_CMD_DISC",
           "Terminating the transmission phase", "MUST NOT",

@@ -17,6 +17,7 @@ from harness.conformance import (  # noqa: F401 (importing registers the rules)
     rules_block_size,
     rules_block_status,
     rules_errors,
+    rules_framing,
     rules_handshake,
     rules_options,
     rules_strings,

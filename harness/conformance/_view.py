@@ -23,7 +23,7 @@ from scapy.fields import PacketListField
 from scapy.packet import NoPayload, Packet
 
 from harness.conformance._content import ExportContent
-from harness.dissect.layers import TextField, TextLenField
+from harness.dissect.layers import TextField, TextLenField, fields_of
 from harness.dissect.model import Session, Undecoded, WireMessage
 from harness.protocol import constants as c
 from harness.protocol.state import Negotiated
@@ -292,6 +292,12 @@ def payload(message: WireMessage) -> bytes:
         extended = message.fields.get("magic") == c.EXTENDED_REPLY_MAGIC
         return wire[c.EXTENDED_REPLY_HEADER_LEN if extended else c.STRUCTURED_REPLY_HEADER_LEN :]
     return b""
+
+
+def body_fields(message: WireMessage) -> dict[str, object]:
+    """The decoded fields after a message's header (an option's data, an option reply's or
+    a chunk's payload), ``trailing`` bytes included: equal dicts mean equal payloads."""
+    return fields_of(message.packet.payload)
 
 
 def strings_of(message: WireMessage) -> list[tuple[str, bytes]]:

@@ -6,7 +6,6 @@ Sections "Newstyle negotiation", "Fixed newstyle negotiation", "Option types",
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 
 from harness.conformance._rule import Hit, rule
@@ -14,8 +13,8 @@ from harness.conformance._view import (
     OptionMessages,
     SessionView,
     bad_magic,
+    body_fields,
     header_length,
-    payload,
     reply_type,
 )
 from harness.dissect.model import CLIENT, SERVER, WireMessage
@@ -43,9 +42,9 @@ def _info_replies(view: SessionView) -> Iterator[WireMessage]:
 
 
 def _info_type(reply: WireMessage) -> int | None:
-    """The information type of an NBD_REP_INFO, read from the wire (None if too short)."""
-    data = payload(reply)
-    return struct.unpack_from(">H", data)[0] if len(data) >= 2 else None
+    """The information type of an NBD_REP_INFO, as decoded (None if too short for one)."""
+    info_type = reply.fields.get("info_type")
+    return None if info_type is None else int(info_type)
 
 
 def _replies_outside(view: SessionView, allowed: int) -> Iterator[Hit]:
@@ -250,10 +249,10 @@ def go_consistent_with_info(view: SessionView) -> Iterator[Hit]:
             continue
         if not (info.succeeded and go.succeeded):
             continue
-        if payload(info.option) != payload(go.option):
+        if body_fields(info.option) != body_fields(go.option):
             continue  # different name or information requests: the server may differ
-        before = sorted(payload(r) for r in info.infos())
-        after = sorted(payload(r) for r in go.infos())
+        before = sorted((body_fields(r) for r in info.infos()), key=repr)
+        after = sorted((body_fields(r) for r in go.infos()), key=repr)
         if before != after:
             yield Hit(
                 go.final,
@@ -310,14 +309,14 @@ def info_name_length(view: SessionView) -> Iterator[Hit]:
     for exchange in view.options:
         if exchange.code not in (c.Opt.INFO, c.Opt.GO):
             continue
-        data = payload(exchange.option)
-        if len(data) < 4:
+        name_length = exchange.option.fields.get("name_length")
+        if name_length is None:
             yield Hit(
                 exchange.option,
-                f"{exchange.option.name} data of {len(data)} byte(s) cannot hold a name length",
+                f"{exchange.option.name} data of {header_length(exchange.option)} byte(s) "
+                "cannot hold a name length",
             )
             continue
-        (name_length,) = struct.unpack_from(">I", data)
         if name_length > header_length(exchange.option) - 6:
             yield Hit(
                 exchange.option,
@@ -332,8 +331,7 @@ def rep_server_name_length(view: SessionView) -> Iterator[Hit]:
     for reply in view.messages_from(SERVER):
         if reply.kind != "option-reply" or reply_type(reply) != c.Rep.SERVER:
             continue
-        data = payload(reply)
-        name_length = struct.unpack_from(">I", data)[0] if len(data) >= 4 else None
+        name_length = reply.fields.get("name_length")
         if name_length is None or name_length > header_length(reply) - 4:
             yield Hit(
                 reply,

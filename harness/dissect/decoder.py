@@ -55,8 +55,12 @@ def decode_streams(
     index: int = 1,
     frame_times: Sequence[float] = (),
     joined_midstream: bool = False,
+    closed: bool = False,
 ) -> Session:
     """Decode one session from its two directions' bytes (for tests and the proxy).
+
+    ``closed``: both sides closed their stream after these bytes (a FIN each), so a
+    message cut short at the end is its sender's doing, not the capture's.
 
     Give each direction as plain bytes, or as ``(frame, chunk)`` pairs so that
     the two directions interleave in the order the chunks were seen (plain
@@ -67,6 +71,8 @@ def decode_streams(
         CLIENT: _direction_stream(client_data, frame_times),
         SERVER: _direction_stream(server_data, frame_times),
     }
+    for stream in streams.values():
+        stream.fin_seen = closed
     session = Session(index=index, client=client, server=server, joined_midstream=joined_midstream)
     frames = [f for s in streams.values() for f in s.run_frames]
     session.first_frame, session.last_frame = (min(frames), max(frames)) if frames else (0, 0)

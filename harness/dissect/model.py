@@ -85,6 +85,15 @@ class WireMessage:
     """For option replies and the export-name reply: the option they answer."""
     fields: dict[str, Any] = field(default_factory=dict, repr=False)
     notes: tuple[str, ...] = ()
+    missing: int = 0
+    """Bytes the message's own header (or its request) promised that never came: the
+    sender closed its stream first, or the next message starts before (found by
+    resynchronising).  0 for a whole message; the fields hold what did arrive."""
+
+    @property
+    def truncated(self) -> bool:
+        """The message was cut short (see :attr:`missing`)."""
+        return self.missing > 0
 
     @property
     def wire(self) -> bytes:
@@ -141,6 +150,9 @@ class Undecoded:
     found_magic: int | None = None
     """For ``bad-magic``: the number found instead (as wide as the expected magic:
     32 or 64 bits)."""
+    resumed_at: int | None = None
+    """Where decoding of this direction resumed after the region (the next plausible
+    message boundary, found by resynchronising); ``None`` when it did not resume."""
 
 
 @dataclass

@@ -303,6 +303,14 @@ _TABLE = (
         "Error values",
         "The server SHOULD NOT return `NBD_ENOMEM` if at all possible.",
     ),
+    # --- Framing (checked in harness/conformance/rules_framing.py) -----------------------------
+    Citation(
+        "client.write-data-follows",
+        MUST,
+        "Request types",
+        "The client MUST follow the request header with *length* number of bytes to be written "
+        "to the device.",
+    ),
     # --- Handshake (checked in harness/conformance/rules_handshake.py) ------------------------
     Citation(
         "server.greeting-magic",

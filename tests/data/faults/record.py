@@ -281,11 +281,18 @@ RECIPES: tuple[Recipe, ...] = (
            # The 512 extra bytes stand where the next reply's magic must be: the same bytes.
            (Deviation("read-reply-long", raw("server", SIMPLE_MAGIC, 1),
                       "simple reply to a 4096-byte NBD_CMD_READ carries 4608 bytes of data",
-                      also=("server.reply-magic",)),),
+                      also=("server.reply-magic",)),
+            # Every READ reply is long: the second one too (seen once the decoder resyncs).
+            Deviation("read-reply-long", raw("server", SIMPLE_MAGIC, 2),
+                      "simple reply to a 512-byte NBD_CMD_READ carries 1024 bytes of data",
+                      also=("server.reply-magic",))),
            faults=("read-reply-long",)),
     Recipe("garbage-between-replies", qemu_io("read 0 4k", "read 4k 4k"), "fails",
            (_server("garbage-between-replies", raw("server", GARBAGE),
-                    "16 bytes of 0xA5 where the next reply's magic should be"),),
+                    "16 bytes of 0xA5 where the next reply's magic should be"),
+            # Garbage follows every reply: after the second one too.
+            _server("garbage-between-replies", raw("server", GARBAGE, 2),
+                    "16 bytes of 0xA5 after the second reply, where a reply's magic must be")),
            faults=("garbage-between-replies",)),
     Recipe("read-reply-short", nbdsh("h.pread(4096, 0)", structured=False), "hangs",
            (_server("read-reply-short", raw("server", SIMPLE_MAGIC, 1),
