@@ -8,7 +8,9 @@ scenarios run every real client against every reference-server profile.
 
 ``--server``/``--client`` narrow it: ``qemu-nbd`` means every installed
 version of it, ``qemu-nbd@10.0`` one version (or ``qemu-nbd@trixie``, a
-suite), ``reference-server@qemu-2.10`` a profile, ``reference-server`` the full
+suite), ``qemu-nbd=PATH[@VERSION]`` a program the user built (a file or a
+directory of programs, :mod:`harness.matrix.at_path`),
+``reference-server@qemu-2.10`` a profile, ``reference-server`` the full
 protocol, ``reference-client`` our client.
 """
 
@@ -76,8 +78,13 @@ def _check_provided(peer: PeerRef) -> None:
 
 def _pick(wanted: Sequence[str], role: Literal["server", "client"],
           installed: Sequence[PeerRef]) -> list[PeerRef]:
+    from .at_path import path_peer
+
     chosen: list[PeerRef] = []
     for text in wanted:
+        if "=" in text:
+            _add(chosen, path_peer(text, role))
+            continue
         program, _, version = text.partition("@")
         if not version and program not in (REFERENCE_SERVER, REFERENCE_CLIENT):
             matches = [p for p in installed if peer_matches(p, text)]
@@ -87,9 +94,20 @@ def _pick(wanted: Sequence[str], role: Literal["server", "client"],
             continue
         peer = parse_peer(text, role, installed=installed)
         _check_provided(peer)
-        if peer not in chosen:
-            chosen.append(peer)
+        _add(chosen, peer)
     return chosen
+
+
+def _add(chosen: list[PeerRef], peer: PeerRef) -> None:
+    """Add ``peer`` unless it is chosen already; two different programs under one name
+    (a build and a package of the same version) would make the same case ids."""
+    for other in chosen:
+        if other.spec == peer.spec and other.provider != peer.provider:
+            raise MatrixError(f"two peers are named {peer.spec} ({other.provider or 'installed'}"
+                              f" and {peer.provider}): give the build another version, "
+                              f"PROGRAM=PATH@VERSION")
+    if peer not in chosen:
+        chosen.append(peer)
 
 
 def servers_for(request: MatrixRequest) -> list[PeerRef]:
