@@ -227,4 +227,5 @@ class PathProvider(Provider):
         self.base.cleanup(label)
 
 
-__all__ = ["KIND", "PathError", "PathProvider", "PathSpec", "parse_path_spec", "driver_executables", "find_in_directory"]
+__all__ = ["KIND", "PathError", "PathProvider", "PathSpec", "driver_executables",
+           "find_in_directory", "parse_path_spec"]
