@@ -635,14 +635,16 @@ def pick_port_and_start(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     pass_fds: Sequence[int] = (),
+    owned: bool = True,
 ) -> tuple[ManagedProcess, int]:
     """Start a TCP server on a port the kernel chose, retrying when that port got taken.
 
     The port is picked by binding ``host`` port 0 and closing the socket, so another program
     can take it before ours binds: when the program then fails with "address in use", a new
     port is tried (up to ``attempts`` times). Readiness means the program (or a descendant)
-    listens on ``host``:port, checked in /proc without connecting. Returns the running
-    process and its port.
+    listens on ``host``:port, checked in /proc without connecting; with ``owned`` False any
+    listener there will do (a container engine's process runs the program, not ours).
+    Returns the running process and its port.
     """
     last_error: PeerError | None = None
     for attempt in range(attempts):
@@ -654,7 +656,11 @@ def pick_port_and_start(
             argv_with_port(port), log_path=attempt_log, env=env, cwd=cwd, pass_fds=pass_fds
         )
         try:
-            process.wait_for_listening_tcp(port, ready_timeout, host)
+            if owned:
+                process.wait_for_listening_tcp(port, ready_timeout, host)
+            else:
+                process.wait_ready(lambda port=port: is_listening_tcp(port, host), ready_timeout,
+                                   f"TCP listener on {host}:{port}")
         except PeerError as exc:
             if not _ADDRESS_IN_USE.search(process.log_text()):
                 raise

@@ -218,12 +218,15 @@ def parse_peer(text: str, role: Role, *, installed: Sequence[PeerRef] = ()) -> P
         raise MatrixError(f"{text}: {exc}") from None
 
 
-def installed_peers(role: Role | None = None) -> list[PeerRef]:
-    """Every real peer some ready provider has (host first), one per ``program@version``."""
-    from harness.peers import list_peers
+def installed_peers(role: Role | None = None,
+                    kinds: Sequence[str] = ()) -> list[PeerRef]:
+    """Every real peer some ready provider has (host first), one per ``program@version``;
+    ``kinds`` keeps only providers of those kinds (``docker``: every peer in containers)."""
+    from harness.peers import Catalog, list_peers
 
+    catalog = Catalog.load(tuple(kinds)) if kinds else None
     found: dict[str, PeerRef] = {}
-    for row in list_peers(unpackaged=False):
+    for row in list_peers(catalog, unpackaged=False):
         if not row.provided or row.program in (REFERENCE_SERVER, REFERENCE_CLIENT):
             continue
         for peer_role in row.roles:

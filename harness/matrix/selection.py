@@ -16,6 +16,7 @@ protocol, ``reference-client`` our client.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,8 @@ class MatrixRequest:
     profiles: Profiles = "relevant"
     timeout: float = DEFAULT_TIMEOUT
     library: Path | None = None
+    providers: Sequence[str] = ()
+    """Provider kinds real peers may come from (``docker``); empty: any, host first."""
 
 
 def _client_programs() -> set[str]:
@@ -67,17 +70,20 @@ def _client_programs() -> set[str]:
     return set(default_client_actions())
 
 
-def _check_provided(peer: PeerRef) -> None:
-    """Fail early (one line) for a real peer no ready provider has."""
-    if peer.reference:
-        return
+def _provided(peer: PeerRef, kinds: Sequence[str]) -> PeerRef:
+    """``peer`` bound to the provider that will run it; fails early (one line) for a real
+    peer no ready provider (of ``kinds``) has."""
+    if peer.reference or peer.provider:
+        return peer
     from harness.peers import Catalog
 
-    Catalog.load().resolve(peer.spec)  # raises PeerSpecError saying what to run
+    catalog = Catalog.load(tuple(kinds)) if kinds else Catalog.load()
+    found = catalog.resolve(peer.spec)  # raises PeerSpecError saying what to run
+    return dataclasses.replace(peer, provider=found.provider.name) if kinds else peer
 
 
 def _pick(wanted: Sequence[str], role: Literal["server", "client"],
-          installed: Sequence[PeerRef]) -> list[PeerRef]:
+          installed: Sequence[PeerRef], kinds: Sequence[str] = ()) -> list[PeerRef]:
     from .at_path import path_peer
 
     chosen: list[PeerRef] = []
@@ -92,9 +98,7 @@ def _pick(wanted: Sequence[str], role: Literal["server", "client"],
                 parse_peer(text, role, installed=installed)  # raises with the reason
             chosen += [p for p in matches if p not in chosen]
             continue
-        peer = parse_peer(text, role, installed=installed)
-        _check_provided(peer)
-        _add(chosen, peer)
+        _add(chosen, _provided(parse_peer(text, role, installed=installed), kinds))
     return chosen
 
 
@@ -111,18 +115,18 @@ def _add(chosen: list[PeerRef], peer: PeerRef) -> None:
 
 
 def servers_for(request: MatrixRequest) -> list[PeerRef]:
-    installed = installed_peers("server")
+    installed = installed_peers("server", request.providers)
     if request.servers:
-        return _pick(request.servers, "server", installed)
+        return _pick(request.servers, "server", installed, request.providers)
     profiles = [] if request.profiles == "none" else reference_profiles(
         distinct=request.profiles == "distinct")
     return installed + profiles
 
 
 def clients_for(request: MatrixRequest) -> list[PeerRef]:
-    installed = installed_peers("client")
+    installed = installed_peers("client", request.providers)
     if request.clients:
-        return _pick(request.clients, "client", installed)
+        return _pick(request.clients, "client", installed, request.providers)
     actionable = _client_programs()
     return [p for p in installed if p.program in actionable] + [reference_client()]
 

@@ -219,6 +219,7 @@ class Provider(ABC):
             ready_timeout=ready_timeout,
             env=self.process_environment(),
             cwd=self.popen_cwd(cwd),
+            owned=self.owns_processes,
         )
 
     def wait_unix(self, process: ManagedProcess, path: Path, timeout: float) -> None:
