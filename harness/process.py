@@ -636,6 +636,7 @@ def pick_port_and_start(
     cwd: str | os.PathLike[str] | None = None,
     pass_fds: Sequence[int] = (),
     owned: bool = True,
+    unexplained_retries: int = 0,
 ) -> tuple[ManagedProcess, int]:
     """Start a TCP server on a port the kernel chose, retrying when that port got taken.
 
@@ -644,7 +645,9 @@ def pick_port_and_start(
     port is tried (up to ``attempts`` times). Readiness means the program (or a descendant)
     listens on ``host``:port, checked in /proc without connecting; with ``owned`` False any
     listener there will do (a container engine's process runs the program, not ours).
-    Returns the running process and its port.
+    ``unexplained_retries`` more attempts are made for a program that ended before it
+    listened without saying "address in use" (a daemon that tells only syslog); each is
+    recorded in the first attempt's log. Returns the running process and its port.
     """
     last_error: PeerError | None = None
     for attempt in range(attempts):
@@ -663,7 +666,13 @@ def pick_port_and_start(
                                    f"TCP listener on {host}:{port}")
         except PeerError as exc:
             if not _ADDRESS_IN_USE.search(process.log_text()):
-                raise
+                if unexplained_retries <= 0 or " exited with code " not in str(exc):
+                    raise
+                unexplained_retries -= 1
+                with open(log_path, "a", encoding="utf-8") as log:
+                    log.write(f"nbd-harness: {exc.args[0].splitlines()[0]}, without saying why; "
+                              f"started again on a new port (log: "
+                              f"{log_path.name}.retry{attempt + 1})\n")
             last_error = exc
             continue
         return process, port
