@@ -87,6 +87,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--install-peers", action="store_true",
                         help="first provision every Debian suite's peers that is not yet "
                         "installed (`nbd-harness peers install all`; cached outside the repo)")
+    parser.add_argument("--evidence", choices=("compact", "full", "failures"),
+                        default="compact",
+                        help="what a good case keeps (failing and erroring cases keep "
+                        "everything): compact = its capture with bulk data elided (every "
+                        "header and length kept) and its wire log; full = the whole capture; "
+                        "failures = none of its wire evidence (default: %(default)s)")
     parser.add_argument("--keep-data", action="store_true",
                         help="keep images and data files of passing cases too")
     parser.add_argument("--no-progress", action="store_true", help="no progress line")
@@ -213,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     progress = Progress(len(expansion.cases), enabled=not args.no_progress)
     pool = run_cases(expansion.cases, store, jobs=args.jobs, shard=shard_text,
-                     keep_data=args.keep_data, on_result=progress.result)
+                     keep_data=args.keep_data, evidence=args.evidence,
+                     on_result=progress.result)
     progress.finish()
     wall = time.monotonic() - started
     run_info = {
