@@ -42,7 +42,7 @@ def read_frame(stream: BinaryIO) -> Any | None:
 
 
 def main(argv: list[str]) -> int:
-    directory, shard, name, keep = argv
+    directory, shard, name, keep, evidence = argv
     # The parent decides about interruptions; SIGTERM (from the parent) stops our peers
     # through harness.process's handler and ends us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -62,7 +62,8 @@ def main(argv: list[str]) -> int:
             return 0
         index, case = item
         try:
-            result = run_case(case, store, shard=shard, worker=name, keep_data=keep == "1")
+            result = run_case(case, store, shard=shard, worker=name, keep_data=keep == "1",
+                              evidence=evidence)
             write_frame(replies, ("done", index, result.to_dict()))
         except Exception as exc:  # run_case turns failures into results: this is a bug
             write_frame(replies, ("crash", index, f"{type(exc).__name__}: {exc}"))

@@ -34,7 +34,7 @@ from typing import Literal
 from harness.client_role import client_can_run
 from harness.errors import UserError
 from harness.peerdata import PeerDataError, default_peerdata, version_matches
-from harness.peers import DRIVERS, list_peers, parse_peer_spec
+from harness.peers import DRIVERS, Catalog, list_peers, parse_peer_spec
 from harness.peers.suites import load_suites
 from harness.scenarios import REFERENCE_CLIENT_LACKS, Scenario, server_has
 from harness.verdict import Verdict
@@ -87,6 +87,8 @@ class PeerRef:
     provider: str = ""
     quirks: frozenset[str] = frozenset()
     """Ids of the known quirks (``[[quirk]]`` in ``matrix/peers``) of this version in its role."""
+    note: str = ""
+    """How a program at a path (``qemu-nbd=PATH``) was placed on the data (reports show it)."""
 
     @property
     def reference(self) -> bool:
@@ -220,11 +222,14 @@ def parse_peer(text: str, role: Role, *, installed: Sequence[PeerRef] = ()) -> P
         raise MatrixError(f"{text}: {exc}") from None
 
 
-def installed_peers(role: Role | None = None) -> list[PeerRef]:
-    """Every real peer some ready provider has (host first), one per ``program@version``."""
+def installed_peers(role: Role | None = None,
+                    kinds: Sequence[str] = ()) -> list[PeerRef]:
+    """Every real peer some ready provider has (host first), one per ``program@version``;
+    ``kinds`` keeps only providers of those kinds (``docker``: every peer in containers)."""
 
+    catalog = Catalog.load(tuple(kinds)) if kinds else None
     found: dict[str, PeerRef] = {}
-    for row in list_peers(unpackaged=False):
+    for row in list_peers(catalog, unpackaged=False):
         if not row.provided or row.program in (REFERENCE_SERVER, REFERENCE_CLIENT):
             continue
         for peer_role in row.roles:
@@ -289,6 +294,10 @@ def server_features_for(scenario: Scenario, server: PeerRef) -> frozenset[str]:
 
 def expect(scenario: Scenario, server: PeerRef, client: PeerRef) -> Expectation:
     """The expected verdict of ``scenario`` between ``server`` and ``client``."""
+    for peer in (server, client):
+        if peer.family is not None and peer.family_version is None:  # a build the data lacks
+            return Expectation(None, why=f"{peer.spec}: version unknown to matrix/peers/"
+                               f"{peer.family}.toml, nothing is predicted")
     missing_server = tuple(sorted(scenario.requires_server - server_features_for(scenario,
                                                                                   server)))
     missing_client = tuple(sorted(scenario.requires_client - client.features))

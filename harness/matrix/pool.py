@@ -129,6 +129,7 @@ def run_cases(
     jobs: int = 1,
     shard: str = "",
     keep_data: bool = False,
+    evidence: str = "compact",
     on_start: Callable[[Case, str], None] | None = None,
     on_result: Callable[[CaseResult], None] | None = None,
 ) -> PoolRun:
@@ -155,7 +156,7 @@ def run_cases(
         name = f"w{counter}"
         process = subprocess.Popen(
             [sys.executable, "-m", "harness.matrix._worker", os.fspath(store.directory),
-             shard, name, "1" if keep_data else "0"],
+             shard, name, "1" if keep_data else "0", evidence],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
             start_new_session=True)
         worker = _Worker(name, process)

@@ -20,7 +20,6 @@ malformed options and requests).
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import os
 import shutil
@@ -43,6 +42,7 @@ from harness.server_role import run_server_scenario
 from harness.tls import make_test_pki
 from reference_server.profiles import profile
 
+from ._keep import DEFAULT_EVIDENCE, keep
 from ._recorded import recording_proxy
 from ._setup import driver_options
 from .cases import Case, PeerRef
@@ -59,8 +59,6 @@ STEP_TIMEOUT = 10.0
 
 # Steps that make the reference client send what the spec forbids, on purpose.
 _RULE_BREAKING_ACTIONS = frozenset({"option", "raw", "raw_handshake", "request"})
-# Bulky files a passing case does not need to keep (images, data in and out).
-_BULKY_SUFFIXES = (".raw", ".qcow2", ".in", ".out", ".img")
 
 
 class _Watchdog:
@@ -275,30 +273,10 @@ def _collect_evidence(case_dir: Path, root: Path) -> dict[str, str]:
         for candidate in (file_name, f"{file_name}.gz"):  # passing cases keep it compressed
             if (case_dir / candidate).exists():
                 evidence[name] = _relative(case_dir / candidate, root)
-    for log in sorted(case_dir.rglob("*.log")):
-        key = _relative(log, case_dir).replace(os.sep, "/").removesuffix(".log")
-        evidence[f"log:{key}"] = _relative(log, root)
+    for log in sorted([*case_dir.rglob("*.log"), *case_dir.rglob("*.log.gz")]):
+        key = _relative(log, case_dir).replace(os.sep, "/").removesuffix(".gz")
+        evidence[f"log:{key.removesuffix('.log')}"] = _relative(log, root)
     return evidence
-
-
-def _prune(case_dir: Path) -> None:
-    """Remove images and data files of a case that passed; compress its capture and wire log.
-
-    The capture stays as evidence (``capture.pcapng.gz``: Wireshark, ``nbd-harness
-    dissect`` and ``lint`` read it as it is) and so does the decoded wire log, which
-    the HTML report shows on the case's page; patterned data compresses well, which
-    keeps a full run's evidence small.
-    """
-    for path in case_dir.rglob("*"):
-        if path.is_file() and path.name.endswith(_BULKY_SUFFIXES):
-            with contextlib.suppress(OSError):
-                path.unlink()
-    for name in (CAPTURE, WIRE_LOG, WIRE_INDEX):
-        path = case_dir / name
-        if path.exists():
-            with path.open("rb") as raw, gzip.open(f"{path}.gz", "wb", compresslevel=3) as out:
-                shutil.copyfileobj(raw, out)
-            path.unlink()
 
 
 def _versions(case: Case) -> dict[str, str]:
@@ -309,8 +287,9 @@ def _versions(case: Case) -> dict[str, str]:
 
 
 def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "",
-             keep_data: bool = False) -> CaseResult:
-    """Run ``case`` and return its result (evidence in ``store.case_dir(case.id)``).
+             keep_data: bool = False, evidence: str = DEFAULT_EVIDENCE) -> CaseResult:
+    """Run ``case`` and return its result (evidence in ``store.case_dir(case.id)``; a good
+    case keeps what ``evidence`` says, :mod:`harness.matrix._keep`).
 
     The result is not appended to ``store``: the caller decides (a pool's
     parent process writes every worker's results).
@@ -345,8 +324,8 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
                        capture_problem=capture_problem,
                        reference_breaches_deliberate=reference_breaches_deliberate(case),
                        evidenced=case.role != "server" or capture.exists())
-    if final.ok and not keep_data:
-        _prune(case_dir)
+    if final.ok:
+        keep(case_dir, evidence, keep_data)
     return CaseResult(
         case_id=case.id,
         scenario=case.scenario.name,

@@ -35,7 +35,11 @@ know each format (:func:`output_reader`)."""
 def output_reader(name: str) -> Callable[[OutputReader], OutputReader]:
     """Register the decorated function as the reader of the output format ``name``."""
     def register(reader: OutputReader) -> OutputReader:
-        if name in OUTPUT_READERS and OUTPUT_READERS[name] is not reader:
+        known = OUTPUT_READERS.get(name)
+        # The same function again is its module imported anew (pytester's in-process runs
+        # drop the modules they imported), not a second reader.
+        if known is not None and (known.__module__, known.__qualname__) != (
+                reader.__module__, reader.__qualname__):
             raise TypeError(f"two readers of the output format {name!r}")
         OUTPUT_READERS[name] = reader
         return reader

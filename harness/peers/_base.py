@@ -374,6 +374,9 @@ class ServerPeer(Peer):
     """Whether it can be configured to refuse NBD_OPT_LIST."""
     reserved_export_names: ClassVar[frozenset[str]] = frozenset()
     """Export names it cannot serve under."""
+    unexplained_start_retries: ClassVar[int] = 0
+    """Starts on a new port after it ended before listening without saying why (a daemon
+    that reports a port taken in the meantime only to syslog); recorded in its log."""
 
     # --- what it can be configured for ---------------------------------------------------
 
@@ -506,6 +509,7 @@ class ServerPeer(Peer):
             process, port = self.provider.start_tcp(
                 tcp_argv, log_path=log_path, binds=binds, cwd=workdir,
                 pid_namespace=pid_namespace, label=label, ready_timeout=ready_timeout,
+                unexplained_retries=self.unexplained_start_retries,
             )
             address = Address.tcp("127.0.0.1", port)
         server = RunningServer(f"{self.program} ({self.provider.name})",

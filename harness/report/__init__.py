@@ -80,7 +80,8 @@ def write_reports(results: RunResults) -> dict[str, Path]:
     paths["junit"] = directory / REPORT_FILES["junit"]
     paths["junit"].write_text(render_junit(results.cases), encoding="utf-8")
     paths["summary"] = directory / REPORT_FILES["summary"]
-    paths["summary"].write_text(render_markdown(results.cases, results.runs), encoding="utf-8")
+    paths["summary"].write_text(render_markdown(results.cases, results.runs, results.peers),
+                                encoding="utf-8")
     paths["conformance"] = write_conformance(results, directory / REPORT_FILES["conformance"])
     paths["html"] = write_html(results, directory)
     return paths

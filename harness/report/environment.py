@@ -98,6 +98,20 @@ def _package_of(spec: str, program: str,
     return provider.name, package, provider.installed_packages().get(package)
 
 
+def _binary_of(program: str, provider_name: str) -> str | None:
+    """The file that ran for ``program`` when it came from a path (``qemu-nbd=PATH``)."""
+    if not provider_name.startswith("path:"):
+        return None
+    from harness.peers import DRIVERS
+
+    try:
+        provider = _catalog().provider(provider_name)
+        found = provider.program_path(DRIVERS[program].executable)
+    except Exception:  # the build is gone since: the provider name still says where it was
+        return None
+    return str(found) if found is not None else None
+
+
 def describe_peers(peers: Iterable[Any]) -> list[dict[str, Any]]:
     """One entry per peer spec (``qemu-nbd@7.2``): program, version, the roles it played,
     where it ran from, and its Debian package and exact package version when it has one.
@@ -119,6 +133,11 @@ def describe_peers(peers: Iterable[Any]) -> list[dict[str, Any]]:
                 entry["provider"] = provider or ""
                 entry["package"] = package
                 entry["package_version"] = package_version
+                binary = _binary_of(peer.program, peer.provider)
+                if binary:
+                    entry["binary"] = binary
+            if getattr(peer, "note", ""):
+                entry["note"] = peer.note
         if peer.role not in entry["roles"]:
             entry["roles"].append(peer.role)
     return [entries[spec] for spec in sorted(entries)]
