@@ -291,6 +291,11 @@ class Stream(asyncio.BufferedProtocol):
             self.flush()
             self.transport.close()
 
+    def abort(self) -> None:
+        """Close at once, dropping what the transport has not sent."""
+        if self.transport is not None:
+            self.transport.abort()
+
     async def wait_closed(self) -> None:
         await self._closed
 

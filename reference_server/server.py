@@ -176,8 +176,12 @@ class Session:
             if self.server.keep_records:
                 self.server.records.append(self.record)
             self.stream.close()
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(self.stream.wait_closed(), 5)
+            except Exception:
+                # A client that reads nothing keeps a closing transport (and its fd and
+                # buffered replies) forever: drop it.
+                self.stream.abort()
 
     # --- I/O -------------------------------------------------------------------------
 
