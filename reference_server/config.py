@@ -9,7 +9,7 @@ number of ``[[export]]`` tables::
     handshake = "fixed-newstyle"       # | "newstyle" | "oldstyle"
 
     [limits]                           # resource bounds (docs/server-limits.md)
-    max_connections = 256
+    max_connections = 1024
     handshake_timeout = 10             # seconds for the whole handshake
 
     [[export]]
@@ -244,7 +244,7 @@ class ServerLimits:
     what a client sees when it reaches one.
     """
 
-    max_connections: int = 256
+    max_connections: int = 1024
     """Connections served at once; one more is accepted and closed at once."""
     listen_backlog: int = 1024
     """Connections the kernel queues before the server accepts them (a burst)."""
@@ -260,7 +260,7 @@ class ServerLimits:
     """Queries in one NBD_OPT_LIST/SET_META_CONTEXT; more get NBD_REP_ERR_TOO_BIG."""
     max_request_payload: int = 64 << 20
     """A request payload (or read length) above this ends the session (hard disconnect)."""
-    max_inflight_bytes: int = 256 << 20
+    max_inflight_bytes: int = 128 << 20
     """Request and reply data buffered across all connections; above it, large requests
     wait (the server stops reading from their clients) until others finish."""
 
