@@ -221,7 +221,11 @@ async def slowloris(port: int, tally: Tally, until: float) -> None:
                 return
             writer.write(bytes([byte]))
             await writer.drain()
-            await asyncio.sleep(1)
+            try:  # wait a second, noticing when the server closes
+                if await asyncio.wait_for(reader.read(1), 1) == b"":
+                    raise ConnectionResetError("closed by the server")
+            except TimeoutError:
+                pass
 
     await asyncio.gather(*(keep_at(port, tally, until, drip, reconnect=False)
                            for _ in range(30)))

@@ -136,13 +136,17 @@ class Stream(asyncio.BufferedProtocol):
         """Wait until ``count`` unread bytes are buffered; False if the peer closed first.
 
         ``count`` is small (a header): it always fits in the staging buffer.
+        ``timeout`` bounds the whole wait, not the silence between two bytes.
         """
+        deadline = None
         while self._end - self._start < count:
             if self._eof:
                 return False
             if len(self._staging) - self._start < count:
                 self._compact()
-            await self._wait(timeout)
+            if deadline is None:
+                deadline = self._loop.time() + timeout
+            await self._wait(deadline - self._loop.time())
         return True
 
     def peek_u32(self) -> int:
@@ -172,7 +176,7 @@ class Stream(asyncio.BufferedProtocol):
         return data
 
     async def read_into(self, target: memoryview, timeout: float) -> None:
-        """Fill all of ``target`` with the next bytes of the stream."""
+        """Fill all of ``target`` with the next bytes of the stream, within ``timeout`` in all."""
         buffered = min(self._end - self._start, len(target))
         if buffered:
             target[:buffered] = self._view[self._start : self._start + buffered]
@@ -185,11 +189,12 @@ class Stream(asyncio.BufferedProtocol):
         self._target = target[buffered:]
         self._target_filled = 0
         self._resume_reading()
+        deadline = self._loop.time() + timeout
         try:
             while self._target is not None:
                 if self._eof:
                     raise StreamClosed(self._closed_message())
-                await self._wait(timeout)
+                await self._wait(deadline - self._loop.time())
         finally:
             self._target = None
 
@@ -222,6 +227,8 @@ class Stream(asyncio.BufferedProtocol):
         return "client closed the connection"
 
     async def _wait(self, timeout: float) -> None:
+        if timeout <= 0:
+            raise StreamTimeout()
         self.flush()  # never keep replies back while waiting for the client
         self._resume_reading()
         waiter = self._waiter = self._loop.create_future()

@@ -304,3 +304,33 @@ def test_budget_grants_in_order_and_a_timed_out_waiter_lets_the_next_in():
         return order
 
     assert asyncio.run(scenario()) == ["first", "small", "impatient timed out", "second"]
+
+
+# --- the stream's waits count total time -------------------------------------------------------
+
+
+@pytest.mark.parametrize("wait", ["fill", "read_into"])
+def test_a_stream_wait_is_bounded_in_total_however_the_bytes_trickle(wait):
+    """A byte every 50 ms would satisfy a per-byte timeout of 300 ms forever."""
+    from reference_server._stream import Stream, StreamTimeout
+
+    async def scenario() -> None:
+        stream = Stream(lambda _: None)
+
+        async def trickle() -> None:
+            while True:
+                await asyncio.sleep(0.05)
+                stream.get_buffer(-1)[0] = 0
+                stream.buffer_updated(1)
+
+        feeder = asyncio.create_task(trickle())
+        try:
+            with pytest.raises(StreamTimeout):
+                if wait == "fill":
+                    await stream.fill(16, 0.3)
+                else:
+                    await stream.read_into(memoryview(bytearray(16)), 0.3)
+        finally:
+            feeder.cancel()
+
+    asyncio.run(scenario())
