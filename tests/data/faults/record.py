@@ -51,9 +51,10 @@ from harness.client.faults import (  # noqa: E402
 )
 from harness.dissect import WireMessage, decode_capture  # noqa: E402
 from harness.dissect._capfile import read_frames  # noqa: E402
-from harness.dissect._netlayers import TCP_FIN, NotTcp, tcp_segment  # noqa: E402
+from harness.dissect._netlayers import NotTcp, tcp_segment  # noqa: E402
 from harness.dissect.stream import reassemble  # noqa: E402
 from harness.faults import Fault  # noqa: E402
+from harness.pcapformat import TCP_FIN  # noqa: E402
 from harness.protocol import constants as c  # noqa: E402
 from reference_server.config import config_from_dict  # noqa: E402
 from reference_server.faults import FAULTS, GARBAGE, PHANTOM_COOKIE, ServerFaults  # noqa: E402
@@ -84,6 +85,11 @@ EXTRA_CITATIONS = (
           "Fixed newstyle negotiation", "SHOULD",
           "The client SHOULD reply with `NBD_FLAG_C_FIXED_NEWSTYLE` set in its flags field too",
           "client.fixed-newstyle-flag"),
+    Fault("export-name-without-go", "client", "client",
+          "NBD_OPT_EXPORT_NAME in fixed newstyle without trying NBD_OPT_GO first",
+          "Option types", "SHOULD",
+          "A client thus SHOULD use `NBD_OPT_GO` in preference to `NBD_OPT_EXPORT_NAME`",
+          "client.go-in-preference"),
 )
 
 
@@ -295,20 +301,23 @@ RECIPES: tuple[Recipe, ...] = (
                     "NBD_CMD_READ is never answered"),),
            faults=("read-unanswered",)),
     Recipe("disconnect-after-client-flags", ("nbdinfo", "{uri}"), "fails",
-           (_server("disconnect-after-client-flags", fin("server"),
-                    "the server closes the connection after valid client flags",
-                    message("client", "client flags")),),
+           # The close leaves the client's first option unanswered: the same deviation.
+           (Deviation("disconnect-after-client-flags", fin("server"),
+                      "the server closes the connection after valid client flags",
+                      (message("client", "client flags"),),
+                      also=("server.no-data-option-replies",)),),
            faults=("disconnect-after-client-flags",)),
     Recipe("disconnect-on-starttls",
            ("nbdinfo", "nbds://127.0.0.1:{port}/disk?tls-certificates={pki}"), "fails",
-           (_server("disconnect-on-starttls", fin("server"),
-                    "the server closes the connection instead of answering NBD_OPT_STARTTLS",
-                    message("client", "NBD_OPT_STARTTLS")),),
+           (Deviation("disconnect-on-starttls", fin("server"),
+                      "the server closes the connection instead of answering NBD_OPT_STARTTLS",
+                      (message("client", "NBD_OPT_STARTTLS"),),
+                      also=("server.no-hard-disconnect-in-options",)),),
            faults=("disconnect-on-starttls",)),
     Recipe("disconnect-on-read", READ_4K, "fails",
-           (_server("disconnect-on-read", fin("server"),
-                    "the server closes the connection instead of answering NBD_CMD_READ",
-                    message("client", "NBD_CMD_READ")),),
+           (Deviation("disconnect-on-read", fin("server"),
+                      "the server closes the connection instead of answering NBD_CMD_READ",
+                      (message("client", "NBD_CMD_READ"),), also=("server.read-answered",)),),
            faults=("disconnect-on-read",)),
     Recipe("disconnect-on-read-past-end", nbdsh(PAST_END, strict=False), "fails",
            (Deviation("read-past-end", message("client", "NBD_CMD_READ"),
@@ -334,9 +343,10 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("trim-length-as-payload",
            nbdsh("h.aio_trim(65536, 0)\nh.aio_pread(nbd.Buffer(512), 0)\n"
                  "while h.aio_in_flight() > 0:\n    h.poll(-1)", structured=False), "hangs",
-           (_server("trim-length-as-payload", message("client", "NBD_CMD_TRIM"),
-                    "NBD_CMD_TRIM is never answered: the server reads the next request as its "
-                    "data"),),
+           # The NBD_CMD_READ it swallowed goes unanswered too: the same misparse.
+           (Deviation("trim-length-as-payload", message("client", "NBD_CMD_TRIM"),
+                      "NBD_CMD_TRIM is never answered: the server reads the next request as its "
+                      "data", also=("server.read-answered",)),),
            faults=("trim-length-as-payload",)),
     Recipe("no-fixed-newstyle", ("nbdinfo", "{uri}"), "succeeds",
            (_server("no-fixed-newstyle", message("server", "newstyle greeting"),
@@ -361,7 +371,10 @@ RECIPES: tuple[Recipe, ...] = (
            (Deviation("read-past-end", message("client", "NBD_CMD_READ"),
                       "NBD_CMD_READ of 4096 bytes at 1046528 runs past the 1 MiB export"),
             _server("eio-read-past-end", message("server", answering="NBD_CMD_READ"),
-                    "a read past the end fails with NBD_EIO")),
+                    "a read past the end fails with NBD_EIO"),
+            Deviation("close-without-disc", fin("client"),
+                      "nbdsh's script ends without h.shutdown(): the client closes the "
+                      "connection without NBD_CMD_DISC (the server broke only a SHOULD)")),
            faults=("eio-read-past-end",), judged="both"),
     Recipe("eio-block-status-no-context", harness_fault("block-status-without-context"),
            "succeeds",
@@ -390,8 +403,11 @@ RECIPES: tuple[Recipe, ...] = (
            nbdsh(f"h.pwrite(b'\\x55' * 4096, 0)\nh.cache(4096, 0)\n{CHECK_DATA}"), "fails",
            (_server("cache-changes-data", message("server", answering="NBD_CMD_READ"),
                     "the read after NBD_CMD_CACHE returns zeroes where 0x55 was written",
-                    message("server", answering="NBD_CMD_CACHE")),),
-           faults=("cache-changes-data",), output="CHANGED"),
+                    message("server", answering="NBD_CMD_CACHE")),
+            Deviation("close-without-disc", fin("client"),
+                      "nbdsh's script ends without h.shutdown(): the client closes the "
+                      "connection without NBD_CMD_DISC")),
+           faults=("cache-changes-data",), output="CHANGED", judged="both"),
     Recipe("read-only-write-accepted",
            nbdsh("h.pwrite(b'\\x55' * 4096, 0)\nprint('write accepted')", strict=False),
            "succeeds",
@@ -434,7 +450,9 @@ RECIPES: tuple[Recipe, ...] = (
            "succeeds",
            (Deviation("option-after-export-name",
                       raw("client", IHAVEOPT + int(c.Opt.LIST).to_bytes(4, "big")),
-                      "NBD_OPT_LIST sent in transmission, where a request must be"),),
+                      "NBD_OPT_LIST sent in transmission, where a request must be"),
+            Deviation("export-name-without-go", message("client", "NBD_OPT_EXPORT_NAME"),
+                      "the fault script goes to NBD_OPT_EXPORT_NAME without trying NBD_OPT_GO")),
            judged="client"),
     Recipe("client-write-without-data", harness_fault("write-without-data"), "succeeds",
            (Deviation("write-without-data", raw("client", request_header(c.Cmd.WRITE)),
@@ -457,7 +475,9 @@ RECIPES: tuple[Recipe, ...] = (
            (Deviation("overlapping-cookies",
                       raw("client", request_header(c.Cmd.READ)
                           + SHARED_COOKIE.to_bytes(8, "big"), nth=2),
-                      "a second NBD_CMD_READ with cookie 7 while the first is in flight"),),
+                      "a second NBD_CMD_READ with cookie 7 while the first is in flight"),
+            Deviation("close-without-disc", fin("client"),
+                      "the fault script closes the connection without NBD_CMD_DISC")),
            judged="client"),
     Recipe("client-unknown-command", harness_fault("unknown-command"), "succeeds",
            (Deviation("unknown-command", raw("client", request_header(UNKNOWN_COMMAND)),
