@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from harness.conformance.findings import Finding, Pointer
-from harness.dissect.model import Undecoded, WireMessage
+from harness.dissect.model import StreamEnd, Undecoded, WireMessage
 from harness.protocol.rules import (
     LEVELS,
     MANDATORY_LEVELS,
@@ -57,9 +57,10 @@ __all__ = [
 ]
 
 class Hit(NamedTuple):
-    """What a rule function yields: the offending message (or region) and what it did."""
+    """What a rule function yields: the offending message (or region, or the FIN/RST of a
+    close that should not have happened) and what it did."""
 
-    at: WireMessage | Undecoded
+    at: WireMessage | Undecoded | StreamEnd
     message: str
     related: WireMessage | None = None
     """The earlier message ``at`` contradicts, when the rule compares two messages."""

@@ -24,7 +24,7 @@ from scapy.packet import NoPayload, Packet
 
 from harness.conformance._content import ExportContent
 from harness.dissect.layers import TextField, TextLenField, fields_of
-from harness.dissect.model import Session, Undecoded, WireMessage
+from harness.dissect.model import CLIENT, SERVER, Session, StreamEnd, Undecoded, WireMessage
 from harness.protocol import constants as c
 from harness.protocol.state import Negotiated
 
@@ -344,6 +344,9 @@ class SessionView:
         self.transaction_of: dict[int, Transaction] = {}
         """``id(reply)`` -> the transaction it belongs to (late replies included)."""
         self.transmission = Transmission()
+        self.memo: dict[str, object] = {}
+        """Results one rule works out and others reuse (the session-level rules ask once
+        which mandatory rules each party broke)."""
         self._position = {id(m): i for i, m in enumerate(self.messages)}
         self._walk()
 
@@ -389,6 +392,26 @@ class SessionView:
         if self._content is None:
             self._content = ExportContent(self, self.others)
         return self._content
+
+    # --- how the session ended (session-level and timing rules) -------------------
+
+    def end(self, direction: str) -> StreamEnd | None:
+        """The FIN or RST that ended ``direction`` (None: the capture shows no end)."""
+        return self.session.ends.get(direction)
+
+    @property
+    def closed_first(self) -> StreamEnd | None:
+        """The end of the direction that closed first: who initiated the disconnect
+        (None when the capture shows neither side closing)."""
+        ends = [e for e in (self.end(CLIENT), self.end(SERVER)) if e is not None]
+        return min(ends, key=lambda e: (e.frame, e.direction != CLIENT), default=None)
+
+    def sent_after(self, direction: str, frame: int) -> bool:
+        """``direction`` sent bytes (a message or an undecodable region) in a frame after
+        ``frame``."""
+        return any(m.last_frame > frame for m in self.messages_from(direction)) or any(
+            u.frame > frame for u in self.undecoded(direction)
+        )
 
     # --- the one pass ------------------------------------------------------------
 

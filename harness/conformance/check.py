@@ -20,6 +20,8 @@ _MODULE_ORDER = (
     "rules_structured",
     "rules_block_status",
     "rules_errors",
+    "rules_baseline",
+    "rules_session",
 )
 
 

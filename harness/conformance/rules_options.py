@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from harness.conformance._rule import Hit, rule
+from harness.conformance._silence import unanswered_options
 from harness.conformance._view import (
     OptionMessages,
     SessionView,
@@ -391,8 +392,10 @@ def set_meta_context_unnegotiated(view: SessionView) -> Iterator[Hit]:
 
 @rule(id="server.meta-context-replies")
 def meta_context_replies(view: SessionView) -> Iterator[Hit]:
-    """LIST/SET_META_CONTEXT get NBD_REP_META_CONTEXT replies, then ACK or an error."""
+    """LIST/SET_META_CONTEXT get NBD_REP_META_CONTEXT replies, then ACK or an error (and
+    are answered at all: see harness.conformance.rules_session.silence)."""
     yield from _replies_outside(view, c.Rep.META_CONTEXT)
+    yield from unanswered_options(view, (c.Opt.SET_META_CONTEXT, c.Opt.LIST_META_CONTEXT))
 
 
 @rule(id="server.meta-context-ids-unique")
@@ -509,19 +512,22 @@ def list_ext_header_reqd_not_for_base(view: SessionView) -> Iterator[Hit]:
 
 @rule(id="server.list-replies")
 def list_replies(view: SessionView) -> Iterator[Hit]:
-    """NBD_OPT_LIST gets NBD_REP_SERVER replies, then ACK or an error."""
+    """NBD_OPT_LIST gets NBD_REP_SERVER replies, then ACK or an error (and an answer at all)."""
     yield from _replies_outside(view, c.Rep.SERVER)
+    yield from unanswered_options(view, (c.Opt.LIST,))
 
 
 @rule(id="server.info-go-replies")
 def info_go_replies(view: SessionView) -> Iterator[Hit]:
-    """NBD_OPT_INFO/GO get NBD_REP_INFO replies, then ACK or an error."""
+    """NBD_OPT_INFO/GO get NBD_REP_INFO replies, then ACK or an error (and an answer at all)."""
     yield from _replies_outside(view, c.Rep.INFO)
+    yield from unanswered_options(view, (c.Opt.INFO, c.Opt.GO))
 
 
 @rule(id="server.no-data-option-replies")
 def no_data_option_replies(view: SessionView) -> Iterator[Hit]:
-    """NBD_OPT_STRUCTURED_REPLY and NBD_OPT_EXTENDED_HEADERS get only NBD_REP_ACK or an error."""
+    """NBD_OPT_STRUCTURED_REPLY and NBD_OPT_EXTENDED_HEADERS get only NBD_REP_ACK or an error
+    (and an answer at all)."""
     for exchange in view.options:
         if exchange.code not in (c.Opt.STRUCTURED_REPLY, c.Opt.EXTENDED_HEADERS):
             continue
@@ -529,3 +535,4 @@ def no_data_option_replies(view: SessionView) -> Iterator[Hit]:
             rep = reply_type(reply)
             if rep != c.Rep.ACK and not c.is_rep_error(rep):
                 yield Hit(reply, f"{reply.name} in reply to {exchange.option.name}")
+    yield from unanswered_options(view, (c.Opt.STRUCTURED_REPLY, c.Opt.EXTENDED_HEADERS))

@@ -155,6 +155,25 @@ class Undecoded:
     message boundary, found by resynchronising); ``None`` when it did not resume."""
 
 
+@dataclass(frozen=True)
+class StreamEnd:
+    """How one direction of a connection ended, as captured: its first FIN or RST.
+
+    It has ``frame``, ``offset`` and ``direction`` like a message, so a finding about a
+    close (a hard disconnect, a message never sent) can point at it.
+    """
+
+    session: int
+    direction: str
+    frame: int
+    offset: int
+    """Where the direction's byte stream ended (its captured length)."""
+    time: float
+    """Capture time of ``frame`` (seconds)."""
+    reset: bool = False
+    """An RST (an abortive close) rather than a FIN."""
+
+
 @dataclass
 class Session:
     """One TCP connection: its messages in causal order and its accounting.
@@ -184,6 +203,9 @@ class Session:
     """Reassembly and decoding remarks (retransmissions that differ, gaps...)."""
     first_frame: int = 0
     last_frame: int = 0
+    ends: dict[str, StreamEnd] = field(default_factory=dict)
+    """Per direction, the FIN or RST that ended it (absent: the capture shows no end, so
+    more bytes may have followed).  Session-level rules read who closed first and when."""
 
     @property
     def nbd(self) -> bool:
