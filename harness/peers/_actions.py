@@ -25,6 +25,8 @@ class ActionOutput:
     extents: list[tuple[int, int, int]] | None = None
     size: int | None = None
     exports: list[str] | None = None
+    document: Any = None
+    """The whole JSON document an ``info`` or ``list`` format printed (its details)."""
 
 
 OUTPUT_READERS: dict[str, OutputReader] = {}
