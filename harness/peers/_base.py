@@ -593,8 +593,8 @@ class ClientPeer(Peer):
                                 f"{exc}") from None
 
     def read(self, endpoint: Endpoint, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset`` (from a whole-export copy when it only copies)."""
-        if self.client_program.form("read") is None and self.client_program.form("copy-out"):
+        """``length`` bytes at ``offset`` (cut from a whole-export copy when it only copies)."""
+        if self.client_program.action_for("read") == "copy-out":
             return (self.perform("copy-out", endpoint).data or b"")[offset:offset + length]
         data = self.perform("read", endpoint, offset=offset, length=length).data or b""
         if len(data) != length:
@@ -609,9 +609,11 @@ class ClientPeer(Peer):
         return merge_extents(self.perform("map", endpoint, context=context).extents or [])
 
     def size(self, endpoint: Endpoint) -> int:
-        size = self.perform("info", endpoint).size
+        """The export's size, as the program tells it (``size``, else ``info``)."""
+        action = self.client_program.action_for("size") or "size"
+        size = self.perform(action, endpoint).size
         if size is None:
-            raise PeerError(f"{self.program} info told no size")
+            raise PeerError(f"{self.program} {action} told no size")
         return size
 
     def info(self, endpoint: Endpoint) -> Any:

@@ -39,9 +39,10 @@ if TYPE_CHECKING:
 
 ACTIONS_FILE = CLIENT_ACTIONS_FILE
 
-ACTIONS = ("info", "list", "read", "write", "zero", "fast-zero", "trim", "flush", "cache",
-           "map", "copy-in", "copy-out")
-"""Every action a client may perform (and a client step may name)."""
+ACTIONS = ("info", "size", "list", "read", "write", "zero", "fast-zero", "trim", "flush",
+           "cache", "map", "copy-in", "copy-out")
+"""Every action a client may perform; a scenario's client steps name those its schema lists
+(``size`` is the drivers' only: the size as the program tells it once connected)."""
 
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 PLACEHOLDERS = frozenset({
@@ -99,6 +100,14 @@ class ClientProgram:
             if form.fits(context):
                 return form
         return None
+
+    def action_for(self, capability: str) -> str | None:
+        """The action that gives ``capability`` (itself, or what
+        :data:`DERIVED_CAPABILITIES` derives it from); None when none does."""
+        if capability in self.actions:
+            return capability
+        source = DERIVED_CAPABILITIES.get(capability)
+        return source if source in self.actions else None
 
     def capabilities(self) -> frozenset[str]:
         """Its actions, ``map-contexts`` when a map form takes any context, and what

@@ -1,4 +1,5 @@
-"""nbdinfo: libnbd's inspector (``--json`` details, ``--list``, ``--map`` of any context).
+"""nbdinfo: libnbd's inspector (``--json`` details, ``--size``, ``--list``, ``--map`` of any
+context).
 
 Its actions are ``[nbdinfo]`` of ``matrix/client-actions.toml``; this module reads the
 formats they print.
@@ -19,6 +20,12 @@ def read_info(stdout: str, out: Path) -> ActionOutput:
     exports = document.get("exports", [])
     return ActionOutput(size=exports[0].get("export-size") if exports else None,
                         document=document)
+
+
+@output_reader("nbdinfo-size")
+def read_size(stdout: str, out: Path) -> ActionOutput:
+    """``nbdinfo --size URI``: the size, alone on its line."""
+    return ActionOutput(size=int(stdout.split()[-1]))
 
 
 @output_reader("nbdinfo-list-json")
@@ -44,4 +51,4 @@ class Nbdinfo(ClientPeer):
     version_word = "nbdinfo"
 
 
-__all__ = ["Nbdinfo", "read_info", "read_list", "read_map"]
+__all__ = ["Nbdinfo", "read_info", "read_list", "read_map", "read_size"]
