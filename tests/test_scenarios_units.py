@@ -9,7 +9,7 @@ import pytest
 
 from harness.cli import main
 from harness.client.records import Negotiation
-from harness.client_role.actions import (
+from harness.peers.actions import (
     OUTPUT_READERS,
     ClientActionsError,
     default_client_actions,

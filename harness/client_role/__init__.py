@@ -3,7 +3,8 @@
 :func:`run_client_scenario` hosts the reference server (:func:`serve_reference`)
 with the scenario's export in a version profile, runs each ``client_action``
 with the program's command line from ``matrix/client-actions.toml``
-(:mod:`.actions`) and checks what the program produced and what the server
+(performed by :func:`harness.peers.actions.perform_action`, as the client drivers
+perform theirs) and checks what the program produced and what the server
 recorded; it returns a :class:`~harness.scenarios.ScenarioResult` with the
 same verdicts as the server role.  :func:`client_can_run` says whether a
 program can perform every action of a scenario.  The matrix runner uses the
@@ -12,8 +13,10 @@ two seams of :func:`run_client_scenario`: ``listen_wrapper``
 and ``provider`` (the program run from its Debian suite).
 """
 
+from harness.peers.actions import ClientProgram, default_client_actions
+
 from ._run import ListenWrapper, run_client_scenario
-from .actions import ClientProgram, client_can_run, default_client_actions
+from .actions import client_can_run
 from .reference import ServedExport, serve_reference
 
 __all__ = [

@@ -1,174 +1,30 @@
-"""How real client programs perform scenario actions: ``matrix/client-actions.toml``.
+"""Which of a scenario's client actions a program has no form of.
 
-The data says, per program and action, the command line (a template with
-``{placeholders}``) and the output format; this module loads and checks it,
-fills templates in (:func:`render`) and reads outputs back into a
-:class:`ActionOutput` (:data:`OUTPUT_READERS`, each program's formats read in
-its driver module): bytes, extents, a size or export names.
+The forms themselves, their loading and their performing live in
+:mod:`harness.peers.actions` (``matrix/client-actions.toml``); this module looks
+at a scenario's client steps against them.
 """
 
 from __future__ import annotations
 
-import re
-import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
-from typing import Any
-
-from harness.errors import UserError
-from harness.paths import CLIENT_ACTIONS_FILE
-from harness.peers import OUTPUT_READERS, ActionOutput, output_reader, parse_json
+from harness.peers.actions import ClientProgram, default_client_actions
 from harness.scenarios.model import Scenario
 
-ACTIONS_FILE = CLIENT_ACTIONS_FILE
 
-ACTIONS = ("info", "list", "read", "write", "zero", "fast-zero", "trim", "flush", "cache",
-           "map", "copy-in", "copy-out")
-"""Every action a client step may name."""
-
-_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
-PLACEHOLDERS = frozenset({
-    "uri", "uri_server", "host", "port", "socket", "export", "server_opts", "tls_dir",
-    "offset", "length", "end", "size", "context", "in", "out", "workdir", "python",
-    "uri_repr", "uri_server_repr", "in_repr", "out_repr", "context_repr",
-})
-
-
-_PROGRAM_KEYS = ("description", "uri_tls")
-"""Keys of a program's table that are not actions."""
-
-
-class ClientActionsError(UserError, ValueError):
-    """``matrix/client-actions.toml`` is malformed; the message says where."""
-
-
-@dataclass(frozen=True)
-class ActionForm:
-    """One way a program performs an action."""
-
-    argv: tuple[str, ...]
-    output: str
-    argv_tls: tuple[str, ...] | None = None
-    contexts: tuple[str, ...] | None = None
-
-    def fits(self, context: str | None) -> bool:
-        if self.contexts is None or context is None:
-            return True
-        return any(context == known or (known.endswith(":") and context.startswith(known))
-                   for known in self.contexts)
-
-
-@dataclass(frozen=True)
-class ClientProgram:
-    """A client program and the actions it can perform."""
-
-    name: str
-    description: str
-    uri_tls: bool
-    actions: dict[str, tuple[ActionForm, ...]] = field(default_factory=dict)
-
-    def form(self, action: str, context: str | None = None) -> ActionForm | None:
-        """The form of ``action`` that fits ``context`` (a map's context), or None."""
-        for form in self.actions.get(action, ()):
-            if form.fits(context):
-                return form
-        return None
-
-
-def _strings(where: str, key: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ClientActionsError(f"{where}: {key} must be a non-empty list of strings")
-    for word in value:
-        for name in _PLACEHOLDER.findall(word):
-            if name not in PLACEHOLDERS:
-                raise ClientActionsError(f"{where}: {key} uses unknown placeholder {{{name}}} "
-                                         f"(known: {', '.join(sorted(PLACEHOLDERS))})")
-    return tuple(value)
-
-
-def load_client_actions(path: Path = ACTIONS_FILE) -> dict[str, ClientProgram]:
-    """Read and check the client-action table."""
-    try:
-        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ClientActionsError(f"{path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ClientActionsError(f"{path}: not valid TOML: {exc}") from None
-    programs: dict[str, ClientProgram] = {}
-    for name, table in document.items():
-        where = f"{path.name}: [{name}]"
-        if not isinstance(table, dict):
-            raise ClientActionsError(f"{where}: must be a table")
-        actions: dict[str, tuple[ActionForm, ...]] = {}
-        for key, value in table.items():
-            if key in _PROGRAM_KEYS:
-                continue
-            if key not in ACTIONS:
-                raise ClientActionsError(f"{where}: unknown action {key!r} (actions: "
-                                         f"{', '.join(ACTIONS)})")
-            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-                raise ClientActionsError(f"{where}: write each form of {key} as [[{name}.{key}]]")
-            forms = []
-            for number, form in enumerate(value, start=1):
-                here = f"{where}: {key} #{number}"
-                unknown = set(form) - {"argv", "argv_tls", "output", "contexts"}
-                if unknown:
-                    raise ClientActionsError(f"{here}: unknown key(s) {sorted(unknown)}")
-                if form.get("output") not in OUTPUT_READERS:
-                    raise ClientActionsError(f"{here}: output must be one of "
-                                             f"{', '.join(sorted(OUTPUT_READERS))}")
-                forms.append(ActionForm(
-                    argv=_strings(here, "argv", form.get("argv")),
-                    output=form["output"],
-                    argv_tls=_strings(here, "argv_tls", form["argv_tls"])
-                    if "argv_tls" in form else None,
-                    contexts=_strings(here, "contexts", form["contexts"])
-                    if "contexts" in form else None,
-                ))
-            actions[key] = tuple(forms)
-        programs[name] = ClientProgram(name, str(table.get("description", "")),
-                                       bool(table.get("uri_tls", False)), actions)
-    return programs
-
-
-@cache
-def default_client_actions() -> dict[str, ClientProgram]:
-    """The repository's table, loaded once."""
-    return load_client_actions()
-
-
-def render(argv: tuple[str, ...], values: Mapping[str, object]) -> list[str]:
-    """Fill ``{placeholders}`` in; other braces (Python code in nbdsh -c) stay as they are."""
-    def fill(match: re.Match[str]) -> str:
-        key = match.group(1)
-        if key not in values:
-            return match.group(0)
-        return str(values[key])
-
-    return [_PLACEHOLDER.sub(fill, word) for word in argv]
-
-
-# --- reading outputs ---------------------------------------------------------------------
-# Each program's formats are read in its driver module (harness/peers); the reference
-# client's `nbd-harness info --json` is read here.
-
-
-@output_reader("harness-info-json")
-def _harness_info(stdout: str, out: Path) -> ActionOutput:
-    return ActionOutput(size=parse_json(stdout)["negotiation"]["export_size"])
-
-
-@output_reader("harness-list-json")
-def _harness_list(stdout: str, out: Path) -> ActionOutput:
-    return ActionOutput(exports=[e["name"] for e in parse_json(stdout)["exports"]])
-
-
-@output_reader("harness-map-json")
-def _harness_map(stdout: str, out: Path) -> ActionOutput:
-    return ActionOutput(extents=[(e["offset"], e["length"], e["type"])
-                                 for e in parse_json(stdout)["map"]["extents"]])
+def lacking_actions(scenario: Scenario, program: ClientProgram) -> list[str]:
+    """The client actions of ``scenario`` (fallback steps too) that ``program`` has no
+    form of, in step order, each once (``map CONTEXT`` for a map)."""
+    fallback = scenario.fallback
+    lacking: list[str] = []
+    for step in (*scenario.client_steps, *(fallback.client_expect if fallback else ())):
+        if step.action != "client_action":
+            continue
+        action = step.args["action"]
+        context = step.args.get("context") if action == "map" else None
+        what = f"{action} {context}" if context else action
+        if program.form(action, context) is None and what not in lacking:
+            lacking.append(what)
+    return lacking
 
 
 def client_can_run(scenario: Scenario, client_program: str | ClientProgram) -> tuple[bool, str]:
@@ -177,28 +33,10 @@ def client_can_run(scenario: Scenario, client_program: str | ClientProgram) -> t
                if isinstance(client_program, str) else client_program)
     if program is None:
         return False, f"unknown client program {client_program!r}"
-    steps = [*scenario.client_steps, *(scenario.fallback.client_expect if scenario.fallback
-                                       else ())]
-    for step in steps:
-        if step.action != "client_action":
-            continue
-        action = step.args["action"]
-        context = step.args.get("context") if action == "map" else None
-        if program.form(action, context) is None:
-            return False, f"{program.name} cannot {action}" + (f" {context}" if context else "")
+    lacking = lacking_actions(scenario, program)
+    if lacking:
+        return False, f"{program.name} cannot {lacking[0]}"
     return True, ""
 
 
-__all__ = [
-    "ACTIONS",
-    "ACTIONS_FILE",
-    "OUTPUT_READERS",
-    "ActionForm",
-    "ActionOutput",
-    "ClientActionsError",
-    "ClientProgram",
-    "client_can_run",
-    "default_client_actions",
-    "load_client_actions",
-    "render",
-]
+__all__ = ["client_can_run", "lacking_actions"]

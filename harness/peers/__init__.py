@@ -6,7 +6,8 @@
 
 Servers: qemu-nbd, qemu-storage-daemon (over QMP), nbdkit, nbd-server, the
 reference server (any profile). Clients: nbdinfo, nbdsh, nbdcopy, libnbd's
-Python bindings (``libnbd``), qemu-img, qemu-io, the reference client.
+Python bindings (``libnbd``), qemu-img, qemu-io, the reference client; the real
+clients perform the forms of ``matrix/client-actions.toml`` (:mod:`.actions`).
 Providers: ``host`` (this machine's packages), ``rootfs`` (a suite's root
 filesystem under bubblewrap), ``docker`` (an image per suite).
 """

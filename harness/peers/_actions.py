@@ -2,8 +2,10 @@
 
 ``matrix/client-actions.toml`` gives, per program and action, the command line
 and the name of its output format; the program's driver module registers the
-reader of each format it prints (:func:`output_reader`), and uses the same
-reader for its own methods, so each program's output is parsed in one place.
+reader of each format it prints (:func:`output_reader`), and
+:func:`harness.peers.actions.perform_action` reads every performed action's output
+with it (for the client drivers and the client-role runner alike), so each
+program's output is parsed in one place.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class ActionOutput:
     extents: list[tuple[int, int, int]] | None = None
     size: int | None = None
     exports: list[str] | None = None
+    document: Any = None
+    """The whole JSON document an ``info`` or ``list`` format printed (its details)."""
 
 
 OUTPUT_READERS: dict[str, OutputReader] = {}

@@ -34,6 +34,7 @@ from reference_server.features import FULL
 from reference_server.profiles import profile
 from reference_server.runner import ServerThread
 
+from ._actions import ActionOutput, output_reader, parse_json
 from ._base import (
     READY_TIMEOUT,
     ClientPeer,
@@ -236,6 +237,29 @@ class ReferenceServerPeer(ServerPeer):
         if socket_dir != workdir:
             server.add_cleanup(lambda: shutil.rmtree(socket_dir, ignore_errors=True))
         return server
+
+
+# What the reference client prints as `nbd-harness info --json` ([nbd-harness] of
+# matrix/client-actions.toml: the client-role runner drives the command; in this process
+# the client is ReferenceClientPeer below).
+
+
+@output_reader("harness-info-json")
+def read_info(stdout: str, out: Path) -> ActionOutput:
+    document = parse_json(stdout)
+    return ActionOutput(size=document["negotiation"]["export_size"], document=document)
+
+
+@output_reader("harness-list-json")
+def read_list(stdout: str, out: Path) -> ActionOutput:
+    document = parse_json(stdout)
+    return ActionOutput(exports=[e["name"] for e in document["exports"]], document=document)
+
+
+@output_reader("harness-map-json")
+def read_map(stdout: str, out: Path) -> ActionOutput:
+    return ActionOutput(extents=[(e["offset"], e["length"], e["type"])
+                                 for e in parse_json(stdout)["map"]["extents"]])
 
 
 class ReferenceClientPeer(ClientPeer):
