@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give a URI, --server PEER or --client 'CMD {uri}'")
     quiet = args.json or not sys.stderr.isatty()
 
-    def progress(summary) -> None:  # noqa: ANN001 (CampaignSummary)
+    def progress(summary) -> None:
         if not quiet:
             print(f"\r{summary.examples} examples, {summary.steps} steps, "
                   f"{summary.seconds:.0f} s, {len(summary.failures)} failure(s)",

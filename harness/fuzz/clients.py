@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,10 +227,8 @@ def run_client_campaign(campaign: ClientCampaign) -> ClientSummary:
                 summary.failures[:] = [outcome]
                 raise AssertionError(outcome.problem)
 
-        try:
+        with suppress(AssertionError):
             example()
-        except AssertionError:
-            pass
     summary.seconds = time.monotonic() - started
     if summary.failures:
         campaign.out_dir.mkdir(parents=True, exist_ok=True)

@@ -11,15 +11,22 @@ fault profiles (the "broken peer" that proves the fuzzer finds breaches).
 
 from __future__ import annotations
 
+import shutil
 import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.client import Client, ConnectOptions
+from harness.peers import RunningServer
+from harness.peers.catalog import resolve_server
 from harness.peers.export import ExportSpec
 from harness.peers.probe import observe
+from harness.peers.reference import reference_config
 from harness.protocol import constants as c
+from reference_server.faults import ServerFaults
+from reference_server.profiles import profile
+from reference_server.runner import ServerThread
 
 from .strategies import Target
 
@@ -103,8 +110,6 @@ class PeerTarget(FuzzTarget):
     """A real server peer started (and restarted) through the catalog's drivers."""
 
     def __init__(self, spec: str, workdir: Path | None = None) -> None:
-        from harness.peers.catalog import resolve_server
-
         self.spec = spec
         self.label = spec
         self._owned = workdir is None
@@ -113,7 +118,7 @@ class PeerTarget(FuzzTarget):
         self.restarts = 0
         self.server = self._start()
 
-    def _start(self):  # noqa: ANN202 (RunningServer; imported lazily with the catalog)
+    def _start(self) -> RunningServer:
         export = ExportSpec(size=FUZZ_EXPORT_SIZE, image_format="raw")
         return self.driver.start(export, self.workdir / f"run{self.restarts}")
 
@@ -135,8 +140,6 @@ class PeerTarget(FuzzTarget):
     def close(self) -> None:
         self.server.stop()
         if self._owned:
-            import shutil
-
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -144,11 +147,6 @@ class ReferenceTarget(FuzzTarget):
     """The reference server in this process (profile ``profile``), with ``faults`` applied."""
 
     def __init__(self, profile_name: str = "reference", faults: tuple[str, ...] = ()) -> None:
-        from harness.peers.reference import reference_config
-        from reference_server.faults import ServerFaults
-        from reference_server.profiles import profile
-        from reference_server.runner import ServerThread
-
         self.label = "reference-server" + (f" --fault {','.join(faults)}" if faults else "")
         self._scratch = tempfile.TemporaryDirectory(prefix="nbdh-fuzz-ref-")
         export = ExportSpec(size=FUZZ_EXPORT_SIZE, image_format="raw")
