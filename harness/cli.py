@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "harness.commands.peers",
     "harness.commands.scenarios",
     "harness.commands.replay",
+    "harness.commands.fuzz",
 ]
 
 

@@ -12,9 +12,10 @@ client cannot play, such as TLS-PSK).
 
 What a step needs and how an outcome is judged against a step's expectation
 belong to the scenario format (:mod:`harness.scenarios`); this package only
-drives the connections.
+drives the connections.  :class:`ServerRun` is one run; the fuzzer drives it a step
+at a time (:meth:`ServerRun.run_step`, :meth:`ServerRun.finish`).
 """
 
-from ._run import run_server_scenario
+from ._run import ServerRun, run_server_scenario
 
-__all__ = ["run_server_scenario"]
+__all__ = ["ServerRun", "run_server_scenario"]

@@ -92,6 +92,24 @@ class ServerRun(OptionSteps, CommandSteps):
             await self._close_all()
         return self._verdict()
 
+    async def run_step(self, step: Step) -> StepResult:
+        """Run one more step now, outside the scenario's list (the fuzzer drives a run this
+        way, a step at a time, through the same handlers ``scenarios run`` uses)."""
+        started = time.time()
+        result = await self._step(len(self.results), step, "steps")
+        result = dataclasses.replace(result, started=started, ended=time.time())
+        self.results.append(result)
+        return result
+
+    async def finish(self) -> list[StepResult]:
+        """Read back what the steps wrote, close every connection; the verify results."""
+        before = len(self.results)
+        try:
+            await self._verify_writes()
+        finally:
+            await self._close_all()
+        return self.results[before:]
+
     async def _run_list(self, steps: tuple[Step, ...], phase: str) -> bool:
         """Run steps in order; True when the run must stop (failure, error, unsupported)."""
         for index, step in enumerate(steps):
@@ -348,6 +366,9 @@ class ServerRun(OptionSteps, CommandSteps):
                 if self.first_connect is None:
                     return
                 options, asked = self.first_connect
+                # The first connection may have entered transmission by a later step: the
+                # read-back connection goes straight there.
+                options = dataclasses.replace(options, enter_transmission=True)
                 conn = await self._open("verify", options, asked)
                 opened = True
             for offset, length in verify_pieces(written):
