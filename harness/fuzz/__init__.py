@@ -9,8 +9,8 @@ example is recorded by the capture proxy and judged by the conformance rules, an
 data read back is compared with the model of the export.  A failure is shrunk by
 hypothesis and written out as a scenario YAML plus its pcapng (:mod:`.writer`);
 :mod:`.runner` holds budgets, seeds and the summary; :mod:`.target` the peer under
-test (its crashes and restarts); :mod:`.cut` the cutting relay and :mod:`.clients` the client campaign and the
-disconnect-at-every-point cases.
+test (its crashes and restarts); :mod:`.cut` the cutting relay and :mod:`.clients` the
+client campaign and the disconnect-at-every-point cases.
 """
 
 from .runner import Campaign, CampaignSummary, FuzzFailure, run_campaign
