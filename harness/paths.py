@@ -49,6 +49,13 @@ REPORTS_DIR = REPO / "reports" if REPO else Path("reports")
 installed package, ``reports/`` under the current directory."""
 
 
+def default_out_help(leaf: str) -> str:
+    """The default result directory ``REPORTS_DIR/leaf`` as ``--help`` shows it."""
+    if REPO:
+        return str(REPORTS_DIR / leaf)
+    return f"./reports/{leaf}, under the current directory"
+
+
 def shown(path: Path) -> str:
     """``path`` as messages show it: relative to the checkout, or to the package data
     (``scenarios/...``, ``matrix/...``), else as given."""
@@ -57,4 +64,4 @@ def shown(path: Path) -> str:
 
 
 __all__ = ["CLIENT_ACTIONS_FILE", "DOCKER_DIR", "EXTENDED_SPEC_FILE", "MATRIX_DIR", "REPO",
-           "REPORTS_DIR", "SCENARIOS_DIR", "SPEC_DIR", "SUITES_FILE", "shown"]
+           "REPORTS_DIR", "SCENARIOS_DIR", "SPEC_DIR", "SUITES_FILE", "default_out_help", "shown"]

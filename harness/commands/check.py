@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from harness.errors import UserError
-from harness.paths import REPORTS_DIR
+from harness.paths import REPORTS_DIR, default_out_help
 
 if TYPE_CHECKING:
     from harness.matrix.live_check import LiveCheck
@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                         help="cases at once (default: %(default)s; the server sees N clients)")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="result directory (default: reports/check-DATE-TIME)")
+                        help=f"result directory (default: {default_out_help('check-DATE-TIME')})")
     parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                         help="time limit of each case (default: %(default)s)")
     parser.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",

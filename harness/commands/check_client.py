@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.paths import REPORTS_DIR
+from harness.paths import REPORTS_DIR, default_out_help
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                         help="time limit of each run of the command (default: %(default)s)")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="result directory (default: reports/check-client-DATE-TIME)")
+                        help="result directory (default: "
+                             f"{default_out_help('check-client-DATE-TIME')})")
     parser.set_defaults(func=run)
 
 

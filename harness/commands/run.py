@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from harness.errors import UserError
-from harness.paths import REPORTS_DIR
+from harness.paths import REPORTS_DIR, default_out_help
 
 if TYPE_CHECKING:
     from harness.matrix.cases import Excluded, Expansion
@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shard", metavar="I/N",
                         help="run only shard I of N (every N-th case, 1 <= I <= N)")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="result directory (default: reports/run-DATE-TIME)")
+                        help=f"result directory (default: {default_out_help('run-DATE-TIME')})")
     parser.add_argument("--timeout", type=float, default=180.0, metavar="SECONDS",
                         help="time limit of each case (default: %(default)s)")
     parser.add_argument("--list", action="store_true",
