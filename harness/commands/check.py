@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
                         help="only these scenarios (name, group/name, group or glob)")
     parser.add_argument("--scenarios-dir", type=Path, metavar="DIR",
-                        help="read scenarios from DIR instead of the repository's scenarios/")
+                        help="read scenarios from DIR instead of the ones shipped with nbd-harness")
     parser.add_argument("--allow-writes", action="store_true",
                         help="also run scenarios that write (they overwrite parts of the export)")
     parser.add_argument("-j", "--jobs", type=int, default=1, metavar="N",

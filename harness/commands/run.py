@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
                         help="scenarios to run (default: all of scenarios/)")
     parser.add_argument("--scenarios-dir", type=Path, metavar="DIR",
-                        help="read scenarios from DIR instead of the repository's scenarios/")
+                        help="read scenarios from DIR instead of the ones shipped with nbd-harness")
     parser.add_argument("--server", action="append", default=[], metavar="PEER[@VER]",
                         help="a server to test (repeatable): qemu-nbd, qemu-nbd@10.0, "
                         "nbdkit@trixie, reference-server@qemu-2.10, reference-server")
