@@ -136,9 +136,11 @@ def _serve_info_check_report(venv: Path, cwd: Path) -> None:
     assert (check_dir / "index.html").is_file()
 
 
-def _run_a_real_peer(venv: Path, cwd: Path) -> None:
-    ran = _ok(venv, cwd, "run", "fixed-newstyle-greeting", "--server", "qemu-nbd@7.2")
-    assert "1 cases: 1 pass" in ran
+def _run_real_peers(venv: Path, cwd: Path) -> None:
+    """A host peer and one from a cached root filesystem (run in bwrap, in ./reports)."""
+    ran = _ok(venv, cwd, "run", "fixed-newstyle-greeting", "--server", "qemu-nbd@7.2",
+              "--server", "qemu-nbd@11.1")
+    assert "2 cases: 2 pass" in ran
     _one_result_dir(cwd, "run")
 
 
@@ -167,5 +169,5 @@ def test_installed_wheel_runs_from_another_directory(venv: Path, tmp_path: Path)
     _commands_find_the_shipped_data(venv, cwd)
     _lint_a_capture(venv, cwd)
     _serve_info_check_report(venv, cwd)
-    _run_a_real_peer(venv, cwd)
+    _run_real_peers(venv, cwd)
     _run_a_users_scenarios_dir(venv, cwd)

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         for item in check.excluded:
             print(f"  not applicable: {item.scenario}: {item.reason}", file=sys.stderr)
         return 0
-    out = args.out or REPORTS_DIR / f"check-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = (args.out or REPORTS_DIR / f"check-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
     store = ResultStore(out)
     check = check_live(args.uri, scenarios, store, allow_writes=args.allow_writes,
                        wait=args.wait, jobs=args.jobs, timeout=args.timeout)

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     command = ClientCommand.parse(args.command)
     servers = profiles_for(args.profile, args.all_profiles)
-    out = args.out or REPORTS_DIR / f"check-client-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = (args.out or REPORTS_DIR / f"check-client-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
     store = ResultStore(out)
     results = []
     interrupted = False

@@ -196,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
     if not expansion.cases:
         _print_excluded(expansion.excluded, sys.stderr)
         raise UserError("the selection makes no case (see the reasons above, or --list)")
-    out = args.out or _default_out()
+    # Absolute: peers run with their case directory as working directory (bwrap --chdir).
+    out = (args.out or _default_out()).absolute()
     store = ResultStore(out)
     shard_text = f"{shard[0]}/{shard[1]}" if shard else ""
     print(f"nbd-harness run: {len(expansion.cases)} cases on "
