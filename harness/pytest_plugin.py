@@ -87,7 +87,7 @@ def _is_worker(config: pytest.Config) -> bool:
 
 def _out(config: pytest.Config) -> Path:
     configured = config.getoption("--nbd-out")
-    return Path(configured).absolute() if configured else DEFAULT_OUT
+    return (Path(configured) if configured else DEFAULT_OUT).absolute()
 
 
 def _library(config: pytest.Config) -> Path:
