@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import UserError
-from harness.paths import MATRIX_DIR, REPO
+from harness.paths import MATRIX_DIR, shown
 from harness.protocol import constants as c
 
 DEFAULT_ROOT = MATRIX_DIR
@@ -276,11 +276,8 @@ class _Where:
         return _Where(self.path, table)
 
     def error(self, message: str) -> PeerDataError:
-        try:
-            shown = self.path.resolve().relative_to(REPO)
-        except ValueError:
-            shown = self.path
-        prefix = f"{shown}: {self.table}: " if self.table else f"{shown}: "
+        where = shown(self.path)
+        prefix = f"{where}: {self.table}: " if self.table else f"{where}: "
         return PeerDataError(prefix + message)
 
 

@@ -273,6 +273,9 @@ def test_rootfs_runs_with_bubblewrap_in_the_host_network(tmp_path: Path) -> None
     assert argv.count("--bind") == 2  # /tmp/a/b lies inside /tmp/a
     assert argv[argv.index("--unshare-pid"):][:2] == ["--unshare-pid", "--die-with-parent"]
     assert argv[-5:] == ["--chdir", "/tmp/a", "--", "qemu-nbd", "--version"]
+    # bwrap would resolve a relative directory inside the sandbox, where it does not exist.
+    argv = provider.wrap(["qemu-nbd"], binds=[Path("case")], cwd=Path("case"))
+    assert argv[-3:] == [str(Path("case").absolute()), "--", "qemu-nbd"]
     assert outermost([Path("/x/y"), Path("/x"), Path("/xy")]) == ["/x", "/xy"]
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from harness.errors import UserError
-from harness.paths import REPORTS_DIR
+from harness.paths import REPORTS_DIR, default_out_help
 
 if TYPE_CHECKING:
     from harness.matrix.live_check import LiveCheck
@@ -49,13 +49,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
                         help="only these scenarios (name, group/name, group or glob)")
     parser.add_argument("--scenarios-dir", type=Path, metavar="DIR",
-                        help="read scenarios from DIR instead of the repository's scenarios/")
+                        help="read scenarios from DIR instead of the ones shipped with nbd-harness")
     parser.add_argument("--allow-writes", action="store_true",
                         help="also run scenarios that write (they overwrite parts of the export)")
     parser.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                         help="cases at once (default: %(default)s; the server sees N clients)")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="result directory (default: reports/check-DATE-TIME)")
+                        help=f"result directory (default: {default_out_help('check-DATE-TIME')})")
     parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                         help="time limit of each case (default: %(default)s)")
     parser.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         for item in check.excluded:
             print(f"  not applicable: {item.scenario}: {item.reason}", file=sys.stderr)
         return 0
-    out = args.out or REPORTS_DIR / f"check-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = (args.out or REPORTS_DIR / f"check-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
     store = ResultStore(out)
     check = check_live(args.uri, scenarios, store, allow_writes=args.allow_writes,
                        wait=args.wait, jobs=args.jobs, timeout=args.timeout)

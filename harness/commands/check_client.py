@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.paths import REPORTS_DIR
+from harness.paths import REPORTS_DIR, default_out_help
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                         help="time limit of each run of the command (default: %(default)s)")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="result directory (default: reports/check-client-DATE-TIME)")
+                        help="result directory (default: "
+                             f"{default_out_help('check-client-DATE-TIME')})")
     parser.set_defaults(func=run)
 
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     command = ClientCommand.parse(args.command)
     servers = profiles_for(args.profile, args.all_profiles)
-    out = args.out or REPORTS_DIR / f"check-client-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = (args.out or REPORTS_DIR / f"check-client-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
     store = ResultStore(out)
     results = []
     interrupted = False

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from harness.errors import UserError
-from harness.paths import REPORTS_DIR
+from harness.paths import REPORTS_DIR, default_out_help
 
 if TYPE_CHECKING:
     from harness.matrix.cases import Excluded, Expansion
@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
                         help="scenarios to run (default: all of scenarios/)")
     parser.add_argument("--scenarios-dir", type=Path, metavar="DIR",
-                        help="read scenarios from DIR instead of the repository's scenarios/")
+                        help="read scenarios from DIR instead of the ones shipped with nbd-harness")
     parser.add_argument("--server", action="append", default=[], metavar="PEER[@VER]",
                         help="a server to test (repeatable): qemu-nbd, qemu-nbd@10.0, "
                         "nbdkit@trixie, reference-server@qemu-2.10, reference-server; a program "
@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shard", metavar="I/N",
                         help="run only shard I of N (every N-th case, 1 <= I <= N)")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="result directory (default: reports/run-DATE-TIME)")
+                        help=f"result directory (default: {default_out_help('run-DATE-TIME')})")
     parser.add_argument("--timeout", type=float, default=180.0, metavar="SECONDS",
                         help="time limit of each case (default: %(default)s)")
     parser.add_argument("--list", action="store_true",
@@ -209,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
     if not expansion.cases:
         _print_excluded(expansion.excluded, sys.stderr)
         raise UserError("the selection makes no case (see the reasons above, or --list)")
-    out = args.out or _default_out()
+    # Absolute: peers run with their case directory as working directory (bwrap --chdir).
+    out = (args.out or _default_out()).absolute()
     store = ResultStore(out)
     shard_text = f"{shard[0]}/{shard[1]}" if shard else ""
     print(f"nbd-harness run: {len(expansion.cases)} cases on "

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "files against the schema, show one scenario, or run one scenario once.",
     )
     parser.add_argument("--dir", type=Path, default=None, metavar="DIR",
-                        help="scenario library folder (default: the repository's scenarios/)")
+                        help="scenario library folder (default: the ones shipped with nbd-harness)")
     commands = parser.add_subparsers(dest="scenarios_command", metavar="ACTION")
 
     listing = commands.add_parser("list", help="list the scenarios")

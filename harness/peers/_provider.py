@@ -287,7 +287,8 @@ def sandboxed(bwrap: str, sandbox: Sequence[str], words: Sequence[str],
         *sandbox,
         "--unshare-pid",
         "--die-with-parent",
-        *(["--chdir", os.fspath(cwd)] if cwd is not None else []),
+        # Absolute: bwrap resolves --chdir inside the sandbox, after the binds.
+        *(["--chdir", os.path.abspath(cwd)] if cwd is not None else []),
         "--",
         *words,
     ]

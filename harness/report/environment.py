@@ -42,6 +42,8 @@ def _memory_bytes() -> int | None:
 
 
 def _git(*argv: str) -> str | None:
+    if REPO is None:
+        return None  # an installed package: no checkout, no commit
     try:
         result = subprocess.run(["git", "-C", str(REPO), *argv], capture_output=True, text=True,
                                 timeout=GIT_TIMEOUT, check=False)
