@@ -54,11 +54,14 @@ class CutOutcome:
     seconds: float
     problem: str | None
     stderr: str = ""
+    output: str = ""
+    """What the client reported (stdout and data it wrote), decoded, its tail."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"at": self.cut.at, "action": self.cut.action, "returncode": self.returncode,
-                "seconds": round(self.seconds, 3), "problem": self.problem,
-                "stderr": self.stderr[-2000:]}
+        return {"at": self.cut.at, "stream": self.cut.stream, "action": self.cut.action,
+                "returncode": self.returncode, "seconds": round(self.seconds, 3),
+                "problem": self.problem, "stderr": self.stderr[-2000:],
+                "output": self.output[-2000:]}
 
 
 @contextmanager
@@ -117,13 +120,17 @@ def command_invoker(command: str, timeout: float) -> Invoke:
     return invoke
 
 
+_DECIMAL = re.compile(rb"\d+\.\d+")
+
+
 def normalised_lines(output: bytes, address: Address) -> list[bytes]:
     """``output``'s lines with the address it was run against (which differs from run to run:
-    each cut has its own relay) replaced by ``ADDRESS``/``PORT``."""
+    each cut has its own relay) replaced by ``ADDRESS``/``PORT``, decimals by ``N.N``."""
     text = output.replace(f"{address.host}:{address.port}".encode(), b"ADDRESS")
     if address.port:
         text = re.sub(rb"\b%d\b" % address.port, b"PORT", text)
-    return text.splitlines()
+    # Timings and rates (qemu-io's "00.00 sec (6.047 MiB/sec ...)") differ from run to run.
+    return [_DECIMAL.sub(b"N.N", line) for line in text.splitlines()]
 
 
 def only_what_it_got(output: list[bytes], clean: list[bytes]) -> bool:
@@ -163,7 +170,8 @@ def cut_with(invoke: Invoke, upstream: Address, cut: Cut | None, *, timeout: flo
         address = relay.address
         ran = invoke(address)
     problem = judge_ran(ran, cut, clean=clean, address=address, timeout=timeout)
-    return CutOutcome(cut or Cut(-1, "flip"), ran.returncode, ran.seconds, problem, ran.stderr)
+    return CutOutcome(cut or Cut(-1, "flip"), ran.returncode, ran.seconds, problem, ran.stderr,
+                      ran.output[-2000:].decode(errors="replace"))
 
 
 def run_cut(command: str, upstream: Address, cut: Cut | None, *, timeout: float,

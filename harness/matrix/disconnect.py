@@ -23,6 +23,7 @@ default matrix has these cases for the host's peers; naming the group
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import time
@@ -219,8 +220,8 @@ def client_cuts(peer: PeerRef, action: str, workdir: Path) -> list[CutOutcome]:
                                clean=clean.output)
             if action == "write" and outcome.problem is None and outcome.returncode == 0 \
                     and not _holds_write(upstream):
-                outcome = CutOutcome(outcome.cut, 0, outcome.seconds, "claimed a write the "
-                                     "server does not hold", outcome.stderr)
+                outcome = dataclasses.replace(outcome, problem="exit 0, yet the server does "
+                                              "not hold the data written")
             outcomes.append(outcome)
             if sum(o.returncode is None for o in outcomes) >= MAX_HANGS:
                 break
@@ -277,8 +278,7 @@ def server_drops(address: Address, export: str) -> list[CutOutcome]:
         cut = Cut(at, "close", "client")
         dropped = cut_with(invoke, address, cut, timeout=CUT_TIMEOUT)
         problem = still_served(address, export, at + 1)
-        outcomes.append(CutOutcome(cut, dropped.returncode, dropped.seconds, problem,
-                                   dropped.stderr))
+        outcomes.append(dataclasses.replace(dropped, problem=problem))
     return outcomes
 
 
