@@ -61,3 +61,55 @@ def test_qemu_img_fails_cleanly_at_every_point() -> None:
     assert [o.as_dict() for o in outcomes if o.problem] == []
     assert all(o.returncode is not None and o.seconds < 10 for o in outcomes)
     assert any(o.returncode != 0 for o in outcomes)
+
+
+def test_leaving_out_optional_lines_is_no_false_claim() -> None:
+    from harness.address import Address
+    from harness.fuzz.clients import normalised_lines, only_what_it_got
+
+    address = Address.tcp("127.0.0.1", 45433)
+    clean = [b"uri: nbd://ADDRESS/disk", b"contexts:", b"size: 1"]
+    shorter = normalised_lines(b"uri: nbd://127.0.0.1:45433/disk\nsize: 1\n", address)
+    assert only_what_it_got(shorter, clean)
+    assert not only_what_it_got([b"size: 2"], clean)
+    assert not only_what_it_got([b"size: 1", b"contexts:"], clean)  # order kept
+
+
+def test_disconnect_group_is_selectable_and_expands_per_client_action() -> None:
+    from harness.matrix.cases import real_peer, reference_client, reference_server
+    from harness.matrix.disconnect import expand_disconnect, generated_selection
+    from harness.scenarios import LIBRARY, load_library
+
+    library = load_library(LIBRARY)
+    assert generated_selection(["disconnect"], library) == ([], True)
+    assert generated_selection(["handshake"], library) == (["handshake"], False)
+    assert generated_selection([], library) == ([], True)
+    clients = [real_peer("nbdinfo", "1.14", "client", "host"),
+               real_peer("qemu-io", "7.2", "client", "rootfs:x"),
+               reference_client()]
+    servers = [real_peer("nbdkit", "1.32", "server", "host"), reference_server()]
+    cases, excluded = expand_disconnect(servers, clients, host_only=True, timeout=60)
+    assert [case.id for case in cases] == [
+        "disconnect-read[reference-server-vs-nbdinfo@1.14]",
+        "disconnect-client-drops[nbdkit@1.32-vs-reference-client]"]
+    assert [e.scenario for e in excluded] == ["disconnect-write"]  # nbdinfo writes nothing
+    every, _ = expand_disconnect(servers, clients, host_only=False, timeout=60)
+    assert len(every) == 4  # qemu-io from a suite: read and write
+
+
+@pytest.mark.skipif(shutil.which("nbdinfo") is None, reason="nbdinfo is not installed")
+def test_nbdinfo_disconnect_case_judges_every_cut(tmp_path: Path) -> None:
+    import json
+
+    from harness.matrix.cases import real_peer
+    from harness.matrix.disconnect import expand_disconnect, run_disconnect_case
+    from harness.matrix.results import ResultStore
+
+    cases, _ = expand_disconnect([], [real_peer("nbdinfo", "1.14", "client", "host")],
+                                 host_only=True, timeout=120)
+    store = ResultStore(tmp_path)
+    result = run_disconnect_case(cases[0], store)
+    assert result.verdict == "pass", result.detail
+    cuts = json.loads((tmp_path / result.evidence["cuts"]).read_text())
+    assert len(cuts) > 20 and all(cut["returncode"] is not None for cut in cuts)
+    assert {189, 234, 366} <= {cut["at"] for cut in cuts if cut["returncode"] == 0}

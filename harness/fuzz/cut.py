@@ -1,8 +1,9 @@
-"""A relay that cuts, stalls or corrupts the server's byte stream at a chosen offset.
+"""A relay that cuts, stalls or corrupts one side's byte stream at a chosen offset.
 
-It stands between a client under test and a (healthy) reference server: bytes
-from the client go through untouched; bytes from the server go through until
-``Cut.at`` bytes have passed, then the cut happens: ``close`` ends both
+It stands between a client and a (healthy) server: bytes of the other stream go
+through untouched; bytes of the cut stream (``Cut.stream``: the server's by
+default, the client's to drop a client at a point) go through until ``Cut.at``
+bytes have passed, then the cut happens: ``close`` ends both
 connections (a hard disconnect at that byte, as qemu's iotest 083 does),
 ``stall`` stops forwarding and keeps the connections open (the client must
 time out by itself), ``flip`` inverts that one byte and goes on.  Each accepted
@@ -20,18 +21,21 @@ from harness.address import Address
 from harness.loopthread import ServerLoopThread
 
 CutAction = Literal["close", "stall", "flip"]
+CutStream = Literal["server", "client"]
 CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
 class Cut:
-    """Where and how the server's stream is broken."""
+    """Where and how a stream is broken."""
 
     at: int
     action: CutAction = "close"
+    stream: CutStream = "server"
+    """Whose bytes are cut: the server's (a client under test) or the client's."""
 
     def describe(self) -> str:
-        return f"{self.action} at server byte {self.at}"
+        return f"{self.action} at {self.stream} byte {self.at}"
 
 
 class CutRelay:
@@ -42,7 +46,7 @@ class CutRelay:
         self.cut = cut
         self.address: Address | None = None
         self.server_bytes = 0
-        """Bytes the server sent on the last connection (all of them, forwarded or not)."""
+        """Bytes of the cut stream on the last connection (all of them, forwarded or not)."""
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -75,8 +79,11 @@ class CutRelay:
             return
         self.server_bytes = 0
         stop = asyncio.Event()
-        to_server = asyncio.ensure_future(self._pump(reader, up_writer, stop))
-        to_client = asyncio.ensure_future(self._cutting_pump(up_reader, writer, stop))
+        cuts_client = self.cut is not None and self.cut.stream == "client"
+        to_server = asyncio.ensure_future(
+            (self._cutting_pump if cuts_client else self._pump)(reader, up_writer, stop))
+        to_client = asyncio.ensure_future(
+            (self._pump if cuts_client else self._cutting_pump)(up_reader, writer, stop))
         try:
             await stop.wait()
         finally:
@@ -140,4 +147,4 @@ class CutRelayThread(ServerLoopThread):
         return self.relay.address
 
 
-__all__ = ["Cut", "CutAction", "CutRelay", "CutRelayThread"]
+__all__ = ["Cut", "CutAction", "CutRelay", "CutRelayThread", "CutStream"]

@@ -56,6 +56,10 @@ REFERENCE_PROFILE = "reference"
 
 CASE_TIMEOUT = 180.0
 """Seconds one case may take from provisioning to verdict."""
+DISCONNECT_GROUP = "disconnect"
+"""The generated group of disconnect-at-every-point cases (:mod:`harness.matrix.disconnect`):
+named like a scenario group (``nbd-harness run disconnect``), in the default matrix for the
+host's peers."""
 
 
 class MatrixError(UserError, ValueError):
@@ -571,6 +575,7 @@ def peer_matches(peer: PeerRef, wanted: str) -> bool:
 __all__ = [
     "CASE_TIMEOUT",
     "CLIENT_UNJUDGEABLE",
+    "DISCONNECT_GROUP",
     "INFO_SIZE_FROM_OPT_INFO",
     "REFERENCE_CLIENT",
     "REFERENCE_SERVER",

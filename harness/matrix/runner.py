@@ -45,7 +45,7 @@ from reference_server.profiles import profile
 from ._keep import DEFAULT_EVIDENCE, keep
 from ._recorded import recording_proxy
 from ._setup import driver_options
-from .cases import Case, PeerRef
+from .cases import DISCONNECT_GROUP, Case, PeerRef
 from .results import CaseResult, ResultStore
 from .verdict import judge_case
 
@@ -294,6 +294,10 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
     The result is not appended to ``store``: the caller decides (a pool's
     parent process writes every worker's results).
     """
+    if case.scenario.group == DISCONNECT_GROUP:  # generated cases run their own way
+        from .disconnect import run_disconnect_case
+
+        return run_disconnect_case(case, store, shard=shard, worker=worker)
     started = time.time()
     clock = time.monotonic()
     case_dir = store.case_dir(case.id)

@@ -138,9 +138,20 @@ def build_matrix(request: MatrixRequest) -> Expansion:
     library = load_library(request.library or LIBRARY)
     if not library:
         raise MatrixError(f"no scenarios in {request.library or LIBRARY}")
-    scenarios = select_scenarios(library, request.scenarios)
-    return expand(scenarios, servers_for(request), clients_for(request),
-                  relevant_only=request.profiles == "relevant", timeout=request.timeout)
+    from .disconnect import expand_disconnect, generated_selection
+
+    patterns, disconnect = generated_selection(request.scenarios, library)
+    scenarios = select_scenarios(library, patterns) if patterns or not request.scenarios \
+        else []
+    servers, clients = servers_for(request), clients_for(request)
+    expansion = expand(scenarios, servers, clients,
+                       relevant_only=request.profiles == "relevant", timeout=request.timeout)
+    if disconnect:  # generated cases: every installed version when the group is named
+        cases, excluded = expand_disconnect(servers, clients, host_only=not request.scenarios,
+                                            timeout=request.timeout)
+        expansion.cases = sorted(expansion.cases + cases, key=lambda case: case.id)
+        expansion.excluded += excluded
+    return expansion
 
 
 __all__ = ["PROFILE_CHOICES", "MatrixRequest", "build_matrix", "clients_for", "servers_for"]
