@@ -49,18 +49,37 @@ def test_a_compact_capture_keeps_every_message_but_not_the_data(runs: dict[str, 
     assert b"data bytes elided (zeroed)" in raw
 
 
-def test_a_compact_case_keeps_its_wire_log_and_lint_still_reads_it(
+def test_a_compact_case_keeps_its_capture_alone_and_lint_still_reads_it(
         runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     case = runs["compact"]
-    assert (case / "wire.txt.gz").exists() and (case / "steps.json").exists()
+    assert sorted(p.name for p in case.iterdir()) == ["capture.pcapng.gz", "index.html"]
     assert main(["lint", str(case / "capture.pcapng.gz")]) == 0
     capsys.readouterr()
+    page = (case / "index.html").read_text()
+    assert "nbd-harness dissect" in page and "capture.pcapng.gz" in page
+
+
+def test_a_full_case_keeps_its_wire_log_steps_and_scenario(runs: dict[str, Path]) -> None:
+    case = runs["full"]
+    for name in ("wire.txt.gz", "wire-index.json.gz", "steps.json", "findings.json",
+                 "scenario.yaml"):
+        assert (case / name).exists(), name
+
+
+def test_good_cases_keep_the_scenario_once_and_results_hold_their_steps(
+        runs: dict[str, Path]) -> None:
+    for evidence in ("compact", "failures"):
+        out = runs[evidence].parent.parent
+        (case,) = json.loads((out / "results.json").read_text())["cases"]
+        assert case["evidence"]["scenario"] == "scenarios/commands/large-transfer.yaml"
+        assert (out / case["evidence"]["scenario"]).read_text().startswith("name: large-transfer")
+        assert case["steps"] and all(step["status"] == "ok" for step in case["steps"])
 
 
 def test_failures_only_keeps_no_wire_evidence_of_a_good_case(runs: dict[str, Path]) -> None:
     case = runs["failures"]
-    assert not list(case.glob("capture*")) and not list(case.glob("wire*"))
-    assert (case / "steps.json").exists()
+    assert [p.name for p in case.iterdir()] == ["index.html"]
+    assert "a good case keeps none" in (case / "index.html").read_text()
 
 
 def test_tls_application_data_is_found_by_record() -> None:

@@ -3,8 +3,9 @@
 Failing and erroring cases keep everything. A good case keeps what a user needs
 to see it again, by the run's evidence policy:
 
-- ``full``: the capture, the decoded wire log and its index, gzip'd;
-- ``compact`` (the default): the same, but a large capture's bulk data is
+- ``full``: the capture, the decoded wire log and its index, its steps, findings and
+  scenario copy, its logs (large ones gzip'd);
+- ``compact`` (the default): the capture alone, gzip'd, with a large capture's bulk data
   elided: the data bytes of every NBD_CMD_WRITE, of every simple reply to a
   READ and of every structured/extended data chunk are zeroed (their headers,
   lengths, offsets and every other message stay as they were), TCP checksums
@@ -12,19 +13,28 @@ to see it again, by the run's evidence policy:
   same way, their headers kept), and pcapng comments say where and how much was elided
   (the section header: in total; each changed packet: its share). Zeroes
   compress to almost nothing, so ``nbd-harness dissect`` and ``lint`` (and
-  Wireshark) read the capture as before, minus the data;
-- ``failures``: nothing of the wire (capture, wire log, logs); the steps,
-  findings and the scenario copy stay (small, and the reports read them).
+  Wireshark) read the capture as before, minus the data.  The wire log, its
+  index, the logs and the other small files go: the wire log is the capture
+  decoded again (``nbd-harness dissect``), and ``results.json`` holds the steps
+  and findings;
+- ``failures``: nothing of the case's own (its page is still written).
 
-Images, data files and TLS keys (``.raw``, ``.qcow2``, ``.bin``, ``.pem``...) go too,
-and logs larger than 16 KiB are gzip'd (``NAME.log.gz``); with
-``--keep-data`` a good case keeps everything as it left it.
+Outside ``full``, a good case's scenario copy is kept once per scenario, in
+``scenarios/`` of the result directory (:func:`share_scenario`), not once per case.
+Images, data files and TLS keys (``.raw``, ``.qcow2``, ``.bin``, ``.pem``...) go in every
+policy.  With ``--keep-data`` a good case keeps everything as it left it.
+
+Why so little: a full run has about 10,500 cases, most of them good, and on disk
+every small file takes a whole file-system block (4 KiB); a good case left with
+its page and its compressed capture takes about 8 KiB, so the run stays under
+300 MB (the README gives the measured figure).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import os
 import shutil
 import struct
 from collections.abc import Iterable
@@ -41,6 +51,8 @@ LOG_GZIP_ABOVE = 16 * 1024
 MIN_ELIDED = 1024
 """Data payloads shorter than this are kept (small reads and writes show their bytes)."""
 BULKY_SUFFIXES = (".raw", ".qcow2", ".in", ".out", ".img", ".bin", ".pem")
+SHARED_SCENARIOS = "scenarios"
+"""Where good cases' scenario copies are kept, once per scenario (in the result directory)."""
 WIRE_FILES = ("capture.pcapng", "wire.txt", "wire-index.json")
 _HEADER_LENGTH = {"request": 32, "simple-reply": 16, "chunk": 40}
 """Bytes at the start of a data-bearing message that are kept whatever the form: the largest
@@ -66,14 +78,14 @@ def keep(case_dir: Path, evidence: str, keep_data: bool) -> None:
     (``keep_data``: keep everything as the case left it)."""
     if keep_data:
         return
+    capture = case_dir / WIRE_FILES[0]
     for path in case_dir.rglob("*"):
-        if path.is_file() and path.name.endswith(BULKY_SUFFIXES):
+        bulky = path.name.endswith(BULKY_SUFFIXES)
+        if path.is_file() and (bulky or (evidence != "full" and path != capture)):
             with contextlib.suppress(OSError):
                 path.unlink()
     if evidence == "failures":
-        for path in [*(case_dir / name for name in WIRE_FILES), *case_dir.rglob("*.log")]:
-            path.unlink(missing_ok=True)
-    capture = case_dir / WIRE_FILES[0]
+        capture.unlink(missing_ok=True)
     if evidence == "compact" and capture.exists() and capture.stat().st_size > ELIDE_ABOVE:
         with contextlib.suppress(Exception):  # a capture we cannot elide is kept whole
             elide_capture(capture, data_ranges(capture))
@@ -84,7 +96,20 @@ def keep(case_dir: Path, evidence: str, keep_data: bool) -> None:
             _gzip(log)
     for directory in sorted(case_dir.rglob("*"), key=lambda p: -len(p.parts)):
         if directory.is_dir() and not any(directory.iterdir()):
-            directory.rmdir()  # a TLS case's PKI directory, emptied above
+            directory.rmdir()  # a peer's directory or a TLS case's PKI, emptied above
+
+
+def share_scenario(copy: Path, shared: Path) -> None:
+    """Keep a good case's scenario ``copy`` once per scenario, at ``shared``: move it
+    there when it is the first, else drop it (cases of the same scenario run in several
+    workers at once: the move is atomic, and every copy holds the same text)."""
+    if not copy.exists():
+        return
+    if shared.exists() and shared.read_bytes() == copy.read_bytes():
+        copy.unlink()
+        return  # (a different text is an earlier run's, in the same result directory)
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(copy, shared)
 
 
 def _gzip(path: Path) -> None:
@@ -225,5 +250,5 @@ def _fix_tcp_checksum(frame: bytearray, tcp: int) -> None:
     frame[tcp + 16:tcp + 18] = struct.pack(">H", _checksum(pseudo + bytes(frame[tcp:])))
 
 
-__all__ = ["DEFAULT_EVIDENCE", "EVIDENCE_CHOICES", "Elided", "data_ranges", "elide_capture",
-           "keep", "tls_application_data"]
+__all__ = ["DEFAULT_EVIDENCE", "EVIDENCE_CHOICES", "SHARED_SCENARIOS", "Elided", "data_ranges",
+           "elide_capture", "keep", "share_scenario", "tls_application_data"]

@@ -42,7 +42,7 @@ from harness.server_role import run_server_scenario
 from harness.tls import make_test_pki
 from reference_server.profiles import profile
 
-from ._keep import DEFAULT_EVIDENCE, keep
+from ._keep import DEFAULT_EVIDENCE, SHARED_SCENARIOS, keep, share_scenario
 from ._recorded import recording_proxy
 from ._setup import driver_options
 from .cases import DISCONNECT_GROUP, Case, PeerRef
@@ -265,8 +265,16 @@ def _relative(path: Path, root: Path) -> str:
     return os.path.relpath(path, root)
 
 
-def _collect_evidence(case_dir: Path, root: Path) -> dict[str, str]:
+def _shared_scenario(case: Case, root: Path) -> Path:
+    """Where a good case's scenario copy is kept, once per scenario."""
+    scenario = case.scenario
+    return root / SHARED_SCENARIOS / (scenario.group or ".") / f"{scenario.name}.yaml"
+
+
+def _collect_evidence(case_dir: Path, root: Path, shared_scenario: Path) -> dict[str, str]:
     evidence: dict[str, str] = {"directory": _relative(case_dir, root)}
+    if not (case_dir / SCENARIO_COPY).exists() and shared_scenario.exists():
+        evidence["scenario"] = _relative(shared_scenario, root)
     named = {"capture": CAPTURE, "wire": WIRE_LOG, "wire-index": WIRE_INDEX,
              "findings": "findings.json", "steps": "steps.json", "scenario": SCENARIO_COPY}
     for name, file_name in named.items():
@@ -329,6 +337,8 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
                        reference_breaches_deliberate=reference_breaches_deliberate(case),
                        evidenced=case.role != "server" or capture.exists())
     if final.ok:
+        if evidence != "full" and not keep_data:
+            share_scenario(case_dir / SCENARIO_COPY, _shared_scenario(case, store.directory))
         keep(case_dir, evidence, keep_data)
     return CaseResult(
         case_id=case.id,
@@ -350,7 +360,8 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
         findings=tuple(findings),
         steps=tuple(step.as_dict() for step in outcome.steps),
         sessions=tuple(sessions),
-        evidence=_collect_evidence(case_dir, store.directory),
+        evidence=_collect_evidence(case_dir, store.directory,
+                                   _shared_scenario(case, store.directory)),
         versions=_versions(case),
         shard=shard,
         worker=worker,
