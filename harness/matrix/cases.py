@@ -321,6 +321,27 @@ def expect(scenario: Scenario, server: PeerRef, client: PeerRef) -> Expectation:
     return Expectation(Verdict.parse(outcome), missing_server, missing_client, why)
 
 
+def known_breaches(scenario: Scenario, peer: PeerRef) -> frozenset[str]:
+    """The rules ``peer`` is known to break in ``scenario`` for reasons the case does not
+    judge: by its version (features it lacks whose ``absent_breaks`` in
+    ``matrix/features.toml`` name rules the spec's "Baseline" added later), or because the
+    scenario configures its server that way (an oldstyle or plain newstyle handshake,
+    NBD_OPT_LIST refused).  The findings stay in the reports.  A peer the data does not
+    know (an external server, an unknown version) has none: it is judged by the spec alone.
+    """
+    known: set[str] = set()
+    if peer.role == "server":
+        if scenario.export.handshake != "fixed-newstyle":
+            known.add("server.baseline-fixed-newstyle")
+        if not scenario.export.list_exports:
+            known.add("server.baseline-list")
+    if peer.family_version is not None or peer.profile is not None:
+        for feature in default_peerdata().features.values():
+            if peer.role in feature.roles and feature.id not in peer.features:
+                known.update(feature.absent_breaks)
+    return frozenset(known)
+
+
 @dataclass(frozen=True)
 class Case:
     """One scenario between one server and one client, with its expected outcome."""
@@ -345,6 +366,12 @@ class Case:
     @property
     def under_test(self) -> PeerRef:
         return self.server if self.role == "server" else self.client
+
+    def known_breaches(self) -> frozenset[str]:
+        """The rules either side breaks here for reasons the case does not judge
+        (:func:`known_breaches`; rule ids name the role they bind)."""
+        return (known_breaches(self.scenario, self.server)
+                | known_breaches(self.scenario, self.client))
 
     def features(self) -> tuple[str, ...]:
         """Every feature the scenario requires, on either side (pytest markers, reports)."""
@@ -589,6 +616,7 @@ __all__ = [
     "expand",
     "expect",
     "installed_peers",
+    "known_breaches",
     "parse_peer",
     "peer_matches",
     "real_peer",

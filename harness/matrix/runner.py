@@ -271,9 +271,13 @@ def _shared_scenario(case: Case, root: Path) -> Path:
     return root / SHARED_SCENARIOS / (scenario.group or ".") / f"{scenario.name}.yaml"
 
 
-def _collect_evidence(case_dir: Path, root: Path, shared_scenario: Path) -> dict[str, str]:
+def _collect_evidence(case_dir: Path, root: Path,
+                      shared_scenario: Path | None = None) -> dict[str, str]:
+    """The evidence paths of a case (``shared_scenario``: the scenario copy a good case
+    shares with the others of its scenario, when it kept none of its own)."""
     evidence: dict[str, str] = {"directory": _relative(case_dir, root)}
-    if not (case_dir / SCENARIO_COPY).exists() and shared_scenario.exists():
+    if (not (case_dir / SCENARIO_COPY).exists() and shared_scenario is not None
+            and shared_scenario.exists()):
         evidence["scenario"] = _relative(shared_scenario, root)
     named = {"capture": CAPTURE, "wire": WIRE_LOG, "wire-index": WIRE_INDEX,
              "findings": "findings.json", "steps": "steps.json", "scenario": SCENARIO_COPY}
@@ -335,6 +339,7 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
                        peer=case.under_test.spec, expected=case.expected,
                        capture_problem=capture_problem,
                        reference_breaches_deliberate=reference_breaches_deliberate(case),
+                       known_breaches=case.known_breaches(),
                        evidenced=case.role != "server" or capture.exists())
     if final.ok:
         if evidence != "full" and not keep_data:
