@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -193,13 +194,23 @@ def mutate(rng: random.Random, session: Session, other: Session) -> tuple[bytes,
     return bytes(data), "+".join(names)
 
 
+POOL = 512
+"""Valid sessions drawn once per seed; each input mutates one of them (and splices another)."""
+
+
+@functools.cache
+def session_pool(seed: int) -> tuple[Session, ...]:
+    return tuple(valid_session(random.Random(f"{seed}:pool:{n}")) for n in range(POOL))
+
+
 def make_input(seed: int, index: int) -> tuple[bytes, str]:
     """Input number ``index`` of the campaign ``seed``: the same bytes on every run."""
     rng = random.Random(f"{seed}:{index}")
-    session = valid_session(rng)
+    pool = session_pool(seed)
+    session = rng.choice(pool)
     if rng.random() < 0.05:
         return bytes(session.data), "valid"
-    return mutate(rng, session, valid_session(rng))
+    return mutate(rng, session, rng.choice(pool))
 
 
 # --- the campaign ----------------------------------------------------------------
@@ -254,19 +265,13 @@ async def send_one(path: str, data: bytes, hang: float, tally: Tally, index: int
         tally.crashes.append(f"input {index}: connect failed: {exc}")
         return
     try:
-        writer.write(data)
-        await asyncio.wait_for(writer.drain(), hang)
-        if writer.can_write_eof():
-            writer.write_eof()
-        deadline = time.monotonic() + hang
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            chunk = await asyncio.wait_for(reader.read(1 << 16), left)
-            if not chunk:
-                break
-            tally.reply_bytes += len(chunk)
+        async with asyncio.timeout(hang):
+            writer.write(data)
+            await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+            while chunk := await reader.read(1 << 16):
+                tally.reply_bytes += len(chunk)
     except TimeoutError:
         tally.hangs.append(index)
     except OSError:
