@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
@@ -49,6 +50,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,7 +191,7 @@ def mutate(rng: random.Random, session: Session, other: Session) -> tuple[bytes,
         elif kind == "length" and session.lengths:
             where = rng.choice(session.lengths)
             if where + 4 <= len(data):
-                value = rng.choice(LENGTHS + (rng.randrange(1 << 32),))
+                value = rng.choice((*LENGTHS, rng.randrange(1 << 32)))
                 struct.pack_into(">I", data, where, value)
     return bytes(data), "+".join(names)
 
@@ -278,10 +280,8 @@ async def send_one(path: str, data: bytes, hang: float, tally: Tally, index: int
         pass  # the server closed while we still sent: an answer like any other
     finally:
         writer.close()
-        try:
+        with contextlib.suppress(OSError, TimeoutError):
             await asyncio.wait_for(writer.wait_closed(), hang)
-        except (OSError, TimeoutError):
-            pass
 
 
 async def well_behaved(path: str, tally: Tally, batch: int) -> None:
@@ -309,9 +309,9 @@ async def well_behaved(path: str, tally: Tally, batch: int) -> None:
 async def settle(server: ReferenceServer, bound: float) -> bool:
     """Wait (bounded) until every session of the server has ended."""
     deadline = time.monotonic() + bound
-    while server._sessions and time.monotonic() < deadline:  # noqa: SLF001 (our own server)
+    while server._sessions and time.monotonic() < deadline:  # our own server: its open sessions
         await asyncio.sleep(0.01)
-    return not server._sessions  # noqa: SLF001
+    return not server._sessions
 
 
 async def campaign(args: argparse.Namespace, tally: Tally) -> float:
@@ -348,7 +348,7 @@ async def _batches(server: ReferenceServer, path: str, args: argparse.Namespace,
         end = min(index + args.batch, args.inputs)
         queue = iter(range(index, end))
 
-        async def worker() -> None:
+        async def worker(queue: Iterator[int] = queue) -> None:
             for number in queue:
                 data, names = make_input(args.seed, number)
                 tally.mutations.update(names.split("+"))
@@ -431,7 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("asyncio").addHandler(handler)
     print(f"reference server, unix socket, memory export {EXPORT_SIZE // MiB} MiB; "
           f"budget {args.inputs:,} inputs or {args.seconds:.0f} s; pid {os.getpid()}", flush=True)
-    seconds = asyncio.run(campaign(args, tally))
+    try:
+        seconds = asyncio.run(campaign(args, tally))
+    finally:
+        for name in ("nbd-harness", "asyncio"):
+            logging.getLogger(name).removeHandler(handler)
     report(tally, seconds, args)
     return 1 if tally.failed else 0
 
