@@ -24,6 +24,7 @@ from harness.peers.export import ExportSpec
 from harness.peers.probe import observe
 from harness.peers.reference import reference_config
 from harness.protocol import constants as c
+from harness.scenarios import ExportRequirements
 from reference_server.faults import ServerFaults
 from reference_server.profiles import profile
 from reference_server.runner import ServerThread
@@ -120,7 +121,11 @@ class PeerTarget(FuzzTarget):
 
     def _start(self) -> RunningServer:
         export = ExportSpec(size=FUZZ_EXPORT_SIZE, image_format="raw")
-        return self.driver.start(export, self.workdir / f"run{self.restarts}")
+        # Served as a shareable export (qemu-nbd -e N): the read-back connection opens while
+        # an example's own connection may still be negotiating; a one-client qemu-nbd would
+        # never greet it.
+        options = self.driver.options_for(ExportRequirements(spec=export))
+        return self.driver.start(export, self.workdir / f"run{self.restarts}", options=options)
 
     @property
     def uri(self) -> str:
