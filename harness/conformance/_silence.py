@@ -87,10 +87,10 @@ def silence(view: SessionView, message: WireMessage) -> str | None:
     option or request that has no final reply): ``None`` when it does not show it.
 
     The server must have sent nothing unreadable or cut short after it (such a reply is
-    judged by what it holds, not as silence), the client must not have ended the session itself first (``NBD_OPT_ABORT``,
-    ``NBD_CMD_DISC``) nor broken a MUST-level rule (the server may then stop), and the
-    connection must have closed: by the server, or by the client after :data:`PATIENCE`
-    seconds.
+    judged by what it holds, not as silence), the client must not have ended the session
+    itself first (``NBD_OPT_ABORT``, ``NBD_CMD_DISC``) nor broken a MUST-level rule (the
+    server may then stop), and the connection must have closed: by the server, or by the
+    client after :data:`PATIENCE` seconds.
     """
     first = view.closed_first
     if first is None or view.session.phase == "tls":
