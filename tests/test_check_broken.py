@@ -81,7 +81,7 @@ def faulty_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[st
 # fault -> (the case that meets it, the rule it reports: an existing conformance id, or the
 # id the fault captures' ground truth proposes for a rule still to be written)
 FAULT_FINDINGS = {
-    "option-unanswered": ("probe:option-set-meta-context", "server.set-meta-context-answered"),
+    "option-unanswered": ("probe:option-set-meta-context", "server.meta-context-replies"),
     "read-unanswered": ("probe:server", "server.read-answered"),
     "disconnect-after-client-flags": ("probe:server", "server.no-hard-disconnect-in-options"),
     "disconnect-on-read": ("probe:server", "server.no-hard-disconnect-in-transmission"),
@@ -111,6 +111,13 @@ def test_a_broken_server_gets_a_report_with_its_finding(faulty_server: str, faul
     assert case["verdict"] == "fail", case["detail"]
     found = [f for f in case["findings"] if f["rule"] == rule]
     assert found and found[0]["frame"] > 0 and found[0]["sentence"], case["findings"]
+    # Each class reported once: the probe's own finding on a message the rules already judged
+    # (an option left unanswered) is not a second one.
+    same = [f["rule"] for f in case["findings"] if f["role"] == "server"
+            and (f["session"], f["frame"]) == (found[0]["session"], found[0]["frame"])]
+    assert len(same) == len(set(same)), same
+    if fault == "option-unanswered":
+        assert same == [rule], same
     assert all(c["verdict"] in ("pass", "fail", "unsupported", "error") for c in cases)
 
 

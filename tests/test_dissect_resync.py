@@ -205,7 +205,9 @@ def test_export_name_refused_with_an_option_reply_leaves_the_client_negotiating(
     ]
     assert session.phase == "transmission"
     rules = {rule for rule, _offset in findings(session)}
-    assert rules == {"server.export-name-no-option-reply"}
+    # The fixed-newstyle client asks EXPORT_NAME before any GO: the SHOULD of Option types
+    # ("A client thus SHOULD use NBD_OPT_GO in preference to NBD_OPT_EXPORT_NAME").
+    assert rules == {"server.export-name-no-option-reply", "client.go-in-preference"}
 
 
 # --- messages cut short ------------------------------------------------------------------------

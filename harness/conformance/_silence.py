@@ -52,8 +52,11 @@ def breached_before(view: SessionView, party: str, frame: int) -> bool:
 
 def out_of_frame(view: SessionView, end: StreamEnd) -> bool:
     """The closing party's own stream stopped making sense before its close (bytes that do
-    not decode as NBD): no soft disconnect it sent could have been read as one, and the
-    unreadable bytes are judged where they are."""
+    not decode as NBD, or a message cut short: its reader takes what follows as the rest):
+    no soft disconnect it sent could have been read as one, and the broken message is
+    judged where it is."""
+    if any(m.truncated and m.frame <= end.frame for m in view.messages_from(end.direction)):
+        return True
     return any(
         u.kind != "after-gap" and u.frame <= end.frame for u in view.undecoded(end.direction)
     )
@@ -83,17 +86,19 @@ def silence(view: SessionView, message: WireMessage) -> str | None:
     """How the capture shows that the server will never answer ``message`` (a client
     option or request that has no final reply): ``None`` when it does not show it.
 
-    The server must have sent nothing unreadable after it (a reply cut short is judged
-    as such), the client must not have ended the session itself first (``NBD_OPT_ABORT``,
-    ``NBD_CMD_DISC``) nor broken a MUST-level rule (the server may then stop), and the
-    connection must have closed: by the server, or by the client after :data:`PATIENCE`
-    seconds.
+    The server must have sent nothing unreadable or cut short after it (such a reply is
+    judged by what it holds, not as silence), the client must not have ended the session
+    itself first (``NBD_OPT_ABORT``, ``NBD_CMD_DISC``) nor broken a MUST-level rule (the
+    server may then stop), and the connection must have closed: by the server, or by the
+    client after :data:`PATIENCE` seconds.
     """
     first = view.closed_first
     if first is None or view.session.phase == "tls":
         return None
     if any(u.frame >= message.frame for u in view.undecoded(SERVER)):
         return None
+    if any(m.truncated and m.frame >= message.frame for m in view.messages_from(SERVER)):
+        return None  # an answer cut short is an answer, judged by the rules for what it holds
     if sent(view, "option", c.Opt.ABORT, first.frame) or sent(
         view, "request", c.Cmd.DISC, first.frame
     ):

@@ -80,18 +80,23 @@ def _frames(capture: Path) -> dict[tuple[int, str], tuple[int, int]]:
 
 def probe_findings(found: list[ProbeFinding], capture: Path,
                    linted: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The probe's own findings as finding dicts, less those the rules already made."""
+    """The probe's own findings as finding dicts, less those the rules already made: the
+    same rule, or a server finding on the same client message (the rules judge an
+    unanswered message under the rule for that message, e.g. ``server.meta-context-replies``
+    for NBD_OPT_SET_META_CONTEXT: that id, with its citation, is the one reported)."""
     if not found:
         return []
     frames = _frames(capture) if capture.exists() else {}
     already = {finding["rule"] for finding in linted}
+    judged_at = {(finding["session"], finding["frame"]) for finding in linted
+                 if finding["role"] == "server"}
     out = []
     for finding in found:
-        if finding.rule in already:
-            continue
-        level, section, sentence = citation_of(finding.rule)
         frame, offset = frames.get((finding.session, finding.about),
                                    frames.get((finding.session, ""), (0, 0)))
+        if finding.rule in already or (finding.session, frame) in judged_at:
+            continue
+        level, section, sentence = citation_of(finding.rule)
         out.append({"rule": finding.rule, "level": level, "role": "server", "section": section,
                     "sentence": sentence, "session": finding.session, "frame": frame,
                     "offset": offset, "direction": "client", "message": finding.message})
