@@ -237,19 +237,6 @@ def _lint(capture_path: Path, case_dir: Path) -> tuple[list[dict[str, Any]], lis
     return findings, _sessions_from_capture(capture), list(capture.errors)
 
 
-_CONFIGURED_BREACHES: dict[str, frozenset[str]] = {
-    # A plain newstyle server lacks the fixed newstyle handshake the baseline makes
-    # mandatory: the scenario asked for it (export.handshake: newstyle), the server obeyed.
-    "newstyle": frozenset({"server.baseline-fixed-newstyle"}),
-}
-
-
-def configured_breaches(scenario: Scenario) -> frozenset[str]:
-    """Rules the server under test breaks because the scenario configured it so: reported
-    with the case, but no fault of the server."""
-    return _CONFIGURED_BREACHES.get(scenario.export.handshake, frozenset())
-
-
 def reference_breaches_deliberate(case: Case) -> bool:
     """True when the reference side of ``case`` may break a MUST on purpose.
 
@@ -353,9 +340,7 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
             shutil.copyfile(case.scenario.path, case_dir / SCENARIO_COPY)
     findings, wire_sessions, capture_problem = lint_capture(capture, case_dir)
     sessions = list(outcome.evidence.get("sessions", []) or []) or wire_sessions
-    configured = configured_breaches(case.scenario) if case.role == "server" else frozenset()
-    judged = [f for f in findings if f["rule"] not in configured]
-    final = judge_case(outcome.verdict, outcome.detail, judged, under_test=case.role,
+    final = judge_case(outcome.verdict, outcome.detail, findings, under_test=case.role,
                        peer=case.under_test.spec, expected=case.expected,
                        capture_problem=capture_problem,
                        reference_breaches_deliberate=reference_breaches_deliberate(case),
@@ -393,5 +378,5 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
     )
 
 
-__all__ = ["STEP_TIMEOUT", "breaks_rules_on_purpose", "configured_breaches", "lint_capture",
+__all__ = ["STEP_TIMEOUT", "breaks_rules_on_purpose", "lint_capture",
            "reference_breaches_deliberate", "run_case"]
