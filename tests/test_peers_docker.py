@@ -83,7 +83,7 @@ def test_a_client_case_runs_in_a_container(image: DockerProvider, tmp_path: Path
     out = tmp_path / "out"
     code = main(["run", "base-allocation-map", "--provider", "docker",
                  "--server", "reference-server", "--client", f"nbdinfo@{SUITE}",
-                 "--out", str(out), "-j", "1", "--no-progress"])
+                 "--out", str(out), "-j", "1", "--no-progress", "--evidence", "full"])
     document = json.loads((out / "results.json").read_text())
     assert code == 0, [c["detail"] for c in document["cases"]]
     runs = [json.loads(path.read_text()) for path in out.glob("cases/*/steps.json")]
