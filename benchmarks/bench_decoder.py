@@ -23,7 +23,6 @@ import os
 import shutil
 import subprocess
 import sys
-
 import time
 from collections.abc import Callable
 from pathlib import Path
