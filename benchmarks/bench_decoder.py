@@ -103,8 +103,9 @@ def captures(size: int, small: int) -> list[Path]:
     return [copy, many]
 
 
-def measure(argv: list[str]) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS MiB of the process tree's largest member, exit status)."""
+def measure(argv: list[str]) -> tuple[float, float, float, int]:
+    """(wall seconds, CPU seconds, peak RSS MiB of the process tree's largest member, exit
+    status).  CPU time says more than wall time on a shared, loaded machine."""
     started = time.perf_counter()
     process = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, cwd=REPO
@@ -112,7 +113,8 @@ def measure(argv: list[str]) -> tuple[float, float, int]:
     _pid, status, usage = os.wait4(process.pid, 0)
     elapsed = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
-    return elapsed, usage.ru_maxrss / 1024, process.returncode
+    cpu = usage.ru_utime + usage.ru_stime
+    return elapsed, cpu, usage.ru_maxrss / 1024, process.returncode
 
 
 def tshark_commands(capture: Path) -> dict[str, list[str]]:
@@ -158,18 +160,21 @@ def bench_capture(capture: Path, rounds: int) -> None:
         "nbd-harness dissect --json": [*NBD_HARNESS, "dissect", "--json", str(capture)],
         **tshark_commands(capture),
     }
-    best: dict[str, tuple[float, float, int]] = {}
+    best: dict[str, tuple[float, float, float, int]] = {}
     for _ in range(rounds):  # interleaved, best of the rounds
         for name, argv in commands.items():
             result = measure(argv)
             if name not in best or result[0] < best[name][0]:
                 best[name] = result
-    lint = best["nbd-harness lint"][0]
-    print(f"  {'command':28} {'wall s':>8} {'MiB/s':>8} {'peak RSS MiB':>13}  lint speed ratio")
-    for name, (wall, rss, status) in best.items():
-        ratio = f"{wall / lint:.2f}x" if name.startswith("tshark") else ""
+    lint_wall, lint_cpu = best["nbd-harness lint"][:2]
+    print(f"  {'command':28} {'wall s':>8} {'CPU s':>8} {'MiB/s':>8} {'peak RSS MiB':>13}"
+          "  lint ratio (wall, CPU)")
+    for name, (wall, cpu, rss, status) in best.items():
+        ratio = f"{wall / lint_wall:.2f}x, {cpu / lint_cpu:.2f}x" if name.startswith("tshark") \
+            else ""
         flag = "" if status in (0, 1) else f"  (exit {status})"
-        print(f"  {name:28} {wall:8.2f} {size_mib / wall:8.0f} {rss:13.0f}  {ratio}{flag}")
+        print(f"  {name:28} {wall:8.2f} {cpu:8.2f} {size_mib / wall:8.0f} {rss:13.0f}  "
+              f"{ratio}{flag}")
 
 
 def bench_startup(rounds: int) -> None:
