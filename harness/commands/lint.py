@@ -22,10 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from harness.conformance import Finding, check_capture
-from harness.dissect import Capture, decode_capture
 from harness.errors import UserError
+
+if TYPE_CHECKING:  # the decoder and the rules load when the command runs: a fast --help
+    from harness.conformance import Finding
+    from harness.dissect import Capture
 
 _ARROW = {"client": "client→server", "server": "server→client"}
 JSON_FORMAT = "nbd-harness-lint/2"
@@ -59,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     """Decode, check, print; the exit status says whether the file was read whole and, if
     so, whether a MUST-level rule was broken (see the module docstring)."""
+    from harness.conformance import check_capture
+    from harness.dissect import decode_capture
+
     capture = decode_capture(args.file)
     if args.session is not None:
         chosen = [s for s in capture.sessions if s.index == args.session]

@@ -113,6 +113,20 @@ def _need(kind: str, layer: type[Packet], what: str, length: int) -> _Cut:
     return _Cut(_NEED, what, length, layer, message=kind)
 
 
+_BULK_LAYERS = frozenset({L.NBDRequest, L.NBDSimpleReply})
+"""Layers whose only variable part is opaque data: safe to dissect from a memoryview."""
+
+
+def _own_bulk_data(packet: Packet) -> None:
+    """The data field as bytes (one copy) and no cached view: the packet reads as if it was
+    dissected from bytes (``WireMessage.wire`` copies its ``original`` view on demand)."""
+    data = packet.fields.get("data")
+    if isinstance(data, memoryview):
+        packet.fields["data"] = bytes(data)
+    packet.raw_packet_cache = None
+    packet.raw_packet_cache_fields = None
+
+
 class SessionDecoder:
     """Decodes one session into ``session`` (messages, undecoded, state, accounting)."""
 
@@ -409,9 +423,15 @@ class SessionDecoder:
     def _apply(self, direction: str, cut: _Cut) -> None:
         stream = self.streams[direction]
         at = self.cursor[direction]
-        raw = stream.data[at : at + cut.length]
         assert cut.layer is not None
         notes: list[str] = []
+        if cut.layer in _BULK_LAYERS and not cut.missing:
+            # Bulk data (WRITE, READ replies): scapy slices the rest of the message at each
+            # header field, so give it a view of the stream, not a copy; the data becomes
+            # bytes once, in fields_of.
+            raw: bytes = memoryview(stream.data)[at : at + cut.length]  # type: ignore[assignment]
+        else:
+            raw = stream.data[at : at + cut.length]
         try:
             packet: Packet = cut.layer(raw)
         except Exception as exc:  # scapy may choke on nonsense; report, never raise
@@ -420,6 +440,8 @@ class SessionDecoder:
             else:
                 packet = Raw(raw)
                 notes.append(f"the {cut.layer.__name__} layer could not dissect it: {exc}")
+        if isinstance(raw, memoryview):
+            _own_bulk_data(packet)
         if cut.missing:
             notes.append(cut.reason)
         fields = L.fields_of(packet)

@@ -39,6 +39,7 @@ def decode_capture(path: str | Path) -> Capture:
             raise
         errors.append(str(exc))
     reassembly = reassemble(frames)
+    del frames  # the streams hold every byte now: free the frames before decoding
     capture = Capture(path=str(path), frames=reassembly.frames, errors=errors)
     capture.notes.extend(reassembly.notes)
     for index, connection in enumerate(reassembly.connections, start=1):

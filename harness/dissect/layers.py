@@ -718,6 +718,8 @@ def _plain(field: Field[Any, Any], value: Any) -> Any:
         return (value or b"").decode("utf-8", errors="replace")
     if isinstance(value, bytes):
         return value
+    if isinstance(value, memoryview):  # bulk data dissected from a view of the stream
+        return bytes(value)
     if value is None:
         return None
     return int(value)
