@@ -141,6 +141,10 @@ def build_matrix(request: MatrixRequest) -> Expansion:
     from .disconnect import expand_disconnect, generated_selection
 
     patterns, disconnect = generated_selection(request.scenarios, library)
+    if request.library is not None and not request.scenarios:
+        # A user's own scenario directory is the whole library: the generated cases come
+        # only when named (`run disconnect --scenarios-dir DIR`).
+        disconnect = False
     scenarios = select_scenarios(library, patterns) if patterns or not request.scenarios \
         else []
     servers, clients = servers_for(request), clients_for(request)
