@@ -3,6 +3,8 @@
     nbd-harness peers list [--json]          every known PROGRAM@VERSION, provided or not
     nbd-harness peers install [SUITE|all]    build/unpack root filesystems (or docker images)
     nbd-harness peers doctor [PEER ...]      start and probe installed peers, compare with data
+    nbd-harness peers build qemu VERSION [--source DIR|TARBALL|URL|debian:SUITE]
+                                             build a qemu release's tools into the peer cache
 """
 
 from __future__ import annotations
@@ -51,6 +53,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="check versions only; do not start servers")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     doctor.set_defaults(func=run_doctor)
+
+    build = actions.add_parser(
+        "build", help="build a qemu release's tools from source into the peer cache",
+        description="Build qemu-nbd, qemu-img, qemu-io (and qemu-storage-daemon from 5.2) of "
+        "a qemu release, out of tree, in the Debian build root of its era "
+        "(matrix/qemu-builds.toml), into ~/.cache/nbd-harness/qemu/VERSION/. Without "
+        "--source the official release tarball is downloaded and checked against its SHA-256.",
+    )
+    build.add_argument("family", choices=["qemu"], help="what to build (qemu)")
+    build.add_argument("version", nargs="?",
+                       help="2.12 or 2.12.1; optional with --source (the tree's VERSION)")
+    build.add_argument("--source", metavar="DIR|TARBALL|URL|debian:SUITE",
+                       help="a source tree, a release tarball, its URL, or debian:SUITE for "
+                       "that Debian suite's qemu source package")
+    build.add_argument("--rebuild", action="store_true", help="build even when cached")
+    build.add_argument("--jobs", "-j", type=int, metavar="N",
+                       help="parallel compile jobs (default: matrix/qemu-builds.toml, 2)")
+    build.set_defaults(func=run_build)
 
     parser.set_defaults(func=lambda args: _usage(parser))
 
@@ -135,6 +155,66 @@ def _install_all(catalog, kind: str) -> list[str]:
     host = host_codename()
     return [s.name for s in catalog.data.suites.values()
             if kind in s.providers and not (s.name == host and "host" in s.providers)]
+
+
+# --- build ------------------------------------------------------------------------------------
+
+
+class _StatusLine:
+    """One line that a build keeps rewriting on a terminal (a line every 30 s otherwise)."""
+
+    def __init__(self, stream=sys.stderr, interval: float = 30.0) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.interval = interval
+        self.shown_at = 0.0
+        self.width = 0
+
+    def status(self, text: str) -> None:
+        now = time.monotonic()
+        if self.tty:
+            line = text[:110]
+            self.stream.write("\r" + line.ljust(self.width))
+            self.width = len(line)
+            self.stream.flush()
+        elif now - self.shown_at >= self.interval:
+            print(f"  {text}", file=self.stream, flush=True)
+            self.shown_at = now
+
+    def line(self, text: str) -> None:
+        self.clear()
+        print(text, file=self.stream, flush=True)
+
+    def clear(self) -> None:
+        if self.tty and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.width = 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from harness.peers.qemu_build import QemuBuilder, parse_source
+
+    if args.version is None and args.source is None:
+        raise UserError("give a VERSION (e.g. 2.12) or --source DIR|TARBALL|URL|debian:SUITE")
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError("--jobs must be 1 or more")
+    source = parse_source(args.source)
+    line = _StatusLine()
+    builder = QemuBuilder(progress=line.line, status=line.status, jobs=args.jobs)
+    try:
+        report = builder.build(args.version, source, rebuild=args.rebuild)
+    finally:
+        line.clear()
+    build = report.build
+    if report.cached:
+        print(f"qemu {build.name}: already built in {build.directory} (from {build.source}, "
+              f"{build.seconds:.0f} s); --rebuild builds it again")
+    else:
+        print(f"qemu {build.name}: built in {report.seconds:.0f} s from {build.source}")
+    print(f"  programs: {', '.join(sorted(build.programs))} in {build.bin_dir}")
+    for note in report.notes:
+        print(f"  {note}")
+    return 0
 
 
 # --- doctor ----------------------------------------------------------------------------------
