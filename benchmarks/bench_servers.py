@@ -3,12 +3,21 @@
 
 Each server gets the same job: nbdcopy writes SIZE bytes of patterned data to
 it, then reads them back (compared byte for byte), then `nbdinfo --map` walks
-it.  Printed per server: seconds and MiB/s for each step and the server's
-peak resident memory (VmHWM).  Servers: the reference server (as a separate
-`nbd-harness serve` process so its memory is its own), nbdkit's memory
-plugin and qemu-nbd on a raw file, all from this machine's packages.
+it.  Servers: the reference server (as a separate `nbd-harness serve` process
+so its memory and CPU are its own), nbdkit's memory plugin and qemu-nbd on a
+sparse raw file, all from this machine's packages.
 
-    .venv/bin/python benchmarks/bench_servers.py [--size 256M] [--rounds 3]
+Rounds interleave the servers (a fresh server per round, the order rotated
+each round), so a burst of load from elsewhere on the machine hits every
+server alike.  Printed, as medians over the rounds: MiB/s for each step, the
+CPU seconds the server process spent per GiB moved (less sensitive to a
+crowded machine than wall-clock time), the peak resident memory (VmHWM) and
+its ratio to the bytes written, and the reference server's figures as ratios
+of nbdkit's.  The machine and the peers' versions head the output.  The files
+(source, copies read back, qemu-nbd's image) live in /dev/shm when it exists,
+so no disk is timed.
+
+    .venv/bin/python benchmarks/bench_servers.py [--size 1G] [--rounds 3]
 
 Figures vary with the machine; compare the rows of one run, not runs.
 """
@@ -17,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +42,11 @@ from harness.process import ManagedProcess, pick_port_and_start  # noqa: E402
 from reference_server.config import parse_size  # noqa: E402
 
 ENV = {**os.environ, "PATH": "/usr/bin:/bin:" + os.environ.get("PATH", "")}
+MiB = 1 << 20
+GiB = 1 << 30
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+Starter = Callable[[int, Path], tuple[ManagedProcess, int]]
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -40,18 +56,30 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def timed(argv: list[str]) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process and its reaped children so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+
+
+def timed(argv: list[str], pid: int) -> tuple[float, float]:
+    """Wall-clock seconds of ``argv`` and the CPU seconds server ``pid`` spent meanwhile."""
+    cpu = cpu_seconds(pid)
     start = time.perf_counter()
-    subprocess.run(argv, check=True, env=ENV, capture_output=True, timeout=600)
-    return time.perf_counter() - start
+    subprocess.run(argv, check=True, env=ENV, capture_output=True, timeout=900)
+    return time.perf_counter() - start, cpu_seconds(pid) - cpu
 
 
 def start_reference(size: int, workdir: Path) -> tuple[ManagedProcess, int]:
+    # `nbd-harness serve` from the checkout this script is in (not whatever the venv
+    # installed), so a copy of this script in another worktree measures that tree's code.
     def argv(port: int) -> list[str]:
-        return [str(REPO / ".venv/bin/nbd-harness"), "serve", "--export",
-                f"disk=memory:{size}", "--listen", f"tcp://127.0.0.1:{port}"]
+        return [sys.executable, "-c", "import sys; from harness.cli import main; sys.exit(main())",
+                "serve", "--export", f"disk=memory:{size}", "--listen",
+                f"tcp://127.0.0.1:{port}"]
 
-    return pick_port_and_start(argv, log_path=workdir / "reference.log")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return pick_port_and_start(argv, log_path=workdir / "reference.log", env=env, cwd=REPO)
 
 
 def start_nbdkit(size: int, workdir: Path) -> tuple[ManagedProcess, int]:
@@ -64,8 +92,9 @@ def start_nbdkit(size: int, workdir: Path) -> tuple[ManagedProcess, int]:
 
 def start_qemu_nbd(size: int, workdir: Path) -> tuple[ManagedProcess, int]:
     image = workdir / "qemu.raw"
+    image.unlink(missing_ok=True)
     with open(image, "wb") as out:
-        out.truncate(size)
+        out.truncate(size)  # sparse: the file system allocates what is written
 
     def argv(port: int) -> list[str]:
         return ["qemu-nbd", "-t", "--bind", "127.0.0.1", "--port", str(port), "-x", "disk",
@@ -74,51 +103,124 @@ def start_qemu_nbd(size: int, workdir: Path) -> tuple[ManagedProcess, int]:
     return pick_port_and_start(argv, log_path=workdir / "qemu-nbd.log")
 
 
-SERVERS = {"reference": start_reference, "nbdkit-memory": start_nbdkit,
-           "qemu-nbd-raw": start_qemu_nbd}
+SERVERS: dict[str, Starter] = {"reference": start_reference, "nbdkit-memory": start_nbdkit,
+                               "qemu-nbd-raw": start_qemu_nbd}
+BASELINE = "nbdkit-memory"
 
 
-def bench(name: str, size: int, rounds: int, source: Path, workdir: Path) -> dict:
+def one_round(name: str, size: int, source: Path, workdir: Path) -> dict[str, float]:
+    """A fresh server: write, read back and compare, map; times, CPU and peak memory."""
     process, port = SERVERS[name](size, workdir)
     uri = f"nbd://127.0.0.1:{port}/disk"
     copy = workdir / f"{name}.out"
     try:
-        writes, reads, maps = [], [], []
-        for _ in range(rounds):
-            writes.append(timed(["nbdcopy", "--flush", str(source), uri]))
-            reads.append(timed(["nbdcopy", uri, str(copy)]))
-            if copy.read_bytes() != source.read_bytes():
-                raise SystemExit(f"{name}: data read back differs from data written")
-            maps.append(timed(["nbdinfo", "--map", uri]))
-        return {"server": name, "write": statistics.median(writes),
-                "read": statistics.median(reads), "map": statistics.median(maps),
-                "rss": peak_rss_mib(process.pid)}
+        write, write_cpu = timed(["nbdcopy", "--flush", str(source), uri], process.pid)
+        read, read_cpu = timed(["nbdcopy", uri, str(copy)], process.pid)
+        if not same_file(copy, source):
+            raise SystemExit(f"{name}: data read back differs from data written")
+        mapped, _ = timed(["nbdinfo", "--map", uri], process.pid)
+        return {"write": write, "read": read, "map": mapped, "write_cpu": write_cpu,
+                "read_cpu": read_cpu, "rss": peak_rss_mib(process.pid)}
     finally:
         process.stop()
+        copy.unlink(missing_ok=True)
+
+
+def same_file(left: Path, right: Path) -> bool:
+    with open(left, "rb") as a, open(right, "rb") as b:
+        while True:
+            block_a, block_b = a.read(MiB), b.read(MiB)
+            if block_a != block_b:
+                return False
+            if not block_a:
+                return True
+
+
+def version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"unavailable ({exc})"
+    return out.splitlines()[0].strip() if out else "unknown"
+
+
+def machine() -> list[str]:
+    model = next((line.split(":", 1)[1].strip()
+                  for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown CPU")
+    return [
+        f"machine: {model}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
+        f"Python {platform.python_version()}",
+        f"peers: {version(['nbdkit', '--version'])}; {version(['qemu-nbd', '--version'])}; "
+        f"{version(['nbdcopy', '--version'])}",
+    ]
+
+
+def make_source(path: Path, size: int) -> None:
+    block = bytes(range(256)) * 4096  # 1 MiB, not all zero: no shortcut for holes
+    with open(path, "wb") as out:
+        for index in range(size // len(block)):
+            out.write(block[index % 256 :] + block[: index % 256])
+        out.write(block[: size % len(block)])
+
+
+def report(rows: dict[str, list[dict[str, float]]], size: int, rounds: int) -> list[str]:
+    mib, gib = size / MiB, size / GiB
+    median = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+              for name, runs in rows.items()}
+    lines = [f"{size} bytes ({mib:.0f} MiB) written, read back and mapped; "
+             f"median of {rounds} rounds",
+             f"{'server':14} {'write MiB/s':>11} {'read MiB/s':>10} {'map s':>7} "
+             f"{'CPU s/GiB w':>11} {'CPU s/GiB r':>11} {'peak RSS MiB':>12} {'RSS/written':>11}"]
+    for name, m in median.items():
+        lines.append(
+            f"{name:14} {mib / m['write']:11.0f} {mib / m['read']:10.0f} {m['map']:7.3f} "
+            f"{m['write_cpu'] / gib:11.2f} {m['read_cpu'] / gib:11.2f} {m['rss']:12.1f} "
+            f"{m['rss'] / mib:11.2f}")
+    base = median.get(BASELINE)
+    if base is not None:
+        lines.append(f"ratios to {BASELINE} (throughput: higher is better; CPU: lower is better)")
+        for name, m in median.items():
+            if name == BASELINE:
+                continue
+            lines.append(
+                f"{name:14} write {base['write'] / m['write']:5.2f}x  "
+                f"read {base['read'] / m['read']:5.2f}x  "
+                f"CPU write {m['write_cpu'] / base['write_cpu']:5.2f}x  "
+                f"CPU read {m['read_cpu'] / base['read_cpu']:5.2f}x")
+    return lines
+
+
+def default_workdir() -> Path | None:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="256M")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size", default="256M", help="bytes to copy each way (256M, 1G, ...)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per server (median)")
+    parser.add_argument("--workdir", type=Path, default=default_workdir(),
+                        help="where the source, the copies read back and qemu-nbd's image go "
+                             "(default: /dev/shm when it exists, so no disk is timed)")
     args = parser.parse_args()
     size = parse_size(args.size)
-    with tempfile.TemporaryDirectory(prefix="nbd-bench-") as scratch:
+    if size <= 0 or args.rounds <= 0:
+        parser.error("--size and --rounds must be positive")
+    header = machine()
+    load_before = os.getloadavg()[0]
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in SERVERS}
+    names = list(SERVERS)
+    with tempfile.TemporaryDirectory(prefix="nbd-bench-", dir=args.workdir) as scratch:
         workdir = Path(scratch)
         source = workdir / "source.raw"
-        block = bytes(range(256)) * 4096  # 1 MiB, not all zero: no shortcut for holes
-        with open(source, "wb") as out:
-            for index in range(size // len(block)):
-                out.write(block[index % 256 :] + block[: index % 256])
-        rows = [bench(name, size, args.rounds, source, workdir) for name in SERVERS]
-    mib = size / (1 << 20)
-    print(f"{args.size} written, read back and mapped; median of {args.rounds} rounds")
-    print(f"{'server':16} {'write s':>8} {'MiB/s':>8} {'read s':>8} {'MiB/s':>8} "
-          f"{'map s':>7} {'peak RSS MiB':>13}")
-    for row in rows:
-        print(f"{row['server']:16} {row['write']:8.2f} {mib / row['write']:8.0f} "
-              f"{row['read']:8.2f} {mib / row['read']:8.0f} {row['map']:7.3f} "
-              f"{row['rss']:13.1f}")
+        make_source(source, size)
+        for index in range(args.rounds):
+            order = names[index % len(names):] + names[: index % len(names)]
+            for name in order:
+                rows[name].append(one_round(name, size, source, workdir))
+    header.append(f"load average (1 min) before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f}")
+    print("\n".join(header + report(rows, size, args.rounds)))
     return 0
 
 

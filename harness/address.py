@@ -13,6 +13,9 @@ from typing import Literal
 
 from harness.errors import UserError
 
+LOOPBACK_HOST = "127.0.0.1"
+"""The host every peer, proxy and reference server of the harness listens on: loopback only."""
+
 
 class AddressError(UserError, ValueError):
     """An address string that cannot be understood; the message says why."""
@@ -44,6 +47,10 @@ class Address:
     def with_port(self, port: int) -> Address:
         """The same TCP address with the port the kernel actually chose."""
         return Address.tcp(self.host, port)
+
+
+LOOPBACK = Address.tcp(LOOPBACK_HOST, 0)
+"""A kernel-chosen port on loopback: where a recording proxy or a server of a case listens."""
 
 
 def parse_address(text: str) -> Address:

@@ -15,6 +15,7 @@ trailing zeros do not matter (``1.4 == 1.4.0``).
 
 from __future__ import annotations
 
+import enum
 import re
 import tomllib
 from collections.abc import Mapping
@@ -24,9 +25,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import UserError
+from harness.paths import MATRIX_DIR, REPO
+from harness.protocol import constants as c
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ROOT = REPO / "matrix"
+DEFAULT_ROOT = MATRIX_DIR
 
 Role = Literal["server", "client"]
 ROLES: tuple[Role, ...] = ("server", "client")
@@ -75,13 +77,71 @@ def _in_range(version: str, since: str | None, until: str | None) -> bool:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """What a feature turns on in a reference-server version profile (``grants``).
+
+    ``options`` are option names (``NBD_OPT_GO``), ``contexts`` metadata context
+    kinds (``qemu:dirty-bitmap:`` for every bitmap), ``switches`` boolean fields of
+    :class:`reference_server.features.ServerFeatures`, ``multi_conn`` its level;
+    ``note`` says why a grant is empty, or what a reader should know.
+    """
+
+    options: tuple[str, ...] = ()
+    contexts: tuple[str, ...] = ()
+    switches: tuple[str, ...] = ()
+    multi_conn: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Feature:
-    """One entry of the vocabulary in ``matrix/features.toml``."""
+    """One entry of the vocabulary in ``matrix/features.toml``, with what it means.
+
+    ``grants``: what it turns on in the reference server; ``flag``: the
+    transmission flag announcing it; ``command_flag``: the command flag using it;
+    ``refused_by``: the options a server lacking it answers NBD_REP_ERR_UNSUP;
+    ``shapes_wire``: it changes the shape of any conversation;
+    ``reference_lacks``: the reference implementations (by role) that cannot play it.
+    """
 
     id: str
     description: str
     spec: str
     roles: tuple[Role, ...]
+    grants: Grant = Grant()
+    flag: str | None = None
+    command_flag: str | None = None
+    refused_by: tuple[str, ...] = ()
+    shapes_wire: bool = False
+    reference_lacks: tuple[Role, ...] = ()
+
+
+@dataclass(frozen=True)
+class Unjudgeable:
+    """Client programs a profile with a quirk cannot judge, ``when`` a named condition
+    holds for the scenario, and ``why`` (``{client}`` stands for the program)."""
+
+    clients: tuple[str, ...]
+    when: str
+    why: str
+
+
+@dataclass(frozen=True)
+class QuirkMeaning:
+    """What a quirk id (``[quirk.ID]`` in ``matrix/features.toml``) means.
+
+    ``profile_quirk``: the deviation a version profile reproduces; ``switches_off``:
+    what it turns off in a profile; ``read_only_hides``: features a server with it
+    does not advertise on a read-only export; ``unjudgeable``: see
+    :class:`Unjudgeable`; ``note``: why it needs nothing, or what to know.
+    """
+
+    id: str
+    profile_quirk: str | None = None
+    switches_off: tuple[str, ...] = ()
+    read_only_hides: tuple[str, ...] = ()
+    unjudgeable: Unjudgeable | None = None
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -184,6 +244,8 @@ class PeerData:
 
     features: dict[str, Feature]
     programs: dict[str, ProgramData]
+    quirks: dict[str, QuirkMeaning] = field(default_factory=dict)
+    """What each quirk id means (``[quirk.ID]`` of ``matrix/features.toml``)."""
 
     def program(self, name: str) -> ProgramData:
         try:
@@ -270,10 +332,10 @@ def _table_list(where: _Where, document: Mapping[str, Any], key: str) -> list[di
     return value
 
 
-def _load_features(path: Path) -> dict[str, Feature]:
+def _load_features(path: Path) -> tuple[dict[str, Feature], dict[str, QuirkMeaning]]:
     where = _Where(path)
     document = _read_toml(path)
-    _check_keys(where, document, {"feature"})
+    _check_keys(where, document, {"feature"}, {"quirk"})
     tables = document["feature"]
     if not isinstance(tables, dict) or not tables:
         raise where.error("feature must hold one [feature.ID] table per feature")
@@ -284,14 +346,110 @@ def _load_features(path: Path) -> dict[str, Feature]:
             raise here.error("feature ids are lower-case words joined by dashes")
         if not isinstance(table, dict):
             raise here.error("must be a table")
-        _check_keys(here, table, {"description", "spec", "roles"})
-        roles = table["roles"]
-        if (not isinstance(roles, list) or not roles
-                or any(role not in ROLES for role in roles) or len(set(roles)) != len(roles)):
-            raise here.error(f"roles must list one or both of {list(ROLES)}, not {roles!r}")
-        features[feature_id] = Feature(feature_id, _text(here, "description", table["description"]),
-                                       _text(here, "spec", table["spec"]), tuple(roles))
-    return features
+        _check_keys(here, table, {"description", "spec", "roles"}, _FEATURE_MEANINGS)
+        roles = _roles(here, "roles", table["roles"])
+        if not roles:
+            raise here.error(f"roles must list one or both of {list(ROLES)}, not []")
+        features[feature_id] = Feature(
+            feature_id, _text(here, "description", table["description"]),
+            _text(here, "spec", table["spec"]), roles,
+            grants=_grant(here, table.get("grants", {})),
+            flag=_name(here, "flag", table["flag"], "NBD_FLAG_", c.TransmissionFlag)
+            if "flag" in table else None,
+            command_flag=_name(here, "command_flag", table["command_flag"], "NBD_CMD_FLAG_",
+                               c.CmdFlag) if "command_flag" in table else None,
+            refused_by=_names(here, "refused_by", table.get("refused_by", []), "NBD_OPT_",
+                              c.Opt),
+            shapes_wire=_flag(here, "shapes_wire", table.get("shapes_wire", False)),
+            reference_lacks=_roles(here, "reference_lacks", table.get("reference_lacks", [])))
+    return features, _load_quirk_meanings(where, document.get("quirk", {}), features)
+
+
+_FEATURE_MEANINGS = frozenset({"grants", "flag", "command_flag", "refused_by", "shapes_wire",
+                               "reference_lacks"})
+_GRANT_KEYS = frozenset({"options", "contexts", "switches", "multi_conn", "note"})
+_QUIRK_KEYS = frozenset({"profile_quirk", "switches_off", "read_only_hides", "unjudgeable",
+                         "note"})
+MULTI_CONN_LEVELS = ("never", "read-only", "always")
+
+
+def _roles(here: _Where, key: str, value: Any) -> tuple[Role, ...]:
+    if (not isinstance(value, list) or any(role not in ROLES for role in value)
+            or len(set(value)) != len(value)):
+        raise here.error(f"{key} must list one or both of {list(ROLES)}, not {value!r}")
+    return tuple(value)
+
+
+def _flag(here: _Where, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise here.error(f"{key} must be true or false, not {value!r}")
+    return value
+
+
+def _strings(here: _Where, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise here.error(f"{key} must be a list of strings, not {value!r}")
+    return tuple(_text(here, key, item) for item in value)
+
+
+def _name(here: _Where, key: str, value: Any, prefix: str, kind: type[enum.Enum]) -> str:
+    """A constant's spec name (``NBD_OPT_GO``), checked against the protocol constants."""
+    text = _text(here, key, value)
+    if not text.startswith(prefix) or text.removeprefix(prefix) not in kind.__members__:
+        raise here.error(f"{key}: {text!r} is not a {prefix}* name")
+    return text
+
+
+def _names(here: _Where, key: str, value: Any, prefix: str,
+           kind: type[enum.Enum]) -> tuple[str, ...]:
+    return tuple(_name(here, key, item, prefix, kind) for item in _strings(here, key, value))
+
+
+def _grant(here: _Where, table: Any) -> Grant:
+    here = here.at(f"{here.table}: grants")
+    if not isinstance(table, dict):
+        raise here.error("must be a table: grants = { ... }")
+    _check_keys(here, table, set(), _GRANT_KEYS)
+    multi_conn = table.get("multi_conn")
+    if multi_conn is not None and multi_conn not in MULTI_CONN_LEVELS:
+        raise here.error(f"multi_conn must be one of {list(MULTI_CONN_LEVELS)}, "
+                         f"not {multi_conn!r}")
+    return Grant(_names(here, "options", table.get("options", []), "NBD_OPT_", c.Opt),
+                 _strings(here, "contexts", table.get("contexts", [])),
+                 _strings(here, "switches", table.get("switches", [])), multi_conn,
+                 _text(here, "note", table["note"]) if "note" in table else "")
+
+
+def _load_quirk_meanings(where: _Where, tables: Any,
+                         features: Mapping[str, Feature]) -> dict[str, QuirkMeaning]:
+    if not isinstance(tables, dict):
+        raise where.error("quirk must hold one [quirk.ID] table per quirk")
+    meanings: dict[str, QuirkMeaning] = {}
+    for quirk_id, table in tables.items():
+        here = where.at(f"[quirk.{quirk_id}]")
+        if not isinstance(table, dict):
+            raise here.error("must be a table")
+        _check_keys(here, table, set(), _QUIRK_KEYS)
+        hides = _strings(here, "read_only_hides", table.get("read_only_hides", []))
+        unknown = [feature for feature in hides if feature not in features]
+        if unknown:
+            raise here.error(f"read_only_hides: unknown feature {unknown[0]!r}")
+        unjudgeable = None
+        if "unjudgeable" in table:
+            raw = table["unjudgeable"]
+            at = where.at(f"[quirk.{quirk_id}.unjudgeable]")
+            if not isinstance(raw, dict):
+                raise at.error("must be a table")
+            _check_keys(at, raw, {"clients", "when", "why"})
+            unjudgeable = Unjudgeable(_strings(at, "clients", raw["clients"]),
+                                      _text(at, "when", raw["when"]), _text(at, "why", raw["why"]))
+        meanings[quirk_id] = QuirkMeaning(
+            quirk_id,
+            _text(here, "profile_quirk", table["profile_quirk"])
+            if "profile_quirk" in table else None,
+            _strings(here, "switches_off", table.get("switches_off", [])), hides, unjudgeable,
+            _text(here, "note", table["note"]) if "note" in table else "")
+    return meanings
 
 
 def _load_versions(where: _Where, document: Mapping[str, Any]) -> list[VersionInfo]:
@@ -398,7 +556,7 @@ def _load_program(path: Path, features: Mapping[str, Feature]) -> ProgramData:
 def load_peerdata(root: Path = DEFAULT_ROOT) -> PeerData:
     """Read and validate ``root/features.toml`` and ``root/peers/*.toml``."""
     root = Path(root)
-    features = _load_features(root / "features.toml")
+    features, quirk_meanings = _load_features(root / "features.toml")
     peer_files = sorted((root / "peers").glob("*.toml"))
     if not peer_files:
         raise _Where(root / "peers").error("no PROGRAM.toml files")
@@ -406,7 +564,7 @@ def load_peerdata(root: Path = DEFAULT_ROOT) -> PeerData:
     for path in peer_files:
         program = _load_program(path, features)
         programs[program.name] = program
-    return PeerData(features, programs)
+    return PeerData(features, programs, quirk_meanings)
 
 
 @lru_cache(maxsize=1)
@@ -420,12 +578,15 @@ __all__ = [
     "ROLES",
     "Claim",
     "Feature",
+    "Grant",
     "Packaging",
     "PeerData",
     "PeerDataError",
     "ProgramData",
     "Quirk",
+    "QuirkMeaning",
     "Role",
+    "Unjudgeable",
     "VersionInfo",
     "default_peerdata",
     "load_peerdata",

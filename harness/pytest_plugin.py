@@ -32,12 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from harness.paths import REPORTS_DIR
+
 if TYPE_CHECKING:
     from harness.matrix.cases import Case, Expansion
     from harness.matrix.results import CaseResult, ResultStore
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "reports" / "pytest-matrix"
+DEFAULT_OUT = REPORTS_DIR / "pytest-matrix"
 _VERDICT_PROPERTY = "nbd_verdict"
 
 

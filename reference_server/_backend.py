@@ -116,16 +116,34 @@ class Backend(abc.ABC):
         assert len(data) == length
         return data
 
+    def read_into(self, offset: int, target: memoryview) -> None:
+        """Fill ``target`` (a writable byte view) with the bytes at ``offset``.
+
+        The server's read path: the reply buffer is allocated once per
+        connection and the backend copies into it, instead of building a new
+        ``bytes`` per request.
+        """
+        length = len(target)
+        self._check_range(offset, length)
+        if length == 0:
+            return
+        with self._io("read"):
+            self._read_into(offset, target)
+
     def write(
         self, offset: int, data: bytes | bytearray | memoryview, *, fua: bool = False
     ) -> None:
-        """Write ``data`` at ``offset``: the range becomes data (flags 0), even zero bytes."""
+        """Write ``data`` at ``offset``: the range becomes data (flags 0), even zero bytes.
+
+        ``data`` may be a view of a buffer the caller reuses: backends copy it
+        before returning and never keep a reference.
+        """
         self._check_writable()
         self._check_range(offset, len(data))
         if not len(data):
             return
         with self._io("write"):
-            self._write(offset, bytes(data))
+            self._write(offset, data)
             self._mark(offset, len(data))
             if fua:
                 self._flush()
@@ -208,6 +226,15 @@ class Backend(abc.ABC):
             position += extent.length
         return result
 
+    def is_plain_data(self, offset: int, length: int) -> bool:
+        """True when :meth:`segments` would be one range that is not known to read as zero.
+
+        A structured read of such a range is one data chunk; backends override
+        this with something cheaper than computing the extents.
+        """
+        segments = self.segments(offset, length)
+        return len(segments) == 1 and not segments[0][2]
+
     def init_state(self) -> InitFlag:
         """Experimental ``NBD_INFO_INIT_STATE`` bits, computed from the current contents.
 
@@ -280,8 +307,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def _read(self, offset: int, length: int) -> bytes: ...
 
+    def _read_into(self, offset: int, target: memoryview) -> None:
+        """Copy the bytes at ``offset`` into ``target``; backends with a cheaper way override."""
+        target[:] = self._read(offset, len(target))
+
     @abc.abstractmethod
-    def _write(self, offset: int, data: bytes) -> None: ...
+    def _write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Store ``data`` (copy it: the caller may reuse the buffer once this returns)."""
 
     @abc.abstractmethod
     def _trim(self, offset: int, length: int) -> None: ...

@@ -36,6 +36,10 @@ MAX_READ = 1 << 25
 ("SHOULD NOT be considered a denial of service attack"); longer ones get EOVERFLOW."""
 
 
+BACKEND_ERRORS = (StorageError, ValueError, MemoryError)
+"""What a backend raises for a request it cannot serve (see :func:`nbd_errno`)."""
+
+
 class CommandError(Exception):
     """A command failed with an NBD errno and a message for the client's user."""
 
@@ -81,7 +85,7 @@ class Executor:
 
     def execute(self, req: Request, violations: list[Violation]) -> list[Reply]:
         if "unflagged-extended-write" in self.quirks:
-            violations = [v for v in violations if v.rule != "write-needs-payload-len"]
+            violations = [v for v in violations if v.rule != "client.extended-write-payload-len"]
         if violations:
             first = violations[0]
             return self.failure(req, first.errno, f"{first.message} (spec: {first.section})")
@@ -89,10 +93,16 @@ class Executor:
             return self._run(req)
         except CommandError as exc:
             return self.failure(req, exc.errno, exc.message)
-        except (StorageError, ValueError, MemoryError) as exc:
-            # One mapping for every backend failure (EPERM read-only, ENOTSUP fast zero,
-            # ENOSPC full disk, EIO, EINVAL range).
-            return self.failure(req, nbd_errno(exc), str(exc) or type(exc).__name__)
+        except BACKEND_ERRORS as exc:
+            return self.backend_failure(req, exc)
+
+    def backend_failure(self, req: Request, exc: BaseException) -> list[Reply]:
+        """The error reply for a backend failure while serving ``req``.
+
+        One mapping for every backend failure (EPERM read-only, ENOTSUP fast zero,
+        ENOSPC full disk, EIO, EINVAL range).
+        """
+        return self.failure(req, nbd_errno(exc), str(exc) or type(exc).__name__)
 
     def _run(self, req: Request) -> list[Reply]:
         backend, flags = self.backend, req.flags

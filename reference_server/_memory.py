@@ -2,9 +2,15 @@
 
 Data lives in 64 KiB chunks allocated on first write; a chunk whose bytes are
 all zero is dropped, so bytes outside any chunk read as zero and a missing
-chunk costs nothing.  The allocation state (hole, allocated zeroes, data) is
-kept separately, exact to the byte, in a :class:`RangeMap`; it is what a real
-thin-provisioned disk would report, independent of the bytes' values.
+chunk costs nothing.  Resident memory follows the non-zero data written, not
+the export size: trims and write-zeroes free whole chunks at once.  The
+allocation state (hole, allocated zeroes, data) is kept separately, exact to
+the byte, in a :class:`RangeMap`; it is what a real thin-provisioned disk
+would report, independent of the bytes' values.
+
+The data path copies once each way (request buffer into chunks, chunks into
+the reply buffer) through memoryviews; it never builds an intermediate
+``bytes``.
 """
 
 from __future__ import annotations
@@ -15,10 +21,22 @@ from harness.protocol.constants import InitFlag
 
 from ._backend import DATA, HOLE_ZERO, ZERO, Backend, Run
 from ._extents import RangeMap
-from ._rawfile import is_all_zero
 
 CHUNK = 64 * 1024
 _ZERO_CHUNK = bytes(CHUNK)
+_ZERO_VIEW = memoryview(_ZERO_CHUNK)
+
+
+def is_zero(piece: memoryview) -> bool:
+    """True when every byte of ``piece`` (at most one chunk long) is zero.
+
+    Data written by clients rarely starts with a zero byte, so the first and
+    last bytes answer most calls; otherwise one ``memcmp`` (a memoryview
+    comparison would go byte by byte through ``struct``).
+    """
+    if piece[0] or piece[-1]:
+        return False
+    return piece.tobytes() == (_ZERO_CHUNK if len(piece) == CHUNK else bytes(len(piece)))
 
 
 class MemoryBackend(Backend):
@@ -40,48 +58,69 @@ class MemoryBackend(Backend):
         """How many 64 KiB chunks hold non-zero data (memory actually used)."""
         return len(self._chunks)
 
-    def _pieces(self, offset: int, length: int) -> Iterator[tuple[int, int, int, int]]:
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes of chunk memory held: what the export costs in RAM."""
+        return len(self._chunks) * CHUNK
+
+    @staticmethod
+    def _pieces(offset: int, length: int) -> Iterator[tuple[int, int, int, int]]:
         """Yield ``(chunk_index, start_in_chunk, end_in_chunk, position_in_request)``."""
         position = 0
         while position < length:
-            absolute = offset + position
-            index, start = divmod(absolute, CHUNK)
+            index, start = divmod(offset + position, CHUNK)
             end = min(CHUNK, start + length - position)
             yield index, start, end, position
             position += end - start
 
     def _read(self, offset: int, length: int) -> bytes:
         result = bytearray(length)
-        for index, start, end, position in self._pieces(offset, length):
-            chunk = self._chunks.get(index)
-            if chunk is not None:
-                result[position : position + end - start] = chunk[start:end]
+        self._read_into(offset, memoryview(result))
         return bytes(result)
 
-    def _write(self, offset: int, data: bytes) -> None:
-        for index, start, end, position in self._pieces(offset, len(data)):
-            piece = data[position : position + end - start]
-            chunk = self._chunks.get(index)
+    def _read_into(self, offset: int, target: memoryview) -> None:
+        chunks = self._chunks
+        for index, start, end, position in self._pieces(offset, len(target)):
+            chunk = chunks.get(index)
+            stop = position + end - start
             if chunk is None:
-                if is_all_zero(piece):
+                target[position:stop] = _ZERO_VIEW[: end - start]
+            else:
+                target[position:stop] = memoryview(chunk)[start:end]
+
+    def _write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        chunks = self._chunks
+        for index, start, end, position in self._pieces(offset, len(view)):
+            piece = view[position : position + end - start]
+            chunk = chunks.get(index)
+            if chunk is None:
+                if is_zero(piece):
                     continue  # zero bytes over a missing chunk change nothing
-                chunk = self._chunks[index] = bytearray(CHUNK)
+                if end - start == CHUNK:
+                    chunks[index] = bytearray(piece)  # whole chunk: no zero-fill first
+                    continue
+                chunk = chunks[index] = bytearray(CHUNK)
+                chunk[start:end] = piece
+                continue
             chunk[start:end] = piece
-            if chunk == _ZERO_CHUNK:
-                del self._chunks[index]
-        self._state.set(offset, offset + len(data), DATA)
+            # A chunk can only become all zero if the bytes just written are zero.
+            if is_zero(piece) and chunk == _ZERO_CHUNK:
+                del chunks[index]
+        self._state.set(offset, offset + len(view), DATA)
 
     def _zero(self, offset: int, length: int, state: int) -> None:
+        chunks = self._chunks
         for index, start, end, _ in self._pieces(offset, length):
-            chunk = self._chunks.get(index)
+            chunk = chunks.get(index)
             if chunk is None:
                 continue
             if end - start == CHUNK:
-                del self._chunks[index]
+                del chunks[index]
                 continue
-            chunk[start:end] = _ZERO_CHUNK[: end - start]
+            chunk[start:end] = _ZERO_VIEW[: end - start]
             if chunk == _ZERO_CHUNK:
-                del self._chunks[index]
+                del chunks[index]
         self._state.set(offset, offset + length, state)
 
     def _trim(self, offset: int, length: int) -> None:
@@ -99,6 +138,15 @@ class MemoryBackend(Backend):
     def _depth_runs(self, start: int, end: int) -> list[Run]:
         runs = self._state.runs(start, end)
         return [(s, e, 0 if value == HOLE_ZERO else 1) for s, e, value in runs]
+
+    def is_plain_data(self, offset: int, length: int) -> bool:
+        self._check_range(offset, length)
+        end = offset + length
+        with self._lock:
+            for _, run_end, value in self._state.runs(offset, end):
+                # The first run: plain data when it is not a zero state and reaches the end.
+                return run_end == end and not value & ZERO
+        return False
 
     def init_state(self) -> InitFlag:
         # Exact and O(runs): all-zero chunks are never kept, so "no chunk" is

@@ -15,6 +15,12 @@ A file has one ``[server]`` table and any number of ``[[export]]`` tables::
 Every key is listed in :data:`SERVER_KEYS` and :data:`EXPORT_KEYS` with its
 meaning; an unknown key is an error (typo protection).  Every mistake raises
 :class:`ConfigError` with one line naming the file, the table and the key.
+
+The typed values (:class:`ServerConfig`, :class:`ExportConfig`,
+:class:`BitmapConfig`) are the configuration: code builds them directly and
+checks them with their ``validated()`` (:func:`block_sizes` fills in default
+block sizes); :func:`config_from_dict` and :func:`load_config` only parse user
+input (a TOML file, the command line) into the same objects, with the same checks.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from harness.protocol.constants import (
     MAX_MIN_BLOCK_SIZE,
     MAX_STRING_LEN,
     QEMU_DIRTY_BITMAP_PREFIX,
+    is_power_of_two,
 )
 
 
@@ -84,6 +91,36 @@ class BitmapConfig:
     name: str
     granularity: int = DEFAULT_BITMAP_GRANULARITY
 
+    def validated(self) -> BitmapConfig:
+        """This bitmap, or :class:`ConfigError` saying what is wrong with it."""
+        if not self.name:
+            raise ConfigError("bitmaps: every bitmap needs a non-empty name")
+        if len((QEMU_DIRTY_BITMAP_PREFIX + self.name).encode()) > MAX_STRING_LEN:
+            raise ConfigError(f'bitmap "{self.name[:40]}...": name too long for a context name')
+        if not (
+            is_power_of_two(self.granularity)
+            and MIN_BITMAP_GRANULARITY <= self.granularity <= MAX_BITMAP_GRANULARITY
+        ):
+            raise ConfigError(f'bitmap "{self.name}": granularity {self.granularity} must be a '
+                              "power of two from 512 to 2G")
+        return self
+
+
+def block_sizes(minimum: int | None = None, preferred: int | None = None,
+                maximum: int | None = None) -> tuple[int, int, int]:
+    """The three block size constraints, each None one at its default.
+
+    The defaults follow the ones given: minimum 1, preferred 4096 (at least the
+    minimum), maximum payload 32 MiB (at least the preferred size).  Whether they
+    make sense together, :meth:`ExportConfig.validated` says.
+    """
+    minimum = DEFAULT_MIN_BLOCK if minimum is None else minimum
+    if preferred is None:
+        preferred = max(DEFAULT_PREFERRED_BLOCK, minimum)
+    if maximum is None:
+        maximum = max(DEFAULT_MAX_PAYLOAD, preferred)
+    return minimum, preferred, maximum
+
 
 @dataclass(frozen=True)
 class ExportConfig:
@@ -111,6 +148,71 @@ class ExportConfig:
     allocation_depth: bool = True
     """Offer ``qemu:allocation-depth`` (qemu-nbd offers it only with ``-A``)."""
 
+    def validated(self) -> ExportConfig:
+        """This export, or :class:`ConfigError` saying what is wrong with it.
+
+        The checks every export must pass however it was made (a TOML file, the
+        command line, the harness hosting a scenario's export): backend and its
+        files, size, block size constraints (spec "Size constraints"), bitmaps.
+        Messages name the key but not the export (callers add where it is).
+        """
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend {_show(self.backend)} is not one of "
+                              + ", ".join(_show(choice) for choice in BACKENDS))
+        if self.backend == "file" and self.path is None:
+            raise ConfigError('backend = "file" needs path = "FILE"')
+        if self.backend != "file" and self.path is not None:
+            raise ConfigError(f'path is only for backend = "file" (this export has '
+                              f'"{self.backend}")')
+        if self.backend == "layers":
+            if not self.layers:
+                raise ConfigError('backend = "layers" needs layers = ["top.raw", "base.raw", ...]')
+            if len({layer.resolve() for layer in self.layers}) != len(self.layers):
+                raise ConfigError("layers lists the same file twice (each layer is a different "
+                                  "file)")
+        elif self.layers:
+            raise ConfigError(f'layers is only for backend = "layers" (this export has '
+                              f'"{self.backend}")')
+        if self.size > MAX_EXPORT_SIZE:
+            raise ConfigError(f"size {self.size} is larger than the largest export size "
+                              "(2^63 - 1)")
+        self._check_block_sizes()
+        if self.size % self.min_block_size:
+            raise ConfigError(
+                f"size {self.size} is not a multiple of min_block_size {self.min_block_size} "
+                '(the client could not reach the last bytes; spec "Size constraints")'
+            )
+        names: set[str] = set()
+        for bitmap in self.bitmaps:
+            bitmap.validated()
+            if bitmap.name in names:
+                raise ConfigError(f'bitmap "{bitmap.name}" is listed twice')
+            names.add(bitmap.name)
+        return self
+
+    def _check_block_sizes(self) -> None:
+        minimum, preferred = self.min_block_size, self.preferred_block_size
+        maximum = self.max_payload_size
+        if not is_power_of_two(minimum) or minimum > MAX_MIN_BLOCK_SIZE:
+            raise ConfigError(
+                f"min_block_size {minimum} must be a power of two from 1 to {MAX_MIN_BLOCK_SIZE}"
+            )
+        floor = max(minimum, 512)
+        if not is_power_of_two(preferred) or preferred < floor:
+            raise ConfigError(
+                f"preferred_block_size {preferred} must be a power of two of at least {floor} "
+                "(at least 512 and min_block_size)"
+            )
+        if maximum < preferred or maximum > MAX_PAYLOAD_LIMIT:
+            raise ConfigError(
+                f"max_payload_size {maximum} must be from preferred_block_size ({preferred}) "
+                f"to {MAX_PAYLOAD_LIMIT:#x}"
+            )
+        if maximum % minimum and maximum != MAX_PAYLOAD_LIMIT:
+            raise ConfigError(
+                f"max_payload_size {maximum} must be a multiple of min_block_size {minimum}"
+            )
+
     @property
     def has_default_block_sizes(self) -> bool:
         """True when the constraints are the spec's defaults (1, 4096, 32 MiB)."""
@@ -137,6 +239,44 @@ class ServerConfig:
     exports: tuple[ExportConfig, ...] = ()
     source: Path | None = None
     """The file this configuration was read from (None when built in code)."""
+
+    def validated(self) -> ServerConfig:
+        """This server, or :class:`ConfigError` saying what is wrong with it.
+
+        Checks what spans the server and its exports (TLS needs fixed newstyle and
+        certificates, default export, unique names); each export checks itself
+        (:meth:`ExportConfig.validated`).  Messages name the key, not the table.
+        """
+        duplicate = _duplicate_name(self.exports)
+        if duplicate is not None:
+            raise ConfigError(duplicate)
+        for export in self.exports:
+            try:
+                export.validated()
+            except ConfigError as exc:
+                raise ConfigError(f'export "{export.name}": {exc}') from None
+        if self.tls != "off":
+            if self.handshake != "fixed-newstyle":
+                raise ConfigError(
+                    f'tls = "{self.tls}" needs handshake = "fixed-newstyle" '
+                    f'(spec: TLS requires fixed newstyle negotiation), not "{self.handshake}"'
+                )
+            _check_certificates(self)
+        if self.tls_verify_peer and self.tls == "off":
+            raise ConfigError('tls_verify_peer = true needs tls = "optional" or "required"')
+        if self.port_file is not None and self.listen.kind != "tcp":
+            raise ConfigError("port_file only makes sense with a tcp:// listen address")
+        if self.default_export and self.default is None:
+            names = ", ".join(f'"{e.name}"' for e in self.exports) or "none"
+            raise ConfigError(
+                f'default_export "{self.default_export}" is not an export (exports: {names})'
+            )
+        for export in self.exports:
+            if export.tls == "required" and self.tls == "off":
+                raise ConfigError(
+                    f'export "{export.name}" has tls = "required" but the server has tls = "off"'
+                )
+        return self
 
     def export(self, name: str) -> ExportConfig | None:
         """The export a client asking for ``name`` gets: exact name first, then
@@ -194,10 +334,6 @@ def _show(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return repr(value)
-
-
-def _is_power_of_two(value: int) -> bool:
-    return value > 0 and value & (value - 1) == 0
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -273,6 +409,8 @@ SERVER_KEYS: dict[str, str] = {
 }
 """Keys of ``[server]`` and what they mean."""
 
+BLOCK_SIZE_KEYS = ("min_block_size", "preferred_block_size", "max_payload_size")
+
 EXPORT_KEYS: dict[str, str] = {
     "name": "export name (may be empty: the default export)",
     "size": "export size: 512, 4k, 8M, 1G... (optional for file and layers)",
@@ -337,10 +475,10 @@ def config_from_dict(
 
     exports: list[ExportConfig] = []
     for number, table in enumerate(export_tables, start=1):
-        export = _export_from_table(table, where, number)
-        if any(other.name == export.name for other in exports):
-            raise where.error(f'export "{export.name}" is defined twice (export names are unique)')
-        exports.append(export)
+        exports.append(_export_from_table(table, where, number))
+        duplicate = _duplicate_name(tuple(exports))
+        if duplicate is not None:
+            raise where.error(duplicate)
     return _server_from_table(server_table, where.child("server"), tuple(exports), source)
 
 
@@ -369,45 +507,35 @@ def _server_from_table(
         values["default_export"] = _string(where, "default_export", table["default_export"])
     if "list_exports" in table:
         values["list_exports"] = _boolean(where, "list_exports", table["list_exports"])
-    config = ServerConfig(exports=exports, source=source, **values)
+    try:
+        return ServerConfig(exports=exports, source=source, **values).validated()
+    except ConfigError as exc:
+        raise where.error(str(exc)) from None
 
-    if config.tls != "off":
-        if config.handshake != "fixed-newstyle":
-            raise where.error(
-                f'tls = "{config.tls}" needs handshake = "fixed-newstyle" '
-                f'(spec: TLS requires fixed newstyle negotiation), not "{config.handshake}"'
-            )
-        _check_certificates(where, config)
-    if config.tls_verify_peer and config.tls == "off":
-        raise where.error('tls_verify_peer = true needs tls = "optional" or "required"')
-    if config.port_file is not None and config.listen.kind != "tcp":
-        raise where.error("port_file only makes sense with a tcp:// listen address")
-    if config.default_export and config.default is None:
-        names = ", ".join(f'"{e.name}"' for e in exports) or "none"
-        raise where.error(
-            f'default_export "{config.default_export}" is not an export (exports: {names})'
-        )
+
+def _duplicate_name(exports: tuple[ExportConfig, ...]) -> str | None:
+    """The message for the first export name given twice (None: names are unique)."""
+    seen: set[str] = set()
     for export in exports:
-        if export.tls == "required" and config.tls == "off":
-            raise where.error(
-                f'export "{export.name}" has tls = "required" but the server has tls = "off"'
-            )
-    return config
+        if export.name in seen:
+            return f'export "{export.name}" is defined twice (export names are unique)'
+        seen.add(export.name)
+    return None
 
 
-def _check_certificates(where: _Where, config: ServerConfig) -> None:
+def _check_certificates(config: ServerConfig) -> None:
     directory = config.tls_certificates
     if directory is None:
-        raise where.error(
+        raise ConfigError(
             f'tls = "{config.tls}" needs tls_certificates = "DIR" '
             f"(with {TLS_SERVER_CERT} and {TLS_SERVER_KEY})"
         )
     if not directory.is_dir():
-        raise where.error(f"tls_certificates {directory}: no such directory")
+        raise ConfigError(f"tls_certificates {directory}: no such directory")
     needed = [TLS_SERVER_CERT, TLS_SERVER_KEY] + ([TLS_CA_CERT] if config.tls_verify_peer else [])
     for name in needed:
         if not (directory / name).is_file():
-            raise where.error(f"tls_certificates {directory}: {name} is missing")
+            raise ConfigError(f"tls_certificates {directory}: {name} is missing")
 
 
 def _export_from_table(table: Mapping[str, Any], where: _Where, number: int) -> ExportConfig:
@@ -420,33 +548,18 @@ def _export_from_table(table: Mapping[str, Any], where: _Where, number: int) -> 
 
     backend = _choice(where, "backend", get("backend", "memory"), BACKENDS)
     read_only = _boolean(where, "read_only", get("read_only", False))
-    path: Path | None = None
-    layers: tuple[Path, ...] = ()
-    if backend == "file":
-        if "path" not in table:
-            raise where.error('backend = "file" needs path = "FILE"')
-        path = _path(where, "path", table["path"])
-    elif "path" in table:
-        raise where.error(f'path is only for backend = "file" (this export has "{backend}")')
-    if backend == "layers":
-        raw_layers = get("layers")
-        if not isinstance(raw_layers, list) or not raw_layers:
-            raise where.error('backend = "layers" needs layers = ["top.raw", "base.raw", ...]')
-        layers = tuple(_path(where, "layers", layer) for layer in raw_layers)
-        if len({layer.resolve() for layer in layers}) != len(layers):
-            raise where.error("layers lists the same file twice (each layer is a different file)")
-    elif "layers" in table:
-        raise where.error(f'layers is only for backend = "layers" (this export has "{backend}")')
-
+    path = _path(where, "path", table["path"]) if "path" in table else None
+    raw_layers = get("layers", [])
+    layers = tuple(_path(where, "layers", layer) for layer in raw_layers) \
+        if isinstance(raw_layers, list) else (Path(),)
+    # The size of a file or layers export may come from its files: check those first.
+    _validated(where, ExportConfig(name=name, size=0, backend=backend, path=path,
+                                   layers=layers if backend != "layers" or raw_layers else (),
+                                   read_only=read_only))
     size = _export_size(where, table, backend, path, layers, read_only)
-    minimum, preferred, maximum = _block_sizes(where, table)
-    if size % minimum:
-        raise where.error(
-            f"size {size} is not a multiple of min_block_size {minimum} "
-            '(the client could not reach the last bytes; spec "Size constraints")'
-        )
-
-    return ExportConfig(
+    sizes = {key: _size(where, key, table[key]) for key in BLOCK_SIZE_KEYS if key in table}
+    minimum, preferred, maximum = block_sizes(*(sizes.get(key) for key in BLOCK_SIZE_KEYS))
+    return _validated(where, ExportConfig(
         name=name,
         size=size,
         backend=backend,
@@ -458,9 +571,7 @@ def _export_from_table(table: Mapping[str, Any], where: _Where, number: int) -> 
         min_block_size=minimum,
         preferred_block_size=preferred,
         max_payload_size=maximum,
-        block_size_configured=any(
-            key in table for key in ("min_block_size", "preferred_block_size", "max_payload_size")
-        ),
+        block_size_configured=bool(sizes),
         block_size_required=_boolean(
             where, "block_size_required", get("block_size_required", False)
         ),
@@ -470,7 +581,14 @@ def _export_from_table(table: Mapping[str, Any], where: _Where, number: int) -> 
         rotational=_boolean(where, "rotational", get("rotational", False)),
         fast_zero=_boolean(where, "fast_zero", get("fast_zero", True)),
         allocation_depth=_boolean(where, "allocation_depth", get("allocation_depth", True)),
-    )
+    ))
+
+
+def _validated(where: _Where, export: ExportConfig) -> ExportConfig:
+    try:
+        return export.validated()
+    except ConfigError as exc:
+        raise where.error(str(exc)) from None
 
 
 def _export_size(
@@ -482,7 +600,7 @@ def _export_size(
     read_only: bool,
 ) -> int:
     size = _size(where, "size", table["size"]) if "size" in table else None
-    if size is not None and size > MAX_EXPORT_SIZE:
+    if size is not None and size > MAX_EXPORT_SIZE:  # before a file is created that large
         raise where.error(f"size {size} is larger than the largest export size (2^63 - 1)")
     if backend == "memory":
         if size is None:
@@ -508,37 +626,6 @@ def _export_size(
     return size if size is not None else max(layer.stat().st_size for layer in layers)
 
 
-def _block_sizes(where: _Where, table: Mapping[str, Any]) -> tuple[int, int, int]:
-    """Resolve and check the three constraints (spec "Size constraints")."""
-    minimum = _size(where, "min_block_size", table.get("min_block_size", DEFAULT_MIN_BLOCK))
-    if not _is_power_of_two(minimum) or minimum > MAX_MIN_BLOCK_SIZE:
-        raise where.error(
-            f"min_block_size {minimum} must be a power of two from 1 to {MAX_MIN_BLOCK_SIZE}"
-        )
-    preferred_default = max(DEFAULT_PREFERRED_BLOCK, minimum)
-    preferred = _size(
-        where, "preferred_block_size", table.get("preferred_block_size", preferred_default)
-    )
-    floor = max(minimum, 512)
-    if not _is_power_of_two(preferred) or preferred < floor:
-        raise where.error(
-            f"preferred_block_size {preferred} must be a power of two of at least {floor} "
-            "(at least 512 and min_block_size)"
-        )
-    maximum_default = max(DEFAULT_MAX_PAYLOAD, preferred)
-    maximum = _size(where, "max_payload_size", table.get("max_payload_size", maximum_default))
-    if maximum < preferred or maximum > MAX_PAYLOAD_LIMIT:
-        raise where.error(
-            f"max_payload_size {maximum} must be from preferred_block_size ({preferred}) "
-            f"to {MAX_PAYLOAD_LIMIT:#x}"
-        )
-    if maximum % minimum and maximum != MAX_PAYLOAD_LIMIT:
-        raise where.error(
-            f"max_payload_size {maximum} must be a multiple of min_block_size {minimum}"
-        )
-    return minimum, preferred, maximum
-
-
 def _bitmaps(where: _Where, raw: Any) -> tuple[BitmapConfig, ...]:
     if not isinstance(raw, list):
         raise where.error('bitmaps must be a list: ["b0"] or [{name = "b0", granularity = "64k"}]')
@@ -554,23 +641,12 @@ def _bitmaps(where: _Where, raw: Any) -> tuple[BitmapConfig, ...]:
         name = item.get("name")
         if not isinstance(name, str) or not name:
             raise where.error("bitmaps: every bitmap needs a non-empty name")
-        if len((QEMU_DIRTY_BITMAP_PREFIX + name).encode()) > MAX_STRING_LEN:
-            raise where.error(f'bitmap "{name[:40]}...": name too long for a context name')
         granularity = _size(
-            where.child(f'bitmap "{name}"'),
+            where.child(f'bitmap "{name[:40]}"'),
             "granularity",
             item.get("granularity", DEFAULT_BITMAP_GRANULARITY),
         )
-        if not (
-            _is_power_of_two(granularity)
-            and MIN_BITMAP_GRANULARITY <= granularity <= MAX_BITMAP_GRANULARITY
-        ):
-            raise where.error(
-                f'bitmap "{name}": granularity {granularity} must be a power of two from 512 to 2G'
-            )
-        if any(bitmap.name == name for bitmap in bitmaps):
-            raise where.error(f'bitmap "{name}" is listed twice')
-        bitmaps.append(BitmapConfig(name, granularity))
+        bitmaps.append(BitmapConfig(name, granularity))  # checked by ExportConfig.validated
     return tuple(bitmaps)
 
 
@@ -613,6 +689,7 @@ def parse_export_spec(spec: str, base_dir: Path | None = None) -> ExportConfig:
 
 __all__ = [
     "BACKENDS",
+    "BLOCK_SIZE_KEYS",
     "EXPORT_KEYS",
     "SERVER_KEYS",
     "BitmapConfig",
@@ -620,6 +697,7 @@ __all__ = [
     "ExportConfig",
     "ListenAddress",
     "ServerConfig",
+    "block_sizes",
     "config_from_dict",
     "load_config",
     "parse_export_spec",

@@ -5,8 +5,9 @@ claims and quirks of that version in ``matrix/`` (see :mod:`harness.peerdata`),
 never written by hand.  A profile starts from a bare newstyle server that
 knows only ``NBD_OPT_EXPORT_NAME`` and ``NBD_OPT_ABORT``; each feature the
 version has turns on what :data:`FEATURE_GRANTS` says, and each of its quirks
-applies what :data:`QUIRK_EFFECTS` says.  Those two tables are the only place
-that knows how a feature id becomes server behaviour.
+applies what :data:`QUIRK_EFFECTS` says.  Both tables are read from
+``matrix/features.toml`` (``grants``, ``[quirk.ID]``), the one table of feature
+semantics that the scenarios and the matrix read too.
 
 What a profile does not decide is per-export or per-server configuration:
 export sizes and block sizes, bitmaps, read-only, whether an export is
@@ -19,13 +20,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from harness.errors import UserError
-from harness.peerdata import PeerData, default_peerdata, version_matches
+from harness.peerdata import (
+    Feature,
+    PeerData,
+    QuirkMeaning,
+    default_peerdata,
+    version_matches,
+)
 from harness.protocol import constants as c
 
 from .features import FULL, MultiConn, ServerFeatures
 
 REFERENCE = "reference"
-META_OPTIONS = frozenset({c.Opt.LIST_META_CONTEXT, c.Opt.SET_META_CONTEXT})
 BASELINE_OPTIONS = frozenset({c.Opt.EXPORT_NAME, c.Opt.ABORT})
 """What every newstyle server understands, whatever its version."""
 
@@ -65,65 +71,37 @@ class QuirkEffect:
     note: str = ""
 
 
-def _on(*names: str) -> frozenset[str]:
-    return frozenset(names)
+def _option(name: str) -> int:
+    return c.Opt[name.removeprefix("NBD_OPT_")]
+
+
+def _grant(feature: Feature) -> Grant:
+    grant = feature.grants
+    unknown = sorted(set(grant.switches) - set(SWITCHES))
+    if unknown:
+        raise ProfileError(f"matrix/features.toml: [feature.{feature.id}]: grants: switch "
+                           f"{unknown[0]!r} is not one of {', '.join(SWITCHES)}")
+    return Grant(options=frozenset(_option(name) for name in grant.options),
+                 context_kinds=frozenset(grant.contexts), switches=frozenset(grant.switches),
+                 multi_conn=grant.multi_conn,  # type: ignore[arg-type]
+                 note=grant.note)
+
+
+def _effect(meaning: QuirkMeaning) -> QuirkEffect:
+    return QuirkEffect(quirk=meaning.profile_quirk, switches_off=frozenset(meaning.switches_off),
+                       note=meaning.note)
 
 
 FEATURE_GRANTS: dict[str, Grant] = {
-    "oldstyle": Grant(note="the handshake style is server configuration (--handshake oldstyle)"),
-    "no-zeroes": Grant(switches=_on("no_zeroes")),
-    "starttls-x509": Grant(options=frozenset({c.Opt.STARTTLS}),
-                           note="TLS itself needs --tls and certificates"),
-    "starttls-psk": Grant(note="the reference server's TLS uses X.509 certificates only"),
-    "list-exports": Grant(options=frozenset({c.Opt.LIST})),
-    "opt-go": Grant(options=frozenset({c.Opt.INFO, c.Opt.GO}),
-                    note="without it GO and INFO get ERR_UNSUP: clients fall back to EXPORT_NAME"),
-    "info-block-size": Grant(switches=_on("info_block_size")),
-    "structured-replies": Grant(options=frozenset({c.Opt.STRUCTURED_REPLY})),
-    "base-allocation": Grant(options=META_OPTIONS, context_kinds=_on(c.BASE_ALLOCATION)),
-    "dirty-bitmap": Grant(options=META_OPTIONS, context_kinds=_on(c.QEMU_DIRTY_BITMAP_PREFIX)),
-    "allocation-depth": Grant(options=META_OPTIONS, context_kinds=_on(c.QEMU_ALLOCATION_DEPTH)),
-    "meta-context-list-query": Grant(
-        note="always answered; only servers with qemu: contexts differ, and all of them have it"),
-    "write-zeroes": Grant(switches=_on("write_zeroes")),
-    "trim": Grant(switches=_on("trim")),
-    "flush": Grant(switches=_on("flush")),
-    "fua": Grant(switches=_on("fua")),
-    "cache": Grant(switches=_on("cache")),
-    "df": Grant(switches=_on("df"), note="advertised only once structured replies are on"),
-    "fast-zero": Grant(switches=_on("fast_zero")),
-    "multi-conn-read-only": Grant(multi_conn="read-only",
-                                  note="on exports configured multi_conn = true (shareable)"),
-    "multi-conn-writable": Grant(multi_conn="always",
-                                 note="on exports configured multi_conn = true (shareable)"),
-    "extended-headers": Grant(options=frozenset({c.Opt.EXTENDED_HEADERS})),
-    "block-status-payload": Grant(switches=_on("block_status_payload")),
-    "init-state": Grant(switches=_on("init_state"),
-                        note="still only on exports configured init_state = true"),
+    feature_id: _grant(feature) for feature_id, feature in default_peerdata().features.items()
 }
-"""Feature id (``matrix/features.toml``) -> what it turns on.  Every id has an entry."""
+"""Feature id -> what it turns on: read from ``grants`` in ``matrix/features.toml``."""
 
 QUIRK_EFFECTS: dict[str, QuirkEffect] = {
-    "info-size-zero": QuirkEffect(quirk="info-size-zero"),
-    "unflagged-extended-write": QuirkEffect(quirk="unflagged-extended-write"),
-    "sends-unflagged-extended-write": QuirkEffect(
-        note="a client quirk: the conformance rules report it; servers need no switch"),
-    "abort-without-ack": QuirkEffect(quirk="abort-without-ack"),
-    "read-only-hides-write-flags": QuirkEffect(quirk="read-only-hides-write-flags"),
-    "read-only-hides-fua": QuirkEffect(quirk="read-only-hides-fua"),
-    "info-block-status-payload": QuirkEffect(quirk="info-block-status-payload"),
-    "description-unasked": QuirkEffect(quirk="description-unasked"),
-    "memory-plugin-no-block-size": QuirkEffect(switches_off=_on("info_block_size")),
-    "no-multi-conn-writable": QuirkEffect(note="already expressed by the multi-conn claims"),
-    "multi-conn-needs-shared": QuirkEffect(
-        note="an export's multi_conn setting stands for qemu-nbd's --shared > 1"),
-    "no-extended-headers": QuirkEffect(note="already expressed by the missing claim"),
-    "list-needs-allowlist": QuirkEffect(
-        note="server configuration: list_exports = false stands for allowlist = false"),
-    "foreground-single-client": QuirkEffect(note="process behaviour, not on the wire"),
-    "misreports-version": QuirkEffect(note="--version output, not on the wire"),
+    quirk_id: _effect(meaning) for quirk_id, meaning in default_peerdata().quirks.items()
 }
-"""Quirk id (``[[quirk]]`` in ``matrix/peers``) -> its effect.  Every id has an entry."""
+"""Quirk id (``[[quirk]]`` in ``matrix/peers``) -> its effect: read from ``[quirk.ID]`` in
+``matrix/features.toml``."""
 
 _MULTI_CONN_RANK: dict[MultiConn, int] = {"never": 0, "read-only": 1, "always": 2}
 

@@ -450,6 +450,18 @@ def _server_string_no_nul() -> Conv:
     return conv.mark().s(reply(O.GO, R.ERR_UNKNOWN, b"no\0such export"))
 
 
+@sample("client.string-utf8")
+def _client_string_utf8() -> Conv:
+    conv = Conv().newstyle().mark().c(option(O.GO, name_and_infos(b"d\xffsk")))
+    return conv.s(reply(O.GO, R.ERR_UNKNOWN))
+
+
+@sample("server.string-utf8")
+def _server_string_utf8() -> Conv:
+    conv = Conv().newstyle().c(option(O.GO, name_and_infos(b"disk")))
+    return conv.mark().s(reply(O.GO, R.ERR_UNKNOWN, b"no such export \xff"))
+
+
 @sample("server.meta-context-name-utf8")
 def _meta_context_name_utf8() -> Conv:
     conv = Conv().newstyle().sr()
@@ -872,6 +884,12 @@ def _error_message_max_length() -> Conv:
 def _error_offset_within_request() -> Conv:
     conv = write(ready()).mark()
     return conv.s(chunk(1, RT.ERROR_OFFSET, error_payload(E.EIO, b"", 4096))).disc()
+
+
+@sample("server.error-offset-valid-for")
+def _error_offset_valid_for() -> Conv:
+    conv = ready().c(request(CMD.FLUSH, 1))
+    return conv.mark().s(chunk(1, RT.ERROR_OFFSET, error_payload(E.EIO, b"", 0))).disc()
 
 
 @sample("server.error-once")

@@ -152,7 +152,7 @@ def test_minimum_block_size_is_enforced_locally(tmp_path):
                 assert client.negotiation.block_size.minimum == 512
                 with pytest.raises(LocalProtocolError) as info:
                     await client.read(100, 512)
-                assert info.value.rule == "request-alignment"
+                assert info.value.rule == "client.request-alignment"
                 await client.write(512, pattern(512, 1024))
                 assert await client.read(512, 1024) == pattern(512, 1024)
 
@@ -167,7 +167,7 @@ def test_reading_past_the_end_is_refused_before_sending(tmp_path):
             async with await NbdClient.connect(ref_uri(server)) as client:
                 with pytest.raises(LocalProtocolError) as info:
                     await client.read(4 * MiB - 512, 1024)
-                assert info.value.rule == "request-past-end"
+                assert info.value.rule == "client.request-within-export"
                 assert await client.read(4 * MiB - 512, 512) == bytes(512)
 
         arun(session())
@@ -193,7 +193,7 @@ def test_extended_headers_refused_falls_back_to_structured_replies(tmp_path):
                 # The payload form of block status exists only with extended headers.
                 with pytest.raises(LocalProtocolError) as info:
                     await client.block_status(0, 4096, context_ids=[1])
-                assert info.value.rule == "payload-len-needs-extended"
+                assert info.value.rule == "client.compact-no-payload-len"
 
         arun(session())
 
@@ -217,7 +217,7 @@ def test_no_structured_replies_means_simple_replies_and_no_contexts(tmp_path):
                 assert await client.read(0, 4 * KiB) == pattern(0, 4 * KiB)
                 with pytest.raises(LocalProtocolError) as info:
                     await client.block_status(0, 4096)
-                assert info.value.rule == "block-status-needs-contexts"
+                assert info.value.rule == "client.block-status-needs-contexts"
                 with pytest.raises(NbdClientError, match="not negotiated"):
                     await client.map()
 

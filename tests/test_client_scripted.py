@@ -216,8 +216,8 @@ def test_chunk_outside_the_request_is_a_remote_protocol_error_and_closes():
             try:
                 with pytest.raises(RemoteProtocolError) as info:
                     await client.read(0, 512)
-                assert info.value.rule == "chunk-outside-request"
-                assert info.value.section == "Structured reply types"
+                assert info.value.rule == "server.content-within-request"
+                assert info.value.section == "Request types"  # cited for the rule
                 assert client.closed
                 with pytest.raises(NbdConnectionError):
                     await client.read(0, 512)
@@ -241,7 +241,7 @@ def test_lenient_client_records_violations_instead():
             async with await NbdClient.connect(address, options=options) as client:
                 assert await client.read(0, 512) == b"s" * 512
                 rules = [v.rule for _, v in client.connection.violations]
-                assert rules == ["simple-reply-to-read"]
+                assert rules == ["server.no-simple-reply-to-read"]
 
     arun(session())
 
@@ -281,7 +281,7 @@ def test_go_without_export_info_is_refused():
         async with scripted(script) as address:
             with pytest.raises(RemoteProtocolError) as info:
                 await NbdClient.connect(address)
-            assert info.value.rule == "info-export-required"
+            assert info.value.rule == "server.info-export-before-ack"
 
     arun(session())
 
@@ -301,7 +301,7 @@ def test_go_unsupported_after_extended_headers_is_a_violation():
         async with scripted(script) as address:
             with pytest.raises(RemoteProtocolError) as info:
                 await NbdClient.connect(address)
-            assert info.value.rule == "go-unsup-after-extended"
+            assert info.value.rule == "server.go-not-unsup-after-extended"
 
     arun(session())
 

@@ -16,6 +16,7 @@ from reference_server.config import (
     ConfigError,
     ExportConfig,
     ServerConfig,
+    block_sizes,
     config_from_dict,
     load_config,
     parse_export_spec,
@@ -511,3 +512,25 @@ def test_parse_export_spec_errors(tmp_path: Path, spec: str, expected: str | Non
         parse_export_spec(spec, base_dir=tmp_path)
     assert str(caught.value).startswith(f'export spec "{spec}"')
     assert expected in str(caught.value)
+
+
+def test_typed_configuration_is_checked_like_a_file(tmp_path: Path) -> None:
+    """Code builds the typed values directly; validated() gives the parser's messages."""
+    minimum, preferred, maximum = block_sizes(minimum=65536)
+    assert (minimum, preferred, maximum) == (65536, 65536, 32 * MiB)
+    export = ExportConfig(name="a", size=MiB, min_block_size=minimum,
+                          preferred_block_size=preferred, max_payload_size=maximum)
+    assert export.validated() is export
+    assert ServerConfig(exports=(export,)).validated().exports == (export,)
+    with pytest.raises(ConfigError, match=r"^min_block_size 3 must be a power of two"):
+        ExportConfig(name="a", size=MiB, min_block_size=3).validated()
+    with pytest.raises(ConfigError, match=r'^bitmap "b0" is listed twice'):
+        ExportConfig(name="a", size=MiB,
+                     bitmaps=(BitmapConfig("b0"), BitmapConfig("b0"))).validated()
+    with pytest.raises(ConfigError, match=r'^export "a": size 1000 is not a multiple'):
+        ServerConfig(exports=(ExportConfig(name="a", size=1000, min_block_size=512,
+                                           preferred_block_size=512),)).validated()
+    with pytest.raises(ConfigError, match=r'^tls = "required" needs tls_certificates'):
+        ServerConfig(tls="required").validated()
+    with pytest.raises(ConfigError, match=r'^export "a" is defined twice'):
+        ServerConfig(exports=(ExportConfig(name="a", size=MiB),) * 2).validated()

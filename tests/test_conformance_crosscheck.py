@@ -5,8 +5,9 @@ reference implementation's state machine (``harness.protocol.Connection``, whose
 
 For every hand-made conversation (clean and breaching) and every checked-in real capture,
 each message the dissector cut is fed to a ``Connection`` on its own: the two readings must
-agree on where every message ends.  Then the MUST-level verdicts are compared through a
-table from the reference checks' rule names to conformance rule ids.  Where they differ the
+agree on where every message ends.  Then the MUST-level verdicts are compared: both readings
+name a broken rule by the same id (:mod:`harness.protocol.rules`), so every rule the state
+machine finds must be among the MUST-level conformance findings.  Where they differ the
 difference is listed below with the reason (``KNOWN_DISAGREEMENTS``), so that a new one
 fails loudly and is looked at.
 """
@@ -27,125 +28,8 @@ from harness.protocol import NEED_DATA, Connection, ProtocolError, Role
 REPO = Path(__file__).resolve().parents[1]
 CAPTURES = REPO / "tests" / "data" / "captures"
 
-# The reference checks' rule names, and the conformance rules that read the same sentence.
-SAME_RULE: dict[str, set[str]] = {
-    "client-flags-unknown": {"client.client-flags-known"},
-    "no-zeroes-unoffered": {"client.no-zeroes-only-if-offered"},
-    "nonfixed-only-export-name": {"client.export-name-only-in-nonfixed"},
-    "export-name-zeroes": {"server.export-name-reply-zeroes", "server.no-zeroes-honoured"},
-    "out-of-turn": {
-        "client.no-option-before-final-reply",
-        "client.nothing-after-disc",
-        "server.no-reply-to-disc",
-    },
-    "reply-option-mismatch": {"server.option-reply-answers-option"},
-    "option-no-data": {"client.no-data-with-option"},
-    "info-export-required": {"server.info-export-before-ack"},
-    "info-length": {"server.info-export-length", "server.info-block-size-length"},
-    "reply-data": {"server.info-length-at-least-2"},
-    "block-size-reqd-when-requested": {"server.block-size-reqd-not-if-requested"},
-    "go-unsup-after-extended": {"server.go-not-unsup-after-extended"},
-    "info-request-duplicate": {"client.info-request-once"},
-    "string-length": {"client.info-name-length"},
-    "rep-server-length": {"server.rep-server-name-length"},
-    "export-name-after-extended-headers": {"client.no-export-name-after-extended"},
-    "set-meta-context-needs-structured": {"client.set-meta-context-needs-structured"},
-    "reply-type-for-option": {
-        "server.meta-context-replies",
-        "server.list-replies",
-        "server.info-go-replies",
-        "server.no-data-option-replies",
-        "server.starttls-reply",
-    },
-    "meta-context-id-unique": {"server.meta-context-ids-unique"},
-    "ext-header-reqd-for-base": {
-        "server.ext-header-reqd-not-for-base",
-        "server.list-ext-header-reqd-not-for-base",
-    },
-    "string-limit": {"client.string-max-length", "server.string-max-length"},
-    "utf8-strings": {"server.meta-context-name-utf8"},
-    "has-flags": {"server.has-flags"},
-    "df-needs-structured": {"server.df-needs-structured"},
-    "fast-zero-needs-write-zeroes": {"server.fast-zero-needs-write-zeroes"},
-    "block-status-payload-needs-extended": {"server.block-status-payload-needs-extended"},
-    "block-size-minimum": {"server.block-size-minimum"},
-    "block-size-preferred": {"server.block-size-preferred"},
-    "block-size-maximum": {"server.block-size-maximum"},
-    "command-not-advertised": {
-        "client.flush-needs-send-flush",
-        "client.trim-needs-send-trim",
-        "client.write-zeroes-needs-send-write-zeroes",
-    },
-    "command-flag-not-advertised": {
-        "client.fua-needs-send-fua",
-        "client.df-needs-send-df",
-        "client.fast-zero-needs-send-fast-zero",
-    },
-    "command-flag-invalid": {"client.command-flag-documented"},
-    "command-unknown": {"client.no-unknown-commands"},
-    "payload-len-needs-extended": {"client.compact-no-payload-len"},
-    "write-needs-payload-len": {"client.extended-write-payload-len"},
-    "request-length-mismatch": {"client.extended-write-payload-len"},
-    "request-header-style": {
-        "client.extended-request-when-negotiated",
-        "client.compact-request-unless-negotiated",
-    },
-    "block-status-needs-contexts": {"client.block-status-needs-contexts"},
-    "block-status-payload-length": {"client.block-status-payload-size"},
-    "block-status-payload-ids": {"server.block-status-payload-bad-ids"},
-    "request-past-end": {"client.request-within-export"},
-    "request-alignment": {"client.request-alignment"},
-    "request-over-max-payload": {"client.request-max-payload"},
-    "write-read-only": {"server.read-only-write-errors"},
-    "reply-unknown-cookie": {"server.reply-cookie-matches", "server.done-last"},
-    "simple-reply-with-extended": {"server.simple-reply-with-extended"},
-    "simple-reply-to-read": {"server.no-simple-reply-to-read"},
-    "chunk-not-negotiated": {"server.structured-needs-negotiation"},
-    "chunk-header-style": {
-        "server.extended-needs-negotiation",
-        "server.extended-reply-when-negotiated",
-    },
-    "extended-reply-offset": {"server.extended-reply-offset"},
-    "reply-flags-unknown": {"server.reply-flags-known"},
-    "none-needs-done": {"server.none-chunk-done"},
-    "chunk-none-length": {"server.none-chunk-length"},
-    "offset-data-length": {"server.offset-data-length"},
-    "offset-hole-length": {"server.offset-hole-length"},
-    "hole-size-zero": {"server.hole-size-nonzero"},
-    "content-only-for-read": {"server.content-only-for-read"},
-    "chunk-outside-request": {"server.content-within-request"},
-    "chunk-overlap": {"server.content-no-overlap"},
-    "read-coverage": {
-        "server.read-full-coverage",
-        "server.content-within-request",
-        "server.content-no-overlap",
-    },
-    "df-one-chunk": {"server.df-single-content-chunk"},
-    "error-nonzero": {"server.error-chunk-nonzero"},
-    "error-chunk-length": {"server.error-length", "server.error-offset-length"},
-    "error-message-length": {"server.error-message-fits"},
-    "error-offset-range": {"server.error-offset-within-request"},
-    "chunk-type-unknown": {"client.disconnect-on-unknown-chunk"},
-    "status-chunk-type": {"server.status-chunk-type"},
-    "status-context-unknown": {"server.status-selected-contexts-only"},
-    "status-one-chunk-per-context": {"server.status-one-chunk-per-context"},
-    "status-chunk-per-context": {"server.status-one-chunk-per-context"},
-    "block-status-length": {
-        "server.status-chunk-length",
-        "server.status-at-least-one-descriptor",
-    },
-    "block-status-ext-length": {"server.status-ext-chunk-length"},
-    "block-status-ext-count": {"server.status-ext-count"},
-    "status-extent-nonzero": {"server.status-descriptor-nonzero"},
-    "req-one-single-extent": {"server.req-one-single-descriptor"},
-    "req-one-length": {"server.req-one-length"},
-    "status-extent-sum": {"server.status-sum-below-length"},
-    "status-extent-alignment": {"server.status-descriptor-min-block"},
-    "status-ext-base-32bit": {"server.status-upper-bits-zero"},
-}
-
-# Where the readings differ, by case, and why.  "theirs" lists reference-check names no
-# MUST-level conformance finding matches; "boundaries" a message the codec cuts elsewhere.
+# Where the readings differ, by case, and why.  "theirs" lists rules the state machine finds
+# and no MUST-level conformance finding names; "boundaries" a message the codec cuts elsewhere.
 KNOWN_DISAGREEMENTS: dict[str, dict[str, object]] = {
     "client.extended-write-payload-len": {
         "boundaries": "NBD_CMD_WRITE",
@@ -154,24 +38,28 @@ KNOWN_DISAGREEMENTS: dict[str, dict[str, object]] = {
         "the dissector looks at the bytes that follow and sees the next request",
     },
     "client.cookie-distinct": {
-        "theirs": {"chunk-outside-request", "reply-unknown-cookie"},
+        "theirs": {
+            "server.content-within-request",
+            "server.read-full-coverage",
+            "server.done-last",
+        },
         "why": "the state machine keeps one request per cookie, so after a reused cookie the "
         "replies look wrong to it; the spec only says 'Clients SHOULD use a cookie that is "
         "distinct from all other currently pending transactions' (SHOULD level)",
     },
     "client.block-status-payload-needs-flag": {
-        "theirs": {"block-status-payload-unadvertised"},
+        "theirs": {"client.block-status-payload-needs-flag"},
         "why": "the codec makes the unadvertised payload form a violation; the spec: "
         '"clients SHOULD NOT set the NBD_CMD_FLAG_PAYLOAD_LEN flag for NBD_CMD_BLOCK_STATUS '
         'unless this transmission flag is set" (SHOULD NOT level)',
     },
     "server.read-only-eperm": {
-        "theirs": {"write-read-only"},
+        "theirs": {"server.read-only-write-errors"},
         "why": "the codec judges a client that writes to a read-only export (to answer "
         "EPERM); the spec puts no requirement on that client, only on the server's answer",
     },
     "server.info-export-length": {
-        "theirs": {"info-export-required"},
+        "theirs": {"server.info-export-before-ack"},
         "why": "the codec drops an NBD_INFO_EXPORT of the wrong length, then also finds the ACK "
         "without one; the conformance rules report the length once and count the reply as "
         "the NBD_INFO_EXPORT it says it is",
@@ -230,7 +118,7 @@ def disagreement(session: Session) -> dict[str, object]:
     """The differences between the two readings of one session (empty when they agree)."""
     mine = {f.rule for f in check_session(session) if f.mandatory}
     reading = judge(session)
-    unmatched = {name for name in reading.theirs if not SAME_RULE.get(name, set()) & mine}
+    unmatched = reading.theirs - mine
     out: dict[str, object] = {}
     if unmatched:
         out["theirs"] = unmatched
@@ -262,11 +150,10 @@ def test_clean_conversations_read_alike(name: str, tmp_path: Path) -> None:
 # Real captures the two readings frame differently on purpose: capture -> session -> reading.
 # qemu 11.1's client sends an extended NBD_CMD_WRITE without NBD_CMD_FLAG_PAYLOAD_LEN and
 # its data right behind (qemu-nbd reads it).  Both readings take the data as its payload
-# and both report the missing flag (the codec as write-needs-payload-len, the rules as
-# client.extended-write-payload-len).
+# and both report the missing flag (client.extended-write-payload-len).
 KNOWN_IN_CAPTURES: dict[str, dict[int, Reading]] = {
     "qemu-nbd11-qemu-io11-extended.pcapng": {
-        1: Reading({"write-needs-payload-len"}, None),
+        1: Reading({"client.extended-write-payload-len"}, None),
     },
 }
 
@@ -283,9 +170,12 @@ def test_real_captures_read_alike(name: str) -> None:
         assert reading.theirs == expected.theirs, f"session {session.index}: {reading.theirs}"
 
 
-def test_the_rule_table_names_existing_rules() -> None:
+def test_the_known_disagreements_name_existing_rules() -> None:
     from harness.conformance import REGISTRY
 
-    for names in SAME_RULE.values():
-        assert names <= set(REGISTRY)
     assert set(KNOWN_DISAGREEMENTS) <= set(REGISTRY)
+    for known in KNOWN_DISAGREEMENTS.values():
+        assert set(known.get("theirs", set())) <= set(REGISTRY)  # type: ignore[call-overload]
+    for readings in KNOWN_IN_CAPTURES.values():
+        for reading in readings.values():
+            assert reading.theirs <= set(REGISTRY)

@@ -36,6 +36,7 @@ from harness.conformance.spec_coverage import (
 )
 from harness.dissect import decode_capture, decode_streams
 from harness.protocol import constants as c
+from harness.protocol.rules import CITATIONS, Citation
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC_DIR = REPO / "docs" / "spec"
@@ -214,14 +215,26 @@ def test_decorator_refuses_bad_metadata() -> None:
         return iter(())
 
     with pytest.raises(ValueError, match="must be"):
-        rule(id="Bad Id", level=MUST, role="server", section="x", sentence="y")(check)
-    with pytest.raises(ValueError, match="must be"):
-        rule(id="client.mismatch", level=MUST, role="server", section="x", sentence="y")(check)
+        Citation("Bad Id", MUST, "x", "y")
     with pytest.raises(ValueError, match="level"):
-        rule(id="server.x", level="MAY", role="server", section="x", sentence="y")(check)
+        Citation("server.x", "MAY", "x", "y")
+    with pytest.raises(ValueError, match="no citation"):
+        rule(id="server.never-cited")(check)
     with pytest.raises(ValueError, match="twice"):
-        rule(id="server.greeting-magic", level=MUST, role="server", section="x", sentence="y")(
-            check
+        rule(id="server.greeting-magic")(check)
+
+
+def test_every_citation_is_checked_by_one_rule() -> None:
+    """The citations and the conformance rules are the same ids, and a rule reports
+    exactly what its citation says."""
+    assert list(CITATIONS) == list(REGISTRY)
+    for rule_id, citation in CITATIONS.items():
+        item = REGISTRY[rule_id]
+        assert (item.level, item.role, item.section, item.sentence) == (
+            citation.level,
+            citation.role,
+            citation.section,
+            citation.sentence,
         )
 
 

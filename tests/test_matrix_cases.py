@@ -20,8 +20,10 @@ from harness.matrix.cases import (
     select_scenarios,
     server_features_for,
 )
-from harness.matrix.verdict import Verdict
+from harness.peers import ExportSpec
 from harness.scenarios import ExportRequirements, Fallback, Scenario, Step
+from harness.scenarios.model import DEFAULT_EXPORT_SIZE
+from harness.verdict import Verdict
 
 
 def scenario(name: str = "sr-read", *, server: set[str] | None = None,
@@ -86,7 +88,8 @@ def test_read_only_quirk_hides_write_commands() -> None:
     assert "read-only-hides-write-flags" in qemu.quirks and "trim" in qemu.features
     writable = scenario(server={"trim"}, outcome="unsupported")
     read_only = scenario(server={"trim"}, outcome="unsupported",
-                         export=ExportRequirements(read_only=True))
+                         export=ExportRequirements(ExportSpec(
+                             DEFAULT_EXPORT_SIZE, image_format="raw", read_only=True)))
     assert "trim" not in server_features_for(read_only, qemu)
     assert expect(writable, qemu, reference_client()).verdict is Verdict.PASS
     hidden = expect(read_only, qemu, reference_client())
@@ -214,7 +217,8 @@ def test_a_profile_reporting_info_size_zero_cannot_judge_a_clients_size() -> Non
 
 def test_a_server_without_descriptions_is_not_asked_for_one() -> None:
     described = scenario("described", outcome=None,
-                         export=ExportRequirements(description="scratch"))
+                         export=ExportRequirements(ExportSpec(
+                             DEFAULT_EXPORT_SIZE, image_format="raw", description="scratch")))
     servers = [real_peer("nbd-server", "3.24", "server", "host"),
                real_peer("qemu-nbd", "7.2", "server", "host")]
     expansion = expand([described], servers, [reference_client()])

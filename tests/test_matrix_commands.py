@@ -99,9 +99,11 @@ def test_run_usage_errors_are_one_line(library: Path, argv: list[str], message: 
 
 def test_check_a_conforming_server(library: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.peers import ExportSpec
     from harness.scenarios import ExportRequirements, serve_reference
 
-    with serve_reference(ExportRequirements(size=1 << 20), workdir=tmp_path / "srv") as served:
+    export = ExportRequirements(ExportSpec(1 << 20, image_format="raw"))
+    with serve_reference(export, workdir=tmp_path / "srv") as served:
         uri = served.uri()
         # Read-only: no scenario of this library applies without writes.
         assert run("check", uri, "--scenarios-dir", str(library)) == 2

@@ -6,8 +6,9 @@ import pytest
 
 from harness.client import parse_uri
 from harness.matrix.external import ExternalExport, external_cases, not_applicable
-from harness.peers import DataRange
+from harness.peers import DataRange, ExportSpec, Layer
 from harness.scenarios import ExportRequirements, Scenario, Step
+from harness.scenarios.model import DEFAULT_EXPORT_SIZE
 
 URI = "nbd://127.0.0.1:10809/vol"
 MIB = 1 << 20
@@ -23,6 +24,12 @@ def scenario(*steps: Step, export: ExportRequirements | None = None) -> Scenario
                     export=export or ExportRequirements(), steps=(Step("connect"), *steps))
 
 
+def exporting(**changes: object) -> ExportRequirements:
+    """A scenario export with ``changes`` to the default export."""
+    return ExportRequirements(ExportSpec(**{"size": DEFAULT_EXPORT_SIZE, "image_format": "raw",
+                                            **changes}))  # type: ignore[arg-type]
+
+
 def read(offset: int, length: int, **expect: object) -> Step:
     return Step("read", {"offset": offset, "length": length}, expect or None)
 
@@ -32,11 +39,11 @@ def write(offset: int, length: int) -> Step:
 
 
 @pytest.mark.parametrize(("wanted", "why"), [
-    (scenario(export=ExportRequirements(layers=((DataRange(0, 65536),),))), "preset export"),
+    (scenario(export=exporting(layers=(Layer((DataRange(0, 65536),)),))), "preset export"),
     (scenario(export=ExportRequirements(handshake="oldstyle")), "oldstyle server"),
-    (scenario(export=ExportRequirements(min_block_size=4096)), "block size"),
+    (scenario(export=exporting(min_block_size=4096)), "block size"),
     (scenario(export=ExportRequirements(tls="required")), "needs TLS required"),
-    (scenario(export=ExportRequirements(read_only=True)), "read-only export"),
+    (scenario(export=exporting(read_only=True)), "read-only export"),
     (scenario(write(0, 4096)), "writes (use --allow-writes)"),
     (scenario(read(0, 4096)), "reads data it did not write"),
     (scenario(Step("request", {"command": "NBD_CMD_FLUSH"})), "reads data it did not write"),
@@ -79,6 +86,6 @@ def test_applicable_scenarios_take_the_servers_export() -> None:
     fits = scenario(Step("expect_negotiated", {"size": "export"}))
     expansion = external_cases([fits, scenario(read(0, 1))], external(3 * MIB))
     (case,) = expansion.cases
-    assert case.scenario.export.size == 3 * MIB and case.scenario.export.name == "vol"
+    assert case.scenario.export.spec.size == 3 * MIB and case.scenario.export.spec.name == "vol"
     assert case.expected is None and case.id == f"s[external:{URI}-vs-reference-client]"
     assert [e.reason for e in expansion.excluded] == ["reads data it did not write"]

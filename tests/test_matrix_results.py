@@ -18,7 +18,8 @@ from harness.matrix.results import (
     load_runs,
     merge_results,
 )
-from harness.matrix.verdict import BENIGN, Verdict, judge, worst
+from harness.matrix.verdict import judge, judge_case
+from harness.verdict import BENIGN, Verdict, worst
 
 
 def result(case_id: str = "read[a@1-vs-b@2]", verdict: str = "pass", *, started: float = 1.0,
@@ -64,6 +65,58 @@ def test_judge(observed: Verdict, expected: Verdict | None, final: Verdict) -> N
     assert outcome.ok == (final in BENIGN)
     if final is Verdict.FAIL and observed is not Verdict.FAIL:
         assert f"predicts {expected.value}" in outcome.detail and outcome.detail.endswith("why")
+
+
+def finding(role: str, level: str = "MUST", rule: str = "r") -> dict[str, object]:
+    return {"role": role, "level": level, "rule": f"{role}.{rule}", "frame": 7,
+            "section": "S", "sentence": "T", "message": "m"}
+
+
+@pytest.mark.parametrize(("observed", "findings", "options", "final"), [
+    # A MUST the peer under test broke fails the case, whatever the run came to.
+    (Verdict.PASS, [finding("server")], {}, Verdict.FAIL),
+    (Verdict.ERROR, [finding("server")], {}, Verdict.FAIL),
+    (Verdict.UNSUPPORTED, [finding("server", "MUST NOT")], {}, Verdict.FAIL),
+    # SHOULD-level findings never change a verdict.
+    (Verdict.PASS, [finding("server", "SHOULD"), finding("client", "SHOULD NOT")], {},
+     Verdict.PASS),
+    # The reference side breaking a MUST is a harness bug...
+    (Verdict.PASS, [finding("client")], {}, Verdict.ERROR),
+    (Verdict.EXPECTED_FALLBACK, [finding("client")], {}, Verdict.ERROR),
+    # ... unless on purpose, or the run already found fault.
+    (Verdict.PASS, [finding("client")], {"reference_breaches_deliberate": True}, Verdict.PASS),
+    (Verdict.FAIL, [finding("client")], {}, Verdict.FAIL),
+    # The reference side's own account of the peer's faults counts like the wire.
+    (Verdict.PASS, [finding("client")], {"peer_faults": ["sent junk"]}, Verdict.FAIL),
+    # A capture that cannot evidence the case is an error (a peer at fault still fails).
+    (Verdict.PASS, [], {"capture_problem": "the capture is damaged: x"}, Verdict.ERROR),
+    (Verdict.PASS, [finding("server")], {"capture_problem": "damaged"}, Verdict.FAIL),
+    (Verdict.PASS, [], {"evidenced": False}, Verdict.ERROR),
+    (Verdict.FAIL, [], {"evidenced": False}, Verdict.FAIL),
+    # Then the expectation: expected-fallback observed where pass is predicted fails.
+    (Verdict.EXPECTED_FALLBACK, [], {"expected": Verdict.PASS}, Verdict.FAIL),
+    (Verdict.EXPECTED_FALLBACK, [], {"expected": Verdict.EXPECTED_FALLBACK},
+     Verdict.EXPECTED_FALLBACK),
+])
+def test_judge_case(observed: Verdict, findings: list[dict[str, object]],
+                    options: dict[str, object], final: Verdict) -> None:
+    outcome = judge_case(observed, "steps said so", findings, under_test="server",
+                         peer="qemu-nbd@7.2", **options)
+    assert outcome.verdict is final
+    if final is Verdict.FAIL and observed is not Verdict.FAIL and not options:
+        assert outcome.observed is Verdict.FAIL
+        assert outcome.detail.startswith("qemu-nbd@7.2 broke")
+        assert outcome.detail.endswith("; steps: steps said so")
+    if final is Verdict.ERROR and observed is not Verdict.ERROR and findings:
+        assert "the reference client broke MUST client.r at frame 7" in outcome.detail
+
+
+def test_judge_case_names_the_first_breach_and_counts_the_rest() -> None:
+    breaches = [finding("client", rule="a"), finding("client", rule="b"), finding("server")]
+    outcome = judge_case(Verdict.PASS, "", breaches, under_test="client", peer="nbdinfo")
+    assert outcome.verdict is Verdict.FAIL
+    assert outcome.detail == ('nbdinfo broke MUST client.a at frame 7 (spec "S": "T"): m '
+                              "(and 1 more)")
 
 
 def test_worst_orders_error_first() -> None:

@@ -277,3 +277,31 @@ def test_malformed_feature_vocabulary_gets_a_clear_error(tmp_path):
 def test_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(PeerDataError, match=r"features\.toml: no such file"):
         load_peerdata(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('flag = "NBD_FLAG_SEND_TRIM"', 'flag = "NBD_FLAG_SEND_TRIMM"',
+     r"\[feature.trim\]: flag: 'NBD_FLAG_SEND_TRIMM' is not a NBD_FLAG_\* name"),
+    ('grants = { options = ["NBD_OPT_LIST"] }', 'grants = { options = ["NBD_OPT_LISTS"] }',
+     r"\[feature.list-exports\]: grants: options: 'NBD_OPT_LISTS' is not a NBD_OPT_\* name"),
+    ('read_only_hides = ["fua"]', 'read_only_hides = ["fuaa"]',
+     r"\[quirk.read-only-hides-fua\]: read_only_hides: unknown feature 'fuaa'"),
+])
+def test_malformed_feature_semantics_get_a_clear_error(tmp_path, old, new, message):
+    root = make_root(tmp_path)
+    text = (root / "features.toml").read_text()
+    assert old in text
+    (root / "features.toml").write_text(text.replace(old, new, 1))
+    with pytest.raises(PeerDataError, match=message):
+        load_peerdata(root)
+
+
+def test_feature_semantics_are_data(data):
+    """One table says what a feature means: on the wire, in the reference server, in cases."""
+    trim = data.features["trim"]
+    assert (trim.flag, trim.grants.switches) == ("NBD_FLAG_SEND_TRIM", ("trim",))
+    assert data.features["opt-go"].refused_by == ("NBD_OPT_GO", "NBD_OPT_INFO")
+    assert data.features["starttls-psk"].reference_lacks == ("server", "client")
+    assert data.quirks["read-only-hides-fua"].read_only_hides == ("fua",)
+    quirk_ids = {q.id for program in data.programs.values() for q in program.quirk_list}
+    assert quirk_ids <= set(data.quirks)

@@ -382,3 +382,25 @@ def test_peers_cli_errors_are_one_line(capsys) -> None:
     assert "unknown Debian suite 'potato'" in capsys.readouterr().err
     assert main(["peers", "doctor", "qemu-kvm"]) == 2
     assert "unknown peer program 'qemu-kvm'" in capsys.readouterr().err
+
+
+def test_the_reference_server_is_configured_from_the_export_itself(tmp_path: Path) -> None:
+    """host_reference's configuration is built from the ExportSpec, no document parsed."""
+    from harness.peers.reference import EXTRA_EXPORT_SIZE, reference_config
+
+    spec = ExportSpec(size=1024 * KiB, name="d", image_format="raw", read_only=True,
+                      bitmaps=CHAIN.bitmaps, min_block_size=4096, multi_conn=False,
+                      init_state=True, description="scratch")
+    config = reference_config(spec, tmp_path, storage="memory", handshake="newstyle",
+                              list_exports=False, extra_exports=("other",))
+    export, other = config.exports
+    assert (export.name, export.size, export.backend, export.read_only) == (
+        "d", 1024 * KiB, "memory", True)
+    assert (export.min_block_size, export.preferred_block_size) == (4096, 4096)
+    assert export.block_size_configured and not export.multi_conn and export.init_state
+    assert [b.name for b in export.bitmaps] == [b.name for b in CHAIN.bitmaps]
+    assert (other.name, other.size) == ("other", EXTRA_EXPORT_SIZE)
+    assert (config.handshake, config.list_exports, config.tls) == ("newstyle", False, "off")
+    layered = reference_config(CHAIN, tmp_path)
+    assert layered.exports[0].backend == "layers"
+    assert [p.name for p in layered.exports[0].layers] == ["layer1.raw", "layer0.raw"]

@@ -307,17 +307,17 @@ def test_wire_layouts_match_the_spec():
 @pytest.mark.parametrize(
     ("rtype", "data", "rule"),
     [
-        (c.ReplyType.NONE, b"x", "chunk-none-length"),
-        (c.ReplyType.OFFSET_DATA, b"\x00" * 8, "offset-data-length"),
-        (c.ReplyType.OFFSET_HOLE, b"\x00" * 11, "offset-hole-length"),
-        (c.ReplyType.BLOCK_STATUS, b"\x00" * 8, "block-status-length"),
+        (c.ReplyType.NONE, b"x", "server.none-chunk-length"),
+        (c.ReplyType.OFFSET_DATA, b"\x00" * 8, "server.offset-data-length"),
+        (c.ReplyType.OFFSET_HOLE, b"\x00" * 11, "server.offset-hole-length"),
+        (c.ReplyType.BLOCK_STATUS, b"\x00" * 8, "server.status-chunk-length"),
         (
             c.ReplyType.BLOCK_STATUS_EXT,
             struct.pack(">IIQQ", 1, 2, 512, 0),
-            "block-status-ext-count",
+            "server.status-ext-count",
         ),
-        (c.ReplyType.ERROR, struct.pack(">IH", 5, 10) + b"abc", "error-message-length"),
-        (c.ReplyType.ERROR_OFFSET, struct.pack(">IH", 5, 0), "error-chunk-length"),
+        (c.ReplyType.ERROR, struct.pack(">IH", 5, 10) + b"abc", "server.error-message-fits"),
+        (c.ReplyType.ERROR_OFFSET, struct.pack(">IH", 5, 0), "server.error-offset-length"),
     ],
 )
 def test_chunk_length_rules(rtype, data, rule):

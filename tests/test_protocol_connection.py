@@ -105,19 +105,19 @@ def test_partial_data_needs_more():
 @pytest.mark.parametrize(
     ("chunks", "rule"),
     [
-        ([chunk(1, ChunkOffsetData(0, b"a" * 512), done=True)], "read-coverage"),
-        ([chunk(1, ChunkOffsetData(1024, b"a" * 512), done=True)], "chunk-outside-request"),
+        ([chunk(1, ChunkOffsetData(0, b"a" * 512), done=True)], "server.read-full-coverage"),
+        ([chunk(1, ChunkOffsetData(1024, b"a" * 512), done=True)], "server.content-within-request"),
         (
             [
                 chunk(1, ChunkOffsetData(0, b"a" * 600)),
                 chunk(1, ChunkOffsetHole(512, 512), done=True),
             ],
-            "chunk-overlap",
+            "server.content-no-overlap",
         ),
         ([chunk(1, ChunkOffsetHole(0, 1024))], None),
-        ([chunk(1, ChunkNone())], "none-needs-done"),
-        ([chunk(2, ChunkNone(), done=True)], "reply-unknown-cookie"),
-        ([SimpleReply(1, 0, b"x" * 1024)], "simple-reply-to-read"),
+        ([chunk(1, ChunkNone())], "server.none-chunk-done"),
+        ([chunk(2, ChunkNone(), done=True)], "server.reply-cookie-matches"),
+        ([SimpleReply(1, 0, b"x" * 1024)], "server.no-simple-reply-to-read"),
     ],
 )
 def test_strict_client_rejects_bad_read_replies(chunks, rule):
@@ -145,7 +145,7 @@ def test_extended_headers_forbid_simple_replies_and_want_ext_status():
     client.receive_data(server.send(SimpleReply(5)))
     with pytest.raises(RemoteProtocolError) as info:
         client.next_event()
-    assert info.value.rule == "simple-reply-with-extended"
+    assert info.value.rule == "server.simple-reply-with-extended"
 
 
 def test_block_status_wrong_chunk_type_under_extended_headers():
@@ -156,7 +156,7 @@ def test_block_status_wrong_chunk_type_under_extended_headers():
     client.receive_data(server.send(bad))
     with pytest.raises(RemoteProtocolError) as info:
         client.next_event()
-    assert info.value.rule == "status-chunk-type"
+    assert info.value.rule == "server.status-chunk-type"
     good = chunk(5, ChunkBlockStatus(1, (Extent(4096, 0),), wide=True), done=True, extended=True)
     client2, server2 = handshake(extended=True)
     pipe(client2, server2, Request(type=c.Cmd.BLOCK_STATUS, length=4096, cookie=5, extended=True))
@@ -169,7 +169,7 @@ def test_server_records_client_violations_and_stays_in_sync():
     server.receive_data(client.send(Request(type=c.Cmd.TRIM, offset=0, length=512, cookie=9)))
     event = server.next_event()
     rules = {v.rule for v in server.last_violations}
-    assert rules == {"command-not-advertised", "write-read-only"}
+    assert rules == {"client.trim-needs-send-trim", "server.read-only-write-errors"}
     assert event.type == c.Cmd.TRIM
     errnos = {v.errno for v in server.last_violations}
     assert c.Errno.EPERM in errnos
@@ -178,14 +178,14 @@ def test_server_records_client_violations_and_stays_in_sync():
         client.send(Request(type=c.Cmd.READ, offset=(1 << 20), length=512, cookie=10))
     )
     server.next_event()
-    assert [v.rule for v in server.last_violations] == ["request-past-end"]
+    assert [v.rule for v in server.last_violations] == ["client.request-within-export"]
 
 
 def test_local_violations_are_refused():
     client, _server = handshake(contexts=())
     with pytest.raises(LocalProtocolError) as info:
         client.send(Request(type=c.Cmd.BLOCK_STATUS, length=512, cookie=1))
-    assert info.value.rule == "block-status-needs-contexts"
+    assert info.value.rule == "client.block-status-needs-contexts"
     with pytest.raises(LocalProtocolError):
         client.send(Request(type=c.Cmd.WRITE_ZEROES, length=512, cookie=1))
 
@@ -199,7 +199,10 @@ def test_option_reply_must_answer_the_option_and_go_needs_export_info():
     client.receive_data(server.send(OptionReply(c.Opt.INFO, c.Rep.ACK)))
     with pytest.raises(RemoteProtocolError) as info:
         client.next_event()
-    assert {info.value.rule} <= {"reply-option-mismatch", "info-export-required"}
+    assert {info.value.rule} <= {
+        "server.option-reply-answers-option",
+        "server.info-export-before-ack",
+    }
 
 
 def test_export_name_fallback_and_zero_padding():
@@ -223,7 +226,7 @@ def test_nonfixed_newstyle_allows_only_export_name():
     pipe(client, server, ClientFlags(0))
     with pytest.raises(LocalProtocolError) as info:
         client.send(option(c.Opt.LIST, EmptyPayload()))
-    assert info.value.rule == "nonfixed-only-export-name"
+    assert info.value.rule == "client.export-name-only-in-nonfixed"
 
 
 def test_starttls_resets_negotiation():
@@ -247,7 +250,7 @@ def test_out_of_turn_bytes_are_a_remote_error():
     client.receive_data(b"\x00" * 8)  # server talks while the client should send its flags
     with pytest.raises(RemoteProtocolError) as info:
         client.next_event()
-    assert info.value.rule == "out-of-turn"
+    assert info.value.rule == "server.option-reply-answers-option"
 
 
 def test_undefined_flag_bits_are_violations():
@@ -256,7 +259,7 @@ def test_undefined_flag_bits_are_violations():
     client.strict_local = False
     server.receive_data(client.send(Request(type=c.Cmd.READ, length=512, cookie=1, flags=0x8000)))
     server.next_event()
-    assert [v.rule for v in server.last_violations] == ["command-flag-invalid"]
+    assert [v.rule for v in server.last_violations] == ["client.command-flag-documented"]
     server.strict_local = False
     client.strict_local = True
     bad = chunk(1, ChunkOffsetHole(0, 512), done=True)
@@ -264,9 +267,43 @@ def test_undefined_flag_bits_are_violations():
     client.receive_data(server.send(bad))
     with pytest.raises(RemoteProtocolError) as info:
         client.next_event()
-    assert info.value.rule == "reply-flags-unknown"
+    assert info.value.rule == "server.reply-flags-known"
     fresh = Connection(Role.SERVER, strict_remote=False)
     fresh.send(NewstyleGreeting(1))
     fresh.receive_data(b"\x00\x00\x01\x01")
     fresh.next_event()
-    assert [v.rule for v in fresh.last_violations] == ["client-flags-unknown"]
+    assert [v.rule for v in fresh.last_violations] == ["client.client-flags-known"]
+
+
+def test_tables_agree_on_turns():
+    """Each side that may send in a phase has a reader, and each message it may send
+    there has a transition: the three tables describe one machine."""
+    from harness.protocol.connection import READERS, TRANSITIONS, TURNS
+
+    assert {p: set(sides) for p, sides in READERS.items()} == {
+        p: set(sides) for p, sides in TURNS.items()
+    }
+    for phase, sides in TURNS.items():
+        allowed = {kind for kinds in sides.values() for kind in kinds}
+        assert set(TRANSITIONS[phase]) == allowed, phase
+
+
+def test_every_rule_id_the_protocol_package_names_is_cited():
+    """The state machine speaks the conformance rules' vocabulary: each id it names in its
+    checks, codec and tables has a citation (and so a conformance rule reading it)."""
+    import re
+    from pathlib import Path
+
+    from harness.protocol import connection
+    from harness.protocol.rules import CITATIONS
+
+    package = Path(connection.__file__).parent
+    named = {
+        rule_id
+        for path in package.glob("*.py")
+        if path.name != "rules.py"
+        for rule_id in re.findall(r'"((?:client|server)\.[a-z0-9-]+)"', path.read_text())
+    }
+    assert len(named) > 60
+    assert named <= set(CITATIONS), named - set(CITATIONS)
+    assert set(connection.OUT_OF_TURN.values()) <= set(CITATIONS)

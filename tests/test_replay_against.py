@@ -40,8 +40,9 @@ from harness.dissect import CLIENT, SERVER, decode_capture
 from harness.peers import DRIVERS, Endpoint, ExportSpec, NbdServerOptions, RunningServer
 from harness.process import run_command
 from harness.protocol import constants as c
+from harness.protocol.extents import merge_descriptors
 from harness.replay import ReplayReport, load_sessions
-from harness.replay._compare import ReplyView, compare_replies, merge_extents
+from harness.replay._compare import ReplyView, compare_replies
 from harness.replay.against import replay_against
 from reference_server.config import config_from_dict
 from reference_server.features import FULL, ServerFeatures
@@ -493,7 +494,7 @@ def test_extents_split_differently_are_told_apart_from_real_changes() -> None:
     [real] = compare_replies(c.Cmd.BLOCK_STATUS, 0, 16384, recorded, changed)
     assert real.recorded == "3 extents over 16384 bytes; at offset 4096: 4096 bytes allocated"
     assert real.live == "2 extents over 16384 bytes; at offset 4096: 12288 bytes HOLE|ZERO"
-    assert merge_extents([(1, 0), (2, 0), (3, 1)]) == [(3, 0), (3, 1)]
+    assert merge_descriptors([(1, 0), (2, 0), (3, 1)]) == [(3, 0), (3, 1)]
 
 
 def test_holes_read_as_zeroes_and_errors_by_name() -> None:

@@ -57,15 +57,15 @@ KNOWN: dict[tuple[str, str], tuple[str, str]] = {
 def write_image(scenario: Scenario, path: Path) -> None:
     """The export as a flat raw image (top layers written last)."""
     with open(path, "wb") as image:
-        image.truncate(scenario.export.size)
-        for layer in scenario.export.layers:
-            for data in layer:
+        image.truncate(scenario.export.spec.size)
+        for layer in scenario.export.spec.layers:
+            for data in layer.ranges:
                 os.pwrite(image.fileno(), pattern(data.offset, data.length, data.seed),
                           data.offset)
 
 
 def qemu_nbd_argv(scenario: Scenario, image: Path) -> Callable[[int], Sequence[str]]:
-    export = scenario.export
+    export = scenario.export.spec
     extra = ["-r"] if export.read_only else []
     if export.description:
         extra += ["-D", export.description]
@@ -75,7 +75,7 @@ def qemu_nbd_argv(scenario: Scenario, image: Path) -> Callable[[int], Sequence[s
 
 
 def nbdkit_argv(scenario: Scenario, image: Path) -> Callable[[int], Sequence[str]]:
-    export = scenario.export
+    export = scenario.export.spec
     extra = ["-r"] if export.read_only else []
     # The exportname filter makes nbdkit know one export name (the file plugin serves any).
     names = [f"exportname={export.name}", "exportname-strict=true", "exportname-list=explicit"]
@@ -94,7 +94,7 @@ def run_against(peer: str, scenario: Scenario, tmp_path: Path) -> ScenarioResult
     process, port = pick_port_and_start(ARGV[peer](scenario, image),
                                         log_path=tmp_path / f"{peer}.log")
     try:
-        return run_server_scenario(scenario, f"nbd://127.0.0.1:{port}/{scenario.export.name}",
+        return run_server_scenario(scenario, f"nbd://127.0.0.1:{port}/{scenario.export.spec.name}",
                                    timeout=TIMEOUT)
     finally:
         process.stop()

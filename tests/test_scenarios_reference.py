@@ -85,7 +85,7 @@ HIDDEN_ON_READ_ONLY = {
 
 def expected_verdict(scenario: Scenario, features: ServerFeatures) -> str:
     missing = {f for f in scenario.requires_server if not server_has(features, f)}
-    if scenario.export.read_only:
+    if scenario.export.spec.read_only:
         for quirk, hidden in HIDDEN_ON_READ_ONLY.items():
             if quirk in features.quirks:
                 missing |= hidden & scenario.requires_server

@@ -48,7 +48,7 @@ def test_a_good_scenario_loads_with_step_lines(tmp_path: Path) -> None:
     assert [s.action for s in scenario.steps] == ["connect", "write", "read"]
     assert [s.line for s in scenario.steps] == [6, 7, 8]
     assert scenario.steps[1].args == {"offset": 0, "length": 65536}  # sizes become bytes
-    assert scenario.export.size == 4 * 1024 * 1024
+    assert scenario.export.spec.size == 4 * 1024 * 1024
     assert scenario.roles == ("server",)
 
 

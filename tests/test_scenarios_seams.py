@@ -22,7 +22,7 @@ import pytest
 from harness.address import Address
 from harness.capture import ProxyThread
 from harness.dissect import decode_capture
-from harness.peers import BitmapSpec, DataRange, Endpoint, ExportSpecError
+from harness.peers import BitmapSpec, Endpoint, ExportSpec, ExportSpecError
 from harness.scenarios import (
     REFERENCE_CLIENT_LACKS,
     REFERENCE_SERVER_LACKS,
@@ -36,6 +36,7 @@ from harness.scenarios import (
     run_client_scenario,
     server_has,
 )
+from harness.scenarios.model import DEFAULT_EXPORT_SIZE, default_image_format
 from reference_server.features import FULL
 from reference_server.profiles import profile
 
@@ -82,24 +83,35 @@ def test_feature_helpers_are_public_and_the_same_objects() -> None:
 # --- the export every server peer serves -----------------------------------------------------
 
 
-@pytest.mark.parametrize(("export", "fmt"), [
-    (ExportRequirements(), "raw"),
-    (ExportRequirements(bitmaps=(BitmapSpec("b0"),),
-                        writes_after_bitmaps=(DataRange(0, 65536, 2),)), "qcow2"),
-    (ExportRequirements(backend="layers", layers=((DataRange(0, 65536, 1),),)), "qcow2"),
-    (ExportRequirements(image_format="qcow2"), "qcow2"),
+@pytest.mark.parametrize(("backend", "bitmaps", "fmt"), [
+    ("memory", (), "raw"),
+    ("memory", (BitmapSpec("b0"),), "qcow2"),
+    ("layers", (), "qcow2"),
 ])
-def test_the_export_spec_has_the_format_its_drivers_need(export: ExportRequirements,
+def test_the_export_spec_has_the_format_its_drivers_need(backend: str, bitmaps: tuple,
                                                          fmt: str) -> None:
-    assert export.format == fmt
+    assert default_image_format(backend, bool(bitmaps)) == fmt  # type: ignore[arg-type]
+    export = ExportRequirements(ExportSpec(DEFAULT_EXPORT_SIZE, image_format=fmt,
+                                           bitmaps=bitmaps), backend)  # type: ignore[arg-type]
     spec = export.export_spec()
     assert spec.image_format == fmt
-    assert spec.bitmaps == export.bitmaps
+    assert spec.bitmaps == export.spec.bitmaps
+
+
+def test_a_scenario_format_overrides_the_default(tmp_path: Path) -> None:
+    path = tmp_path / "qcow2-plain.yaml"
+    path.write_text(
+        "name: qcow2-plain\ndescription: a plain export in qcow2\n"
+        'spec: ["Metadata querying"]\nroles: [server]\n'
+        "export:\n  format: qcow2\n"
+        "steps:\n  - connect: {}\n")
+    assert load_scenario(path).export.export_spec().image_format == "qcow2"
 
 
 def test_a_raw_export_with_bitmaps_is_refused_when_loaded(tmp_path: Path) -> None:
     with pytest.raises(ExportSpecError, match="dirty bitmaps need format qcow2"):
-        ExportRequirements(image_format="raw", bitmaps=(BitmapSpec("b0"),)).export_spec()
+        ExportRequirements(ExportSpec(DEFAULT_EXPORT_SIZE, image_format="raw",
+                                      bitmaps=(BitmapSpec("b0"),)))
     path = tmp_path / "raw-bitmaps.yaml"
     path.write_text(
         "name: raw-bitmaps\ndescription: a raw export cannot keep a bitmap\n"

@@ -9,7 +9,7 @@ import pytest
 
 from harness.cli import main
 from harness.client.records import Negotiation
-from harness.peers.export import DataRange, pattern
+from harness.peers.export import DataRange, ExportSpec, Layer, pattern
 from harness.protocol import constants as c
 from harness.protocol.state import OptionExchange
 from harness.scenarios._content import ContentModel, first_difference, verify_pieces
@@ -22,7 +22,8 @@ from harness.scenarios.client_actions import (
     load_client_actions,
     render,
 )
-from harness.scenarios.model import ExportRequirements
+from harness.scenarios.model import ExportRequirements, StepResult, verdict_of_steps
+from harness.verdict import Verdict
 from reference_server.features import FULL
 from reference_server.profiles import bare_server, profile
 
@@ -77,7 +78,8 @@ def test_command_outcomes() -> None:
 
 
 def test_extents_exact_and_safe() -> None:
-    export = ExportRequirements(size=1 << 20, layers=((DataRange(0, 65536),),))
+    export = ExportRequirements(ExportSpec(1 << 20, image_format="raw",
+                                           layers=(Layer((DataRange(0, 65536),)),)))
     spec = export.export_spec()
     model = ContentModel.of(spec)
     hole = int(c.StateFlag.HOLE | c.StateFlag.ZERO)
@@ -100,7 +102,8 @@ def test_extents_exact_and_safe() -> None:
 def test_extents_hole_optional() -> None:
     """NBD_STATE_HOLE may be clear (qemu 5.2 counts a qcow2's zero space as allocated);
     NBD_STATE_ZERO must be exactly where the export reads as zeroes."""
-    export = ExportRequirements(size=1 << 20, layers=((DataRange(262144, 131072),),))
+    export = ExportRequirements(ExportSpec(1 << 20, image_format="raw",
+                                           layers=(Layer((DataRange(262144, 131072),)),)))
     spec = export.export_spec()
     model = ContentModel.of(spec)
     both = int(c.StateFlag.HOLE | c.StateFlag.ZERO)
@@ -229,3 +232,23 @@ def test_cli_run_against_the_reference_server(capsys: pytest.CaptureFixture[str]
     assert "commands/cache (server): unsupported: server lacks cache" in capsys.readouterr().out
     assert main(["scenarios", "run", "client/copy-out"]) == 2
     assert "has no server role (give --client PROGRAM)" in capsys.readouterr().err
+
+
+# --- the verdict of a run's steps -------------------------------------------------------------
+
+
+def step(status: str, index: int = 0, **extra: object) -> StepResult:
+    return StepResult(index, "read", 3 + index, status, f"step {index}", **extra)  # type: ignore[arg-type]
+
+
+def test_verdict_of_steps_error_before_failure_before_fallback() -> None:
+    steps = [step("ok"), step("failed", 1, expected=1, got=2), step("error", 2)]
+    assert verdict_of_steps(steps) == (Verdict.ERROR, "steps[2] read (line 5): step 2")
+    assert verdict_of_steps(steps[:2], unsupported="x") == (
+        Verdict.FAIL, "steps[1] read (line 4): step 1 (expected 1, got 2)")
+    assert verdict_of_steps(steps[:1], unsupported="no BLOCK_STATUS",
+                            fell_back_without={"b": "y"}) == (Verdict.UNSUPPORTED,
+                                                                "no BLOCK_STATUS")
+    assert verdict_of_steps(steps[:1], fell_back_without={"b": "y", "a": "x"}) == (
+        Verdict.EXPECTED_FALLBACK, "without a: x; b: y")
+    assert verdict_of_steps(steps[:1]) == (Verdict.PASS, "")

@@ -24,6 +24,7 @@ from harness.protocol.constants import (
 )
 from reference_server import _file
 from reference_server._extents import RangeMap, merge_runs, overlay_runs
+from reference_server._memory import CHUNK
 from reference_server.config import BitmapConfig, ExportConfig
 from reference_server.storage import (
     Backend,
@@ -297,6 +298,46 @@ class TestMemoryBackend:
         assert backend.init_state() == InitFlag.SPARSE
         assert_truthful(backend, 0, size)
 
+    def test_memory_follows_the_data_written_not_the_size(self) -> None:
+        backend = MemoryBackend(1 << 40)  # 1 TiB: only what is written costs memory
+        offset = 5 * GiB + 7
+        data = pattern(offset, 3 * MiB + 100, 4)
+        backend.write(offset, memoryview(data))
+        touched = (offset + len(data) - 1) // CHUNK - offset // CHUNK + 1
+        assert backend.allocated_bytes == touched * CHUNK <= len(data) + 2 * CHUNK
+        # Trim, write-zeroes and zero bytes written free the chunks they cover entirely.
+        backend.trim(offset + MiB - 7, MiB)
+        assert backend.allocated_bytes == (touched - MiB // CHUNK) * CHUNK
+        backend.write_zeroes(offset - 7, CHUNK, may_trim=False)
+        backend.write(offset + 2 * MiB - 7, bytes(CHUNK))
+        assert backend.allocated_bytes == (touched - MiB // CHUNK - 2) * CHUNK
+        expected = bytearray(data)
+        expected[MiB - 7 : 2 * MiB - 7] = bytes(MiB)
+        expected[: CHUNK - 7] = bytes(CHUNK - 7)
+        expected[2 * MiB - 7 : 2 * MiB - 7 + CHUNK] = bytes(CHUNK)
+        assert backend.read(offset, len(data)) == bytes(expected)
+        assert backend.allocation(offset - 7, len(data) + 7) == [
+            Extent(CHUNK, ZERO),
+            Extent(MiB - CHUNK, DATA),
+            Extent(MiB, HOLE),
+            Extent(MiB + 107, DATA),
+        ]
+        # Everything trimmed: no memory at all, and the export reads as zeroes again.
+        backend.trim(0, backend.size)
+        assert backend.allocated_bytes == 0
+        assert backend.init_state() == InitFlag.SPARSE | InitFlag.ZERO
+
+    def test_read_into_fills_a_reused_buffer(self) -> None:
+        backend = MemoryBackend(4 * CHUNK)
+        backend.write(CHUNK + 10, pattern(CHUNK + 10, CHUNK, 5))
+        buffer = bytearray(b"\xee") * (3 * CHUNK + 2)  # stale bytes: holes must overwrite them
+        backend.read_into(5, memoryview(buffer)[1 : 3 * CHUNK + 1])
+        assert buffer[0] == buffer[-1] == 0xEE
+        assert bytes(buffer[1:-1]) == backend.read(5, 3 * CHUNK)
+        assert backend.is_plain_data(CHUNK + 10, CHUNK)
+        assert not backend.is_plain_data(CHUNK + 9, CHUNK)
+        assert not backend.is_plain_data(0, 10)
+
     def test_extents_are_clipped_and_merged(self) -> None:
         backend = MemoryBackend(1 * MiB)
         backend.write(1000, pattern(1000, 1000, 1))
@@ -477,6 +518,16 @@ def test_memory_backend_agrees_with_a_model(
             assert not any(data[seg_offset : seg_offset + seg_length])
         position += seg_length
     assert position == start + length
+    if length:
+        segments = backend.segments(start, length)
+        assert backend.is_plain_data(start, length) == (len(segments) == 1 and not segments[0][2])
+    target = bytearray(b"\xee") * length
+    backend.read_into(start, memoryview(target))
+    assert target == data[start : start + length]
+    # Memory follows the data: a chunk is held exactly when it has a non-zero byte.
+    assert backend.chunk_count == sum(
+        1 for first in range(0, size, CHUNK) if any(data[first : first + CHUNK])
+    )
     expected_init = InitFlag(0)
     if HOLE in flags:
         expected_init |= InitFlag.SPARSE

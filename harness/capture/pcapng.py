@@ -27,22 +27,29 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from harness.pcapformat import (
+    BLOCK_EPB,
+    BLOCK_IDB,
+    ETHERTYPE_IPV4,
+    IPPROTO_TCP,
+    LINKTYPE_ETHERNET,
+    OPT_COMMENT,
+    OPT_ENDOFOPT,
+    OPT_IF_NAME,
+    OPT_IF_TSRESOL,
+    OPT_SHB_USERAPPL,
+    PCAPNG_BYTE_ORDER,
+    PCAPNG_SHB,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_PSH,
+    TCP_RST,
+    TCP_SYN,
+)
 from harness.protocol.constants import NBD_PORT
 
 Side = Literal["client", "server"]
 
-# pcapng block types and option codes (pcapng spec, draft-ietf-opsawg-pcapng).
-_SHB_TYPE = 0x0A0D0D0A
-_IDB_TYPE = 0x00000001
-_EPB_TYPE = 0x00000006
-_BYTE_ORDER_MAGIC = 0x1A2B3C4D
-_OPT_ENDOFOPT = 0
-_OPT_COMMENT = 1
-_SHB_USERAPPL = 4
-_IF_NAME = 2
-_IF_TSRESOL = 9
-
-LINKTYPE_ETHERNET = 1
 SNAPLEN = 262144
 USERAPPL = "nbd-harness"
 
@@ -66,14 +73,6 @@ _WINDOW_SHIFT = 7
 # ACKs do), keeping "bytes in flight" far below the window: no analysis warnings.
 _ACK_EVERY = 512 * 1024
 
-_TCP_FIN = 0x01
-_TCP_SYN = 0x02
-_TCP_RST = 0x04
-_TCP_PSH = 0x08
-_TCP_ACK = 0x10
-
-_ETHERTYPE_IPV4 = 0x0800
-_IPPROTO_TCP = 6
 _IP_DONT_FRAGMENT = 0x4000
 
 
@@ -102,11 +101,11 @@ def _options(*options: bytes) -> bytes:
     present = [opt for opt in options if opt]
     if not present:
         return b""
-    return b"".join(present) + struct.pack("<HH", _OPT_ENDOFOPT, 0)
+    return b"".join(present) + struct.pack("<HH", OPT_ENDOFOPT, 0)
 
 
 def _comment(text: str | None) -> bytes:
-    return _option(_OPT_COMMENT, text.encode("utf-8")) if text else b""
+    return _option(OPT_COMMENT, text.encode("utf-8")) if text else b""
 
 
 def _block(block_type: int, body: bytes) -> bytes:
@@ -169,7 +168,7 @@ class TcpStream:
             view = memoryview(data)
             for start in range(0, len(data), MAX_SEGMENT):
                 segment = bytes(view[start : start + MAX_SEGMENT])
-                frames.append(self._segment(direction, _TCP_PSH | _TCP_ACK, segment))
+                frames.append(self._segment(direction, TCP_PSH | TCP_ACK, segment))
                 sender.next_seq = (sender.next_seq + len(segment)) & 0xFFFF_FFFF
                 if _unacked(sender) >= _ACK_EVERY:
                     frames.append(self._pure_ack(_other(direction)))
@@ -200,7 +199,7 @@ class TcpStream:
                 return
             self.closed = True
             if reset:
-                frames = [self._segment(initiator, _TCP_RST | _TCP_ACK, b"")]
+                frames = [self._segment(initiator, TCP_RST | TCP_ACK, b"")]
             else:
                 frames = []
                 for side in (initiator, _other(initiator)):
@@ -219,7 +218,7 @@ class TcpStream:
             raise ValueError(f"{direction} already sent FIN on TCP stream {self.client_port}")
 
     def _fin(self, side: Side) -> bytes:
-        frame = self._segment(side, _TCP_FIN | _TCP_ACK, b"")
+        frame = self._segment(side, TCP_FIN | TCP_ACK, b"")
         end = self._ends[side]
         end.next_seq = (end.next_seq + 1) & 0xFFFF_FFFF  # FIN takes one sequence number
         end.fin_sent = True
@@ -228,15 +227,15 @@ class TcpStream:
         return frame
 
     def _pure_ack(self, side: Side) -> bytes:
-        return self._segment(side, _TCP_ACK, b"")
+        return self._segment(side, TCP_ACK, b"")
 
     def _handshake(self) -> list[bytes]:
         client, server = self._ends["client"], self._ends["server"]
         syn_options = struct.pack("!BBH", 2, 4, MAX_SEGMENT)  # MSS
         syn_options += struct.pack("!BBBB", 1, 3, 3, _WINDOW_SHIFT)  # NOP, window scale
-        frames = [self._segment("client", _TCP_SYN, b"", options=syn_options)]
+        frames = [self._segment("client", TCP_SYN, b"", options=syn_options)]
         client.next_seq = (client.next_seq + 1) & 0xFFFF_FFFF
-        frames.append(self._segment("server", _TCP_SYN | _TCP_ACK, b"", options=syn_options))
+        frames.append(self._segment("server", TCP_SYN | TCP_ACK, b"", options=syn_options))
         server.next_seq = (server.next_seq + 1) & 0xFFFF_FFFF
         frames.append(self._pure_ack("client"))
         return frames
@@ -245,9 +244,9 @@ class TcpStream:
         """A SYN answered by RST|ACK: the connection never got through."""
         client = self._ends["client"]
         syn_options = struct.pack("!BBH", 2, 4, MAX_SEGMENT)
-        frames = [self._segment("client", _TCP_SYN, b"", options=syn_options)]
+        frames = [self._segment("client", TCP_SYN, b"", options=syn_options)]
         client.next_seq = (client.next_seq + 1) & 0xFFFF_FFFF
-        frames.append(self._segment("server", _TCP_RST | _TCP_ACK, b""))
+        frames.append(self._segment("server", TCP_RST | TCP_ACK, b""))
         self.closed = True
         return frames
 
@@ -263,7 +262,7 @@ class TcpStream:
             src_ip, dst_ip = SERVER_IP, CLIENT_IP
             src_port, dst_port = SERVER_PORT, self.client_port
         ack = 0
-        if flags & _TCP_ACK:
+        if flags & TCP_ACK:
             ack = receiver.next_seq
             receiver.acked_by_peer = ack
         # A SYN's window is never scaled (RFC 7323 section 2.2).
@@ -282,7 +281,7 @@ class TcpStream:
             0,  # urgent pointer
         )
         tcp = tcp_header + options + payload
-        pseudo_header = src_ip + dst_ip + struct.pack("!BBH", 0, _IPPROTO_TCP, len(tcp))
+        pseudo_header = src_ip + dst_ip + struct.pack("!BBH", 0, IPPROTO_TCP, len(tcp))
         checksum = internet_checksum(pseudo_header + tcp)
         tcp = tcp[:16] + struct.pack("!H", checksum) + tcp[18:]
 
@@ -295,14 +294,14 @@ class TcpStream:
             sender.ip_id,
             _IP_DONT_FRAGMENT,
             64,  # TTL
-            _IPPROTO_TCP,
+            IPPROTO_TCP,
             0,  # checksum, filled below
             src_ip,
             dst_ip,
         )
         ip_checksum = internet_checksum(ip_header)
         ip_header = ip_header[:10] + struct.pack("!H", ip_checksum) + ip_header[12:]
-        ethernet = dst_mac + src_mac + struct.pack("!H", _ETHERTYPE_IPV4)
+        ethernet = dst_mac + src_mac + struct.pack("!H", ETHERTYPE_IPV4)
         return ethernet + ip_header + tcp
 
 
@@ -336,16 +335,16 @@ class PcapngWriter:
         self._streams = 0
         #: Number of Enhanced Packet Blocks written so far.
         self.packets = 0
-        shb_body = struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1) + _options(
-            _comment(comment), _option(_SHB_USERAPPL, USERAPPL.encode())
+        shb_body = struct.pack("<IHHq", PCAPNG_BYTE_ORDER, 1, 0, -1) + _options(
+            _comment(comment), _option(OPT_SHB_USERAPPL, USERAPPL.encode())
         )
         idb_body = struct.pack("<HHI", LINKTYPE_ETHERNET, 0, SNAPLEN) + _options(
             _comment(interface_comment),
-            _option(_IF_NAME, b"nbd-harness-proxy"),
-            _option(_IF_TSRESOL, bytes([6])),
+            _option(OPT_IF_NAME, b"nbd-harness-proxy"),
+            _option(OPT_IF_TSRESOL, bytes([6])),
         )
         with self._lock:
-            self._write(_block(_SHB_TYPE, shb_body) + _block(_IDB_TYPE, idb_body))
+            self._write(_block(PCAPNG_SHB, shb_body) + _block(BLOCK_IDB, idb_body))
 
     def open_stream(self, comment: str | None = None, timestamp: float | None = None) -> TcpStream:
         """Start a new conversation: write SYN (carrying ``comment``), SYN-ACK and ACK."""
@@ -398,7 +397,7 @@ class PcapngWriter:
             )
             padding = b"\x00" * (-len(frame) % 4)
             options = _options(_comment(first_comment)) if index == 0 else b""
-            blocks.append(_block(_EPB_TYPE, header + frame + padding + options))
+            blocks.append(_block(BLOCK_EPB, header + frame + padding + options))
         self._write(b"".join(blocks))
         self.packets += len(frames)
 

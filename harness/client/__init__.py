@@ -12,6 +12,7 @@ its blocking facade; :func:`parse_uri` reads ``nbd://``-style URIs.
 """
 
 from ._session import NbdClient, Target
+from ._wire import Wire
 from .errors import (
     NbdClientError,
     NbdCommandError,
@@ -44,6 +45,7 @@ __all__ = [
     "TlsError",
     "TlsMode",
     "UriError",
+    "Wire",
     "parse_uri",
     "tls_context_for",
 ]

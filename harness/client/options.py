@@ -15,6 +15,8 @@ from .uri import NbdUri, UriError
 TlsMode = Literal["off", "on", "require"]
 
 DEFAULT_TIMEOUT = 30.0
+"""Seconds any one network wait may take: the reference client's connect and each reply
+(scenario steps and replays run through it), and the replay server's wait for a live client."""
 
 
 @dataclass(frozen=True)

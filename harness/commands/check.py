@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from harness.errors import UserError
+from harness.paths import REPORTS_DIR
 
 if TYPE_CHECKING:
     from harness.matrix.results import CaseResult
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -84,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from harness.matrix.external import external_cases, probe
     from harness.matrix.pool import run_cases
     from harness.matrix.results import ResultStore
-    from harness.report import collect, write_reports
-    from harness.report._summary import counts_line, summarize
+    from harness.report import collect, counts_line, summarize, write_reports
     from harness.scenarios import LIBRARY, load_library
 
     if args.jobs < 1:
@@ -105,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not expansion.cases:
         raise UserError("no scenario applies to this export (see --list for why)")
-    out = args.out or REPO / "reports" / f"check-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or REPORTS_DIR / f"check-{time.strftime('%Y%m%d-%H%M%S')}"
     store = ResultStore(out)
     pool = run_cases(expansion.cases, store, jobs=args.jobs)
     results = pool.results

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from harness.paths import REPORTS_DIR
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,14 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from harness.matrix.client_check import ClientCommand, check_client, profiles_for
     from harness.matrix.results import ResultStore
-    from harness.report import collect, negotiated_text, write_reports
-    from harness.report._summary import counts_line, summarize
+    from harness.report import collect, counts_line, negotiated_text, summarize, write_reports
 
     from .check import print_failures
 
     command = ClientCommand.parse(args.command)
     servers = profiles_for(args.profile, args.all_profiles)
-    out = args.out or REPO / "reports" / f"check-client-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or REPORTS_DIR / f"check-client-{time.strftime('%Y%m%d-%H%M%S')}"
     store = ResultStore(out)
     results = []
     try:

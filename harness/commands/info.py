@@ -27,7 +27,9 @@ from harness.client import (
     NegotiationError,
     parse_uri,
 )
+from harness.client.options import DEFAULT_TIMEOUT
 from harness.client.uri import NbdUri
+from harness.errors import UserError
 from harness.protocol import Phase, ProtocolError
 from harness.protocol import constants as c
 
@@ -62,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "uri",
         metavar="URI",
+        nargs="?",
         help="nbd://HOST[:PORT]/EXPORT, nbds://..., nbd+unix:///EXPORT?socket=PATH",
     )
     parser.add_argument("--list", action="store_true", help="list the server's exports")
@@ -87,15 +90,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--timeout",
         type=float,
-        default=30.0,
+        default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help="limit for connecting and for each reply (default 30)",
+        help=f"limit for connecting and for each reply (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--fault",
+        metavar="NAME",
+        help="run the reference client's scripted fault NAME against the server instead "
+        "(it breaks the spec on purpose; see --list-faults and docs/faults.md)",
+    )
+    parser.add_argument(
+        "--list-faults", action="store_true", help="print the client fault names and exit"
     )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Connect, gather, print; return the exit status."""
+    if args.list_faults or args.fault:
+        return _run_fault(args)
+    if args.uri is None:
+        raise UserError("give the server's URI, e.g. nbd://127.0.0.1:10809/disk")
     uri = parse_uri(args.uri)  # a UriError is a UserError: one line, exit 2
     contexts = list(dict.fromkeys(([args.map] if args.map else []) + args.context))
     options = ConnectOptions(
@@ -213,6 +229,27 @@ def human_size(size: int) -> str:
 
 def _flags(names: list[str]) -> str:
     return "|".join(names) if names else "0"
+
+
+def _run_fault(args: argparse.Namespace) -> int:
+    """``--list-faults`` or ``--fault NAME``: one scripted broken session, told line by line."""
+    from harness.client.faults import CLIENT_FAULTS, run_client_fault
+    from harness.faults import list_lines
+
+    if args.list_faults:
+        print(list_lines(CLIENT_FAULTS))
+        return 0
+    if args.uri is None:
+        raise UserError("give the server's URI after --fault NAME")
+    uri = parse_uri(args.uri)
+    try:
+        lines = asyncio.run(run_client_fault(args.fault, uri, args.timeout))
+    except (NbdClientError, ProtocolError, OSError, TimeoutError) as exc:
+        print(f"nbd-harness info: error: {exc}", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(f"fault {args.fault}: {line}")
+    return 0
 
 
 def _print_human(report: dict[str, Any], args: argparse.Namespace) -> None:

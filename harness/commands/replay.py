@@ -23,10 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.client.options import DEFAULT_TIMEOUT
 from harness.dissect import Capture
 from harness.errors import UserError
 from harness.replay import ReplayError, ReplayReport, Selection, load_sessions, unreplayable
-from harness.replay.against import DEFAULT_TIMEOUT, replay_against
+from harness.replay.against import replay_against
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from harness.errors import UserError
+from harness.paths import REPORTS_DIR
 
 if TYPE_CHECKING:
     from harness.matrix.cases import Excluded, Expansion
 
-REPO = Path(__file__).resolve().parents[2]
-REPORTS = REPO / "reports"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -102,7 +101,7 @@ def _shard(text: str | None) -> tuple[int, int] | None:
 
 
 def _default_out() -> Path:
-    return REPORTS / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+    return REPORTS_DIR / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _list(expansion: Expansion, as_json: bool) -> int:

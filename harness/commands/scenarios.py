@@ -21,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness.client.options import DEFAULT_TIMEOUT
 from harness.errors import UserError
 
 
@@ -62,8 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="reference-server profile (default: reference, the full protocol)")
     run.add_argument("--tls-dir", type=Path, metavar="DIR",
                      help="with --uri: the PKI directory of a TLS export")
-    run.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
-                     help="bound on each network wait (default 30)")
+    run.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                     help=f"bound on each network wait (default {DEFAULT_TIMEOUT:g})")
     run.add_argument("--json", action="store_true", help="machine-readable output")
     run.set_defaults(func=run_run)
     parser.set_defaults(func=lambda args: _usage(parser))

@@ -39,6 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "nbdkit-1.32, nbd-server-3.24 (default: reference, the full protocol)")
     parser.add_argument("--list-profiles", action="store_true",
                         help="print the profile names and exit")
+    parser.add_argument("--fault", action="append", default=[], metavar="NAME",
+                        help="break the spec on purpose in the way NAME says (repeatable; "
+                        "also fault = [...] in [server]; see --list-faults, docs/faults.md)")
+    parser.add_argument("--list-faults", action="store_true",
+                        help="print the fault names, classes and descriptions and exit")
     parser.add_argument("--verbose", "-v", action="store_true", help="log every session")
     parser.set_defaults(func=run)
 
@@ -69,12 +74,14 @@ def build_config(args: argparse.Namespace):
         base_dir = args.config.absolute().parent
     server = dict(document.get("server", {})) if isinstance(document.get("server"), dict) else (
         document.get("server", {}))
+    if isinstance(server, dict):
+        server.pop("fault", None)  # the faults are not configuration: resolve_faults reads them
     overrides = {"listen": args.listen, "port_file": args.port_file, "tls": args.tls,
                  "tls_certificates": args.tls_certificates, "handshake": args.handshake}
     for key, value in overrides.items():
         if value is not None:
             server[key] = str(Path(value).absolute()) if isinstance(value, Path) else value
-    if server:
+    if server or "server" in document:
         document = {**document, "server": server}
     config = config_from_dict(document, base_dir=base_dir, source=args.config)
     extra = [parse_export_spec(spec) for spec in args.export]
@@ -93,17 +100,25 @@ def run(args: argparse.Namespace) -> int:
 
         print("\n".join(list_profiles()))
         return 0
+    if getattr(args, "list_faults", False):
+        from harness.faults import list_lines
+        from reference_server.faults import FAULTS
+
+        print(list_lines(FAULTS))
+        return 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
     features = resolve_features(args)
     config = build_config(args)
+    faults = resolve_faults(args)
 
     async def main() -> None:
-        server = ReferenceServer(config, features)
+        server = ReferenceServer(config, features, faults)
         await server.start()
         names = ", ".join(repr(e.name) for e in config.exports)
+        broken = f"; faults: {', '.join(sorted(faults.names))}" if faults else ""
         print(f"nbd-harness serve: listening on {server.address} (exports: {names}; "
-              f"profile: {features.name})", flush=True)
+              f"profile: {features.name}{broken})", flush=True)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -126,6 +141,27 @@ def resolve_features(args: argparse.Namespace):
 
     name = getattr(args, "profile", None)
     return FULL if name is None else profile(name)
+
+
+def resolve_faults(args: argparse.Namespace):
+    """The faults to serve with: ``--fault`` names and the config's ``fault = [...]``.
+
+    None (the healthy server) when there are none; an unknown name is a user error.
+    """
+    import tomllib
+
+    from reference_server.config import ConfigError
+    from reference_server.faults import ServerFaults
+
+    names = list(getattr(args, "fault", []) or [])
+    if getattr(args, "config", None) is not None:
+        server = tomllib.loads(args.config.read_text()).get("server", {})
+        listed = server.get("fault", []) if isinstance(server, dict) else []
+        if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+            raise ConfigError(f'{args.config}: [server] fault must be a list of names, e.g. '
+                              'fault = ["reply-bad-magic"]')
+        names = listed + names
+    return ServerFaults.from_names(names)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,8 @@
 """The rule type, the registry, and the ``@rule`` decorator that fills it.
 
-A rule is one function with its citation next to it::
+A rule is one function, named by the id of the sentence it checks::
 
-    @rule(id="server.option-reply-answers-option", level=MUST, role=SERVER,
-          section="Fixed newstyle negotiation",
-          sentence="the option as sent by the client to which this is a reply")
+    @rule(id="server.option-reply-answers-option")
     def option_reply_answers_option(view: SessionView) -> Iterator[Hit]:
         \"\"\"An option reply names the option it answers.\"\"\"
         ...
@@ -14,35 +12,49 @@ The function reads a :class:`~harness.conformance._view.SessionView` (the
 decoded session plus what every rule needs: option exchanges, request/reply
 transactions, the negotiated transmission settings) and yields a :class:`Hit`
 per breach; :meth:`Rule.check` turns hits into :class:`Finding` objects that
-carry the citation.  ``sentence`` must appear verbatim (whitespace-normalised)
-under ``section`` in ``proto.md`` or ``proto-extended-headers.md``: a test
-holds every rule to that, so no citation is invented.
+carry the citation.  The citation (level, section, verbatim sentence) lives once,
+in :mod:`harness.protocol.rules`, where the reference state machine's checks read
+it too; the sentence must appear (whitespace-normalised) under its section in
+``proto.md`` or ``proto-extended-headers.md``: a test holds every rule to that, so
+no citation is invented.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from harness.conformance.findings import Finding
-from harness.dissect.model import CLIENT, SERVER, Undecoded, WireMessage
+from harness.dissect.model import Undecoded, WireMessage
+from harness.protocol.rules import (
+    LEVELS,
+    MANDATORY_LEVELS,
+    MUST,
+    MUST_NOT,
+    ROLES,
+    SHOULD,
+    SHOULD_NOT,
+    cite,
+)
 
 if TYPE_CHECKING:
     from harness.conformance._view import SessionView
 
-MUST = "MUST"
-MUST_NOT = "MUST NOT"
-SHOULD = "SHOULD"
-SHOULD_NOT = "SHOULD NOT"
-LEVELS = (MUST, MUST_NOT, SHOULD, SHOULD_NOT)
-"""The spec's key words a rule can enforce, strongest first."""
-MANDATORY_LEVELS = frozenset({MUST, MUST_NOT})
-ROLES = (CLIENT, SERVER)
-
-_ID = re.compile(r"^(client|server)\.[a-z0-9]+(-[a-z0-9]+)*$")
-
+__all__ = [
+    "LEVELS",
+    "MANDATORY_LEVELS",
+    "MUST",
+    "MUST_NOT",
+    "REGISTRY",
+    "ROLES",
+    "SHOULD",
+    "SHOULD_NOT",
+    "CheckFunction",
+    "Hit",
+    "Rule",
+    "rule",
+]
 
 class Hit(NamedTuple):
     """What a rule function yields: the offending message (or region) and what it did."""
@@ -100,22 +112,10 @@ REGISTRY: dict[str, Rule] = {}
 """Every rule by id, in definition order (module by module)."""
 
 
-def rule(
-    *,
-    id: str,
-    level: str,
-    role: str,
-    section: str,
-    sentence: str,
-    midstream: bool = False,
-) -> Callable[[CheckFunction], CheckFunction]:
-    """Register the decorated function as a rule; returns the function unchanged."""
-    if not _ID.match(id) or not id.startswith(role + "."):
-        raise ValueError(f"rule id {id!r} must be '{role}.words-with-dashes'")
-    if level not in LEVELS:
-        raise ValueError(f"rule {id}: level {level!r} is not one of {LEVELS}")
-    if role not in ROLES:
-        raise ValueError(f"rule {id}: role {role!r} is not one of {ROLES}")
+def rule(*, id: str, midstream: bool = False) -> Callable[[CheckFunction], CheckFunction]:
+    """Register the decorated function as the check of rule ``id`` (cited in
+    :mod:`harness.protocol.rules`); returns the function unchanged."""
+    citation = cite(id)
     if id in REGISTRY:
         raise ValueError(f"rule {id} is defined twice")
 
@@ -125,10 +125,10 @@ def rule(
             raise ValueError(f"rule {id}: the check function needs a docstring")
         REGISTRY[id] = Rule(
             id=id,
-            level=level,
-            role=role,
-            section=section,
-            sentence=sentence,
+            level=citation.level,
+            role=citation.role,
+            section=citation.section,
+            sentence=citation.sentence,
             summary=" ".join(doc.split("\n\n")[0].split()),
             function=function,
             midstream=midstream,

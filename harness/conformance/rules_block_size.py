@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from harness.conformance._rule import MUST, SHOULD, Hit, rule
+from harness.conformance._rule import Hit, rule
 from harness.conformance._view import SessionView
-from harness.dissect.model import SERVER, WireMessage
+from harness.dissect.model import WireMessage
 from harness.protocol import constants as c
 
 _ONE_MIB = 1 << 20
@@ -25,10 +25,6 @@ class _Advertised:
     maximum: int
     size: int | None
     """The export size sent in the same reply, if any."""
-
-
-def _power_of_two(value: int) -> bool:
-    return value > 0 and value & (value - 1) == 0
 
 
 def _block_sizes(view: SessionView) -> Iterator[_Advertised]:
@@ -52,36 +48,22 @@ def _block_sizes(view: SessionView) -> Iterator[_Advertised]:
                 )
 
 
-@rule(
-    id="server.block-size-minimum",
-    level=MUST,
-    role=SERVER,
-    section="Size constraints",
-    sentence="If advertised, this value MUST be a power of 2, MUST NOT be larger than 2^16 "
-    "(65,536)",
-)
+@rule(id="server.block-size-minimum")
 def block_size_minimum(view: SessionView) -> Iterator[Hit]:
     """The minimum block size is a power of 2 no larger than 64 KiB."""
     for item in _block_sizes(view):
-        if not _power_of_two(item.minimum) or item.minimum > c.MAX_MIN_BLOCK_SIZE:
+        if not c.is_power_of_two(item.minimum) or item.minimum > c.MAX_MIN_BLOCK_SIZE:
             yield Hit(
                 item.message,
                 f"minimum block size {item.minimum} is not a power of 2 no larger than 65536",
             )
 
 
-@rule(
-    id="server.block-size-preferred",
-    level=MUST,
-    role=SERVER,
-    section="Size constraints",
-    sentence="If advertised, this MUST be a power of 2 at least as large as the maximum of the "
-    "minimum block size and 2^9 (512)",
-)
+@rule(id="server.block-size-preferred")
 def block_size_preferred(view: SessionView) -> Iterator[Hit]:
     """The preferred block size is a power of 2, at least max(minimum, 512)."""
     for item in _block_sizes(view):
-        if not _power_of_two(item.preferred) or item.preferred < max(item.minimum, 512):
+        if not c.is_power_of_two(item.preferred) or item.preferred < max(item.minimum, 512):
             yield Hit(
                 item.message,
                 f"preferred block size {item.preferred} is not a power of 2 "
@@ -89,13 +71,7 @@ def block_size_preferred(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.block-size-maximum",
-    level=MUST,
-    role=SERVER,
-    section="Size constraints",
-    sentence="but MUST be at least as large as the preferred block size",
-)
+@rule(id="server.block-size-maximum")
 def block_size_maximum(view: SessionView) -> Iterator[Hit]:
     """The maximum payload is at least the preferred block size."""
     for item in _block_sizes(view):
@@ -107,14 +83,7 @@ def block_size_maximum(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.export-size-multiple-of-minimum",
-    level=SHOULD,
-    role=SERVER,
-    section="Size constraints",
-    sentence="If a server advertises a minimum block size, the advertised export size SHOULD be "
-    "an integer multiple of that block size",
-)
+@rule(id="server.export-size-multiple-of-minimum")
 def export_size_multiple_of_minimum(view: SessionView) -> Iterator[Hit]:
     """The export size is a multiple of the advertised minimum block size."""
     for item in _block_sizes(view):
@@ -126,13 +95,7 @@ def export_size_multiple_of_minimum(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.maximum-payload-at-least-1m",
-    level=SHOULD,
-    role=SERVER,
-    section="Size constraints",
-    sentence="and SHOULD be at least 2^20 (1,048,576) if the export is that large",
-)
+@rule(id="server.maximum-payload-at-least-1m")
 def maximum_payload_at_least_1m(view: SessionView) -> Iterator[Hit]:
     """The maximum payload is at least 1 MiB when the export is."""
     for item in _block_sizes(view):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
-from harness.conformance._rule import MUST, MUST_NOT, SHOULD, SHOULD_NOT, Hit, rule
+from harness.conformance._rule import Hit, rule
 from harness.conformance._view import SessionView, Transaction, chunk_type, header_length, payload
-from harness.dissect.model import CLIENT, SERVER, WireMessage
+from harness.dissect.model import WireMessage
 from harness.protocol import constants as c
 
 RT = c.ReplyType
@@ -65,15 +65,7 @@ def _context_name(view: SessionView, chunk: WireMessage) -> str | None:
 # --- the client's side ------------------------------------------------------------------
 
 
-@rule(
-    id="client.block-status-needs-contexts",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Metadata querying",
-    sentence="A client MUST NOT use `NBD_CMD_BLOCK_STATUS` unless it selected a nonzero number "
-    "of metadata contexts during negotiation, and used the same export name for the subsequent "
-    "`NBD_OPT_GO` (or `NBD_OPT_EXPORT_NAME`).",
-)
+@rule(id="client.block-status-needs-contexts")
 def block_status_needs_contexts(view: SessionView) -> Iterator[Hit]:
     """NBD_CMD_BLOCK_STATUS only after SET_META_CONTEXT selected contexts for this export."""
     transmission = view.transmission
@@ -94,14 +86,7 @@ def block_status_needs_contexts(view: SessionView) -> Iterator[Hit]:
         return
 
 
-@rule(
-    id="client.block-status-payload-needs-flag",
-    level=SHOULD_NOT,
-    role=CLIENT,
-    section="Transmission flags",
-    sentence="clients SHOULD NOT set the `NBD_CMD_FLAG_PAYLOAD_LEN` flag for "
-    "`NBD_CMD_BLOCK_STATUS` unless this transmission flag is set.",
-)
+@rule(id="client.block-status-payload-needs-flag")
 def block_status_payload_needs_flag(view: SessionView) -> Iterator[Hit]:
     """The payload form of BLOCK_STATUS only when NBD_FLAG_BLOCK_STATUS_PAYLOAD was advertised."""
     if view.transmission.flags is None or view.transmission.has(
@@ -118,14 +103,7 @@ def block_status_payload_needs_flag(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="client.block-status-payload-size",
-    level=MUST,
-    role=CLIENT,
-    section="Request types",
-    sentence="The payload form MUST occupy 8 + n*4 bytes",
-    midstream=True,
-)
+@rule(id="client.block-status-payload-size", midstream=True)
 def block_status_payload_size(view: SessionView) -> Iterator[Hit]:
     """The BLOCK_STATUS payload is an effect length and whole 32-bit context ids."""
     for transaction in _block_status(view):
@@ -142,14 +120,7 @@ def block_status_payload_size(view: SessionView) -> Iterator[Hit]:
 # --- what the server answers --------------------------------------------------------------
 
 
-@rule(
-    id="server.block-status-payload-bad-ids",
-    level=MUST,
-    role=SERVER,
-    section="Request types",
-    sentence="the server MUST gracefully consume the client's payload before failing with "
-    "`NBD_EINVAL`",
-)
+@rule(id="server.block-status-payload-bad-ids")
 def block_status_payload_bad_ids(view: SessionView) -> Iterator[Hit]:
     """A payload-form BLOCK_STATUS naming duplicate or unknown ids, or sent to a server that
     does not advertise the form, fails with NBD_EINVAL."""
@@ -168,14 +139,7 @@ def block_status_payload_bad_ids(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.block-status-einval-without-context",
-    level=SHOULD,
-    role=SERVER,
-    section="Metadata querying",
-    sentence="Servers SHOULD reply with `NBD_EINVAL` to clients sending `NBD_CMD_BLOCK_STATUS` "
-    "without selecting at least one metadata context.",
-)
+@rule(id="server.block-status-einval-without-context")
 def block_status_einval_without_context(view: SessionView) -> Iterator[Hit]:
     """BLOCK_STATUS without selected contexts fails with NBD_EINVAL."""
     transmission = view.transmission
@@ -189,14 +153,7 @@ def block_status_einval_without_context(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.block-status-via-chunks",
-    level=MUST,
-    role=SERVER,
-    section="Metadata querying",
-    sentence="The reply to a successful `NBD_CMD_BLOCK_STATUS` request MUST be sent via reply "
-    "chunks",
-)
+@rule(id="server.block-status-via-chunks")
 def block_status_via_chunks(view: SessionView) -> Iterator[Hit]:
     """A successful BLOCK_STATUS is never a simple reply."""
     for transaction in _block_status(view):
@@ -205,14 +162,7 @@ def block_status_via_chunks(view: SessionView) -> Iterator[Hit]:
                 yield Hit(reply, "successful NBD_CMD_BLOCK_STATUS answered with a simple reply")
 
 
-@rule(
-    id="server.status-chunk-type",
-    level=MUST,
-    role=SERVER,
-    section="Request types",
-    sentence="only `NBD_REPLY_TYPE_BLOCK_STATUS` for structured replies, and only "
-    "`NBD_REPLY_TYPE_BLOCK_STATUS_EXT` for extended headers",
-)
+@rule(id="server.status-chunk-type")
 def status_chunk_type(view: SessionView) -> Iterator[Hit]:
     """32-bit status chunks with structured replies, 64-bit ones with extended headers."""
     if view.transmission.entered_by is None:
@@ -225,14 +175,7 @@ def status_chunk_type(view: SessionView) -> Iterator[Hit]:
                 yield Hit(chunk, f"{chunk.name} where {c.spec_name(expected)} is required")
 
 
-@rule(
-    id="server.status-one-chunk-per-context",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="A successful block status request MUST have exactly one status chunk per "
-    "negotiated metadata context ID.",
-)
+@rule(id="server.status-one-chunk-per-context")
 def status_one_chunk_per_context(view: SessionView) -> Iterator[Hit]:
     """A successful BLOCK_STATUS has one status chunk for each selected context, no more."""
     for transaction in _block_status(view):
@@ -256,13 +199,7 @@ def status_one_chunk_per_context(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.status-selected-contexts-only",
-    level=MUST,
-    role=SERVER,
-    section="Request types",
-    sentence="For a successful return, the server MUST use one reply chunk per selected context id",
-)
+@rule(id="server.status-selected-contexts-only")
 def status_selected_contexts_only(view: SessionView) -> Iterator[Hit]:
     """Status chunks only for the contexts the request selected."""
     for transaction in _block_status(view):
@@ -277,14 +214,7 @@ def status_selected_contexts_only(view: SessionView) -> Iterator[Hit]:
                 )
 
 
-@rule(
-    id="server.status-chunk-length",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="*length* MUST be 4 + (a positive integer multiple of 8)",
-    midstream=True,
-)
+@rule(id="server.status-chunk-length", midstream=True)
 def status_chunk_length(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_BLOCK_STATUS: a context id and whole 8-byte descriptors."""
     for chunk in (m for m in view.messages if m.kind == "chunk"):
@@ -293,14 +223,7 @@ def status_chunk_length(view: SessionView) -> Iterator[Hit]:
             yield Hit(chunk, f"NBD_REPLY_TYPE_BLOCK_STATUS of length {length}")
 
 
-@rule(
-    id="server.status-ext-chunk-length",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="*length* MUST be 8 + (a positive multiple of 16)",
-    midstream=True,
-)
+@rule(id="server.status-ext-chunk-length", midstream=True)
 def status_ext_chunk_length(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_BLOCK_STATUS_EXT: id, count and whole 16-byte descriptors."""
     for chunk in (m for m in view.messages if m.kind == "chunk"):
@@ -309,14 +232,7 @@ def status_ext_chunk_length(view: SessionView) -> Iterator[Hit]:
             yield Hit(chunk, f"NBD_REPLY_TYPE_BLOCK_STATUS_EXT of length {length}")
 
 
-@rule(
-    id="server.status-at-least-one-descriptor",
-    level=MUST,
-    role=SERVER,
-    section="Request types",
-    sentence="However the server MUST return at least one status descriptor",
-    midstream=True,
-)
+@rule(id="server.status-at-least-one-descriptor", midstream=True)
 def status_at_least_one_descriptor(view: SessionView) -> Iterator[Hit]:
     """Every status chunk has at least one descriptor."""
     for chunk in (m for m in view.messages if m.kind == "chunk"):
@@ -324,14 +240,7 @@ def status_at_least_one_descriptor(view: SessionView) -> Iterator[Hit]:
             yield Hit(chunk, f"{chunk.name} without any descriptor")
 
 
-@rule(
-    id="server.status-ext-count",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="The *descriptor count* field MUST correspond to the number of subsequent descriptors",
-    midstream=True,
-)
+@rule(id="server.status-ext-count", midstream=True)
 def status_ext_count(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_BLOCK_STATUS_EXT counts its descriptors right."""
     for chunk in (m for m in view.messages if m.kind == "chunk"):
@@ -344,15 +253,7 @@ def status_ext_count(view: SessionView) -> Iterator[Hit]:
             yield Hit(chunk, f"descriptor count {count}, but {actual} descriptor(s) follow")
 
 
-@rule(
-    id="server.status-descriptor-nonzero",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="32 bits, length of the extent to which the status below applies (unsigned, MUST "
-    "be nonzero)",
-    midstream=True,
-)
+@rule(id="server.status-descriptor-nonzero", midstream=True)
 def status_descriptor_nonzero(view: SessionView) -> Iterator[Hit]:
     """Every descriptor covers at least one byte."""
     for chunk in (m for m in view.messages if m.kind == "chunk"):
@@ -363,14 +264,7 @@ def status_descriptor_nonzero(view: SessionView) -> Iterator[Hit]:
             yield Hit(chunk, f"{chunk.name}: descriptor(s) {zero} have length 0")
 
 
-@rule(
-    id="server.req-one-single-descriptor",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="If the client used the `NBD_CMD_FLAG_REQ_ONE` flag in the request, then every "
-    "reply chunk MUST contain exactly one descriptor",
-)
+@rule(id="server.req-one-single-descriptor")
 def req_one_single_descriptor(view: SessionView) -> Iterator[Hit]:
     """With NBD_CMD_FLAG_REQ_ONE, each status chunk has exactly one descriptor."""
     for transaction in _block_status(view):
@@ -382,14 +276,7 @@ def req_one_single_descriptor(view: SessionView) -> Iterator[Hit]:
                 yield Hit(chunk, f"{count} descriptors despite NBD_CMD_FLAG_REQ_ONE")
 
 
-@rule(
-    id="server.req-one-length",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Request types",
-    sentence="each chunk contains exactly one descriptor where the *length* of the descriptor "
-    "MUST NOT be greater than the *length* of the request",
-)
+@rule(id="server.req-one-length")
 def req_one_length(view: SessionView) -> Iterator[Hit]:
     """With NBD_CMD_FLAG_REQ_ONE, the descriptor does not reach past the request."""
     for transaction in _block_status(view):
@@ -405,14 +292,7 @@ def req_one_length(view: SessionView) -> Iterator[Hit]:
                 )
 
 
-@rule(
-    id="server.status-sum-below-length",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="then the sum of the *length* fields of the first N-1 extents (if any) MUST be "
-    "less than the requested length",
-)
+@rule(id="server.status-sum-below-length")
 def status_sum_below_length(view: SessionView) -> Iterator[Hit]:
     """Only the last descriptor of a chunk may reach past the requested length."""
     for transaction in _block_status(view):
@@ -430,14 +310,7 @@ def status_sum_below_length(view: SessionView) -> Iterator[Hit]:
                 )
 
 
-@rule(
-    id="server.status-descriptor-min-block",
-    level=MUST,
-    role=SERVER,
-    section="Request types",
-    sentence="The server MUST use descriptor lengths that are an integer multiple of any "
-    "advertised minimum block size.",
-)
+@rule(id="server.status-descriptor-min-block")
 def status_descriptor_min_block(view: SessionView) -> Iterator[Hit]:
     """Descriptor lengths are multiples of the advertised minimum block size."""
     minimum = view.transmission.minimum_block
@@ -454,13 +327,7 @@ def status_descriptor_min_block(view: SessionView) -> Iterator[Hit]:
                 )
 
 
-@rule(
-    id="server.status-upper-bits-zero",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="the most-significant 32 bits of *status* MUST be all zeroes",
-)
+@rule(id="server.status-upper-bits-zero")
 def status_upper_bits_zero(view: SessionView) -> Iterator[Hit]:
     """64-bit statuses of ``base:`` contexts fit in 32 bits."""
     for transaction in _block_status(view):
@@ -473,14 +340,7 @@ def status_upper_bits_zero(view: SessionView) -> Iterator[Hit]:
                 yield Hit(chunk, f"{name} status {wide[0]:#x} uses the upper 32 bits")
 
 
-@rule(
-    id="server.status-extents-cap",
-    level=SHOULD_NOT,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="Servers SHOULD NOT send more than 2^20 extents in a single reply chunk",
-    midstream=True,
-)
+@rule(id="server.status-extents-cap", midstream=True)
 def status_extents_cap(view: SessionView) -> Iterator[Hit]:
     """At most 2^20 descriptors in one status chunk."""
     limit = c.MAX_EXTENTS_PER_CHUNK
@@ -491,13 +351,7 @@ def status_extents_cap(view: SessionView) -> Iterator[Hit]:
                 yield Hit(chunk, f"{count} descriptors in one chunk (more than {limit})")
 
 
-@rule(
-    id="server.base-allocation-reserved-bits",
-    level=SHOULD,
-    role=SERVER,
-    section="base:allocation metadata context",
-    sentence="Servers SHOULD set it to all-zero",
-)
+@rule(id="server.base-allocation-reserved-bits")
 def base_allocation_reserved_bits(view: SessionView) -> Iterator[Hit]:
     """``base:allocation`` statuses use only NBD_STATE_HOLE and NBD_STATE_ZERO."""
     for transaction in _block_status(view):

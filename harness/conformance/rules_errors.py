@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from harness.conformance._rule import MUST, MUST_NOT, SHOULD, SHOULD_NOT, Hit, rule
+from harness.conformance._rule import Hit, rule
 from harness.conformance._view import SessionView, Transaction, reply_error
 from harness.dissect.model import SERVER, WireMessage
 from harness.protocol import constants as c
@@ -83,15 +83,7 @@ def _misanswered(view: SessionView, transaction: Transaction) -> bool:
     return transaction.complete and transaction.error not in _recommended(view, transaction)
 
 
-@rule(
-    id="server.error-values-defined",
-    level=MUST,
-    role=SERVER,
-    section="Error values",
-    sentence="Therefore, the allowed values for the error field have been restricted to set of "
-    "possibilities.",
-    midstream=True,
-)
+@rule(id="server.error-values-defined", midstream=True)
 def error_values_defined(view: SessionView) -> Iterator[Hit]:
     """Replies use only the error values the spec defines."""
     for message in view.messages_from(SERVER):
@@ -100,14 +92,7 @@ def error_values_defined(view: SessionView) -> Iterator[Hit]:
             yield Hit(message, f"{message.name} with error {error}, which the spec does not define")
 
 
-@rule(
-    id="server.read-only-eperm",
-    level=SHOULD,
-    role=SERVER,
-    section="Error values",
-    sentence="Finally, it SHOULD return `NBD_EPERM` if it receives a write or trim request on a "
-    "read-only export.",
-)
+@rule(id="server.read-only-eperm")
 def read_only_eperm(view: SessionView) -> Iterator[Hit]:
     """A failed WRITE or TRIM on a read-only export fails with NBD_EPERM (or with another
     recommended error, when the request is also wrong in another way)."""
@@ -125,14 +110,7 @@ def read_only_eperm(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.enospc-write-beyond-end",
-    level=SHOULD,
-    role=SERVER,
-    section="Error values",
-    sentence="The server SHOULD return `NBD_ENOSPC` if it receives a write request including "
-    "one or more sectors beyond the size of the device.",
-)
+@rule(id="server.enospc-write-beyond-end")
 def enospc_write_beyond_end(view: SessionView) -> Iterator[Hit]:
     """A WRITE past the end of the export fails with NBD_ENOSPC (NBD_EINVAL, which "Size
     constraints" recommends instead, is accepted too)."""
@@ -148,15 +126,7 @@ def enospc_write_beyond_end(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.einval-beyond-end-or-unaligned",
-    level=SHOULD,
-    role=SERVER,
-    section="Error values",
-    sentence="It SHOULD return `NBD_EINVAL` if it receives a read or trim request including one "
-    "or more sectors beyond the size of the device, or if a read or write request is not "
-    "aligned to advertised minimum block sizes.",
-)
+@rule(id="server.einval-beyond-end-or-unaligned")
 def einval_beyond_end_or_unaligned(view: SessionView) -> Iterator[Hit]:
     """READ or TRIM past the end, or unaligned READ or WRITE, fail with NBD_EINVAL."""
     for transaction in view.transactions:
@@ -174,13 +144,7 @@ def einval_beyond_end_or_unaligned(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.einval-unknown-command",
-    level=SHOULD,
-    role=SERVER,
-    section="Error values",
-    sentence="The server SHOULD return `NBD_EINVAL` if it receives an unknown command.",
-)
+@rule(id="server.einval-unknown-command")
 def einval_unknown_command(view: SessionView) -> Iterator[Hit]:
     """An unknown command fails with NBD_EINVAL."""
     known = {int(cmd) for cmd in c.Cmd}
@@ -196,13 +160,7 @@ def einval_unknown_command(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.einval-unknown-flag",
-    level=SHOULD,
-    role=SERVER,
-    section="Error values",
-    sentence="The server SHOULD return `NBD_EINVAL` if it receives an unknown command flag.",
-)
+@rule(id="server.einval-unknown-flag")
 def einval_unknown_flag(view: SessionView) -> Iterator[Hit]:
     """A request with an unknown command flag fails with NBD_EINVAL."""
     for transaction in view.transactions:
@@ -219,14 +177,7 @@ def einval_unknown_flag(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.einval-inapplicable-flag",
-    level=SHOULD,
-    role=SERVER,
-    section="Error values",
-    sentence="It also SHOULD return `NBD_EINVAL` if it receives a request with a flag not "
-    "explicitly documented as applicable to the given request.",
-)
+@rule(id="server.einval-inapplicable-flag")
 def einval_inapplicable_flag(view: SessionView) -> Iterator[Hit]:
     """A request with a known flag not documented for its command fails with NBD_EINVAL."""
     for transaction in view.transactions:
@@ -243,15 +194,7 @@ def einval_inapplicable_flag(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.eoverflow-only-documented",
-    level=SHOULD_NOT,
-    role=SERVER,
-    section="Error values",
-    sentence="The server SHOULD NOT return `NBD_EOVERFLOW` except as documented in response to "
-    "`NBD_CMD_READ` when `NBD_CMD_FLAG_DF` is supported, or when a command without payload "
-    "requests a length larger than an advertised maximum payload length.",
-)
+@rule(id="server.eoverflow-only-documented")
 def eoverflow_only_documented(view: SessionView) -> Iterator[Hit]:
     """NBD_EOVERFLOW only for a READ with DF, or for a length over the maximum payload."""
     maximum = view.transmission.maximum_payload or c.DEFAULT_MAX_PAYLOAD
@@ -268,14 +211,7 @@ def eoverflow_only_documented(view: SessionView) -> Iterator[Hit]:
         )
 
 
-@rule(
-    id="server.enotsup-only-fast-zero",
-    level=SHOULD_NOT,
-    role=SERVER,
-    section="Error values",
-    sentence="The server SHOULD NOT return `NBD_ENOTSUP` except as documented in response to "
-    "`NBD_CMD_WRITE_ZEROES` when `NBD_CMD_FLAG_FAST_ZERO` is supported.",
-)
+@rule(id="server.enotsup-only-fast-zero")
 def enotsup_only_fast_zero(view: SessionView) -> Iterator[Hit]:
     """NBD_ENOTSUP only answers WRITE_ZEROES, and only when fast zero is advertised."""
     fast_zero = view.transmission.has(c.TransmissionFlag.SEND_FAST_ZERO)
@@ -287,14 +223,7 @@ def enotsup_only_fast_zero(view: SessionView) -> Iterator[Hit]:
         yield Hit(_answer(transaction), f"{transaction.name} failed with NBD_ENOTSUP")
 
 
-@rule(
-    id="server.no-enotsup-without-fast-zero",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Request types",
-    sentence="If the server advertised `NBD_FLAG_SEND_FAST_ZERO` but `NBD_CMD_FLAG_FAST_ZERO` is "
-    "not set, then the server MUST NOT fail with `NBD_ENOTSUP`",
-)
+@rule(id="server.no-enotsup-without-fast-zero")
 def no_enotsup_without_fast_zero(view: SessionView) -> Iterator[Hit]:
     """WRITE_ZEROES without NBD_CMD_FLAG_FAST_ZERO never fails with NBD_ENOTSUP."""
     if not view.transmission.has(c.TransmissionFlag.SEND_FAST_ZERO):
@@ -311,14 +240,7 @@ def no_enotsup_without_fast_zero(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.no-enomem",
-    level=SHOULD_NOT,
-    role=SERVER,
-    section="Error values",
-    sentence="The server SHOULD NOT return `NBD_ENOMEM` if at all possible.",
-    midstream=True,
-)
+@rule(id="server.no-enomem", midstream=True)
 def no_enomem(view: SessionView) -> Iterator[Hit]:
     """Replies avoid NBD_ENOMEM."""
     for message in view.messages_from(SERVER):

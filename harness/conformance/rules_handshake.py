@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from harness.conformance._rule import MUST, MUST_NOT, SHOULD, Hit, rule
+from harness.conformance._rule import Hit, rule
 from harness.conformance._view import (
     SessionView,
     bad_magic,
@@ -21,27 +21,18 @@ from harness.conformance._view import (
 from harness.dissect.model import CLIENT, SERVER
 from harness.protocol import constants as c
 
-KNOWN_HANDSHAKE_FLAGS = int(c.HandshakeFlag.FIXED_NEWSTYLE | c.HandshakeFlag.NO_ZEROES)
-KNOWN_CLIENT_FLAGS = int(c.ClientFlag.C_FIXED_NEWSTYLE | c.ClientFlag.C_NO_ZEROES)
-
 
 def _bad_client_flags(view: SessionView) -> str | None:
     """Why the client flags are unacceptable to the server, or None."""
     flags = view.client_flag_bits
-    if flags & ~KNOWN_CLIENT_FLAGS:
-        return f"unknown client flag bits {flags & ~KNOWN_CLIENT_FLAGS:#x}"
+    if flags & ~c.KNOWN_CLIENT_FLAGS:
+        return f"unknown client flag bits {flags & ~c.KNOWN_CLIENT_FLAGS:#x}"
     if flags & c.ClientFlag.C_NO_ZEROES and not view.handshake_flags & c.HandshakeFlag.NO_ZEROES:
         return "NBD_FLAG_C_NO_ZEROES although the server did not offer NBD_FLAG_NO_ZEROES"
     return None
 
 
-@rule(
-    id="server.greeting-magic",
-    level=MUST,
-    role=SERVER,
-    section="Newstyle negotiation",
-    sentence="S: 64 bits, `0x49484156454F5054` (ASCII '`IHAVEOPT`') (note different magic number)",
-)
+@rule(id="server.greeting-magic")
 def greeting_magic(view: SessionView) -> Iterator[Hit]:
     """NBDMAGIC is followed by IHAVEOPT (newstyle) or cliserv_magic (oldstyle)."""
     for region in view.undecoded(SERVER):
@@ -53,18 +44,12 @@ def greeting_magic(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.handshake-flags-known",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Handshake flags",
-    sentence="The server MUST NOT set any other flags",
-)
+@rule(id="server.handshake-flags-known")
 def handshake_flags_known(view: SessionView) -> Iterator[Hit]:
     """The newstyle greeting sets no handshake flag besides FIXED_NEWSTYLE and NO_ZEROES."""
     greeting = view.greeting
     if greeting is not None and greeting.kind == "newstyle-greeting":
-        unknown = view.handshake_flags & ~KNOWN_HANDSHAKE_FLAGS
+        unknown = view.handshake_flags & ~c.KNOWN_HANDSHAKE_FLAGS
         if unknown:
             yield Hit(
                 greeting,
@@ -72,48 +57,30 @@ def handshake_flags_known(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.oldstyle-no-handshake-flags",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Handshake flags",
-    sentence="The server MUST NOT set any of these flags during oldstyle negotiation.",
-)
+@rule(id="server.oldstyle-no-handshake-flags")
 def oldstyle_no_handshake_flags(view: SessionView) -> Iterator[Hit]:
     """The oldstyle greeting's 32-bit flags carry no handshake flag (upper 16 bits)."""
     greeting = view.greeting
     if greeting is not None and greeting.kind == "oldstyle-greeting":
         high = int(greeting.fields.get("flags_high", 0))
-        if high & KNOWN_HANDSHAKE_FLAGS:
+        if high & c.KNOWN_HANDSHAKE_FLAGS:
             yield Hit(
                 greeting, f"oldstyle flags set handshake flag bits {high:#06x} in the upper 16 bits"
             )
 
 
-@rule(
-    id="client.client-flags-known",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Client flags",
-    sentence="Clients MUST NOT set any other flags",
-)
+@rule(id="client.client-flags-known")
 def client_flags_known(view: SessionView) -> Iterator[Hit]:
     """The client flags hold only C_FIXED_NEWSTYLE and C_NO_ZEROES."""
-    if view.client_flags is not None and view.client_flag_bits & ~KNOWN_CLIENT_FLAGS:
-        unknown = view.client_flag_bits & ~KNOWN_CLIENT_FLAGS
+    if view.client_flags is not None and view.client_flag_bits & ~c.KNOWN_CLIENT_FLAGS:
+        unknown = view.client_flag_bits & ~c.KNOWN_CLIENT_FLAGS
         yield Hit(
             view.client_flags,
             f"client flags {view.client_flag_bits:#010x} set unknown bits {unknown:#x}",
         )
 
 
-@rule(
-    id="client.no-zeroes-only-if-offered",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Client flags",
-    sentence="MUST NOT be set if the server did not set `NBD_FLAG_NO_ZEROES`",
-)
+@rule(id="client.no-zeroes-only-if-offered")
 def no_zeroes_only_if_offered(view: SessionView) -> Iterator[Hit]:
     """NBD_FLAG_C_NO_ZEROES only when the server offered NBD_FLAG_NO_ZEROES."""
     if (
@@ -127,14 +94,7 @@ def no_zeroes_only_if_offered(view: SessionView) -> Iterator[Hit]:
         )
 
 
-@rule(
-    id="server.drop-on-bad-client-flags",
-    level=MUST,
-    role=SERVER,
-    section="Client flags",
-    sentence="the server MUST drop the TCP connection if the client sets an unknown flag, "
-    "or a flag that does not match something advertised by the server",
-)
+@rule(id="server.drop-on-bad-client-flags")
 def drop_on_bad_client_flags(view: SessionView) -> Iterator[Hit]:
     """After unacceptable client flags the server sends nothing more."""
     if view.client_flags is None:
@@ -147,13 +107,7 @@ def drop_on_bad_client_flags(view: SessionView) -> Iterator[Hit]:
         yield Hit(later[0], f"the server went on ({later[0].name}) after {why}")
 
 
-@rule(
-    id="client.fixed-newstyle-flag",
-    level=SHOULD,
-    role=CLIENT,
-    section="Fixed newstyle negotiation",
-    sentence="The client SHOULD reply with `NBD_FLAG_C_FIXED_NEWSTYLE` set in its flags field too",
-)
+@rule(id="client.fixed-newstyle-flag")
 def fixed_newstyle_flag(view: SessionView) -> Iterator[Hit]:
     """A server offering fixed newstyle gets NBD_FLAG_C_FIXED_NEWSTYLE back."""
     if (
@@ -168,13 +122,7 @@ def fixed_newstyle_flag(view: SessionView) -> Iterator[Hit]:
         )
 
 
-@rule(
-    id="client.export-name-only-in-nonfixed",
-    level=MUST,
-    role=CLIENT,
-    section="Option types",
-    sentence="This is the only valid option in nonfixed newstyle negotiation.",
-)
+@rule(id="client.export-name-only-in-nonfixed")
 def export_name_only_in_nonfixed(view: SessionView) -> Iterator[Hit]:
     """With a server that did not offer fixed newstyle, the only option is EXPORT_NAME."""
     if view.greeting is None or view.greeting.kind != "newstyle-greeting":
@@ -189,13 +137,7 @@ def export_name_only_in_nonfixed(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.fixed-newstyle-for-options",
-    level=MUST,
-    role=SERVER,
-    section="Option types",
-    sentence="A server which wishes to use any other option MUST support fixed newstyle.",
-)
+@rule(id="server.fixed-newstyle-for-options")
 def fixed_newstyle_for_options(view: SessionView) -> Iterator[Hit]:
     """A server that answers options other than EXPORT_NAME offered fixed newstyle."""
     if view.greeting is None or view.greeting.kind != "newstyle-greeting":
@@ -210,14 +152,7 @@ def fixed_newstyle_for_options(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.export-name-reply-zeroes",
-    level=MUST,
-    role=SERVER,
-    section="Newstyle negotiation",
-    sentence="S: 124 bytes, zeroes (reserved) (unless `NBD_FLAG_C_NO_ZEROES` was negotiated "
-    "by the client)",
-)
+@rule(id="server.export-name-reply-zeroes")
 def export_name_reply_zeroes(view: SessionView) -> Iterator[Hit]:
     """Without NO_ZEROES the export-name reply ends with 124 zero bytes."""
     reply = view.export_name_reply
@@ -231,14 +166,7 @@ def export_name_reply_zeroes(view: SessionView) -> Iterator[Hit]:
         )
 
 
-@rule(
-    id="server.no-zeroes-honoured",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Client flags",
-    sentence="If set, the server MUST NOT send the 124 bytes of zeroes when the client ends "
-    "negotiation with `NBD_OPT_EXPORT_NAME`.",
-)
+@rule(id="server.no-zeroes-honoured")
 def no_zeroes_honoured(view: SessionView) -> Iterator[Hit]:
     """With NO_ZEROES negotiated, no zero padding follows the export-name reply."""
     reply = view.export_name_reply
@@ -252,13 +180,7 @@ def no_zeroes_honoured(view: SessionView) -> Iterator[Hit]:
         )
 
 
-@rule(
-    id="server.export-name-no-option-reply",
-    level=MUST,
-    role=SERVER,
-    section="Newstyle negotiation",
-    sentence="If the server is unwilling to allow the export, it MUST terminate the session.",
-)
+@rule(id="server.export-name-no-option-reply")
 def export_name_no_option_reply(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_EXPORT_NAME gets the export-name reply or a closed connection, never an
     option reply."""
@@ -270,14 +192,7 @@ def export_name_no_option_reply(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="client.abort-then-close",
-    level=MUST,
-    role=CLIENT,
-    section="Termination of the session during option haggling",
-    sentence="This MUST be followed by the client shutting down TLS (if it is running), and "
-    "the client dropping the connection.",
-)
+@rule(id="client.abort-then-close")
 def abort_then_close(view: SessionView) -> Iterator[Hit]:
     """After NBD_OPT_ABORT the client sends nothing more."""
     for exchange in view.options:
@@ -292,13 +207,7 @@ def abort_then_close(view: SessionView) -> Iterator[Hit]:
         return
 
 
-@rule(
-    id="client.soft-disconnect-on-err-shutdown",
-    level=MUST,
-    role=CLIENT,
-    section="Termination of the session during option haggling",
-    sentence="If the client receives `NBD_REP_ERR_SHUTDOWN` it MUST initiate a soft disconnect.",
-)
+@rule(id="client.soft-disconnect-on-err-shutdown")
 def soft_disconnect_on_err_shutdown(view: SessionView) -> Iterator[Hit]:
     """After NBD_REP_ERR_SHUTDOWN the client's next option is NBD_OPT_ABORT."""
     for exchange in view.options:
@@ -314,13 +223,7 @@ def soft_disconnect_on_err_shutdown(view: SessionView) -> Iterator[Hit]:
         return
 
 
-@rule(
-    id="server.abort-ack",
-    level=MUST,
-    role=SERVER,
-    section="Option types",
-    sentence="The server MUST reply with `NBD_REP_ACK`.",
-)
+@rule(id="server.abort-ack")
 def abort_ack(view: SessionView) -> Iterator[Hit]:
     """A reply to NBD_OPT_ABORT, if sent, is NBD_REP_ACK."""
     for exchange in view.options:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
-from harness.conformance._rule import MUST, MUST_NOT, SHOULD, SHOULD_NOT, Hit, rule
+from harness.conformance._rule import Hit, rule
 from harness.conformance._view import (
     OptionMessages,
     SessionView,
@@ -21,7 +21,6 @@ from harness.conformance._view import (
 from harness.dissect.model import CLIENT, SERVER, WireMessage
 from harness.protocol import constants as c
 
-_NO_DATA_OPTIONS = (c.Opt.LIST, c.Opt.STARTTLS, c.Opt.STRUCTURED_REPLY, c.Opt.EXTENDED_HEADERS)
 _REJECT_DATA_OPTIONS = (c.Opt.LIST, c.Opt.STRUCTURED_REPLY, c.Opt.EXTENDED_HEADERS)
 _DEFINED_OPTIONS = frozenset(int(o) for o in c.Opt) - {int(c.Opt.PEEK_EXPORT)}
 
@@ -49,11 +48,11 @@ def _info_type(reply: WireMessage) -> int | None:
     return struct.unpack_from(">H", data)[0] if len(data) >= 2 else None
 
 
-def _replies_outside(view: SessionView, options: tuple[int, ...],
-                     allowed: int) -> Iterator[Hit]:
-    """Replies to ``options`` that are neither ``allowed``, NBD_REP_ACK nor an error."""
+def _replies_outside(view: SessionView, allowed: int) -> Iterator[Hit]:
+    """Replies to the options ``allowed`` answers that are neither ``allowed``, NBD_REP_ACK
+    nor an error."""
     for exchange in view.options:
-        if exchange.code not in options:
+        if exchange.code not in c.OPTIONS_ANSWERED_WITH[allowed]:
             continue
         for reply in exchange.replies:
             rep = reply_type(reply)
@@ -61,15 +60,7 @@ def _replies_outside(view: SessionView, options: tuple[int, ...],
                 yield Hit(reply, f"{reply.name} in reply to {exchange.option.name}")
 
 
-@rule(
-    id="client.option-magic",
-    level=MUST,
-    role=CLIENT,
-    section="Newstyle negotiation",
-    sentence="C: 64 bits, `0x49484156454F5054` (ASCII '`IHAVEOPT`') (note same newstyle "
-    "handshake's magic number)",
-    midstream=True,
-)
+@rule(id="client.option-magic", midstream=True)
 def option_magic(view: SessionView) -> Iterator[Hit]:
     """Every option starts with IHAVEOPT."""
     for region in view.undecoded(CLIENT):
@@ -77,14 +68,7 @@ def option_magic(view: SessionView) -> Iterator[Hit]:
             yield Hit(region, f"option without the IHAVEOPT magic ({region.reason})")
 
 
-@rule(
-    id="server.option-reply-magic",
-    level=MUST,
-    role=SERVER,
-    section="Fixed newstyle negotiation",
-    sentence="S: 64 bits, `0x3e889045565a9` (magic number for replies)",
-    midstream=True,
-)
+@rule(id="server.option-reply-magic", midstream=True)
 def option_reply_magic(view: SessionView) -> Iterator[Hit]:
     """Every option reply starts with the option reply magic."""
     for region in view.undecoded(SERVER):
@@ -92,14 +76,7 @@ def option_reply_magic(view: SessionView) -> Iterator[Hit]:
             yield Hit(region, f"option reply without its magic ({region.reason})")
 
 
-@rule(
-    id="client.no-option-before-final-reply",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Fixed newstyle negotiation",
-    sentence="The client MUST NOT send any option until it has received a final reply to any "
-    "option it has sent",
-)
+@rule(id="client.no-option-before-final-reply")
 def no_option_before_final_reply(view: SessionView) -> Iterator[Hit]:
     """Options go one at a time: the next only after the previous one's final reply."""
     for earlier, later in zip(view.options, view.options[1:], strict=False):
@@ -113,13 +90,7 @@ def no_option_before_final_reply(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.option-reply-answers-option",
-    level=MUST,
-    role=SERVER,
-    section="Fixed newstyle negotiation",
-    sentence="the option as sent by the client to which this is a reply",
-)
+@rule(id="server.option-reply-answers-option")
 def option_reply_answers_option(view: SessionView) -> Iterator[Hit]:
     """An option reply names the option it answers, and answers a pending option."""
     for exchange in view.options:
@@ -140,14 +111,7 @@ def option_reply_answers_option(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.unsupported-option-err-unsup",
-    level=MUST,
-    role=SERVER,
-    section="Baseline",
-    sentence="Servers that receive messages which they do not implement MUST reply to them "
-    "with `NBD_REP_ERR_UNSUP`",
-)
+@rule(id="server.unsupported-option-err-unsup")
 def unsupported_option_err_unsup(view: SessionView) -> Iterator[Hit]:
     """An option the spec does not define, if refused, is refused with NBD_REP_ERR_UNSUP.
 
@@ -169,32 +133,18 @@ def unsupported_option_err_unsup(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="client.no-data-with-option",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Option types",
-    sentence="The client MUST NOT send any additional data with the option",
-    midstream=True,
-)
+@rule(id="client.no-data-with-option", midstream=True)
 def no_data_with_option(view: SessionView) -> Iterator[Hit]:
     """LIST, STARTTLS, STRUCTURED_REPLY and EXTENDED_HEADERS carry no data."""
     for exchange in view.options:
-        if exchange.code in _NO_DATA_OPTIONS and header_length(exchange.option):
+        if exchange.code in c.NO_DATA_OPTIONS and header_length(exchange.option):
             yield Hit(
                 exchange.option,
                 f"{exchange.option.name} carries {header_length(exchange.option)} byte(s) of data",
             )
 
 
-@rule(
-    id="client.abort-no-data",
-    level=SHOULD_NOT,
-    role=CLIENT,
-    section="Option types",
-    sentence="The client SHOULD NOT send any additional data with the option",
-    midstream=True,
-)
+@rule(id="client.abort-no-data", midstream=True)
 def abort_no_data(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_ABORT carries no data."""
     for exchange in view.options:
@@ -205,13 +155,7 @@ def abort_no_data(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.reject-option-data",
-    level=SHOULD,
-    role=SERVER,
-    section="Option types",
-    sentence="the server SHOULD reject a request that includes data with `NBD_REP_ERR_INVALID`",
-)
+@rule(id="server.reject-option-data")
 def reject_option_data(view: SessionView) -> Iterator[Hit]:
     """LIST, STRUCTURED_REPLY or EXTENDED_HEADERS with data are refused with ERR_INVALID."""
     for exchange in view.options:
@@ -227,14 +171,7 @@ def reject_option_data(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.info-export-before-ack",
-    level=MUST,
-    role=SERVER,
-    section="Option reply types",
-    sentence="The server MUST send an `NBD_INFO_EXPORT` information type at some point before "
-    "sending an `NBD_REP_ACK`",
-)
+@rule(id="server.info-export-before-ack")
 def info_export_before_ack(view: SessionView) -> Iterator[Hit]:
     """A successful NBD_OPT_INFO or NBD_OPT_GO includes NBD_INFO_EXPORT."""
     for exchange in view.options:
@@ -249,14 +186,7 @@ def info_export_before_ack(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.info-export-length",
-    level=MUST,
-    role=SERVER,
-    section="Option reply types",
-    sentence="*length* MUST be 12",
-    midstream=True,
-)
+@rule(id="server.info-export-length", midstream=True)
 def info_export_length(view: SessionView) -> Iterator[Hit]:
     """NBD_INFO_EXPORT is exactly 12 bytes long."""
     for reply in _info_replies(view):
@@ -264,14 +194,7 @@ def info_export_length(view: SessionView) -> Iterator[Hit]:
             yield Hit(reply, f"NBD_INFO_EXPORT of length {header_length(reply)}")
 
 
-@rule(
-    id="server.info-block-size-length",
-    level=MUST,
-    role=SERVER,
-    section="Option reply types",
-    sentence="The *length* MUST be 14",
-    midstream=True,
-)
+@rule(id="server.info-block-size-length", midstream=True)
 def info_block_size_length(view: SessionView) -> Iterator[Hit]:
     """NBD_INFO_BLOCK_SIZE is exactly 14 bytes long."""
     for reply in _info_replies(view):
@@ -279,14 +202,7 @@ def info_block_size_length(view: SessionView) -> Iterator[Hit]:
             yield Hit(reply, f"NBD_INFO_BLOCK_SIZE of length {header_length(reply)}")
 
 
-@rule(
-    id="server.info-length-at-least-2",
-    level=MUST,
-    role=SERVER,
-    section="Option reply types",
-    sentence="The *length* MUST be at least 2",
-    midstream=True,
-)
+@rule(id="server.info-length-at-least-2", midstream=True)
 def info_length_at_least_2(view: SessionView) -> Iterator[Hit]:
     """An NBD_REP_INFO carries at least its 16-bit information type."""
     for reply in _info_replies(view):
@@ -294,14 +210,7 @@ def info_length_at_least_2(view: SessionView) -> Iterator[Hit]:
             yield Hit(reply, f"NBD_REP_INFO of length {header_length(reply)}")
 
 
-@rule(
-    id="server.info-once",
-    level=SHOULD,
-    role=SERVER,
-    section="Option reply types",
-    sentence="A particular information type SHOULD only appear once for a given export unless "
-    "documented otherwise.",
-)
+@rule(id="server.info-once")
 def info_once(view: SessionView) -> Iterator[Hit]:
     """One reply to NBD_OPT_INFO/GO sends each information type once."""
     for exchange in view.options:
@@ -319,13 +228,7 @@ def info_once(view: SessionView) -> Iterator[Hit]:
             seen.add(info)
 
 
-@rule(
-    id="server.no-info-for-unknown-export",
-    level=SHOULD_NOT,
-    role=SERVER,
-    section="Option types",
-    sentence="In this case, the server SHOULD NOT send `NBD_REP_INFO` replies.",
-)
+@rule(id="server.no-info-for-unknown-export")
 def no_info_for_unknown_export(view: SessionView) -> Iterator[Hit]:
     """NBD_REP_ERR_UNKNOWN comes without NBD_REP_INFO replies before it."""
     for exchange in view.options:
@@ -339,14 +242,7 @@ def no_info_for_unknown_export(view: SessionView) -> Iterator[Hit]:
                 )
 
 
-@rule(
-    id="server.go-consistent-with-info",
-    level=MUST,
-    role=SERVER,
-    section="Option types",
-    sentence="then the server MUST reply with the same set of information, such as "
-    "transmission flags in the `NBD_INFO_EXPORT` reply",
-)
+@rule(id="server.go-consistent-with-info")
 def go_consistent_with_info(view: SessionView) -> Iterator[Hit]:
     """A GO right after a successful INFO with the same parameters gets the same information."""
     for info, go in zip(view.options, view.options[1:], strict=False):
@@ -366,14 +262,7 @@ def go_consistent_with_info(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.block-size-reqd-not-if-requested",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Option types",
-    sentence="The server MUST NOT send this error if size constraints were requested with "
-    "`NBD_INFO_BLOCK_SIZE` with the `NBD_OPT_INFO` or `NBD_OPT_GO` request.",
-)
+@rule(id="server.block-size-reqd-not-if-requested")
 def block_size_reqd_not_if_requested(view: SessionView) -> Iterator[Hit]:
     """NBD_REP_ERR_BLOCK_SIZE_REQD never answers a request that asked for the block size."""
     for exchange in view.options:
@@ -388,13 +277,7 @@ def block_size_reqd_not_if_requested(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.go-not-unsup-after-extended",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Option types",
-    sentence="the server MUST NOT fail `NBD_OPT_GO` with `NBD_REP_ERR_UNSUP`",
-)
+@rule(id="server.go-not-unsup-after-extended")
 def go_not_unsup_after_extended(view: SessionView) -> Iterator[Hit]:
     """Once extended headers are acknowledged, NBD_OPT_GO is not refused as unsupported."""
     for exchange in view.options:
@@ -410,14 +293,7 @@ def go_not_unsup_after_extended(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="client.info-request-once",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Option types",
-    sentence="The client MUST NOT include any information request in the list more than once.",
-    midstream=True,
-)
+@rule(id="client.info-request-once", midstream=True)
 def info_request_once(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_INFO/GO list each information request once."""
     for exchange in view.options:
@@ -428,14 +304,7 @@ def info_request_once(view: SessionView) -> Iterator[Hit]:
             yield Hit(exchange.option, f"{exchange.option.name} requests {names} more than once")
 
 
-@rule(
-    id="client.info-name-length",
-    level=MUST,
-    role=CLIENT,
-    section="Option types",
-    sentence="MUST be no larger than the option data length - 6",
-    midstream=True,
-)
+@rule(id="client.info-name-length", midstream=True)
 def info_name_length(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_INFO/GO: the name length leaves room for the information request count."""
     for exchange in view.options:
@@ -457,14 +326,7 @@ def info_name_length(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.rep-server-name-length",
-    level=MUST,
-    role=SERVER,
-    section="Option reply types",
-    sentence="MUST be no larger than the reply packet header length - 4",
-    midstream=True,
-)
+@rule(id="server.rep-server-name-length", midstream=True)
 def rep_server_name_length(view: SessionView) -> Iterator[Hit]:
     """NBD_REP_SERVER: the name length fits in the reply."""
     for reply in view.messages_from(SERVER):
@@ -480,14 +342,7 @@ def rep_server_name_length(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="client.no-export-name-after-extended",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Option types",
-    sentence="Once extended headers are successfully requested, a client MUST NOT use "
-    "`NBD_OPT_EXPORT_NAME`.",
-)
+@rule(id="client.no-export-name-after-extended")
 def no_export_name_after_extended(view: SessionView) -> Iterator[Hit]:
     """No NBD_OPT_EXPORT_NAME once NBD_OPT_EXTENDED_HEADERS was acknowledged."""
     for exchange in view.options:
@@ -495,14 +350,7 @@ def no_export_name_after_extended(view: SessionView) -> Iterator[Hit]:
             yield Hit(exchange.option, "NBD_OPT_EXPORT_NAME after extended headers were negotiated")
 
 
-@rule(
-    id="client.set-meta-context-needs-structured",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Option types",
-    sentence="This option MUST NOT be requested unless structured replies or extended headers "
-    "have been negotiated first.",
-)
+@rule(id="client.set-meta-context-needs-structured")
 def set_meta_context_needs_structured(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_SET_META_CONTEXT only after structured replies or extended headers."""
     for exchange in view.options:
@@ -514,14 +362,7 @@ def set_meta_context_needs_structured(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="client.list-meta-context-needs-structured",
-    level=SHOULD_NOT,
-    role=CLIENT,
-    section="Option types",
-    sentence="This option SHOULD NOT be requested unless structured replies or extended "
-    "headers have been negotiated first.",
-)
+@rule(id="client.list-meta-context-needs-structured")
 def list_meta_context_needs_structured(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_LIST_META_CONTEXT preferably after structured replies or extended headers."""
     for exchange in view.options:
@@ -533,14 +374,7 @@ def list_meta_context_needs_structured(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.set-meta-context-unnegotiated",
-    level=SHOULD,
-    role=SERVER,
-    section="Option types",
-    sentence="If a client attempts to do so, a server SHOULD send `NBD_REP_ERR_INVALID` or "
-    "`NBD_REP_ERR_EXT_HEADER_REQD`.",
-)
+@rule(id="server.set-meta-context-unnegotiated")
 def set_meta_context_unnegotiated(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_SET_META_CONTEXT too early is refused with ERR_INVALID or ERR_EXT_HEADER_REQD."""
     for exchange in view.options:
@@ -557,27 +391,13 @@ def set_meta_context_unnegotiated(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.meta-context-replies",
-    level=MUST,
-    role=SERVER,
-    section="Option types",
-    sentence="The server MUST reply with a list of zero or more `NBD_REP_META_CONTEXT` "
-    "replies, followed by either a final `NBD_REP_ACK` on success or by an error",
-)
+@rule(id="server.meta-context-replies")
 def meta_context_replies(view: SessionView) -> Iterator[Hit]:
     """LIST/SET_META_CONTEXT get NBD_REP_META_CONTEXT replies, then ACK or an error."""
-    yield from _replies_outside(view, (c.Opt.LIST_META_CONTEXT, c.Opt.SET_META_CONTEXT),
-                                c.Rep.META_CONTEXT)
+    yield from _replies_outside(view, c.Rep.META_CONTEXT)
 
 
-@rule(
-    id="server.meta-context-ids-unique",
-    level=MUST,
-    role=SERVER,
-    section="Option types",
-    sentence="each with a unique metadata context ID",
-)
+@rule(id="server.meta-context-ids-unique")
 def meta_context_ids_unique(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_SET_META_CONTEXT gives every selected context its own id."""
     for exchange in view.options:
@@ -596,13 +416,7 @@ def meta_context_ids_unique(view: SessionView) -> Iterator[Hit]:
             seen[context_id] = str(reply.fields.get("context_name", ""))
 
 
-@rule(
-    id="server.list-meta-context-id-zero",
-    level=SHOULD,
-    role=SERVER,
-    section="Option types",
-    sentence="The metadata context ID in these replies is reserved and SHOULD be set to zero",
-)
+@rule(id="server.list-meta-context-id-zero")
 def list_meta_context_id_zero(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_LIST_META_CONTEXT replies carry context id 0."""
     for exchange in view.options:
@@ -617,13 +431,7 @@ def list_meta_context_id_zero(view: SessionView) -> Iterator[Hit]:
                 )
 
 
-@rule(
-    id="server.set-meta-context-no-queries",
-    level=MUST,
-    role=SERVER,
-    section="Option types",
-    sentence="If zero queries are sent, the server MUST select no metadata contexts.",
-)
+@rule(id="server.set-meta-context-no-queries")
 def set_meta_context_no_queries(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_SET_META_CONTEXT without queries selects nothing."""
     for exchange in view.options:
@@ -637,14 +445,7 @@ def set_meta_context_no_queries(view: SessionView) -> Iterator[Hit]:
                 )
 
 
-@rule(
-    id="server.meta-context-name-syntax",
-    level=MUST,
-    role=SERVER,
-    section="Metadata querying",
-    sentence="The name MUST consist of a namespace, followed by a colon, followed by a leaf-name.",
-    midstream=True,
-)
+@rule(id="server.meta-context-name-syntax", midstream=True)
 def meta_context_name_syntax(view: SessionView) -> Iterator[Hit]:
     """Context names are ``namespace:leaf-name`` with a non-empty namespace."""
     for reply in view.messages_from(SERVER):
@@ -655,15 +456,7 @@ def meta_context_name_syntax(view: SessionView) -> Iterator[Hit]:
                 yield Hit(reply, f"context name {name!r} lacks a namespace and a colon")
 
 
-@rule(
-    id="client.meta-context-query-syntax",
-    level=MUST,
-    role=CLIENT,
-    section="Option types",
-    sentence="The syntax of this query is implementation-defined, except that it MUST start "
-    "with a namespace and a colon.",
-    midstream=True,
-)
+@rule(id="client.meta-context-query-syntax", midstream=True)
 def meta_context_query_syntax(view: SessionView) -> Iterator[Hit]:
     """Metadata context queries start with ``namespace:``."""
     for exchange in view.options:
@@ -677,14 +470,7 @@ def meta_context_query_syntax(view: SessionView) -> Iterator[Hit]:
                 )
 
 
-@rule(
-    id="server.ext-header-reqd-not-for-base",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Option types",
-    sentence="The server MUST NOT use this failure for a client request that is limited to "
-    'contexts in the "base:" namespace.',
-)
+@rule(id="server.ext-header-reqd-not-for-base")
 def ext_header_reqd_not_for_base(view: SessionView) -> Iterator[Hit]:
     """SET_META_CONTEXT asking only for ``base:`` contexts is not refused with
     NBD_REP_ERR_EXT_HEADER_REQD."""
@@ -702,14 +488,7 @@ def ext_header_reqd_not_for_base(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.list-ext-header-reqd-not-for-base",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Option types",
-    sentence="a server MUST NOT use this failure mode when the response is limited to the "
-    '"base:" namespace',
-)
+@rule(id="server.list-ext-header-reqd-not-for-base")
 def list_ext_header_reqd_not_for_base(view: SessionView) -> Iterator[Hit]:
     """LIST_META_CONTEXT whose answer is only ``base:`` contexts does not end with
     NBD_REP_ERR_EXT_HEADER_REQD."""
@@ -730,41 +509,19 @@ def list_ext_header_reqd_not_for_base(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.list-replies",
-    level=MUST,
-    role=SERVER,
-    section="Option types",
-    sentence="Return zero or more `NBD_REP_SERVER` replies, one for each export, followed by "
-    "`NBD_REP_ACK` or an error",
-)
+@rule(id="server.list-replies")
 def list_replies(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_LIST gets NBD_REP_SERVER replies, then ACK or an error."""
-    yield from _replies_outside(view, (c.Opt.LIST,), c.Rep.SERVER)
+    yield from _replies_outside(view, c.Rep.SERVER)
 
 
-@rule(
-    id="server.info-go-replies",
-    level=MUST,
-    role=SERVER,
-    section="Option types",
-    sentence="The server replies with a number of `NBD_REP_INFO` replies (as few as zero if an "
-    "error is reported, at least one on success), then concludes the list of information with "
-    "a final error reply or with a declaration of success",
-)
+@rule(id="server.info-go-replies")
 def info_go_replies(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_INFO/GO get NBD_REP_INFO replies, then ACK or an error."""
-    yield from _replies_outside(view, (c.Opt.INFO, c.Opt.GO), c.Rep.INFO)
+    yield from _replies_outside(view, c.Rep.INFO)
 
 
-@rule(
-    id="server.no-data-option-replies",
-    level=MUST,
-    role=SERVER,
-    section="Option types",
-    sentence="The server replies with the following, or with an error permitted elsewhere in "
-    "this document",
-)
+@rule(id="server.no-data-option-replies")
 def no_data_option_replies(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_STRUCTURED_REPLY and NBD_OPT_EXTENDED_HEADERS get only NBD_REP_ACK or an error."""
     for exchange in view.options:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from harness.conformance._rule import MUST, MUST_NOT, SHOULD, Hit, rule
+from harness.conformance._rule import Hit, rule
 from harness.conformance._view import SessionView, reply_type, strings_of
 from harness.dissect.model import CLIENT, SERVER, WireMessage
 from harness.protocol import constants as c
@@ -39,41 +39,20 @@ def _with_nul(view: SessionView, direction: str) -> Iterator[Hit]:
             yield Hit(message, f"{message.name}: {name} contains a NUL byte at {value.index(0)}")
 
 
-@rule(
-    id="client.string-max-length",
-    level=MUST,
-    role=CLIENT,
-    section="Conventions",
-    sentence="MUST be no longer than 4096 bytes",
-    midstream=True,
-)
+@rule(id="client.string-max-length", midstream=True)
 def client_string_max_length(view: SessionView) -> Iterator[Hit]:
     """Export names and queries the client sends are at most 4096 bytes."""
     yield from _too_long(view, CLIENT, c.MAX_STRING_LEN, chunks=False)
 
 
-@rule(
-    id="server.string-max-length",
-    level=MUST,
-    role=SERVER,
-    section="Conventions",
-    sentence="MUST be no longer than 4096 bytes",
-    midstream=True,
-)
+@rule(id="server.string-max-length", midstream=True)
 def server_string_max_length(view: SessionView) -> Iterator[Hit]:
     """Names, descriptions, context names and option error messages are at most 4096 bytes
     (error chunk messages have their own rule)."""
     yield from _too_long(view, SERVER, c.MAX_STRING_LEN, chunks=False)
 
 
-@rule(
-    id="client.string-recommended-length",
-    level=SHOULD,
-    role=CLIENT,
-    section="Conventions",
-    sentence="SHOULD be no longer than 256 bytes",
-    midstream=True,
-)
+@rule(id="client.string-recommended-length", midstream=True)
 def client_string_recommended_length(view: SessionView) -> Iterator[Hit]:
     """Export names and queries the client sends are at most 256 bytes (past 4096 is a
     MUST-level finding instead)."""
@@ -82,14 +61,7 @@ def client_string_recommended_length(view: SessionView) -> Iterator[Hit]:
             yield Hit(message, f"{message.name}: {name} is {len(value)} bytes long")
 
 
-@rule(
-    id="server.string-recommended-length",
-    level=SHOULD,
-    role=SERVER,
-    section="Conventions",
-    sentence="SHOULD be no longer than 256 bytes",
-    midstream=True,
-)
+@rule(id="server.string-recommended-length", midstream=True)
 def server_string_recommended_length(view: SessionView) -> Iterator[Hit]:
     """Strings the server sends are at most 256 bytes (past 4096 is a MUST-level finding)."""
     for message, name, value in _strings(view, SERVER, chunks=True):
@@ -97,40 +69,44 @@ def server_string_recommended_length(view: SessionView) -> Iterator[Hit]:
             yield Hit(message, f"{message.name}: {name} is {len(value)} bytes long")
 
 
-@rule(
-    id="client.string-no-nul",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Conventions",
-    sentence="MUST NOT contain `NUL` characters",
-    midstream=True,
-)
+@rule(id="client.string-no-nul", midstream=True)
 def client_string_no_nul(view: SessionView) -> Iterator[Hit]:
     """Export names and queries contain no NUL byte."""
     yield from _with_nul(view, CLIENT)
 
 
-@rule(
-    id="server.string-no-nul",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Conventions",
-    sentence="MUST NOT contain `NUL` characters",
-    midstream=True,
-)
+@rule(id="server.string-no-nul", midstream=True)
 def server_string_no_nul(view: SessionView) -> Iterator[Hit]:
     """Strings the server sends contain no NUL byte."""
     yield from _with_nul(view, SERVER)
 
 
-@rule(
-    id="server.meta-context-name-utf8",
-    level=MUST,
-    role=SERVER,
-    section="Option reply types",
-    sentence="This is not required to be a human-readable string, but it MUST be valid UTF-8 data.",
-    midstream=True,
-)
+def _not_utf8(view: SessionView, direction: str, skip: int | None = None) -> Iterator[Hit]:
+    """Strings from ``direction`` that are not UTF-8 (but those of option replies of type
+    ``skip``, which have their own rule)."""
+    for message, name, value in _strings(view, direction, chunks=True):
+        if skip is not None and message.kind == "option-reply" and reply_type(message) == skip:
+            continue
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield Hit(message, f"{name} is not valid UTF-8 ({exc.reason} at byte {exc.start})")
+
+
+@rule(id="client.string-utf8", midstream=True)
+def client_string_utf8(view: SessionView) -> Iterator[Hit]:
+    """Export names and queries the client sends are UTF-8."""
+    yield from _not_utf8(view, CLIENT)
+
+
+@rule(id="server.string-utf8", midstream=True)
+def server_string_utf8(view: SessionView) -> Iterator[Hit]:
+    """Names, descriptions and error messages the server sends are UTF-8 (metadata context
+    names have their own rule)."""
+    yield from _not_utf8(view, SERVER, skip=c.Rep.META_CONTEXT)
+
+
+@rule(id="server.meta-context-name-utf8", midstream=True)
 def meta_context_name_utf8(view: SessionView) -> Iterator[Hit]:
     """NBD_REP_META_CONTEXT names are valid UTF-8."""
     for message in view.messages_from(SERVER):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
-from harness.conformance._rule import MUST, MUST_NOT, SHOULD, SHOULD_NOT, Hit, rule
+from harness.conformance._rule import Hit, rule
 from harness.conformance._view import (
     SessionView,
     Transaction,
@@ -67,14 +67,7 @@ def _reads(view: SessionView) -> Iterator[Transaction]:
 # --- which reply style --------------------------------------------------------------
 
 
-@rule(
-    id="server.structured-needs-negotiation",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Structured reply chunk message",
-    sentence="The server MUST NOT send this reply type unless the client has successfully "
-    "negotiated structured replies via `NBD_OPT_STRUCTURED_REPLY`.",
-)
+@rule(id="server.structured-needs-negotiation")
 def structured_needs_negotiation(view: SessionView) -> Iterator[Hit]:
     """Structured reply chunks only after NBD_OPT_STRUCTURED_REPLY succeeded."""
     negotiated = view.transmission.negotiated
@@ -89,16 +82,7 @@ def structured_needs_negotiation(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.extended-needs-negotiation",
-    level=MUST,
-    role=SERVER,
-    section="Transmission",
-    sentence="The determination of which message headers to use is determined during "
-    "handshaking phase, based on whether `NBD_OPT_STRUCTURED_REPLY` or "
-    "`NBD_OPT_EXTENDED_HEADERS` was requested by the client and given a successful response by "
-    "the server.",
-)
+@rule(id="server.extended-needs-negotiation")
 def extended_needs_negotiation(view: SessionView) -> Iterator[Hit]:
     """Extended reply chunks only after NBD_OPT_EXTENDED_HEADERS succeeded."""
     if view.transmission.entered_by is None or view.transmission.negotiated.extended_headers:
@@ -111,13 +95,7 @@ def extended_needs_negotiation(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.extended-reply-when-negotiated",
-    level=MUST,
-    role=SERVER,
-    section="Extended reply chunk message",
-    sentence="If extended headers are negotiated, all server replies MUST use an extended reply",
-)
+@rule(id="server.extended-reply-when-negotiated")
 def extended_reply_when_negotiated(view: SessionView) -> Iterator[Hit]:
     """With extended headers, no structured (32-bit length) reply chunk."""
     if not view.transmission.negotiated.extended_headers:
@@ -130,13 +108,7 @@ def extended_reply_when_negotiated(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.simple-reply-with-extended",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Simple reply message",
-    sentence="If extended headers have been negotiated, a simple reply MUST NOT be used.",
-)
+@rule(id="server.simple-reply-with-extended")
 def simple_reply_with_extended(view: SessionView) -> Iterator[Hit]:
     """With extended headers, no simple reply."""
     if not view.transmission.negotiated.extended_headers:
@@ -146,13 +118,7 @@ def simple_reply_with_extended(view: SessionView) -> Iterator[Hit]:
             yield Hit(reply, "simple reply although extended headers were negotiated")
 
 
-@rule(
-    id="server.no-simple-reply-to-read",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Structured reply chunk message",
-    sentence="and MUST NOT use a simple reply for `NBD_CMD_READ`",
-)
+@rule(id="server.no-simple-reply-to-read")
 def no_simple_reply_to_read(view: SessionView) -> Iterator[Hit]:
     """With structured replies, NBD_CMD_READ is answered with chunks."""
     negotiated = view.transmission.negotiated
@@ -167,13 +133,7 @@ def no_simple_reply_to_read(view: SessionView) -> Iterator[Hit]:
                 )
 
 
-@rule(
-    id="server.structured-errors-preferred",
-    level=SHOULD,
-    role=SERVER,
-    section="Structured reply chunk message",
-    sentence="The server SHOULD prefer sending errors via a structured reply",
-)
+@rule(id="server.structured-errors-preferred")
 def structured_errors_preferred(view: SessionView) -> Iterator[Hit]:
     """With structured replies, errors come as error chunks rather than simple replies."""
     negotiated = view.transmission.negotiated
@@ -194,13 +154,7 @@ def structured_errors_preferred(view: SessionView) -> Iterator[Hit]:
 # --- chunk sequence and flags --------------------------------------------------------
 
 
-@rule(
-    id="server.done-last",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply chunk message",
-    sentence="except that the chunk with the flag `NBD_REPLY_FLAG_DONE` MUST be sent last",
-)
+@rule(id="server.done-last")
 def done_last(view: SessionView) -> Iterator[Hit]:
     """No chunk follows the NBD_REPLY_FLAG_DONE chunk of the same reply."""
     for transaction in view.transactions:
@@ -213,15 +167,7 @@ def done_last(view: SessionView) -> Iterator[Hit]:
                 )
 
 
-@rule(
-    id="server.reply-flags-known",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Structured and extended header reply flags",
-    sentence="The server MUST NOT set any other flags without first negotiating the extension "
-    "with the client",
-    midstream=True,
-)
+@rule(id="server.reply-flags-known", midstream=True)
 def reply_flags_known(view: SessionView) -> Iterator[Hit]:
     """Reply chunks set no flag but NBD_REPLY_FLAG_DONE."""
     for chunk in _chunks(view):
@@ -230,14 +176,7 @@ def reply_flags_known(view: SessionView) -> Iterator[Hit]:
             yield Hit(chunk, f"{chunk.name} sets unknown reply flag bits {extra:#06x}")
 
 
-@rule(
-    id="server.none-chunk-done",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="This chunk type MUST always be used with the `NBD_REPLY_FLAG_DONE` bit set",
-    midstream=True,
-)
+@rule(id="server.none-chunk-done", midstream=True)
 def none_chunk_done(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_NONE is always the final chunk."""
     for chunk in _chunks(view):
@@ -248,14 +187,7 @@ def none_chunk_done(view: SessionView) -> Iterator[Hit]:
             yield Hit(chunk, "NBD_REPLY_TYPE_NONE without NBD_REPLY_FLAG_DONE")
 
 
-@rule(
-    id="server.none-chunk-length",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="*length* MUST be 0 (and the payload field omitted).",
-    midstream=True,
-)
+@rule(id="server.none-chunk-length", midstream=True)
 def none_chunk_length(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_NONE has no payload."""
     for chunk in _chunks(view):
@@ -266,14 +198,7 @@ def none_chunk_length(view: SessionView) -> Iterator[Hit]:
 # --- content chunks -------------------------------------------------------------------
 
 
-@rule(
-    id="server.offset-data-length",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="*length* MUST be at least 9.",
-    midstream=True,
-)
+@rule(id="server.offset-data-length", midstream=True)
 def offset_data_length(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_OFFSET_DATA carries an offset and at least one byte."""
     for chunk in _chunks(view):
@@ -281,14 +206,7 @@ def offset_data_length(view: SessionView) -> Iterator[Hit]:
             yield Hit(chunk, f"NBD_REPLY_TYPE_OFFSET_DATA with length {header_length(chunk)}")
 
 
-@rule(
-    id="server.offset-hole-length",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="*length* MUST be exactly 12.",
-    midstream=True,
-)
+@rule(id="server.offset-hole-length", midstream=True)
 def offset_hole_length(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_OFFSET_HOLE is exactly an offset and a size."""
     for chunk in _chunks(view):
@@ -296,14 +214,7 @@ def offset_hole_length(view: SessionView) -> Iterator[Hit]:
             yield Hit(chunk, f"NBD_REPLY_TYPE_OFFSET_HOLE with length {header_length(chunk)}")
 
 
-@rule(
-    id="server.hole-size-nonzero",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="32 bits: hole size (unsigned, MUST be nonzero)",
-    midstream=True,
-)
+@rule(id="server.hole-size-nonzero", midstream=True)
 def hole_size_nonzero(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_OFFSET_HOLE describes at least one byte."""
     for chunk in _chunks(view):
@@ -312,13 +223,7 @@ def hole_size_nonzero(view: SessionView) -> Iterator[Hit]:
             yield Hit(chunk, "NBD_REPLY_TYPE_OFFSET_HOLE of size 0")
 
 
-@rule(
-    id="server.content-only-for-read",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="Valid as a reply to `NBD_CMD_READ`.",
-)
+@rule(id="server.content-only-for-read")
 def content_only_for_read(view: SessionView) -> Iterator[Hit]:
     """Content chunks answer NBD_CMD_READ only."""
     for transaction in view.transactions:
@@ -329,14 +234,7 @@ def content_only_for_read(view: SessionView) -> Iterator[Hit]:
                 yield Hit(chunk, f"{chunk.name} in reply to {transaction.name}")
 
 
-@rule(
-    id="server.content-within-request",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Request types",
-    sentence="and MUST NOT send chunks that describe data outside the offset and length of the "
-    "request",
-)
+@rule(id="server.content-within-request")
 def content_within_request(view: SessionView) -> Iterator[Hit]:
     """Content chunks lie inside the range the READ asked for."""
     for transaction in _reads(view):
@@ -351,14 +249,7 @@ def content_within_request(view: SessionView) -> Iterator[Hit]:
                 )
 
 
-@rule(
-    id="server.content-no-overlap",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Request types",
-    sentence="The server MUST NOT send content chunks that overlap with any earlier content or "
-    "error chunk",
-)
+@rule(id="server.content-no-overlap")
 def content_no_overlap(view: SessionView) -> Iterator[Hit]:
     """Content chunks of one READ do not overlap each other or an earlier error offset."""
     for transaction in _reads(view):
@@ -385,14 +276,7 @@ def content_no_overlap(view: SessionView) -> Iterator[Hit]:
             spans.append(span)
 
 
-@rule(
-    id="server.read-full-coverage",
-    level=MUST,
-    role=SERVER,
-    section="Request types",
-    sentence="When no error is detected, the server MUST send enough data chunks to cover the "
-    "entire region described by the offset and length of the client's request.",
-)
+@rule(id="server.read-full-coverage")
 def read_full_coverage(view: SessionView) -> Iterator[Hit]:
     """A successful structured READ reply covers every byte asked for."""
     for transaction in _reads(view):
@@ -420,13 +304,7 @@ def read_full_coverage(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.df-single-content-chunk",
-    level=MUST,
-    role=SERVER,
-    section="Request types",
-    sentence="If this flag is set, the server MUST send at most one content chunk",
-)
+@rule(id="server.df-single-content-chunk")
 def df_single_content_chunk(view: SessionView) -> Iterator[Hit]:
     """A READ with NBD_CMD_FLAG_DF gets at most one content chunk."""
     for transaction in _reads(view):
@@ -441,14 +319,7 @@ def df_single_content_chunk(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.chunk-payload-max",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="A server MUST NOT send a chunk where any variable-length portion of the chunk is "
-    "larger than any advertised maximum payload size",
-)
+@rule(id="server.chunk-payload-max")
 def chunk_payload_max(view: SessionView) -> Iterator[Hit]:
     """The data of one NBD_REPLY_TYPE_OFFSET_DATA fits in the advertised maximum payload."""
     maximum = view.transmission.maximum_payload
@@ -463,13 +334,7 @@ def chunk_payload_max(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.extended-reply-offset",
-    level=MUST,
-    role=SERVER,
-    section="Extended reply chunk message",
-    sentence="S: 64 bits, offset (MUST match the request)",
-)
+@rule(id="server.extended-reply-offset")
 def extended_reply_offset(view: SessionView) -> Iterator[Hit]:
     """An extended reply chunk repeats its request's offset."""
     for transaction in view.transactions:
@@ -489,14 +354,7 @@ def _error_chunks(view: SessionView) -> Iterator[WireMessage]:
     return (m for m in _chunks(view) if c.is_error_chunk(chunk_type(m)))
 
 
-@rule(
-    id="server.error-chunk-nonzero",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="32 bits: error (MUST be nonzero)",
-    midstream=True,
-)
+@rule(id="server.error-chunk-nonzero", midstream=True)
 def error_chunk_nonzero(view: SessionView) -> Iterator[Hit]:
     """Error chunks carry a nonzero error."""
     for chunk in _error_chunks(view):
@@ -504,14 +362,7 @@ def error_chunk_nonzero(view: SessionView) -> Iterator[Hit]:
             yield Hit(chunk, f"{chunk.name} with error 0")
 
 
-@rule(
-    id="server.error-length",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="*length* MUST be at least 6.",
-    midstream=True,
-)
+@rule(id="server.error-length", midstream=True)
 def error_length(view: SessionView) -> Iterator[Hit]:
     """Error chunks hold at least the error and the message length."""
     for chunk in _error_chunks(view):
@@ -519,14 +370,7 @@ def error_length(view: SessionView) -> Iterator[Hit]:
             yield Hit(chunk, f"{chunk.name} with length {header_length(chunk)}")
 
 
-@rule(
-    id="server.error-offset-length",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="*length* MUST be at least 14.",
-    midstream=True,
-)
+@rule(id="server.error-offset-length", midstream=True)
 def error_offset_length(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_ERROR_OFFSET also holds the 64-bit offset."""
     for chunk in _error_chunks(view):
@@ -534,14 +378,7 @@ def error_offset_length(view: SessionView) -> Iterator[Hit]:
             yield Hit(chunk, f"NBD_REPLY_TYPE_ERROR_OFFSET with length {header_length(chunk)}")
 
 
-@rule(
-    id="server.error-message-fits",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="16 bits: message length (no more than header *length* - 6)",
-    midstream=True,
-)
+@rule(id="server.error-message-fits", midstream=True)
 def error_message_fits(view: SessionView) -> Iterator[Hit]:
     """An error chunk's message length fits inside the chunk (with its fixed fields)."""
     for chunk in _error_chunks(view):
@@ -558,14 +395,7 @@ def error_message_fits(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.error-message-max-length",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="Note that *message length* MUST NOT exceed the 4096 bytes string length limit",
-    midstream=True,
-)
+@rule(id="server.error-message-max-length", midstream=True)
 def error_message_max_length(view: SessionView) -> Iterator[Hit]:
     """Error chunk messages are at most 4096 bytes."""
     for chunk in _error_chunks(view):
@@ -576,14 +406,7 @@ def error_message_max_length(view: SessionView) -> Iterator[Hit]:
                 yield Hit(chunk, f"{chunk.name}: message of {message_length} bytes")
 
 
-@rule(
-    id="server.error-offset-within-request",
-    level=MUST,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="This reply represents that an error occurred at a given offset, which MUST lie "
-    "within the original offset and length of the request",
-)
+@rule(id="server.error-offset-within-request")
 def error_offset_within_request(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_ERROR_OFFSET names an offset inside the request."""
     for transaction in view.transactions:
@@ -599,13 +422,18 @@ def error_offset_within_request(view: SessionView) -> Iterator[Hit]:
                 )
 
 
-@rule(
-    id="server.error-once",
-    level=SHOULD_NOT,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="This type SHOULD NOT be used more than once in a structured reply.",
-)
+@rule(id="server.error-offset-valid-for")
+def error_offset_valid_for(view: SessionView) -> Iterator[Hit]:
+    """NBD_REPLY_TYPE_ERROR_OFFSET answers only commands that have a range."""
+    for transaction in view.transactions:
+        if transaction.command in c.ERROR_OFFSET_COMMANDS:
+            continue
+        for chunk in transaction.chunks:
+            if chunk_type(chunk) == RT.ERROR_OFFSET:
+                yield Hit(chunk, f"{chunk.name} in reply to {transaction.name}")
+
+
+@rule(id="server.error-once")
 def error_once(view: SessionView) -> Iterator[Hit]:
     """One reply has at most one NBD_REPLY_TYPE_ERROR chunk."""
     for transaction in view.transactions:
@@ -614,13 +442,7 @@ def error_once(view: SessionView) -> Iterator[Hit]:
             yield Hit(errors[1], f"second NBD_REPLY_TYPE_ERROR for {transaction.name}")
 
 
-@rule(
-    id="server.error-offset-not-repeated",
-    level=SHOULD_NOT,
-    role=SERVER,
-    section="Structured reply types",
-    sentence="although the same offset SHOULD NOT be repeated",
-)
+@rule(id="server.error-offset-not-repeated")
 def error_offset_not_repeated(view: SessionView) -> Iterator[Hit]:
     """One reply reports each error offset once."""
     for transaction in view.transactions:
@@ -637,14 +459,7 @@ def error_offset_not_repeated(view: SessionView) -> Iterator[Hit]:
 # --- the client's side ------------------------------------------------------------------
 
 
-@rule(
-    id="client.disconnect-on-unknown-chunk",
-    level=MUST,
-    role=CLIENT,
-    section="Structured reply types",
-    sentence="If the client receives an unknown or unexpected type, other than an *error "
-    "chunk*, it MUST initiate a hard disconnect.",
-)
+@rule(id="client.disconnect-on-unknown-chunk")
 def disconnect_on_unknown_chunk(view: SessionView) -> Iterator[Hit]:
     """After a chunk of an unknown (non-error) type the client sends nothing more."""
     for chunk in _chunks(view):

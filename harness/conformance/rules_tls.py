@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from harness.conformance._rule import MUST, MUST_NOT, SHOULD, Hit, rule
+from harness.conformance._rule import Hit, rule
 from harness.conformance._view import OptionMessages, SessionView, follows, reply_type
 from harness.dissect.model import CLIENT, SERVER, WireMessage
 from harness.protocol import constants as c
@@ -48,15 +48,7 @@ def _looks_like_tls(record: bytes, *, handshake: bool) -> bool:
     return record[0] == _TLS_HANDSHAKE if handshake else record[0] in _TLS_CONTENT_TYPES
 
 
-@rule(
-    id="client.starttls-needs-fixed-newstyle",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Client-side requirements",
-    sentence="The client MUST NOT issue `NBD_OPT_STARTTLS` unless the server set flag "
-    "`NBD_FLAG_FIXED_NEWSTYLE` and the client replied with `NBD_FLAG_C_FIXED_NEWSTYLE` in the "
-    "fixed newstyle negotiation.",
-)
+@rule(id="client.starttls-needs-fixed-newstyle")
 def starttls_needs_fixed_newstyle(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_STARTTLS only in fixed newstyle negotiation (both flags set)."""
     if view.fixed_newstyle:
@@ -65,15 +57,7 @@ def starttls_needs_fixed_newstyle(view: SessionView) -> Iterator[Hit]:
         yield Hit(exchange.option, "NBD_OPT_STARTTLS without fixed newstyle negotiation")
 
 
-@rule(
-    id="server.notls-without-fixed-newstyle",
-    level=MUST,
-    role=SERVER,
-    section="Server-side requirements",
-    sentence="The server MUST operate in NOTLS mode unless the server set flag "
-    "`NBD_FLAG_FIXED_NEWSTYLE` and the client replied with `NBD_FLAG_C_FIXED_NEWSTYLE` in the "
-    "fixed newstyle negotiation.",
-)
+@rule(id="server.notls-without-fixed-newstyle")
 def notls_without_fixed_newstyle(view: SessionView) -> Iterator[Hit]:
     """Without fixed newstyle the server neither demands nor starts TLS."""
     if view.fixed_newstyle or view.greeting is None:
@@ -90,13 +74,7 @@ def notls_without_fixed_newstyle(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.notls-no-tls-reqd",
-    level=MUST_NOT,
-    role=SERVER,
-    section="NOTLS mode",
-    sentence="The server MUST NOT respond to any option request with `NBD_REP_ERR_TLS_REQD`.",
-)
+@rule(id="server.notls-no-tls-reqd")
 def notls_no_tls_reqd(view: SessionView) -> Iterator[Hit]:
     """A server that refused STARTTLS (NOTLS) never answers NBD_REP_ERR_TLS_REQD afterwards."""
     refusals = [
@@ -115,14 +93,7 @@ def notls_no_tls_reqd(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.starttls-ack-when-tls-required",
-    level=MUST,
-    role=SERVER,
-    section="FORCEDTLS mode",
-    sentence="If the server receives `NBD_OPT_STARTTLS` prior to negotiating TLS, it MUST "
-    "reply with `NBD_REP_ACK`.",
-)
+@rule(id="server.starttls-ack-when-tls-required")
 def starttls_ack_when_tls_required(view: SessionView) -> Iterator[Hit]:
     """A server that answered NBD_REP_ERR_TLS_REQD (so FORCEDTLS or SELECTIVETLS) accepts
     NBD_OPT_STARTTLS."""
@@ -144,13 +115,7 @@ def starttls_ack_when_tls_required(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.forcedtls-errors-options",
-    level=MUST,
-    role=SERVER,
-    section="FORCEDTLS mode",
-    sentence="it MUST reply with `NBD_REP_ERR_TLS_REQD` if TLS has not been initiated",
-)
+@rule(id="server.forcedtls-errors-options")
 def forcedtls_errors_options(view: SessionView) -> Iterator[Hit]:
     """A FORCEDTLS server (it demanded TLS for an option other than INFO/GO) errors every
     option but STARTTLS and ABORT with NBD_REP_ERR_TLS_REQD until TLS is up."""
@@ -175,14 +140,7 @@ def forcedtls_errors_options(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.starttls-reply",
-    level=MUST,
-    role=SERVER,
-    section="Option types",
-    sentence="The server MUST either reply with `NBD_REP_ACK` after which point the connection "
-    "is upgraded to TLS, or an error reply explicitly permitted by this document",
-)
+@rule(id="server.starttls-reply")
 def starttls_reply(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_STARTTLS gets NBD_REP_ACK or an error, nothing else."""
     for exchange in _starttls_exchanges(view):
@@ -192,14 +150,7 @@ def starttls_reply(view: SessionView) -> Iterator[Hit]:
                 yield Hit(reply, f"{reply.name} in reply to NBD_OPT_STARTTLS")
 
 
-@rule(
-    id="client.defer-stateful-options",
-    level=SHOULD,
-    role=CLIENT,
-    section="Option types",
-    sentence="A client SHOULD defer all stateful option requests until after it determines "
-    "whether encryption is available.",
-)
+@rule(id="client.defer-stateful-options")
 def defer_stateful_options(view: SessionView) -> Iterator[Hit]:
     """A client that goes for TLS sends no stateful option (structured replies, extended
     headers, metadata contexts) before NBD_OPT_STARTTLS."""
@@ -215,14 +166,7 @@ def defer_stateful_options(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="client.tls-after-starttls-ack",
-    level=MUST,
-    role=CLIENT,
-    section="Client-side requirements",
-    sentence="If the client receives `NBD_REP_ACK` in response, it MUST immediately upgrade "
-    "the session to TLS.",
-)
+@rule(id="client.tls-after-starttls-ack")
 def tls_after_starttls_ack(view: SessionView) -> Iterator[Hit]:
     """After NBD_REP_ACK to STARTTLS the client's next bytes are a TLS handshake record."""
     for exchange in _starttls_exchanges(view):
@@ -237,14 +181,7 @@ def tls_after_starttls_ack(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.tls-after-starttls-ack",
-    level=MUST,
-    role=SERVER,
-    section="FORCEDTLS mode",
-    sentence="After an `NBD_REP_ACK` reply has been sent, the server MUST be prepared for a "
-    "TLS handshake, and all further data MUST be sent and received over TLS.",
-)
+@rule(id="server.tls-after-starttls-ack")
 def server_tls_after_starttls_ack(view: SessionView) -> Iterator[Hit]:
     """After its NBD_REP_ACK to STARTTLS the server's next bytes are TLS records."""
     for exchange in _starttls_exchanges(view):

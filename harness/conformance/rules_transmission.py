@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from harness.conformance._rule import MUST, MUST_NOT, SHOULD, SHOULD_NOT, Hit, rule
+from harness.conformance._rule import Hit, rule
 from harness.conformance._view import (
     SessionView,
     Transaction,
@@ -85,14 +85,7 @@ def _command_name(transaction: Transaction) -> str:
 # --- magic numbers ---------------------------------------------------------------
 
 
-@rule(
-    id="client.request-magic",
-    level=MUST,
-    role=CLIENT,
-    section="Request message",
-    sentence="C: 32 bits, 0x25609513, magic (`NBD_REQUEST_MAGIC`)",
-    midstream=True,
-)
+@rule(id="client.request-magic", midstream=True)
 def request_magic(view: SessionView) -> Iterator[Hit]:
     """Every request starts with NBD_REQUEST_MAGIC (or the extended request magic)."""
     for region in view.undecoded(CLIENT):
@@ -114,14 +107,7 @@ def _option_after_go(view: SessionView, region: Undecoded) -> bool:
     )
 
 
-@rule(
-    id="client.no-options-after-go",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Option types",
-    sentence="The client MUST NOT send further option requests unless the final reply from the "
-    "server indicates an error.",
-)
+@rule(id="client.no-options-after-go")
 def no_options_after_go(view: SessionView) -> Iterator[Hit]:
     """After NBD_REP_ACK to NBD_OPT_GO the client sends requests, not options."""
     for region in view.undecoded(CLIENT):
@@ -137,15 +123,7 @@ def _after_handshake(view: SessionView) -> set[int]:
     return {entered.offset + entered.length}
 
 
-@rule(
-    id="server.reply-magic",
-    level=MUST,
-    role=SERVER,
-    section="Transmission",
-    sentence="There are two general message types in the transmission phase: the request "
-    "(simple or extended), and the reply (simple, structured, or extended).",
-    midstream=True,
-)
+@rule(id="server.reply-magic", midstream=True)
 def reply_magic(view: SessionView) -> Iterator[Hit]:
     """Every reply starts with the simple, structured or extended reply magic."""
     skip = _after_handshake(view)
@@ -156,14 +134,7 @@ def reply_magic(view: SessionView) -> Iterator[Hit]:
             yield Hit(region, f"reply without a reply magic ({region.reason})")
 
 
-@rule(
-    id="server.no-padding-after-go",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Option types",
-    sentence="The server MUST NOT send any zero padding bytes after the `NBD_REP_ACK` data, "
-    "whether or not the client negotiated the `NBD_FLAG_C_NO_ZEROES` flag.",
-)
+@rule(id="server.no-padding-after-go")
 def no_padding_after_go(view: SessionView) -> Iterator[Hit]:
     """No zero bytes follow the NBD_REP_ACK that ends a successful NBD_OPT_GO."""
     go = view.transmission.go
@@ -177,13 +148,7 @@ def no_padding_after_go(view: SessionView) -> Iterator[Hit]:
 # --- transmission flags -------------------------------------------------------------
 
 
-@rule(
-    id="server.has-flags",
-    level=MUST,
-    role=SERVER,
-    section="Transmission flags",
-    sentence="bit 0, `NBD_FLAG_HAS_FLAGS`: MUST always be 1.",
-)
+@rule(id="server.has-flags")
 def has_flags(view: SessionView) -> Iterator[Hit]:
     """Every set of transmission flags has NBD_FLAG_HAS_FLAGS."""
     for advertised in _advertised(view):
@@ -194,14 +159,7 @@ def has_flags(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.df-needs-structured",
-    level=MUST,
-    role=SERVER,
-    section="Transmission flags",
-    sentence="and MUST leave this flag clear if neither structured replies nor extended "
-    "headers have been negotiated",
-)
+@rule(id="server.df-needs-structured")
 def df_needs_structured(view: SessionView) -> Iterator[Hit]:
     """NBD_FLAG_SEND_DF only once structured replies or extended headers are negotiated."""
     for advertised in _advertised(view):
@@ -212,13 +170,7 @@ def df_needs_structured(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.fast-zero-needs-write-zeroes",
-    level=MUST,
-    role=SERVER,
-    section="Transmission flags",
-    sentence="and MUST set this transmission flag to 0 if `NBD_FLAG_SEND_WRITE_ZEROES` is not set",
-)
+@rule(id="server.fast-zero-needs-write-zeroes")
 def fast_zero_needs_write_zeroes(view: SessionView) -> Iterator[Hit]:
     """NBD_FLAG_SEND_FAST_ZERO only with NBD_FLAG_SEND_WRITE_ZEROES."""
     for advertised in _advertised(view):
@@ -228,14 +180,7 @@ def fast_zero_needs_write_zeroes(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.block-status-payload-needs-extended",
-    level=MUST_NOT,
-    role=SERVER,
-    section="Transmission flags",
-    sentence="Servers MUST NOT advertise this bit unless the client successfully negotiates "
-    "extended headers via `NBD_OPT_EXTENDED_HEADERS`",
-)
+@rule(id="server.block-status-payload-needs-extended")
 def block_status_payload_needs_extended(view: SessionView) -> Iterator[Hit]:
     """NBD_FLAG_BLOCK_STATUS_PAYLOAD only with extended headers."""
     for advertised in _advertised(view):
@@ -246,14 +191,7 @@ def block_status_payload_needs_extended(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="server.block-status-payload-needs-contexts",
-    level=SHOULD_NOT,
-    role=SERVER,
-    section="Transmission flags",
-    sentence="and SHOULD NOT advertise this bit in response to `NBD_OPT_GO` if the client does "
-    "not negotiate metacontexts with `NBD_OPT_SET_META_CONTEXT`",
-)
+@rule(id="server.block-status-payload-needs-contexts")
 def block_status_payload_needs_contexts(view: SessionView) -> Iterator[Hit]:
     """NBD_FLAG_BLOCK_STATUS_PAYLOAD in the GO reply only when contexts were selected."""
     transmission = view.transmission
@@ -285,40 +223,19 @@ def _needs_tflag(view: SessionView, command: int, tflag: int, what: str) -> Iter
             )
 
 
-@rule(
-    id="client.flush-needs-send-flush",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Request types",
-    sentence="A client MUST NOT send a flush request unless `NBD_FLAG_SEND_FLUSH` was set in "
-    "the transmission flags field.",
-)
+@rule(id="client.flush-needs-send-flush")
 def flush_needs_send_flush(view: SessionView) -> Iterator[Hit]:
     """NBD_CMD_FLUSH only when NBD_FLAG_SEND_FLUSH was advertised."""
     yield from _needs_tflag(view, c.Cmd.FLUSH, TF.SEND_FLUSH, "NBD_CMD_FLUSH")
 
 
-@rule(
-    id="client.trim-needs-send-trim",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Request types",
-    sentence="A client MUST NOT send a trim request unless `NBD_FLAG_SEND_TRIM` was set in the "
-    "transmission flags field.",
-)
+@rule(id="client.trim-needs-send-trim")
 def trim_needs_send_trim(view: SessionView) -> Iterator[Hit]:
     """NBD_CMD_TRIM only when NBD_FLAG_SEND_TRIM was advertised."""
     yield from _needs_tflag(view, c.Cmd.TRIM, TF.SEND_TRIM, "NBD_CMD_TRIM")
 
 
-@rule(
-    id="client.write-zeroes-needs-send-write-zeroes",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Request types",
-    sentence="A client MUST NOT send a write zeroes request unless `NBD_FLAG_SEND_WRITE_ZEROES` "
-    "was set in the transmission flags field.",
-)
+@rule(id="client.write-zeroes-needs-send-write-zeroes")
 def write_zeroes_needs_flag(view: SessionView) -> Iterator[Hit]:
     """NBD_CMD_WRITE_ZEROES only when NBD_FLAG_SEND_WRITE_ZEROES was advertised."""
     yield from _needs_tflag(view, c.Cmd.WRITE_ZEROES, TF.SEND_WRITE_ZEROES, "NBD_CMD_WRITE_ZEROES")
@@ -335,54 +252,25 @@ def _flag_needs_tflag(view: SessionView, flag: int, tflag: int) -> Iterator[Hit]
             )
 
 
-@rule(
-    id="client.fua-needs-send-fua",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Transmission flags",
-    sentence="The client MUST NOT use a feature documented as 'exposed' by a flag unless that "
-    "flag was set.",
-)
+@rule(id="client.fua-needs-send-fua")
 def fua_needs_send_fua(view: SessionView) -> Iterator[Hit]:
     """NBD_CMD_FLAG_FUA (exposed by NBD_FLAG_SEND_FUA) only when advertised."""
     yield from _flag_needs_tflag(view, CF.FUA, TF.SEND_FUA)
 
 
-@rule(
-    id="client.df-needs-send-df",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Transmission flags",
-    sentence="Clients MUST NOT set the `NBD_CMD_FLAG_DF` request flag unless this transmission "
-    "flag is set.",
-)
+@rule(id="client.df-needs-send-df")
 def df_needs_send_df(view: SessionView) -> Iterator[Hit]:
     """NBD_CMD_FLAG_DF only when NBD_FLAG_SEND_DF was advertised."""
     yield from _flag_needs_tflag(view, CF.DF, TF.SEND_DF)
 
 
-@rule(
-    id="client.fast-zero-needs-send-fast-zero",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Transmission flags",
-    sentence="Clients MUST NOT set the `NBD_CMD_FLAG_FAST_ZERO` request flag unless this "
-    "transmission flag is set.",
-)
+@rule(id="client.fast-zero-needs-send-fast-zero")
 def fast_zero_needs_flag(view: SessionView) -> Iterator[Hit]:
     """NBD_CMD_FLAG_FAST_ZERO only when NBD_FLAG_SEND_FAST_ZERO was advertised."""
     yield from _flag_needs_tflag(view, CF.FAST_ZERO, TF.SEND_FAST_ZERO)
 
 
-@rule(
-    id="client.command-flag-documented",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Command flags",
-    sentence="Clients MUST NOT set a command flag bit that is not documented for the particular "
-    "command",
-    midstream=True,
-)
+@rule(id="client.command-flag-documented", midstream=True)
 def command_flag_documented(view: SessionView) -> Iterator[Hit]:
     """Each command carries only the flags documented for it."""
     for transaction in view.transactions:
@@ -398,15 +286,7 @@ def command_flag_documented(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="client.no-unknown-commands",
-    level=MUST,
-    role=CLIENT,
-    section="Baseline",
-    sentence="Clients that wish to use more messages MUST negotiate them during the handshake "
-    "phase, first.",
-    midstream=True,
-)
+@rule(id="client.no-unknown-commands", midstream=True)
 def no_unknown_commands(view: SessionView) -> Iterator[Hit]:
     """Only command types the spec defines (no way exists to negotiate others)."""
     for transaction in view.transactions:
@@ -417,14 +297,7 @@ def no_unknown_commands(view: SessionView) -> Iterator[Hit]:
 # --- request header style -------------------------------------------------------------
 
 
-@rule(
-    id="client.compact-no-payload-len",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Request message",
-    sentence="In the compact style, the client MUST NOT use the `NBD_CMD_FLAG_PAYLOAD_LEN` flag",
-    midstream=True,
-)
+@rule(id="client.compact-no-payload-len", midstream=True)
 def compact_no_payload_len(view: SessionView) -> Iterator[Hit]:
     """NBD_CMD_FLAG_PAYLOAD_LEN never appears in a compact request."""
     for transaction in view.transactions:
@@ -435,15 +308,7 @@ def compact_no_payload_len(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="client.extended-write-payload-len",
-    level=MUST,
-    role=CLIENT,
-    section="Request message",
-    sentence="The command `NBD_CMD_WRITE` MUST use the flag `NBD_CMD_FLAG_PAYLOAD_LEN` in this "
-    "mode",
-    midstream=True,
-)
+@rule(id="client.extended-write-payload-len", midstream=True)
 def extended_write_payload_len(view: SessionView) -> Iterator[Hit]:
     """An extended NBD_CMD_WRITE sets NBD_CMD_FLAG_PAYLOAD_LEN."""
     for transaction in view.transactions:
@@ -457,14 +322,7 @@ def extended_write_payload_len(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="client.extended-request-when-negotiated",
-    level=MUST,
-    role=CLIENT,
-    section="Option types",
-    sentence="Extended headers have been negotiated; the client MUST use the 32-byte extended "
-    "request header",
-)
+@rule(id="client.extended-request-when-negotiated")
 def extended_request_when_negotiated(view: SessionView) -> Iterator[Hit]:
     """With extended headers negotiated, every request is an extended request."""
     if not view.transmission.negotiated.extended_headers or view.transmission.entered_by is None:
@@ -477,14 +335,7 @@ def extended_request_when_negotiated(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="client.compact-request-unless-negotiated",
-    level=MUST,
-    role=CLIENT,
-    section="Request message",
-    sentence="The compact request message is sent by the client when extended transactions "
-    "are not in use",
-)
+@rule(id="client.compact-request-unless-negotiated")
 def compact_request_unless_negotiated(view: SessionView) -> Iterator[Hit]:
     """Without extended headers, every request is a compact request."""
     if view.transmission.negotiated.extended_headers or view.transmission.entered_by is None:
@@ -501,14 +352,7 @@ def compact_request_unless_negotiated(view: SessionView) -> Iterator[Hit]:
 # --- DISC and other fixed fields ----------------------------------------------------
 
 
-@rule(
-    id="client.disc-fields-zero",
-    level=MUST,
-    role=CLIENT,
-    section="Request types",
-    sentence="The values of the length and offset fields in a disconnect request MUST be zero.",
-    midstream=True,
-)
+@rule(id="client.disc-fields-zero", midstream=True)
 def disc_fields_zero(view: SessionView) -> Iterator[Hit]:
     """NBD_CMD_DISC has offset 0 and length 0."""
     for transaction in view.transactions:
@@ -520,15 +364,7 @@ def disc_fields_zero(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="client.flush-fields-zero",
-    level=MUST,
-    role=CLIENT,
-    section="Request types",
-    sentence="For a flush request, *length* and *offset* are reserved, and MUST be set to "
-    "all-zero.",
-    midstream=True,
-)
+@rule(id="client.flush-fields-zero", midstream=True)
 def flush_fields_zero(view: SessionView) -> Iterator[Hit]:
     """NBD_CMD_FLUSH has offset 0 and length 0."""
     for transaction in view.transactions:
@@ -547,15 +383,7 @@ def _disc(view: SessionView) -> Transaction | None:
     return None
 
 
-@rule(
-    id="client.nothing-after-disc",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Request types",
-    sentence="A client MUST NOT send anything to the server after sending an `NBD_CMD_DISC` "
-    "command.",
-    midstream=True,
-)
+@rule(id="client.nothing-after-disc", midstream=True)
 def nothing_after_disc(view: SessionView) -> Iterator[Hit]:
     """The client sends nothing after NBD_CMD_DISC."""
     disc = _disc(view)
@@ -569,14 +397,7 @@ def nothing_after_disc(view: SessionView) -> Iterator[Hit]:
         yield Hit(region, f"{region.length} byte(s) sent after NBD_CMD_DISC")
 
 
-@rule(
-    id="client.disc-waits-for-replies",
-    level=SHOULD,
-    role=CLIENT,
-    section="Terminating the transmission phase",
-    sentence="The client MAY issue a soft disconnect at any time, but SHOULD wait until there "
-    "are no inflight requests first.",
-)
+@rule(id="client.disc-waits-for-replies")
 def disc_waits_for_replies(view: SessionView) -> Iterator[Hit]:
     """NBD_CMD_DISC is sent when no request awaits its reply."""
     disc = _disc(view)
@@ -591,13 +412,7 @@ def disc_waits_for_replies(view: SessionView) -> Iterator[Hit]:
         )
 
 
-@rule(
-    id="server.no-reply-to-disc",
-    level=MUST,
-    role=SERVER,
-    section="Request types",
-    sentence="There is no reply to an `NBD_CMD_DISC`.",
-)
+@rule(id="server.no-reply-to-disc")
 def no_reply_to_disc(view: SessionView) -> Iterator[Hit]:
     """The server does not reply to NBD_CMD_DISC."""
     disc = _disc(view)
@@ -612,14 +427,7 @@ def no_reply_to_disc(view: SessionView) -> Iterator[Hit]:
 # --- cookies ------------------------------------------------------------------------
 
 
-@rule(
-    id="server.reply-cookie-matches",
-    level=MUST,
-    role=SERVER,
-    section="Transmission",
-    sentence="the server MUST use the same value for cookie as was sent by the client in the "
-    "corresponding request",
-)
+@rule(id="server.reply-cookie-matches")
 def reply_cookie_matches(view: SessionView) -> Iterator[Hit]:
     """Every reply carries the cookie of a request that awaits it.
 
@@ -653,14 +461,7 @@ def reply_cookie_matches(view: SessionView) -> Iterator[Hit]:
                 )
 
 
-@rule(
-    id="client.cookie-distinct",
-    level=SHOULD,
-    role=CLIENT,
-    section="Transmission",
-    sentence="Clients SHOULD use a cookie that is distinct from all other currently pending "
-    "transactions",
-)
+@rule(id="client.cookie-distinct")
 def cookie_distinct(view: SessionView) -> Iterator[Hit]:
     """A request does not reuse the cookie of a request still in flight."""
     for index, transaction in enumerate(view.transactions):
@@ -682,14 +483,7 @@ def cookie_distinct(view: SessionView) -> Iterator[Hit]:
 # --- size constraints -----------------------------------------------------------------
 
 
-@rule(
-    id="client.request-within-export",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Size constraints",
-    sentence="For those requests, the client MUST NOT use a *length* which, when added to "
-    "*offset*, would exceed the export size.",
-)
+@rule(id="client.request-within-export")
 def request_within_export(view: SessionView) -> Iterator[Hit]:
     """Ranges of READ, WRITE, TRIM, CACHE, WRITE_ZEROES and BLOCK_STATUS end within the
     export."""
@@ -710,14 +504,7 @@ def request_within_export(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="client.request-alignment",
-    level=MUST,
-    role=CLIENT,
-    section="Size constraints",
-    sentence="the client MUST ensure that *offset* and *length* are integer multiples of any "
-    "advertised minimum block size",
-)
+@rule(id="client.request-alignment")
 def request_alignment(view: SessionView) -> Iterator[Hit]:
     """After a GO that requested NBD_INFO_BLOCK_SIZE, ranges are aligned to the minimum block
     size (a client that did not ask is not bound by it)."""
@@ -738,13 +525,7 @@ def request_alignment(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="client.request-max-payload",
-    level=MUST_NOT,
-    role=CLIENT,
-    section="Size constraints",
-    sentence="the client MUST NOT request a length larger than the maximum payload size",
-)
+@rule(id="client.request-max-payload")
 def request_max_payload(view: SessionView) -> Iterator[Hit]:
     """WRITE (and READ with simple replies) stay within the advertised maximum payload, after a
     GO that requested NBD_INFO_BLOCK_SIZE."""
@@ -767,14 +548,7 @@ def request_max_payload(view: SessionView) -> Iterator[Hit]:
 # --- what the server does with requests -------------------------------------------------
 
 
-@rule(
-    id="server.read-only-write-errors",
-    level=MUST,
-    role=SERVER,
-    section="Transmission flags",
-    sentence="If this flag is set, the server MUST error subsequent write operations to the "
-    "export.",
-)
+@rule(id="server.read-only-write-errors")
 def read_only_write_errors(view: SessionView) -> Iterator[Hit]:
     """On a read-only export, WRITE, TRIM and WRITE_ZEROES fail."""
     if not view.transmission.has(TF.READ_ONLY):
@@ -787,13 +561,7 @@ def read_only_write_errors(view: SessionView) -> Iterator[Hit]:
             )
 
 
-@rule(
-    id="client.soft-disconnect-on-eshutdown",
-    level=MUST,
-    role=CLIENT,
-    section="Terminating the transmission phase",
-    sentence="If the client receives an `NBD_ESHUTDOWN` error it MUST initiate a soft disconnect.",
-)
+@rule(id="client.soft-disconnect-on-eshutdown")
 def soft_disconnect_on_eshutdown(view: SessionView) -> Iterator[Hit]:
     """After an NBD_ESHUTDOWN reply, the client's next request is NBD_CMD_DISC."""
     for message in view.messages_from(SERVER):

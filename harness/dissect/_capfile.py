@@ -16,6 +16,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 from harness.dissect.errors import CaptureError
+from harness.pcapformat import (
+    BLOCK_EPB,
+    BLOCK_IDB,
+    BLOCK_PB,
+    BLOCK_SPB,
+    OPT_IF_TSOFFSET,
+    OPT_IF_TSRESOL,
+    PCAPNG_BYTE_ORDER,
+    PCAPNG_SHB,
+)
 
 _PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
@@ -23,14 +33,6 @@ _PCAP_MAGICS = {
     b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
     b"\xa1\xb2\x3c\x4d": (">", 1e-9),
 }
-_PCAPNG_SHB = 0x0A0D0D0A
-_PCAPNG_BYTE_ORDER = 0x1A2B3C4D
-_BLOCK_IDB = 1
-_BLOCK_PB = 2  # obsolete Packet Block
-_BLOCK_SPB = 3
-_BLOCK_EPB = 6
-_OPT_IF_TSRESOL = 9
-_OPT_IF_TSOFFSET = 14
 _MAX_BLOCK = 256 * 1024 * 1024  # a sanity bound: larger means a corrupt length
 
 
@@ -83,7 +85,7 @@ def _frames_of(path: Path, handle: BinaryIO) -> Iterator[Frame]:
     head = handle.read(4)
     if head in _PCAP_MAGICS:
         yield from _read_pcap(path, handle, head)
-    elif len(head) == 4 and struct.unpack("<I", head)[0] == _PCAPNG_SHB:
+    elif len(head) == 4 and struct.unpack("<I", head)[0] == PCAPNG_SHB:
         handle.seek(0)
         yield from _read_pcapng(path, handle)
     elif not head:
@@ -140,13 +142,13 @@ def _read_pcapng(path: Path, handle: BinaryIO) -> Iterator[Frame]:
         if len(head) < 8:
             raise CaptureError(f"{where}: block header has {len(head)} of 8 bytes")
         block_type = struct.unpack(endian + "I", head[:4])[0]
-        if block_type == _PCAPNG_SHB:
+        if block_type == PCAPNG_SHB:
             byte_order = handle.read(4)
             if len(byte_order) < 4:
                 raise CaptureError(f"{where}: section header is cut short")
-            if struct.unpack("<I", byte_order)[0] == _PCAPNG_BYTE_ORDER:
+            if struct.unpack("<I", byte_order)[0] == PCAPNG_BYTE_ORDER:
                 endian = "<"
-            elif struct.unpack(">I", byte_order)[0] == _PCAPNG_BYTE_ORDER:
+            elif struct.unpack(">I", byte_order)[0] == PCAPNG_BYTE_ORDER:
                 endian = ">"
             else:
                 raise CaptureError(f"{path}: corrupt section header at byte {position}")
@@ -164,7 +166,7 @@ def _read_pcapng(path: Path, handle: BinaryIO) -> Iterator[Frame]:
         if len(rest) < length - 8 - len(body_start):
             what = (
                 f"frame {number + 1}"
-                if block_type in (_BLOCK_EPB, _BLOCK_SPB, _BLOCK_PB)
+                if block_type in (BLOCK_EPB, BLOCK_SPB, BLOCK_PB)
                 else f"block type {block_type:#x}"
             )
             raise CaptureError(
@@ -177,9 +179,9 @@ def _read_pcapng(path: Path, handle: BinaryIO) -> Iterator[Frame]:
                 f"{path}: corrupt block at byte {position}: trailing length does not match"
             )
         position += length
-        if block_type == _BLOCK_IDB:
+        if block_type == BLOCK_IDB:
             interfaces.append(_parse_idb(path, body, endian))
-        elif block_type in (_BLOCK_EPB, _BLOCK_SPB, _BLOCK_PB):
+        elif block_type in (BLOCK_EPB, BLOCK_SPB, BLOCK_PB):
             number += 1
             yield _parse_packet_block(path, number, block_type, body, endian, interfaces)
 
@@ -196,11 +198,11 @@ def _parse_idb(path: Path, body: bytes, endian: str) -> _Interface:
         options = options[4 + ((size + 3) & ~3) :]
         if code == 0:
             break
-        if code == _OPT_IF_TSRESOL and size >= 1:
+        if code == OPT_IF_TSRESOL and size >= 1:
             exponent = value[0]
             base = 2 if exponent & 0x80 else 10
             interface.resolution = base ** -(exponent & 0x7F)
-        elif code == _OPT_IF_TSOFFSET and size >= 8:
+        elif code == OPT_IF_TSOFFSET and size >= 8:
             interface.offset = float(struct.unpack(endian + "q", value[:8])[0])
     return interface
 
@@ -216,7 +218,7 @@ def _parse_packet_block(
     def corrupt() -> CaptureError:
         return CaptureError(f"{path}: corrupt packet block for frame {number}")
 
-    if block_type == _BLOCK_SPB:
+    if block_type == BLOCK_SPB:
         if len(body) < 4 or not interfaces:
             raise corrupt()
         original = struct.unpack(endian + "I", body[:4])[0]
@@ -225,7 +227,7 @@ def _parse_packet_block(
         if interface.snaplen:
             captured = min(captured, interface.snaplen)
         return Frame(number, 0.0, interface.linktype, body[4 : 4 + captured], original)
-    if block_type == _BLOCK_EPB:
+    if block_type == BLOCK_EPB:
         if len(body) < 20:
             raise corrupt()
         interface_id, high, low, captured, original = struct.unpack(endian + "IIIII", body[:20])

@@ -13,28 +13,24 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-# Link types (https://www.tcpdump.org/linktypes.html)
-LINKTYPE_NULL = 0
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = 101
-LINKTYPE_LOOP = 108
-LINKTYPE_LINUX_SLL = 113
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276
-_DLT_RAW_ALIASES = (12, 14)  # DLT_RAW as some systems number it in files
+from harness.pcapformat import (
+    ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
+    IPPROTO_TCP,
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+)
 
-_ETHERTYPE_IPV4 = 0x0800
-_ETHERTYPE_IPV6 = 0x86DD
+_DLT_RAW_ALIASES = (12, 14)  # DLT_RAW as some systems number it in files
 _ETHERTYPE_VLAN = (0x8100, 0x88A8, 0x9100)
-_IPPROTO_TCP = 6
 _IPV6_SKIPPABLE = (0, 43, 60)  # hop-by-hop, routing, destination options
 _IPV6_FRAGMENT = 44
-
-TCP_FIN = 0x01
-TCP_SYN = 0x02
-TCP_RST = 0x04
-TCP_ACK = 0x10
 
 SUPPORTED_LINKTYPES = frozenset(
     {
@@ -83,7 +79,7 @@ def _network_layer(linktype: int, data: bytes) -> bytes:
                 ethertype_at += 4
                 continue
             break
-        if ethertype not in (_ETHERTYPE_IPV4, _ETHERTYPE_IPV6):
+        if ethertype not in (ETHERTYPE_IPV4, ETHERTYPE_IPV6):
             raise NotTcp(f"ethertype {ethertype:#06x}")
         return data[ethertype_at + 2 :]
     if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6, *_DLT_RAW_ALIASES):
@@ -103,7 +99,7 @@ def _check_protocol(data: bytes, protocol_at: int, header_length: int) -> bytes:
     if len(data) < header_length:
         raise NotTcp("short Linux cooked header")
     (protocol,) = struct.unpack_from("!H", data, protocol_at)
-    if protocol not in (_ETHERTYPE_IPV4, _ETHERTYPE_IPV6):
+    if protocol not in (ETHERTYPE_IPV4, ETHERTYPE_IPV6):
         raise NotTcp(f"protocol {protocol:#06x}")
     return data[header_length:]
 
@@ -118,7 +114,7 @@ def _ip_packet(packet: bytes) -> Segment:
         header_length = (packet[0] & 0x0F) * 4
         (total_length,) = struct.unpack_from("!H", packet, 2)
         (fragment,) = struct.unpack_from("!H", packet, 6)
-        if packet[9] != _IPPROTO_TCP:
+        if packet[9] != IPPROTO_TCP:
             raise NotTcp(f"IP protocol {packet[9]}")
         if fragment & 0x3FFF:  # more-fragments flag or a fragment offset
             raise NotTcp("IPv4 fragment (not reassembled)")
@@ -143,7 +139,7 @@ def _ip_packet(packet: bytes) -> Segment:
                 raise NotTcp("IPv6 fragment (not reassembled)")
             next_header, size = packet[at], (packet[at + 1] + 1) * 8
             at += size
-        if next_header != _IPPROTO_TCP:
+        if next_header != IPPROTO_TCP:
             raise NotTcp(f"IPv6 next header {next_header}")
         return _tcp(packet[at:end], end - at, src, dst)
     raise NotTcp(f"IP version {version}")

@@ -19,7 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from harness.dissect._capfile import Frame
-from harness.dissect._netlayers import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, NotTcp, tcp_segment
+from harness.dissect._netlayers import NotTcp, tcp_segment
+from harness.pcapformat import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
 
 Endpoint = tuple[str, int]
 

@@ -6,7 +6,8 @@
 :mod:`.cases` expands the matrix and predicts each case's outcome from the
 data in ``matrix/``; :mod:`.runner` runs one case; :mod:`.pool` runs many on
 worker processes with a timeout each; :mod:`.results` stores results as JSON
-lines and merges shards; :mod:`.verdict` is the verdict enum.
+lines and merges shards; :mod:`.verdict` judges a case (the verdict values are
+:class:`harness.verdict.Verdict`).
 """
 
 from .cases import (
@@ -26,7 +27,7 @@ from .cases import (
     select_scenarios,
 )
 from .results import CaseResult, ResultStore, load_results, merge_results
-from .verdict import Outcome, Verdict, judge
+from .verdict import Outcome, judge, judge_case
 
 __all__ = [
     "Case",
@@ -38,11 +39,11 @@ __all__ = [
     "Outcome",
     "PeerRef",
     "ResultStore",
-    "Verdict",
     "expand",
     "expect",
     "installed_peers",
     "judge",
+    "judge_case",
     "load_results",
     "merge_results",
     "parse_peer",

@@ -14,11 +14,9 @@ import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from harness.address import Address
+from harness.address import LOOPBACK, Address
 from harness.capture import ProxyThread
 from harness.scenarios import ListenWrapper
-
-LOOPBACK = Address.tcp("127.0.0.1", 0)
 
 
 def recording_proxy(capture: Path,

@@ -33,8 +33,7 @@ from typing import Literal
 from harness.errors import UserError
 from harness.peerdata import PeerDataError, default_peerdata, version_matches
 from harness.scenarios import Scenario
-
-from .verdict import Verdict
+from harness.verdict import Verdict
 
 Role = Literal["server", "client"]
 
@@ -42,7 +41,7 @@ REFERENCE_SERVER = "reference-server"
 REFERENCE_CLIENT = "reference-client"
 REFERENCE_PROFILE = "reference"
 
-DEFAULT_TIMEOUT = 180.0
+CASE_TIMEOUT = 180.0
 """Seconds one case may take from provisioning to verdict."""
 
 
@@ -269,16 +268,17 @@ class Expectation:
 
 
 READ_ONLY_HIDES: dict[str, frozenset[str]] = {
-    "read-only-hides-write-flags": frozenset({"trim", "write-zeroes", "fast-zero"}),
-    "read-only-hides-fua": frozenset({"fua"}),
+    quirk.id: frozenset(quirk.read_only_hides)
+    for quirk in default_peerdata().quirks.values() if quirk.read_only_hides
 }
-"""Server quirk -> the features it does not advertise on a read-only export."""
+"""Server quirk -> the features it does not advertise on a read-only export
+(``read_only_hides`` in ``matrix/features.toml``)."""
 
 
 def server_features_for(scenario: Scenario, server: PeerRef) -> frozenset[str]:
     """The features ``server`` shows for ``scenario``'s export (quirks of read-only exports)."""
     features = server.features
-    if scenario.export.read_only:
+    if scenario.export.spec.read_only:
         for quirk in server.quirks:
             features -= READ_ONLY_HIDES.get(quirk, frozenset())
     return features
@@ -315,7 +315,7 @@ class Case:
     server: PeerRef
     client: PeerRef
     expectation: Expectation
-    timeout: float = DEFAULT_TIMEOUT
+    timeout: float = CASE_TIMEOUT
 
     @property
     def id(self) -> str:
@@ -358,9 +358,10 @@ class Expansion:
         return Expansion(self.cases[index - 1 :: count], self.excluded if index == 1 else [])
 
 
-WIRE_SHAPE = frozenset({"opt-go", "structured-replies", "extended-headers"})
+WIRE_SHAPE = frozenset(f.id for f in default_peerdata().features.values() if f.shapes_wire)
 """Server features that change the shape of any conversation: how the export is selected
-(GO or EXPORT_NAME) and how replies are framed (simple, structured, extended)."""
+(GO or EXPORT_NAME) and how replies are framed (simple, structured, extended);
+``shapes_wire`` in ``matrix/features.toml``."""
 
 
 def relevant_profiles(scenario: Scenario, profiles: Sequence[PeerRef]) -> list[PeerRef]:
@@ -406,23 +407,43 @@ def _checks_info_size(scenario: Scenario) -> bool:
                and "size" in (step.expect or {}) for step in steps)
 
 
-INFO_SIZE_FROM_OPT_INFO = frozenset({"nbdinfo"})
+SCENARIO_CONDITIONS: dict[str, Callable[[Scenario], bool]] = {
+    "checks-info-size": _checks_info_size,
+}
+"""The conditions ``unjudgeable.when`` of ``matrix/features.toml`` names, by name."""
+
+
+def _unjudgeable() -> dict[str, tuple[Callable[[Scenario, PeerRef], bool], str]]:
+    table: dict[str, tuple[Callable[[Scenario, PeerRef], bool], str]] = {}
+    for quirk in default_peerdata().quirks.values():
+        entry = quirk.unjudgeable
+        if entry is None:
+            continue
+        condition = SCENARIO_CONDITIONS.get(entry.when)
+        if condition is None:
+            raise MatrixError(f"matrix/features.toml: [quirk.{quirk.id}.unjudgeable]: when "
+                              f"{entry.when!r} is not one of {', '.join(SCENARIO_CONDITIONS)}")
+
+        def applies(scenario: Scenario, client: PeerRef, clients: tuple[str, ...] = entry.clients,
+                    condition: Callable[[Scenario], bool] = condition) -> bool:
+            return client.program in clients and condition(scenario)
+
+        table[quirk.id] = (applies, entry.why)
+    return table
+
+
+INFO_SIZE_FROM_OPT_INFO = frozenset(
+    client for quirk in default_peerdata().quirks.values()
+    if quirk.unjudgeable and quirk.unjudgeable.when == "checks-info-size"
+    for client in quirk.unjudgeable.clients)
 """Client programs whose ``info`` action shows the size NBD_OPT_INFO gave (nbdinfo
 describes an export with libnbd's ``nbd_opt_info``); the others show NBD_OPT_GO's."""
 
-
-CLIENT_UNJUDGEABLE: dict[str, tuple[Callable[[Scenario, PeerRef], bool], str]] = {
-    "info-size-zero": (
-        lambda scenario, client: client.program in INFO_SIZE_FROM_OPT_INFO
-        and _checks_info_size(scenario),
-        "reports size 0 to NBD_OPT_INFO (quirk info-size-zero, nbd-server's deviation), and "
-        "{client} shows the size NBD_OPT_INFO gave: right to show 0, so its size cannot be "
-        "judged against the export",
-    ),
-}
+CLIENT_UNJUDGEABLE: dict[str, tuple[Callable[[Scenario, PeerRef], bool], str]] = _unjudgeable()
 """Server quirk -> (predicate over scenario and client, why): against a profile reproducing
 the quirk, the client steps the predicate picks would blame the client under test for the
-server's deviation.  The deviation itself is judged by the server-role scenarios."""
+server's deviation.  The deviation itself is judged by the server-role scenarios.  Read from
+``unjudgeable`` in ``matrix/features.toml``."""
 
 
 def _client_profile_exclusion(scenario: Scenario, server: PeerRef,
@@ -449,7 +470,7 @@ def expand(
     *,
     client_profiles: Sequence[PeerRef] | None = None,
     relevant_only: bool = False,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float = CASE_TIMEOUT,
 ) -> Expansion:
     """Every case of ``scenarios`` between ``servers`` and ``clients``.
 
@@ -541,8 +562,8 @@ def peer_matches(peer: PeerRef, wanted: str) -> bool:
 
 
 __all__ = [
+    "CASE_TIMEOUT",
     "CLIENT_UNJUDGEABLE",
-    "DEFAULT_TIMEOUT",
     "INFO_SIZE_FROM_OPT_INFO",
     "REFERENCE_CLIENT",
     "REFERENCE_SERVER",

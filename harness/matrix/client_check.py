@@ -13,7 +13,8 @@ account or on the wire), or exited non-zero against the full protocol;
 ``unsupported`` when it exited non-zero against a profile that lacks features
 the full protocol has, without breaking a rule (it may need one of them;
 ``strict_exit`` makes that a fail too); ``error`` when the harness broke;
-``pass`` otherwise.
+``pass`` otherwise.  The wire and the server's account are weighed by
+:func:`harness.matrix.verdict.judge_case`, as for every matrix case.
 """
 
 from __future__ import annotations
@@ -26,17 +27,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.address import Address
+from harness.address import LOOPBACK
 from harness.capture import ProxyThread
 from harness.errors import UserError
-from harness.peers.export import BitmapSpec, DataRange
+from harness.peers.export import BitmapSpec, DataRange, ExportSpec, Layer
 from harness.process import PeerError, run_command
-from harness.scenarios import ExportRequirements
+from harness.scenarios import ExportRequirements, serve_reference
+from harness.tls import make_test_pki
+from harness.verdict import Verdict
+from reference_server.profiles import profile
 
 from .cases import PeerRef, reference_profiles, reference_server
 from .results import CaseResult, ResultStore
-from .runner import CAPTURE, _collect_evidence, _lint
-from .verdict import Verdict
+from .runner import CAPTURE, _collect_evidence, lint_capture
+from .verdict import judge_case
 
 SCENARIO = "check-client"
 PLACEHOLDERS = ("{uri}", "{uri_server}", "{host}", "{port}", "{export}", "{tls_dir}")
@@ -46,16 +50,19 @@ _SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _MIB = 1 << 20
 
 CHECK_EXPORT = ExportRequirements(
-    name="disk",
-    size=16 * _MIB,
-    backend="layers",
-    layers=(
-        (DataRange(0, _MIB, 1), DataRange(4 * _MIB, 2 * _MIB, 2)),
-        (DataRange(_MIB // 2, _MIB, 3), DataRange(10 * _MIB, _MIB, 4)),
+    ExportSpec(
+        name="disk",
+        size=16 * _MIB,
+        image_format="qcow2",
+        layers=(
+            Layer((DataRange(0, _MIB, 1), DataRange(4 * _MIB, 2 * _MIB, 2))),
+            Layer((DataRange(_MIB // 2, _MIB, 3), DataRange(10 * _MIB, _MIB, 4))),
+        ),
+        bitmaps=(BitmapSpec("b0"),),
+        writes_after_bitmaps=(DataRange(12 * _MIB, 256 * 1024, 5),),
+        description="nbd-harness check-client export",
     ),
-    bitmaps=(BitmapSpec("b0"),),
-    writes_after_bitmaps=(DataRange(12 * _MIB, 256 * 1024, 5),),
-    description="nbd-harness check-client export",
+    backend="layers",
 )
 """A 16 MiB two-layer chain with data in both layers, holes, and a dirty bitmap ``b0``."""
 
@@ -131,9 +138,6 @@ def check_client(command: ClientCommand, server: PeerRef, store: ResultStore, *,
                  timeout: float = 120.0, tls: bool = False,
                  strict_exit: bool = False) -> CaseResult:
     """Run ``command`` against the reference server in ``server``'s profile; judge it."""
-    from harness.scenarios import serve_reference
-    from reference_server.profiles import profile
-
     case_id = f"{SCENARIO}[{server.spec}-vs-{command.program}]"
     case_dir = store.case_dir(case_id)
     capture = case_dir / CAPTURE
@@ -144,8 +148,6 @@ def check_client(command: ClientCommand, server: PeerRef, store: ResultStore, *,
         **{**CHECK_EXPORT.__dict__, "tls": "required"})
     tls_dir = None
     if tls:
-        from harness.tls import make_test_pki
-
         tls_dir = make_test_pki(case_dir / "pki").directory
     features = profile(server.profile or "reference")
     observed, detail = Verdict.PASS, ""
@@ -154,12 +156,12 @@ def check_client(command: ClientCommand, server: PeerRef, store: ResultStore, *,
     argv: list[str] = []
     try:
         with serve_reference(export, features, case_dir / "server", tls_dir=tls_dir) as served:
-            proxy = ProxyThread(Address.tcp("127.0.0.1", 0), served.address, capture).start()
+            proxy = ProxyThread(LOOPBACK, served.address, capture).start()
             try:
                 front = served.behind(proxy.address)
                 values = {"uri": front.uri(), "uri_server": front.uri(""),
                           "host": proxy.address.host, "port": str(proxy.address.port),
-                          "export": export.name, "tls_dir": str(tls_dir or "")}
+                          "export": export.spec.name, "tls_dir": str(tls_dir or "")}
                 argv = command.render(values)
                 completed = run_command(argv, timeout=timeout, env=_environment(),
                                         cwd=case_dir, log_path=case_dir / "client.log")
@@ -171,16 +173,19 @@ def check_client(command: ClientCommand, server: PeerRef, store: ResultStore, *,
         observed, detail = (Verdict.FAIL if "timed out" in str(exc) else Verdict.ERROR), str(exc)
     except Exception as exc:
         observed, detail = Verdict.ERROR, f"{type(exc).__name__}: {exc}"
-    findings: list[dict[str, Any]] = []
-    try:
-        findings, _, capture_errors = _lint(capture, case_dir)
-        if capture_errors and observed != Verdict.ERROR:
-            observed, detail = Verdict.ERROR, f"the capture is damaged: {capture_errors[0]}"
-    except Exception as exc:
-        observed, detail = Verdict.ERROR, f"checking the capture failed: {exc}"
-    if observed == Verdict.PASS and completed is not None:
-        observed, detail = _judge(completed.returncode, sessions, findings, server, features,
-                                  strict_exit, str(completed.stderr or completed.stdout))
+    findings, _, capture_problem = lint_capture(capture, case_dir)
+    # Only a check that ran to its end is weighed against the wire and the server's account
+    # (a harness error or a timeout stands as it came to); only then does the exit matter.
+    ran = observed == Verdict.PASS and capture_problem is None and completed is not None
+    violations = [v for session in sessions for v in session.get("client_violations", [])]
+    outcome = judge_case(observed, detail, findings if ran else (), under_test="client",
+                         peer=command.program, capture_problem=capture_problem,
+                         peer_faults=violations if ran else (),
+                         reference_breaches_deliberate=bool(features.quirks))
+    observed, detail = outcome.verdict, outcome.detail
+    if ran and observed == Verdict.PASS and completed is not None:
+        observed, detail = _exit_verdict(completed.returncode, sessions, server, strict_exit,
+                                         str(completed.stderr or completed.stdout))
     return CaseResult(
         case_id=case_id, scenario=SCENARIO, role="client", server=server.spec,
         client=command.program, verdict=observed.value, observed=observed.value, expected=None,
@@ -192,23 +197,13 @@ def check_client(command: ClientCommand, server: PeerRef, store: ResultStore, *,
     )
 
 
-def _judge(returncode: int, sessions: list[dict[str, Any]], findings: list[dict[str, Any]],
-           server: PeerRef, features: Any, strict_exit: bool,
-           output: str) -> tuple[Verdict, str]:
-    violations = [v for session in sessions for v in session.get("client_violations", [])]
-    if violations:
-        return Verdict.FAIL, f"the client broke the protocol (reference server): {violations[0]}"
-    mandatory = [f for f in findings if f.get("level") in ("MUST", "MUST NOT")]
-    theirs = [f for f in mandatory if f.get("role") == "client"]
-    if theirs:
-        first = theirs[0]
-        return Verdict.FAIL, (f"the client broke {first['level']} {first['rule']} at frame "
-                              f"{first['frame']}: {first['message']}")
-    ours = [f for f in mandatory if f.get("role") == "server"]
-    if ours and not features.quirks:
-        first = ours[0]
-        return Verdict.ERROR, (f"the reference server broke {first['rule']} at frame "
-                               f"{first['frame']}: {first['message']} (a harness bug)")
+def _exit_verdict(returncode: int, sessions: list[dict[str, Any]], server: PeerRef,
+                  strict_exit: bool, output: str) -> tuple[Verdict, str]:
+    """What the command's exit came to, once the wire showed nobody at fault.
+
+    A non-zero exit against a profile that lacks features the full protocol has
+    is ``unsupported`` (the command may need one of them), unless ``strict_exit``.
+    """
     if returncode != 0:
         tail = output.strip().splitlines()[-1:] or [""]
         lacks = _lacks(server)

@@ -20,12 +20,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from harness.client import Client, parse_uri
+from harness.client.options import DEFAULT_TIMEOUT
 from harness.client.uri import NbdUri
 from harness.errors import UserError
 from harness.scenarios import Scenario, Step
 
 from .cases import (
-    DEFAULT_TIMEOUT,
+    CASE_TIMEOUT,
     Case,
     Excluded,
     Expansion,
@@ -69,7 +70,7 @@ class ExternalExport:
                        provider="external")
 
 
-def probe(uri: str, timeout: float = 30.0) -> ExternalExport:
+def probe(uri: str, timeout: float = DEFAULT_TIMEOUT) -> ExternalExport:
     """Connect once with the reference client: size, read-only flag, TLS."""
     from harness.client import ConnectOptions
     from harness.client.errors import NbdClientError
@@ -146,21 +147,22 @@ def not_applicable(scenario: Scenario, export: ExternalExport, allow_writes: boo
     """Why ``scenario`` cannot judge an unknown export (None: it can)."""
     if "server" not in scenario.roles:
         return "client-role scenario"
-    wanted = scenario.export
+    serving = scenario.export
+    wanted = serving.spec
     if wanted.layers or wanted.bitmaps or wanted.writes_after_bitmaps:
         return "needs preset export contents or bitmaps"
-    if wanted.handshake != "fixed-newstyle":
-        return f"needs a {wanted.handshake} server"
+    if serving.handshake != "fixed-newstyle":
+        return f"needs a {serving.handshake} server"
     if wanted.block_sizes_set or wanted.block_size_required:
         return "needs configured block size constraints"
-    if wanted.extra_exports or not wanted.list_exports or wanted.init_state:
+    if serving.extra_exports or not serving.list_exports or wanted.init_state:
         return "needs a configured export list or INIT_STATE"
     if wanted.description:
         return "expects a configured export description"
     if not wanted.multi_conn:
         return "needs a non-shareable export"
-    if (wanted.tls != "off") != export.tls or wanted.tls == "optional":
-        return f"needs TLS {wanted.tls}, the URI {'uses' if export.tls else 'does not use'} TLS"
+    if (serving.tls != "off") != export.tls or serving.tls == "optional":
+        return f"needs TLS {serving.tls}, the URI {'uses' if export.tls else 'does not use'} TLS"
     if wanted.read_only != export.read_only:
         return f"needs a {'read-only' if wanted.read_only else 'writable'} export"
     steps = [*scenario.steps, *(scenario.fallback.expect if scenario.fallback else ())]
@@ -201,7 +203,7 @@ def not_applicable(scenario: Scenario, export: ExternalExport, allow_writes: boo
 
 
 def external_cases(scenarios: Iterable[Scenario], export: ExternalExport, *,
-                   allow_writes: bool = False, timeout: float = DEFAULT_TIMEOUT) -> Expansion:
+                   allow_writes: bool = False, timeout: float = CASE_TIMEOUT) -> Expansion:
     """Cases of the applicable scenarios against ``export`` (the rest listed as excluded)."""
     cases: list[Case] = []
     excluded: list[Excluded] = []
@@ -212,7 +214,8 @@ def external_cases(scenarios: Iterable[Scenario], export: ExternalExport, *,
             excluded.append(Excluded(scenario.name, server.spec, reason))
             continue
         fitted = dataclasses.replace(scenario, export=dataclasses.replace(
-            scenario.export, size=export.size, name=export.parsed.export))
+            scenario.export, spec=dataclasses.replace(scenario.export.spec, size=export.size,
+                                                      name=export.parsed.export)))
         cases.append(Case(fitted, scenario.id, "server", server, client,
                           Expectation(None, why="an external server: any good verdict"),
                           timeout))

@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from harness.verdict import Verdict
+
 from ._worker import read_frame, write_frame
 from .cases import Case
 from .results import CaseResult, ResultStore
-from .verdict import Verdict
 
 GRACE = 60.0
 """Seconds past a case's own timeout before its worker is stopped from outside."""

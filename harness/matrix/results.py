@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-
-from .verdict import Verdict
+from harness.verdict import Verdict
 
 RESULTS_GLOB = "results*.jsonl"
 RESULTS_FILE = "results.jsonl"

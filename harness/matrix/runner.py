@@ -30,20 +30,29 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from harness.address import Address
+from harness.address import LOOPBACK, Address
 from harness.capture import ProxyThread
-from harness.scenarios import Scenario, ScenarioResult
+from harness.client import parse_uri
+from harness.peers import DRIVERS, Catalog, Endpoint, Provider, ServerPeer
+from harness.process import PeerError
+from harness.scenarios import (
+    Scenario,
+    ScenarioResult,
+    run_client_scenario,
+    run_server_scenario,
+    serve_reference,
+)
+from harness.tls import make_test_pki
+from reference_server.profiles import profile
 
+from ._recorded import recording_proxy
+from ._setup import driver_options
 from .cases import Case, PeerRef
-
-if TYPE_CHECKING:
-    from harness.peers import Provider, ServerPeer
 from .results import CaseResult, ResultStore
-from .verdict import Verdict, judge
+from .verdict import judge_case
 
-LOOPBACK = Address.tcp("127.0.0.1", 0)
 CAPTURE = "capture.pcapng"
 SCENARIO_COPY = "scenario.yaml"
 WIRE_LOG = "wire.txt"
@@ -103,8 +112,6 @@ def breaks_rules_on_purpose(scenario: Scenario) -> bool:
 
 
 def _driver(peer: PeerRef, log_dir: Path) -> ServerPeer:
-    from harness.peers import DRIVERS, Catalog
-
     catalog = Catalog.load()
     if peer.provider and peer.provider != "builtin":
         provider = catalog.provider(peer.provider)
@@ -120,27 +127,18 @@ def _serve(case: Case, workdir: Path, watchdog: _Watchdog) -> Iterator[tuple[Add
     requirements = scenario.export
     tls_dir = None
     if requirements.tls != "off" and case.server.program != "external":
-        from harness.tls import make_test_pki
-
         tls_dir = make_test_pki(workdir / "pki").directory
     if case.server.program == "external":
-        from harness.client import parse_uri
-
         uri = parse_uri(case.server.spec.removeprefix("external:"))
         yield uri.address, uri.export, Path(uri.tls_certificates) if uri.tls_certificates \
             else None
         return
     if case.server.reference:
-        from harness.scenarios import serve_reference
-        from reference_server.profiles import profile
-
         features = profile(case.server.profile or "reference")
         with serve_reference(requirements, features, workdir / "server", tls_dir=tls_dir) as srv:
             watchdog.add(srv.thread.stop)
-            yield srv.address, requirements.name, tls_dir
+            yield srv.address, requirements.spec.name, tls_dir
         return
-    from ._setup import driver_options
-
     driver = _driver(case.server, workdir)
     spec = requirements.export_spec(tls_dir)
     running = driver.start(spec, workdir / "server", options=driver_options(
@@ -153,15 +151,11 @@ def _serve(case: Case, workdir: Path, watchdog: _Watchdog) -> Iterator[tuple[Add
 
 
 def _uri(address: Address, export: str, tls_dir: Path | None) -> str:
-    from harness.peers import Endpoint
-
     return Endpoint(address, export, tls_dir).uri()
 
 
 def _run_server_role(case: Case, workdir: Path, capture: Path,
                      watchdog: _Watchdog) -> ScenarioResult:
-    from harness.scenarios import run_server_scenario
-
     with _serve(case, workdir, watchdog) as (address, export, tls_dir):
         proxy = ProxyThread(LOOPBACK, address, capture).start()
         watchdog.add(proxy.stop)
@@ -177,9 +171,6 @@ def _client_provider(peer: PeerRef) -> Provider | None:
     """The provider ``peer`` runs from (None: the harness's own program, run as it is)."""
     if not peer.provider or peer.provider == "builtin":
         return None
-    from harness.peers import Catalog
-    from harness.process import PeerError
-
     provider = Catalog.load().provider(peer.provider)
     if not provider.ready():  # a sandbox that cannot start is no failure of the client
         raise PeerError(f"{provider.name} is not installed: run `{provider.install_hint()}`")
@@ -188,11 +179,6 @@ def _client_provider(peer: PeerRef) -> Provider | None:
 
 def _run_client_role(case: Case, workdir: Path, capture: Path,
                      watchdog: _Watchdog) -> ScenarioResult:
-    from harness.scenarios import run_client_scenario
-    from reference_server.profiles import profile
-
-    from ._recorded import recording_proxy
-
     workdir = workdir / "client"
     workdir.mkdir(parents=True, exist_ok=True)
     return run_client_scenario(case.scenario, case.client.program,
@@ -236,6 +222,8 @@ def _lint(capture_path: Path, case_dir: Path) -> tuple[list[dict[str, Any]], lis
 
     Returns (findings, sessions, problems with the capture itself).
     """
+    # Here, not at the top: the dissector and the rules load scapy (seconds on a busy machine),
+    # which the CLI and the pool's parent process need not pay for to import the runner.
     from harness.conformance import check_capture
     from harness.dissect import decode_capture, render_capture_indexed
 
@@ -250,31 +238,30 @@ def _lint(capture_path: Path, case_dir: Path) -> tuple[list[dict[str, Any]], lis
     return findings, _sessions_from_capture(capture), list(capture.errors)
 
 
-def _judge_findings(case: Case, findings: list[dict[str, Any]]) -> tuple[Verdict | None, str]:
-    """The verdict the wire checks impose (None: no objection) and why."""
-    mandatory = [f for f in findings if f.get("level") in ("MUST", "MUST NOT")]
-    theirs = [f for f in mandatory if f.get("role") == case.role]
-    ours = [f for f in mandatory if f.get("role") != case.role]
-    if theirs:
-        first = theirs[0]
-        return Verdict.FAIL, (
-            f"{case.under_test.spec} broke {first['level']} {first['rule']} at frame "
-            f"{first['frame']} (spec \"{first['section']}\": \"{first['sentence']}\"): "
-            f"{first['message']}" + (f" (and {len(theirs) - 1} more)" if len(theirs) > 1 else ""))
-    if ours:
-        if case.role == "server" and breaks_rules_on_purpose(case.scenario):
-            return None, ""
-        if case.role == "client" and case.server.profile not in (None, "reference"):
-            from reference_server.profiles import profile
+def reference_breaches_deliberate(case: Case) -> bool:
+    """True when the reference side of ``case`` may break a MUST on purpose.
 
-            if profile(case.server.profile).quirks:
-                return None, ""  # the profile reproduces a real server's deviations
-        first = ours[0]
-        side = "reference client" if case.role == "server" else "reference server"
-        return Verdict.ERROR, (
-            f"the {side} broke {first['level']} {first['rule']} at frame {first['frame']}: "
-            f"{first['message']} (a harness bug)")
-    return None, ""
+    A server-role scenario that breaks the rules on purpose makes the reference
+    client do so; a reference-server profile with quirks reproduces a real
+    server's deviations.  Either way its breaches are no harness bug.
+    """
+    if case.role == "server":
+        return breaks_rules_on_purpose(case.scenario)
+    return bool(profile(case.server.profile or "reference").quirks)
+
+
+def lint_capture(capture_path: Path, case_dir: Path) -> tuple[list[dict[str, Any]],
+                                                               list[dict[str, Any]], str | None]:
+    """Decode and check the capture (see :func:`_lint`): (findings, sessions, problem).
+
+    ``problem`` says why the capture cannot evidence the case (damaged, or
+    decoding or checking it failed); None when it can.
+    """
+    try:
+        findings, sessions, errors = _lint(capture_path, case_dir)
+    except Exception as exc:
+        return [], [], f"decoding or checking the capture failed: {type(exc).__name__}: {exc}"
+    return findings, sessions, f"the capture is damaged: {errors[0]}" if errors else None
 
 
 # --- evidence -----------------------------------------------------------------------------------
@@ -355,30 +342,13 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
     if case.scenario.path is not None:  # the case page and the conformance report quote it
         with contextlib.suppress(OSError):
             shutil.copyfile(case.scenario.path, case_dir / SCENARIO_COPY)
-    observed = Verdict.parse(outcome.verdict)
-    detail = outcome.detail
-    findings: list[dict[str, Any]] = []
-    sessions: list[dict[str, Any]] = list(outcome.evidence.get("sessions", []) or [])
-    try:
-        findings, wire_sessions, capture_errors = _lint(capture, case_dir)
-        if not sessions:
-            sessions = wire_sessions
-        if capture_errors and observed != Verdict.ERROR:
-            observed, detail = Verdict.ERROR, f"the capture is damaged: {capture_errors[0]}"
-    except Exception as exc:
-        if observed != Verdict.ERROR:
-            observed, detail = Verdict.ERROR, f"decoding or checking the capture failed: " \
-                                              f"{type(exc).__name__}: {exc}"
-    imposed, why = _judge_findings(case, findings)
-    # A MUST the peer under test broke on the wire fails the case whatever the steps came to
-    # (the reference side may have choked on it); our own side breaking one is a harness
-    # error, unless the steps already found the peer at fault.
-    if imposed == Verdict.FAIL or (imposed == Verdict.ERROR and observed.benign):
-        observed, detail = imposed, why + (f"; steps: {detail}" if detail else "")
-    if observed in (Verdict.PASS, Verdict.UNSUPPORTED, Verdict.EXPECTED_FALLBACK) \
-            and case.role == "server" and not capture.exists():
-        observed, detail = Verdict.ERROR, "no capture was written: the case is not evidenced"
-    final = judge(observed, case.expected, detail)
+    findings, wire_sessions, capture_problem = lint_capture(capture, case_dir)
+    sessions = list(outcome.evidence.get("sessions", []) or []) or wire_sessions
+    final = judge_case(outcome.verdict, outcome.detail, findings, under_test=case.role,
+                       peer=case.under_test.spec, expected=case.expected,
+                       capture_problem=capture_problem,
+                       reference_breaches_deliberate=reference_breaches_deliberate(case),
+                       evidenced=case.role != "server" or capture.exists())
     if final.ok and not keep_data:
         _prune(case_dir)
     return CaseResult(
@@ -389,7 +359,7 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
         server=case.server.spec,
         client=case.client.spec,
         verdict=final.verdict.value,
-        observed=observed.value,
+        observed=final.observed.value,
         expected=case.expected.value if case.expected else None,
         detail=final.detail,
         description=case.scenario.description,
@@ -408,4 +378,5 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
     )
 
 
-__all__ = ["STEP_TIMEOUT", "breaks_rules_on_purpose", "run_case"]
+__all__ = ["STEP_TIMEOUT", "breaks_rules_on_purpose", "lint_capture",
+           "reference_breaches_deliberate", "run_case"]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from .cases import (
-    DEFAULT_TIMEOUT,
+    CASE_TIMEOUT,
     REFERENCE_CLIENT,
     REFERENCE_SERVER,
     Expansion,
@@ -55,7 +55,7 @@ class MatrixRequest:
     servers: Sequence[str] = ()
     clients: Sequence[str] = ()
     profiles: Profiles = "relevant"
-    timeout: float = DEFAULT_TIMEOUT
+    timeout: float = CASE_TIMEOUT
     library: Path | None = None
 
 

@@ -1,67 +1,27 @@
-"""The verdict of a case: what happened, and whether that is what the matrix data predicted.
+"""Judging a case: what happened, the wire's findings, and what the matrix data predicted.
 
-Five values, as in quic-interop-runner's result enum plus the two NBD needs:
+The verdict values themselves are :class:`harness.verdict.Verdict`.  Here they
+are combined, once for every kind of case (a matrix case, a server behind a
+URI, a client command checked against the reference server):
 
-- ``pass``: every step held and the wire broke no mandatory rule;
-- ``fail``: an expectation broke (data not as written, a wrong reply or error,
-  a MUST broken on the wire), or the outcome differs from what the matrix
-  data predicts for this pair of versions;
-- ``unsupported``: the peer lacks a feature the scenario needs and said so
-  correctly (ERR_UNSUP, the flag not advertised);
-- ``expected-fallback``: a feature is missing on one side and both sides fell
-  back as the scenario says they must (and the data still checks out);
-- ``error``: the harness or the environment broke (a peer would not start, a
-  timeout, a bug of ours).  Never turned into a pass or a skip.
+- :func:`judge_case` weighs what the run came to against the conformance
+  findings on its capture and against the expected verdict;
+- :func:`judge` is its last stage: the observed verdict against the expected one.
 
-An :class:`Outcome` pairs the observed verdict with the expected one and
-says whether the case is good.
+An :class:`Outcome` pairs the observed verdict with the expected one and says
+whether the case is good.
 """
 
 from __future__ import annotations
 
-import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from harness.verdict import BENIGN, Verdict
 
-class Verdict(enum.StrEnum):
-    """What one case came to."""
-
-    PASS = "pass"
-    FAIL = "fail"
-    UNSUPPORTED = "unsupported"
-    EXPECTED_FALLBACK = "expected-fallback"
-    ERROR = "error"
-
-    @classmethod
-    def parse(cls, text: str) -> Verdict:
-        """``"expected-fallback"`` -> :attr:`EXPECTED_FALLBACK`; ValueError for anything else."""
-        try:
-            return cls(str(text).strip().lower().replace("_", "-"))
-        except ValueError:
-            known = ", ".join(v.value for v in cls)
-            raise ValueError(f"{text!r} is not a verdict (known: {known})") from None
-
-    @property
-    def benign(self) -> bool:
-        """True for the verdicts a correct pair of peers can produce."""
-        return self in BENIGN
-
-
-BENIGN = frozenset({Verdict.PASS, Verdict.UNSUPPORTED, Verdict.EXPECTED_FALLBACK})
-"""Verdicts that are good when the matrix data predicts them."""
-
-ORDER = (Verdict.ERROR, Verdict.FAIL, Verdict.EXPECTED_FALLBACK, Verdict.UNSUPPORTED,
-         Verdict.PASS)
-"""Worst first: the order summaries list verdicts in."""
-
-SYMBOLS = {
-    Verdict.PASS: "✓",
-    Verdict.FAIL: "✗",
-    Verdict.UNSUPPORTED: "○",
-    Verdict.EXPECTED_FALLBACK: "↓",
-    Verdict.ERROR: "!",
-}
-"""One character per verdict, for the matrix page and the progress line."""
+Finding = Mapping[str, Any]
+"""A conformance finding as stored in results (``Finding.to_dict()``)."""
 
 
 @dataclass(frozen=True)
@@ -95,12 +55,72 @@ def judge(observed: Verdict, expected: Verdict | None, detail: str = "") -> Outc
                    f"{mismatch}: {detail}" if detail else mismatch)
 
 
-def worst(verdicts: list[Verdict]) -> Verdict:
-    """The worst of ``verdicts`` in :data:`ORDER` (``pass`` for none)."""
-    for verdict in ORDER:
-        if verdict in verdicts:
-            return verdict
-    return Verdict.PASS
+def judge_case(observed: Verdict, detail: str, findings: Sequence[Finding], *,
+               under_test: str, peer: str, expected: Verdict | None = None,
+               capture_problem: str | None = None, peer_faults: Sequence[str] = (),
+               reference_breaches_deliberate: bool = False,
+               evidenced: bool = True) -> Outcome:
+    """The final verdict of a case whose run came to ``observed`` (``detail`` says why).
+
+    ``under_test`` is the role of the peer being judged (``server`` or
+    ``client``; the reference peer plays the other one) and ``peer`` its name
+    for the detail.  In order:
+
+    1. ``capture_problem`` (the capture is damaged, or decoding or checking it
+       failed) makes the case an ``error``, unless it already is one;
+    2. the peer under test breaking the protocol fails the case, whatever the
+       run came to (the reference side may have choked on it): by the
+       reference side's own account (``peer_faults``), or a MUST / MUST NOT
+       finding of its role on the wire.  SHOULD-level findings never change a
+       verdict: the reports list them;
+    3. the reference side breaking a MUST is a harness bug (``error``), unless
+       ``reference_breaches_deliberate`` (a negative scenario makes the
+       reference client break rules on purpose; a reference-server profile
+       reproduces a real server's deviations) or the run already found fault
+       (a ``fail`` or ``error`` stands);
+    4. a benign verdict without ``evidenced`` (no capture was written) is an
+       ``error``: nothing shows it;
+    5. :func:`judge` against ``expected`` (None: any benign verdict is good).
+    """
+    # Here, not at the top: harness.conformance loads scapy (seconds on a busy machine), and
+    # the matrix package and the CLI import this module long before any capture is checked.
+    from harness.conformance import MANDATORY_LEVELS
+
+    if capture_problem and observed != Verdict.ERROR:
+        observed, detail = Verdict.ERROR, capture_problem
+    mandatory = [f for f in findings if f.get("level") in MANDATORY_LEVELS]
+    theirs = [f for f in mandatory if f.get("role") == under_test]
+    ours = [f for f in mandatory if f.get("role") != under_test]
+    fault = _peer_fault(peer, peer_faults, theirs, under_test)
+    if fault:
+        observed, detail = Verdict.FAIL, fault + (f"; steps: {detail}" if detail else "")
+    elif ours and not reference_breaches_deliberate and observed.benign:
+        first = ours[0]
+        observed, detail = Verdict.ERROR, (
+            f"the {_reference(under_test)} broke {first['level']} {first['rule']} at frame "
+            f"{first['frame']}: {first['message']} (a harness bug)")
+    if observed.benign and not evidenced:
+        observed, detail = Verdict.ERROR, "no capture was written: the case is not evidenced"
+    return judge(observed, expected, detail)
 
 
-__all__ = ["BENIGN", "ORDER", "SYMBOLS", "Outcome", "Verdict", "judge", "worst"]
+def _peer_fault(peer: str, peer_faults: Sequence[str], theirs: Sequence[Finding],
+                under_test: str) -> str:
+    """Why the peer under test is at fault ("" when it is not)."""
+    if peer_faults:
+        return (f"{peer} broke the protocol (by the {_reference(under_test)}'s account): "
+                f"{peer_faults[0]}")
+    if theirs:
+        first = theirs[0]
+        return (f"{peer} broke {first['level']} {first['rule']} at frame {first['frame']} "
+                f"(spec \"{first['section']}\": \"{first['sentence']}\"): {first['message']}"
+                + (f" (and {len(theirs) - 1} more)" if len(theirs) > 1 else ""))
+    return ""
+
+
+def _reference(under_test: str) -> str:
+    """The reference peer facing a peer under test in role ``under_test``."""
+    return "reference client" if under_test == "server" else "reference server"
+
+
+__all__ = ["Finding", "Outcome", "judge", "judge_case"]

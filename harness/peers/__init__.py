@@ -12,6 +12,7 @@ filesystem under bubblewrap), ``docker`` (an image per suite).
 """
 
 from ._base import (
+    DRIVERS,
     ClientPeer,
     Endpoint,
     Peer,
@@ -24,7 +25,6 @@ from ._base import (
 )
 from ._provider import Provider, ProvisionReport
 from .catalog import (
-    DRIVERS,
     Catalog,
     PeerListing,
     list_peers,

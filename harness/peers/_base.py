@@ -1,38 +1,47 @@
-"""The driver protocol every peer follows, and peer names (``PROGRAM@VERSION``).
+"""The driver protocol every peer follows, the driver registry, and peer names.
 
-A driver is a class per real program. Bound to a :class:`Provider` (which
-suite's copy of the program runs, and how), it reports its version and, as a
-:class:`ServerPeer`, serves an :class:`~harness.peers.export.ExportSpec`
-(returning a :class:`RunningServer`), or, as a :class:`ClientPeer`, reads,
-writes and maps an :class:`Endpoint`.
+A driver is a class per real program, in a module of its own: everything the
+harness knows about the program lives there. Bound to a :class:`Provider`
+(which suite's copy of the program runs, and how), it reports its version and,
+as a :class:`ServerPeer`, says what it can be configured for and serves an
+:class:`~harness.peers.export.ExportSpec` (returning a :class:`RunningServer`),
+or, as a :class:`ClientPeer`, reads, writes and maps an :class:`Endpoint`.
+
+A driver registers itself in :data:`DRIVERS` when its class is defined (a
+class that sets ``program``); :func:`load_drivers` imports every module of
+this package, so a new peer is one new module (and its lines of data).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import os
+import pkgutil
 import re
 import shutil
 import subprocess
 import tempfile
 import time
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from harness.address import Address
 from harness.errors import UserError
 from harness.process import ManagedProcess, PeerError
 
-from .export import ExportSpec, Extents
+from ._observe import Observed, observe
+from .export import DataRange, ExportSpec, Extents, Layer
 
 if TYPE_CHECKING:
+    from harness.scenarios import ExportRequirements
+
     from ._provider import Provider
-    from .probe import Observed
 
 Role = Literal["server", "client"]
 Transport = Literal["tcp", "unix"]
@@ -229,20 +238,66 @@ def wait_gone(pids: Sequence[int], timeout: float) -> bool:
     return True
 
 
+DRIVERS: dict[str, type[Peer]] = {}
+"""Every driver by the program name users write (``qemu-nbd``, ``libnbd``, ...): servers
+first, then clients, our own (builtin) peers last in each role. Filled by the drivers
+themselves (:meth:`Peer.__init_subclass__`); :func:`load_drivers` imports them all."""
+
+
+def _listing_order(driver: type[Peer]) -> tuple[bool, bool, str]:
+    return "server" not in driver.roles, driver.builtin, driver.program
+
+
+def load_drivers() -> dict[str, type[Peer]]:
+    """Import every module of this package (each driver registers itself); :data:`DRIVERS`."""
+    package = __name__.rpartition(".")[0]
+    for module in pkgutil.iter_modules([os.fspath(Path(__file__).parent)]):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{package}.{module.name}")
+    ordered = sorted(DRIVERS.values(), key=_listing_order)
+    DRIVERS.clear()
+    DRIVERS.update((driver.program, driver) for driver in ordered)
+    return DRIVERS
+
+
 class Peer(ABC):
     """A real program (or our reference implementation) bound to the provider that runs it."""
 
     program: ClassVar[str]
-    """The name users write before ``@`` (``qemu-nbd``)."""
+    """The name users write before ``@`` (``qemu-nbd``); a class that sets it is a driver."""
     executable: ClassVar[str]
     """The file that runs (``python3`` for libnbd's bindings)."""
     roles: ClassVar[tuple[Role, ...]]
     version_argv: ClassVar[tuple[str, ...]] = ("--version",)
+    """The arguments that make the program print its version (:meth:`version`)."""
+    version_word: ClassVar[str] = ""
+    """The word the version number follows in that output (``qemu-nbd``); "" for the first."""
     misreports_version: ClassVar[bool] = False
+    """True when ``--version`` lies: the Debian package's version is believed instead."""
+    builtin: ClassVar[bool] = False
+    """True for our own peers: they run in this process, no provider or suite carries them."""
+    represents_family: ClassVar[bool] = False
+    """True for the program that stands for its version family in ``peers list`` rows of
+    versions no suite carries (``qemu-nbd`` for qemu)."""
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "program" not in cls.__dict__:
+            return  # a base shared by drivers (LibnbdScripted), not a driver itself
+        known = DRIVERS.get(cls.program)
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise TypeError(f"two drivers for {cls.program!r}: {known.__module__}."
+                            f"{known.__qualname__} and {cls.__module__}.{cls.__qualname__}")
+        DRIVERS[cls.program] = cls
 
     def __init__(self, provider: Provider, *, log_dir: Path | None = None) -> None:
         self.provider = provider
         self.log_dir = log_dir
+
+    @classmethod
+    def in_process(cls, version: str | None, *, log_dir: Path | None = None) -> Peer:
+        """A builtin peer for ``PROGRAM@VERSION`` (only drivers with ``builtin`` set)."""
+        raise PeerSpecError(f"{cls.program} is not built in: a provider must carry it")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.program} from {self.provider.name}>"
@@ -274,8 +329,8 @@ class Peer(ABC):
         return None if directory is None else Path(directory) / f"{self.program}-{what}.log"
 
     def parse_version(self, output: str) -> str:
-        """The version in the program's ``--version`` output."""
-        return version_in(output)
+        """The version in the program's ``--version`` output (after :attr:`version_word`)."""
+        return version_in(output, self.version_word)
 
     def version(self) -> PeerVersion:
         """Run the program's ``--version`` and say which version to believe."""
@@ -292,14 +347,82 @@ class Peer(ABC):
         return PeerVersion(self.program, reported, package, reported)
 
 
+KiB = 1024
+TLS_MODES = ("off", "optional", "required")
+
+
 class ServerPeer(Peer):
-    """A peer that serves exports."""
+    """A peer that serves exports, and what it can be configured for.
+
+    The class attributes and classmethods describe the program without running it
+    (the matrix asks them which scenarios a program can serve, and with which
+    options); :meth:`start` serves an export: it settles the options and the work
+    directory, then calls the driver's :meth:`serve`.
+    """
 
     roles = ("server",)
-    serves_descriptions = True
+    options_type: ClassVar[type | None] = None
+    """The driver's options class (``QemuNbdOptions``); None when it takes none."""
+    serves_descriptions: ClassVar[bool] = True
     """Whether the program can be given the export's description (NBD_INFO_DESCRIPTION)."""
+    handshakes: ClassVar[frozenset[str]] = frozenset({"fixed-newstyle"})
+    """The handshake styles it can be started with (``fixed-newstyle``, ``newstyle``,
+    ``oldstyle``)."""
+    tls_modes: ClassVar[frozenset[str]] = frozenset({"off", "required"})
+    """The TLS modes it is driven with (``off``, ``optional``, ``required``)."""
+    can_refuse_list: ClassVar[bool] = False
+    """Whether it can be configured to refuse NBD_OPT_LIST."""
+    reserved_export_names: ClassVar[frozenset[str]] = frozenset()
+    """Export names it cannot serve under."""
 
-    @abstractmethod
+    # --- what it can be configured for ---------------------------------------------------
+
+    @classmethod
+    def default_options(cls) -> object | None:
+        """The options :meth:`start` uses when given none of :attr:`options_type`."""
+        return cls.options_type() if cls.options_type is not None else None
+
+    @classmethod
+    def options_for(cls, export: ExportRequirements) -> object | None:
+        """The options that make this program serve a scenario's ``export`` (None: the
+        defaults)."""
+        return None
+
+    @classmethod
+    def unservable(cls, export: ExportRequirements) -> str | None:
+        """Why this program cannot serve a scenario's ``export`` as it is described (None:
+        it can, with :meth:`options_for`)."""
+        program = cls.program
+        spec = export.spec
+        if spec.description and not cls.serves_descriptions:
+            return f"{program} cannot be given an export description"
+        if spec.name in cls.reserved_export_names:
+            return f"{program} cannot name an export {spec.name!r}"
+        if export.handshake not in cls.handshakes:
+            return f"{program} cannot be started with a {export.handshake} handshake"
+        if spec.block_sizes_set or spec.block_size_required:
+            return f"{program} cannot be given the scenario's block size constraints"
+        if export.extra_exports:
+            return f"{program} serves one export here; the scenario needs " \
+                   f"{len(export.extra_exports)} more"
+        if export.tls not in cls.tls_modes:
+            driven = " or ".join(m for m in TLS_MODES if m in cls.tls_modes and m != "off")
+            return f"{program} is not driven with {export.tls} TLS (only {driven})"
+        if not export.list_exports and not cls.can_refuse_list:
+            return f"{program} cannot refuse NBD_OPT_LIST by configuration"
+        if not spec.multi_conn:
+            return f"{program} is not driven with a non-shareable export"
+        return None
+
+    @classmethod
+    def probe_export(cls) -> tuple[ExportSpec, object | None]:
+        """The export (and options) this program is probed with (:meth:`advertised`): the
+        way ``matrix/peers`` describes it. By default 1 MiB of raw data and a hole."""
+        return ExportSpec(size=1024 * KiB, image_format="raw",
+                          layers=(Layer((DataRange(0, 64 * KiB),)),)), None
+
+    # --- serving --------------------------------------------------------------------------
+
     def start(
         self,
         export: ExportSpec,
@@ -309,14 +432,46 @@ class ServerPeer(Peer):
         options: object | None = None,
         ready_timeout: float = READY_TIMEOUT,
     ) -> RunningServer:
-        """Prepare ``export`` in ``workdir`` and serve it; return once it accepts clients."""
+        """Prepare ``export`` in ``workdir`` and serve it; return once it accepts clients.
 
-    def advertised(self, workdir: Path | None = None) -> Observed:
+        ``options`` of another driver's type are ignored (the defaults are used).
+        """
+        if export.name in self.reserved_export_names:
+            names = " and ".join(repr(name) for name in sorted(self.reserved_export_names))
+            raise ValueError(f"{self.program} needs an export name other than {names}")
+        options_type = self.options_type
+        chosen = options if options_type is not None and isinstance(options, options_type) \
+            else self.default_options()
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        return self.serve(export, workdir, chosen, transport=transport,
+                          ready_timeout=ready_timeout)
+
+    def serve(self, export: ExportSpec, workdir: Path, options: Any, *, transport: Transport,
+              ready_timeout: float) -> RunningServer:
+        """Serve ``export`` from the existing ``workdir`` with ``options`` (of
+        :attr:`options_type`, or None); each driver implements it (:meth:`start` calls it)."""
+        raise NotImplementedError(f"{type(self).__name__} serves nothing")
+
+    def advertised(self, workdir: Path | None = None, *,
+                   probe_of: type[ServerPeer] | None = None) -> Observed:
         """Start this server on its probe export and report the features it advertises
-        (ids of ``matrix/features.toml``; see :mod:`harness.peers.probe`)."""
-        from .probe import probe_server
+        (ids of ``matrix/features.toml``); the server is always stopped.
 
-        return probe_server(self, workdir)
+        ``probe_of`` serves the probe export of another program, with this server's
+        default options (the profile of that program is probed with the same export as
+        the real one).
+        """
+        export, options = (probe_of or self).probe_export()
+        if probe_of is not None:
+            options = None
+        directory = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="nbdh-probe-"))
+        try:
+            with self.start(export, directory / self.program, options=options) as server:
+                return observe(server.uri)
+        finally:
+            if workdir is None:
+                shutil.rmtree(directory, ignore_errors=True)
 
     def launch(
         self,
@@ -443,6 +598,7 @@ def scratch_dir() -> Iterator[Path]:
 
 __all__ = [
     "CLIENT_TIMEOUT",
+    "DRIVERS",
     "READY_TIMEOUT",
     "ClientPeer",
     "Endpoint",
@@ -454,6 +610,7 @@ __all__ = [
     "RunningServer",
     "ServerPeer",
     "Transport",
+    "load_drivers",
     "parse_peer_spec",
     "scratch_dir",
     "version_in",

@@ -141,7 +141,6 @@ class Provider(ABC):
         """The environment of the command :meth:`wrap` returns (the program's, by default)."""
         return self.environment()
 
-    @abstractmethod
     def wrap(
         self,
         argv: Argv,
@@ -155,8 +154,17 @@ class Provider(ABC):
 
         ``binds`` must be visible at the same path; ``pid_namespace`` puts the program in a
         PID namespace of its own, so a daemon that detaches still dies with the command;
-        ``label`` names what may need cleaning up after (a container).
+        ``label`` names what may need cleaning up after (a container). Each provider says
+        how in :meth:`wrap_words`.
         """
+        return self.wrap_words([os.fspath(word) for word in argv], binds=outermost(binds),
+                               cwd=cwd, pid_namespace=pid_namespace, label=label)
+
+    @abstractmethod
+    def wrap_words(self, words: list[str], *, binds: list[str], cwd: Path | None,
+                   pid_namespace: bool, label: str | None) -> list[str]:
+        """:meth:`wrap` for ``argv`` as strings and ``binds`` as the outermost absolute
+        directories (none inside another)."""
 
     def cleanup(self, label: str) -> None:  # noqa: B027 - optional hook
         """Remove what outlives a stopped command (a container); nothing by default."""
@@ -256,6 +264,31 @@ class Provider(ABC):
         )
 
 
+def outermost(binds: Sequence[Path]) -> list[str]:
+    """Absolute bind directories, without duplicates and without ones inside another."""
+    paths = sorted({os.path.abspath(os.fspath(path)) for path in binds}, key=len)
+    kept: list[str] = []
+    for path in paths:
+        if not any(path == outer or path.startswith(outer.rstrip("/") + "/") for outer in kept):
+            kept.append(path)
+    return kept
+
+
+def sandboxed(bwrap: str, sandbox: Sequence[str], words: Sequence[str],
+              cwd: Path | None) -> list[str]:
+    """``bwrap SANDBOX... --unshare-pid --die-with-parent [--chdir CWD] -- WORDS``: a PID
+    namespace of its own, so whatever the program forks dies with the command."""
+    return [
+        bwrap,
+        *sandbox,
+        "--unshare-pid",
+        "--die-with-parent",
+        *(["--chdir", os.fspath(cwd)] if cwd is not None else []),
+        "--",
+        *words,
+    ]
+
+
 def require_ready(provider: Provider) -> None:
     """Raise :class:`PeerError` naming the install command when ``provider`` is not ready."""
     if not provider.ready():
@@ -268,7 +301,9 @@ __all__ = [
     "Progress",
     "Provider",
     "ProvisionReport",
+    "outermost",
     "read_dpkg_status",
     "require_ready",
+    "sandboxed",
     "upstream_version",
 ]

@@ -1,4 +1,4 @@
-"""What qemu's programs share: TLS objects and NBD image options."""
+"""What qemu's programs share: TLS objects, NBD image options, the probe export."""
 
 from __future__ import annotations
 
@@ -6,9 +6,38 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from ._base import Endpoint
+from ._base import Endpoint, KiB, ServerPeer
+from ._images import build_qcow2_chain, write_raw_flat
+from ._observe import PROBE_BITMAP
+from .export import BitmapSpec, DataRange, ExportSpec, ExportSpecError, Layer
 
 TLS_ID = "tls0"
+
+
+def probe_chain() -> ExportSpec:
+    """What qemu's servers are probed with: a qcow2 chain with a bitmap, as ``matrix/peers``
+    describes qemu (a backing chain for allocation depth, a write after the bitmap)."""
+    return ExportSpec(
+        size=1024 * KiB,
+        layers=(Layer((DataRange(0, 64 * KiB, 2),)), Layer((DataRange(128 * KiB, 64 * KiB),))),
+        bitmaps=(BitmapSpec(PROBE_BITMAP),),
+        writes_after_bitmaps=(DataRange(256 * KiB, 64 * KiB, 3),),
+    )
+
+
+def build_image(server: ServerPeer, export: ExportSpec, workdir: Path, *,
+                live_bitmaps: bool = False) -> Path:
+    """Materialize the export in ``workdir`` with ``server``'s suite's qemu tools: a qcow2
+    chain, or a flat raw file (which has nowhere to keep bitmaps, persistent or
+    ``live_bitmaps`` added once the server runs)."""
+    if export.image_format == "qcow2":
+        return build_qcow2_chain(export, workdir, server.provider,
+                                 server.log_path(workdir, "image"))
+    if export.bitmaps or live_bitmaps:
+        raise ExportSpecError(
+            "dirty bitmaps need image_format qcow2 (a raw image has nowhere to keep them)"
+        )
+    return write_raw_flat(export, workdir / "export.raw")
 
 
 def escape_option(value: str) -> str:
@@ -54,4 +83,5 @@ def client_args(endpoint: Endpoint) -> list[str]:
     return [*objects, "--image-opts", nbd_image_opts(endpoint)]
 
 
-__all__ = ["TLS_ID", "client_args", "escape_option", "nbd_image_opts", "tls_object"]
+__all__ = ["TLS_ID", "build_image", "client_args", "escape_option", "nbd_image_opts", "probe_chain",
+           "tls_object"]

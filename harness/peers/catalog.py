@@ -14,47 +14,42 @@ from pathlib import Path
 
 from harness.process import PeerError
 
-from ._base import ClientPeer, Peer, PeerSpec, PeerSpecError, ServerPeer, parse_peer_spec
+from ._base import (
+    DRIVERS,
+    ClientPeer,
+    Peer,
+    PeerSpec,
+    PeerSpecError,
+    ServerPeer,
+    load_drivers,
+    parse_peer_spec,
+)
 from ._provider import Provider, read_dpkg_status, upstream_version
 from .docker import DockerProvider
 from .host import HostProvider, host_codename
-from .libnbd_python import LibnbdPython
-from .nbd_server import NbdServer
-from .nbdcopy import Nbdcopy
-from .nbdinfo import Nbdinfo
-from .nbdkit import Nbdkit
-from .nbdsh import Nbdsh
-from .qemu_img import QemuImg
-from .qemu_io import QemuIo
-from .qemu_nbd import QemuNbd
-from .qemu_storage_daemon import QemuStorageDaemon
-from .reference import ReferenceClientPeer, ReferenceServerPeer
 from .rootfs import RootfsProvider
 from .suites import PROVIDER_KINDS, Suite, SuiteData, load_suites
 
-DRIVERS: dict[str, type[Peer]] = {
-    driver.program: driver
-    for driver in (
-        QemuNbd,
-        QemuStorageDaemon,
-        Nbdkit,
-        NbdServer,
-        ReferenceServerPeer,
-        Nbdinfo,
-        Nbdsh,
-        Nbdcopy,
-        LibnbdPython,
-        QemuImg,
-        QemuIo,
-        ReferenceClientPeer,
-    )
-}
-"""Every driver by the program name users write (``qemu-nbd``, ``libnbd``, ...)."""
+load_drivers()
 
-BUILTIN_PROGRAMS = ("reference-server", "reference-client")
-PRIMARY_PROGRAMS = {"qemu": "qemu-nbd", "nbdkit": "nbdkit", "nbd-server": "nbd-server",
-                    "libnbd": "libnbd"}
-"""The program that stands for a version family no suite carries (``peers list``)."""
+
+def builtin_programs() -> tuple[str, ...]:
+    """Our own peers (``reference-server``, ``reference-client``): always provided."""
+    return tuple(program for program, driver in DRIVERS.items() if driver.builtin)
+
+
+BUILTIN_PROGRAMS = builtin_programs()
+
+
+def family_programs(data: SuiteData) -> dict[str, str]:
+    """Version family -> the program that stands for it (``qemu`` -> ``qemu-nbd``) in rows
+    of versions no suite carries."""
+    found: dict[str, str] = {}
+    for program, driver in DRIVERS.items():
+        family = data.family_of(program)
+        if driver.represents_family and family is not None:
+            found.setdefault(family, program)
+    return found
 
 
 def _version_matches(actual: str | None, wanted: str) -> bool:
@@ -153,10 +148,8 @@ class Catalog:
         if driver is None:
             known = ", ".join(sorted(DRIVERS))
             raise PeerSpecError(f"unknown peer program {spec.program!r}; known: {known}")
-        if spec.program == "reference-server":
-            return ReferenceServerPeer(profile=spec.version, log_dir=log_dir)
-        if spec.program == "reference-client":
-            return ReferenceClientPeer(log_dir=log_dir)
+        if driver.builtin:
+            return driver.in_process(spec.version, log_dir=log_dir)
         candidates = self.candidates(spec)
         for provider in candidates:
             if provider.ready():
@@ -175,7 +168,8 @@ class Catalog:
         message = f"no Debian suite in matrix/suites.toml carries {spec}"
         if carried:
             message += f" ({spec.program} versions carried: {', '.join(carried)})"
-        if spec.version and family in ("qemu", "nbdkit", "nbd-server"):
+        played = family_programs(self.data).get(family or "")
+        if spec.version and played is not None and issubclass(DRIVERS[played], ServerPeer):
             profile = f"reference-server@{family}-{spec.version}"
             message += f"; the reference server can play it: {profile}"
         raise PeerSpecError(message)
@@ -247,7 +241,7 @@ class PeerListing:
 
 
 def _programs_in_order() -> list[str]:
-    return [name for name in DRIVERS if name not in BUILTIN_PROGRAMS]
+    return [name for name, driver in DRIVERS.items() if not driver.builtin]
 
 
 def list_peers(catalog: Catalog | None = None, *, unpackaged: bool = True) -> list[PeerListing]:
@@ -298,7 +292,7 @@ def _unpackaged_rows(catalog: Catalog, listed: set[tuple[str, str]]) -> list[Pee
     rows = [
         PeerListing(peer=name, program=name, version="builtin", family=None,
                     roles=DRIVERS[name].roles, suite=None, provided=True, provider="builtin")
-        for name in BUILTIN_PROGRAMS
+        for name in builtin_programs()
     ]
     try:
         from harness.peerdata import load_peerdata
@@ -306,8 +300,9 @@ def _unpackaged_rows(catalog: Catalog, listed: set[tuple[str, str]]) -> list[Pee
         peerdata = load_peerdata()
     except (ImportError, PeerError, ValueError):
         return rows
+    standing_for = family_programs(catalog.data)
     for family, program_data in peerdata.programs.items():
-        program = PRIMARY_PROGRAMS.get(family)
+        program = standing_for.get(family)
         if program is None:
             continue
         for info in program_data.versions:
@@ -331,6 +326,8 @@ __all__ = [
     "PeerListing",
     "ProviderState",
     "build_providers",
+    "builtin_programs",
+    "family_programs",
     "list_peers",
     "resolve_client",
     "resolve_peer",

@@ -17,19 +17,19 @@ import functools
 import itertools
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
+from harness import paths
 from harness.process import PeerError, find_program, run_command
 
-from ._provider import Argv, Progress, Provider, ProvisionReport, upstream_version
-from .rootfs import outermost, run_with_progress
-from .suites import REPO, Suite, host_mirror
+from ._provider import Progress, Provider, ProvisionReport, upstream_version
+from .rootfs import run_with_progress
+from .suites import Suite, host_mirror
 
 IMAGE_ENV = "NBD_HARNESS_DOCKER_IMAGE"
 PULL_ENV = "NBD_HARNESS_DOCKER_PULL"
 DEFAULT_IMAGE = "nbd-harness-peers"
-DOCKER_DIR = REPO / "matrix" / "docker"
+DOCKER_DIR = paths.DOCKER_DIR
 QUERY_TIMEOUT = 20.0
 BUILD_TIMEOUT = 30 * 60.0
 _labels = itertools.count(1)
@@ -149,15 +149,8 @@ class DockerProvider(Provider):
 
     # --- running ------------------------------------------------------------------------------
 
-    def wrap(
-        self,
-        argv: Argv,
-        *,
-        binds: Sequence[Path] = (),
-        cwd: Path | None = None,
-        pid_namespace: bool = False,
-        label: str | None = None,
-    ) -> list[str]:
+    def wrap_words(self, words: list[str], *, binds: list[str], cwd: Path | None,
+                   pid_namespace: bool, label: str | None) -> list[str]:
         name = label or f"nbd-harness-{os.getpid()}-{next(_labels)}"
         command = [
             self.docker, "run", "--rm", "--init",
@@ -167,13 +160,13 @@ class DockerProvider(Provider):
         if os.getuid() != 0:
             # Files the peer writes in bound directories stay the caller's.
             command += ["--user", f"{os.getuid()}:{os.getgid()}"]
-        for directory in outermost(binds):
+        for directory in binds:
             command += ["--volume", f"{directory}:{directory}"]
         if cwd is not None:
             command += ["--workdir", os.fspath(cwd)]
         for key, value in sorted(self.environment().items()):
             command += ["--env", f"{key}={value}"]
-        return [*command, self.image, *[os.fspath(word) for word in argv]]
+        return [*command, self.image, *words]
 
     def process_environment(self) -> dict[str, str]:
         # The docker client needs the caller's environment (DOCKER_HOST, HOME, ...); the

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from harness.errors import UserError
+from harness.protocol.extents import merge_extents
 
 ImageFormat = Literal["raw", "qcow2"]
 IMAGE_FORMATS: tuple[ImageFormat, ...] = ("raw", "qcow2")
@@ -93,13 +94,23 @@ Extents = list[tuple[int, int, int]]
 
 @dataclass(frozen=True)
 class ExportSpec:
-    """An export to serve: size, image format, backing chain, bitmaps, access and TLS.
+    """An export to serve: size, image format, backing chain, bitmaps, access, TLS, and
+    the per-export properties a server advertises for it.
+
+    This is the one export model: every server driver serves it, and a scenario's
+    :class:`~harness.scenarios.ExportRequirements` holds one.
 
     ``layers`` run from the base image to the top one. ``bitmaps`` are created in
     the top layer after the layers got their data; ``writes_after_bitmaps`` are
     then written into the top layer, so exactly their granules are dirty.
     ``tls_dir`` is a directory from :func:`harness.tls.make_test_pki`: the server
     then requires TLS (FORCEDTLS) with that PKI.
+
+    Block sizes are None when the server chooses them; ``multi_conn`` marks the
+    export shareable between connections (NBD_FLAG_CAN_MULTI_CONN where the server
+    can); ``init_state`` enables the experimental NBD_INFO_INIT_STATE.  Not every
+    program can be configured for all of these: what a driver cannot serve,
+    :func:`harness.matrix._setup.unservable` says.
     """
 
     size: int
@@ -112,6 +123,12 @@ class ExportSpec:
     tls_dir: Path | None = None
     description: str = ""
     cluster_size: int = DEFAULT_CLUSTER_SIZE
+    min_block_size: int | None = None
+    preferred_block_size: int | None = None
+    max_payload_size: int | None = None
+    block_size_required: bool = False
+    multi_conn: bool = True
+    init_state: bool = False
 
     def __post_init__(self) -> None:
         if self.size <= 0:
@@ -149,6 +166,14 @@ class ExportSpec:
             raise ExportSpecError("writes_after_bitmaps needs at least one bitmap")
 
     # --- shape ---------------------------------------------------------------------------
+
+    @property
+    def block_sizes_set(self) -> bool:
+        """True when any block size constraint is given (else the server chooses them)."""
+        return any(
+            size is not None
+            for size in (self.min_block_size, self.preferred_block_size, self.max_payload_size)
+        )
 
     @property
     def chain(self) -> tuple[Layer, ...]:
@@ -199,7 +224,7 @@ class ExportSpec:
 
     def base_allocation(self) -> Extents:
         """``base:allocation``: data (0) where any layer has data, else hole+zero (3)."""
-        return _merge(
+        return merge_extents(
             [
                 (offset, length, HOLE_FLAGS if depth == 0 else DATA_FLAGS)
                 for offset, length, depth in self.allocation_depth()
@@ -236,22 +261,6 @@ def _runs(values: Sequence[int], unit: int, size: int) -> Extents:
         else:
             extents.append((start, length, value))
     return extents
-
-
-def _merge(extents: Extents) -> Extents:
-    merged: Extents = []
-    for offset, length, flags in extents:
-        if merged and merged[-1][2] == flags:
-            start, previous, _ = merged[-1]
-            merged[-1] = (start, previous + length, flags)
-        else:
-            merged.append((offset, length, flags))
-    return merged
-
-
-def merge_extents(extents: Iterable[tuple[int, int, int]]) -> Extents:
-    """Merge adjacent extents with equal flags (clients split them differently)."""
-    return _merge(list(extents))
 
 
 __all__ = [

@@ -6,12 +6,18 @@ import functools
 import os
 import shutil
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from harness.process import find_program
 
-from ._provider import SYSTEM_PATH, Argv, Progress, Provider, ProvisionReport, read_dpkg_status
+from ._provider import (
+    SYSTEM_PATH,
+    Progress,
+    Provider,
+    ProvisionReport,
+    read_dpkg_status,
+    sandboxed,
+)
 
 OS_RELEASE = Path("/etc/os-release")
 
@@ -72,16 +78,8 @@ class HostProvider(Provider):
         environment.pop("LIBNBD_DEBUG", None)
         return environment
 
-    def wrap(
-        self,
-        argv: Argv,
-        *,
-        binds: Sequence[Path] = (),
-        cwd: Path | None = None,
-        pid_namespace: bool = False,
-        label: str | None = None,
-    ) -> list[str]:
-        words = [os.fspath(word) for word in argv]
+    def wrap_words(self, words: list[str], *, binds: list[str], cwd: Path | None,
+                   pid_namespace: bool, label: str | None) -> list[str]:
         if os.sep not in words[0]:
             found = shutil.which(words[0], path=self._path())
             words[0] = found if found is not None else find_program(words[0])
@@ -89,16 +87,8 @@ class HostProvider(Provider):
             return words
         # A daemon that detaches (nbd-server) leaves our process group; in a PID namespace
         # of its own it still dies when bwrap does.
-        return [
-            find_program("bwrap"),
-            "--dev-bind", "/", "/",
-            "--proc", "/proc",
-            "--unshare-pid",
-            "--die-with-parent",
-            *(["--chdir", os.fspath(cwd)] if cwd is not None else []),
-            "--",
-            *words,
-        ]
+        return sandboxed(find_program("bwrap"), ["--dev-bind", "/", "/", "--proc", "/proc"],
+                         words, cwd)
 
 
 __all__ = ["HostProvider", "host_codename"]

@@ -7,7 +7,6 @@ is named ``libnbd@VERSION``.
 
 from __future__ import annotations
 
-from ._base import version_in
 from ._libnbd import PYTHON_PRELUDE, version_script
 from .nbdsh import LibnbdScripted
 
@@ -17,6 +16,8 @@ class LibnbdPython(LibnbdScripted):
 
     program = "libnbd"
     executable = "python3"
+    version_word = "libnbd"
+    represents_family = True
     version_argv = ("-c", version_script())
 
     def command(self, script: str) -> list[str]:
@@ -27,9 +28,6 @@ class LibnbdPython(LibnbdScripted):
         return (bool(package) and package in self.provider.installed_packages()) or (
             self.provider.kind == "docker" and self.provider.has_program(self.program)
         )
-
-    def parse_version(self, output: str) -> str:
-        return version_in(output, "libnbd")
 
 
 __all__ = ["LibnbdPython"]

@@ -20,10 +20,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ._base import READY_TIMEOUT, RunningServer, ServerPeer, Transport
+from ._base import RunningServer, ServerPeer, Transport
 from ._images import write_raw_flat
 from .export import ExportSpec
+
+if TYPE_CHECKING:
+    from harness.scenarios import ExportRequirements
 
 # Runs the daemon, then stays in the foreground while it lives ($1 config, $2 pid file).
 SUPERVISOR = """
@@ -59,6 +63,15 @@ class NbdServer(ServerPeer):
     # nbd-server(5) has no description switch, and nbd-server never sends NBD_INFO_DESCRIPTION
     # (which the spec lets a server leave out): an export's description cannot be served.
     serves_descriptions = False
+    represents_family = True
+    options_type = NbdServerOptions
+    can_refuse_list = True  # allowlist = false
+    # "generic" is the configuration file's global section; "" is no section name at all.
+    reserved_export_names = frozenset({"", "generic"})
+
+    @classmethod
+    def options_for(cls, export: ExportRequirements) -> NbdServerOptions | None:
+        return None if export.list_exports else NbdServerOptions(allow_list=False)
 
     def config_text(self, export: ExportSpec, image: Path, options: NbdServerOptions, *,
                     port: int | None = None, socket: Path | None = None) -> str:
@@ -91,26 +104,14 @@ class NbdServer(ServerPeer):
         section += [f"    {line}" for line in options.extra_export_lines]
         return "\n".join([*generic, "", *section]) + "\n"
 
-    def start(
-        self,
-        export: ExportSpec,
-        workdir: Path,
-        *,
-        transport: Transport = "tcp",
-        options: object | None = None,
-        ready_timeout: float = READY_TIMEOUT,
-    ) -> RunningServer:
-        opts = options if isinstance(options, NbdServerOptions) else NbdServerOptions()
-        if not export.name or export.name == "generic":
-            raise ValueError("nbd-server needs an export name other than '' and 'generic'")
-        workdir = Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
+    def serve(self, export: ExportSpec, workdir: Path, options: NbdServerOptions, *,
+              transport: Transport, ready_timeout: float) -> RunningServer:
         image = write_raw_flat(export, workdir / "export.raw")
         config = workdir / "nbd-server.conf"
         pid_file = workdir / "nbd-server.pid"
 
         def command(**listen: object) -> list[str]:
-            config.write_text(self.config_text(export, image, opts, **listen))  # type: ignore[arg-type]
+            config.write_text(self.config_text(export, image, options, **listen))  # type: ignore[arg-type]
             pid_file.unlink(missing_ok=True)
             return ["sh", "-c", SUPERVISOR, "nbd-server-supervisor", os.fspath(config),
                     os.fspath(pid_file)]

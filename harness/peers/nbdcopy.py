@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._base import ClientPeer, Endpoint, scratch_dir, version_in
+from ._base import ClientPeer, Endpoint, scratch_dir
 
 
 class Nbdcopy(ClientPeer):
@@ -13,10 +13,8 @@ class Nbdcopy(ClientPeer):
 
     program = "nbdcopy"
     executable = "nbdcopy"
+    version_word = "nbdcopy"
     capabilities = frozenset({"read", "copy"})
-
-    def parse_version(self, output: str) -> str:
-        return version_in(output, "nbdcopy")
 
     def copy_from(self, endpoint: Endpoint, destination: Path) -> None:
         """Copy the whole export into the file ``destination``."""

@@ -21,12 +21,16 @@ import functools
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 from harness.process import PeerError
 
-from ._base import READY_TIMEOUT, RunningServer, ServerPeer, Transport, version_in
+from ._base import KiB, RunningServer, ServerPeer, Transport
 from ._images import write_raw_flat
 from .export import ExportSpec, ExportSpecError
+
+if TYPE_CHECKING:
+    from harness.scenarios import ExportRequirements
 
 PLUGINS = ("file", "data", "memory", "pattern", "eval", "sh")
 # Plugins whose content the export cannot describe: it must carry no data.
@@ -104,9 +108,30 @@ class Nbdkit(ServerPeer):
 
     program = "nbdkit"
     executable = "nbdkit"
+    version_word = "nbdkit"
+    represents_family = True
+    options_type = NbdkitOptions
+    # --oldstyle, and --mask-handshake=0: newstyle without NBD_FLAG_FIXED_NEWSTYLE.
+    handshakes = frozenset({"fixed-newstyle", "newstyle", "oldstyle"})
+    plugin: ClassVar[str] = "data"
+    """The plugin it serves with unless the options say otherwise (see the module doc)."""
 
-    def parse_version(self, output: str) -> str:
-        return version_in(output, "nbdkit")
+    @classmethod
+    def default_options(cls) -> NbdkitOptions:
+        return NbdkitOptions(plugin=cls.plugin)
+
+    @classmethod
+    def options_for(cls, export: ExportRequirements) -> NbdkitOptions | None:
+        if export.handshake == "oldstyle":
+            return replace(cls.default_options(), oldstyle=True)
+        if export.handshake == "newstyle":
+            return replace(cls.default_options(), mask_handshake=0)
+        return None
+
+    @classmethod
+    def probe_export(cls) -> tuple[ExportSpec, NbdkitOptions]:
+        # The plugin matrix/peers/nbdkit.toml's claims are written for.
+        return ExportSpec(size=1024 * KiB, image_format="raw"), NbdkitOptions(plugin="memory")
 
     @functools.cached_property
     def help_text(self) -> str:
@@ -171,21 +196,11 @@ class Nbdkit(ServerPeer):
             argv.append(f"--filter={name}")
         return [*argv, *options.extra_args]
 
-    def start(
-        self,
-        export: ExportSpec,
-        workdir: Path,
-        *,
-        transport: Transport = "tcp",
-        options: object | None = None,
-        ready_timeout: float = READY_TIMEOUT,
-    ) -> RunningServer:
-        opts = options if isinstance(options, NbdkitOptions) else NbdkitOptions()
-        workdir = Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        head = self.switches(export, opts)
-        tail = [*self.plugin_argv(export, workdir, opts), *exportname_filter_args(export, opts),
-                *opts.filter_args]
+    def serve(self, export: ExportSpec, workdir: Path, options: NbdkitOptions, *,
+              transport: Transport, ready_timeout: float) -> RunningServer:
+        head = self.switches(export, options)
+        tail = [*self.plugin_argv(export, workdir, options),
+                *exportname_filter_args(export, options), *options.filter_args]
         return self.launch(
             export,
             workdir,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from harness.process import PeerError
 
+from ._actions import ActionOutput, output_reader, parse_json
 from ._base import ClientPeer, Endpoint, scratch_dir
 from ._libnbd import (
     map_script,
@@ -13,6 +16,23 @@ from ._libnbd import (
     write_script,
 )
 from .export import Extents
+
+# What the nbdsh scripts of matrix/client-actions.toml print.
+
+
+@output_reader("json-size")
+def read_size(stdout: str, out: Path) -> ActionOutput:
+    return ActionOutput(size=parse_json(stdout)["size"])
+
+
+@output_reader("json-list")
+def read_list(stdout: str, out: Path) -> ActionOutput:
+    return ActionOutput(exports=list(parse_json(stdout)))
+
+
+@output_reader("json-extents")
+def read_extents(stdout: str, out: Path) -> ActionOutput:
+    return ActionOutput(extents=[tuple(e) for e in parse_json(stdout)])  # type: ignore[misc]
 
 
 class LibnbdScripted(ClientPeer):
@@ -56,14 +76,10 @@ class Nbdsh(LibnbdScripted):
 
     program = "nbdsh"
     executable = "nbdsh"
+    version_word = "libnbd"
 
     def command(self, script: str) -> list[str]:
         return ["-c", script]
-
-    def parse_version(self, output: str) -> str:
-        from ._base import version_in
-
-        return version_in(output, "libnbd")
 
 
 __all__ = ["LibnbdScripted", "Nbdsh"]

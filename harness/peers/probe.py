@@ -1,9 +1,11 @@
 """Start a server peer and see what it offers; compare peers with the matrix data.
 
-:func:`probe_server` serves a small export the way ``matrix/peers`` describes
-each program (qemu with a qcow2 chain, a bitmap and ``-A``; nbdkit's memory
-plugin; nbd-server with flush/FUA/trim on), connects the reference client and
-turns what was negotiated into feature ids of ``matrix/features.toml``.
+:func:`probe_server` serves the small export each driver is probed with, the
+way ``matrix/peers`` describes the program (:meth:`ServerPeer.probe_export`:
+qemu with a qcow2 chain, a bitmap and ``-A``; nbdkit's memory plugin;
+nbd-server with flush/FUA/trim on), connects the reference client and turns
+what was negotiated into feature ids of ``matrix/features.toml``
+(:mod:`harness.peers._observe`).
 :func:`check_peer` is one line of ``peers doctor``: the version the program
 reports against ``matrix/suites.toml`` and ``matrix/peers``, and the features
 it advertises against the claims for that version.
@@ -11,105 +13,19 @@ it advertises against the claims for that version.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.process import PeerError
-from harness.protocol import constants as c
 
-from ._base import ClientPeer, Peer, PeerVersion, RunningServer, ServerPeer
-from .export import BitmapSpec, DataRange, ExportSpec, Layer
-from .nbdkit import NbdkitOptions
-from .qemu_nbd import QemuNbdOptions
-
-PROBE_BITMAP = "b0"
-KiB = 1024
-
-# Transmission flag -> the feature it shows (on a writable export).
-FLAG_FEATURES: dict[str, c.TransmissionFlag] = {
-    "write-zeroes": c.TransmissionFlag.SEND_WRITE_ZEROES,
-    "trim": c.TransmissionFlag.SEND_TRIM,
-    "flush": c.TransmissionFlag.SEND_FLUSH,
-    "fua": c.TransmissionFlag.SEND_FUA,
-    "cache": c.TransmissionFlag.SEND_CACHE,
-    "df": c.TransmissionFlag.SEND_DF,
-    "fast-zero": c.TransmissionFlag.SEND_FAST_ZERO,
-    "multi-conn-writable": c.TransmissionFlag.CAN_MULTI_CONN,
-    "block-status-payload": c.TransmissionFlag.BLOCK_STATUS_PAYLOAD,
-}
-CONTEXT_FEATURES = {
-    "base-allocation": c.BASE_ALLOCATION,
-    "allocation-depth": c.QEMU_ALLOCATION_DEPTH,
-    "dirty-bitmap": c.QEMU_DIRTY_BITMAP_PREFIX + PROBE_BITMAP,
-}
-OBSERVABLE = frozenset({"no-zeroes", "opt-go", "info-block-size", "structured-replies",
-                        "extended-headers", "list-exports", *FLAG_FEATURES, *CONTEXT_FEATURES})
-"""The server features a probe can see."""
+from ._base import ClientPeer, Peer, PeerVersion, ServerPeer
+from ._observe import CONTEXT_FEATURES, FLAG_FEATURES, OBSERVABLE, PROBE_BITMAP, Observed, observe
+from .export import ExportSpec
 
 
 def probe_export(peer: ServerPeer) -> tuple[ExportSpec, object | None]:
     """The export (and driver options) a program is probed with, as the data describes it."""
-    if peer.program in ("qemu-nbd", "qemu-storage-daemon"):
-        chain = ExportSpec(
-            size=1024 * KiB,
-            layers=(Layer((DataRange(0, 64 * KiB, 2),)), Layer((DataRange(128 * KiB, 64 * KiB),))),
-            bitmaps=(BitmapSpec(PROBE_BITMAP),),
-            writes_after_bitmaps=(DataRange(256 * KiB, 64 * KiB, 3),),
-        )
-        # A shareable export (--shared > 1): the data's claims are for those.
-        return chain, QemuNbdOptions(shared=2) if peer.program == "qemu-nbd" else None
-    if peer.program == "nbdkit":
-        return ExportSpec(size=1024 * KiB, image_format="raw"), NbdkitOptions(plugin="memory")
-    return ExportSpec(size=1024 * KiB, image_format="raw",
-                      layers=(Layer((DataRange(0, 64 * KiB),)),)), None
-
-
-@dataclass
-class Observed:
-    """What a probe saw: feature ids present and absent, and the raw negotiation."""
-
-    present: set[str] = field(default_factory=set)
-    absent: set[str] = field(default_factory=set)
-    negotiation: dict = field(default_factory=dict)
-
-    def record(self, feature: str, seen: bool) -> None:
-        (self.present if seen else self.absent).add(feature)
-
-
-def observe(server: RunningServer) -> Observed:
-    """Connect the reference client to ``server`` and record what it offers."""
-    from harness.client import Client, ConnectOptions, NbdClientError
-
-    observed = Observed()
-    contexts = tuple(CONTEXT_FEATURES.values())
-    with Client.connect(server.uri, options=ConnectOptions(meta_contexts=contexts,
-                                                           timeout=20)) as client:
-        negotiation = client.negotiation
-    observed.negotiation = negotiation.as_dict()
-    observed.record("no-zeroes",
-                    bool(negotiation.handshake_flags & c.HandshakeFlag.NO_ZEROES))
-    observed.record("opt-go", negotiation.selected_with == "NBD_OPT_GO")
-    observed.record("info-block-size", negotiation.block_size is not None)
-    observed.record("extended-headers", negotiation.extended_headers)
-    # A client that negotiated extended headers never asks for structured replies.
-    observed.record("structured-replies",
-                    negotiation.structured_replies or negotiation.extended_headers)
-    for feature, flag in FLAG_FEATURES.items():
-        observed.record(feature, bool(negotiation.transmission_flags & flag))
-    names = set(negotiation.meta_contexts.values())
-    for feature, name in CONTEXT_FEATURES.items():
-        observed.record(feature, name in names)
-    try:
-        with Client.connect(server.uri, options=ConnectOptions(enter_transmission=False,
-                                                               timeout=20)) as client:
-            client.list_exports()
-        # Answered at all is what counts: nbdkit lists its default export as "", not by name.
-        observed.record("list-exports", True)
-    except (NbdClientError, OSError):
-        observed.record("list-exports", False)
-    return observed
+    return peer.probe_export()
 
 
 def probe_server(peer: ServerPeer, workdir: Path | None = None, *,
@@ -119,16 +35,7 @@ def probe_server(peer: ServerPeer, workdir: Path | None = None, *,
     ``export_of`` serves the probe export of another program (the profile of that program
     is probed with the same export as the real one).
     """
-    export, options = probe_export(export_of or peer)
-    if export_of is not None:
-        options = None
-    directory = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="nbdh-probe-"))
-    try:
-        with peer.start(export, directory / peer.program, options=options) as server:
-            return observe(server)
-    finally:
-        if workdir is None:
-            shutil.rmtree(directory, ignore_errors=True)
+    return peer.advertised(workdir, probe_of=type(export_of) if export_of else None)
 
 
 @dataclass
@@ -264,5 +171,5 @@ def is_client(peer: Peer) -> bool:
     return isinstance(peer, ClientPeer)
 
 
-__all__ = ["OBSERVABLE", "Observed", "PeerCheck", "check_peer", "observe", "probe_export",
-           "probe_server"]
+__all__ = ["CONTEXT_FEATURES", "FLAG_FEATURES", "OBSERVABLE", "PROBE_BITMAP", "Observed",
+           "PeerCheck", "check_peer", "observe", "probe_export", "probe_server"]

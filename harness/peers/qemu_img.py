@@ -4,15 +4,41 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from harness.process import PeerError
+from harness.protocol import constants as c
 
-from ._base import ClientPeer, Endpoint, scratch_dir, version_in
+from ._actions import ActionOutput, output_reader, parse_json
+from ._base import ClientPeer, Endpoint, scratch_dir
 from ._qemu import client_args
-from .export import DATA_FLAGS, Extents, merge_extents
+from .export import Extents, merge_extents
 
-# NBD_STATE_HOLE and NBD_STATE_ZERO, as qemu-img map's "data"/"zero" describe them.
-_HOLE, _ZERO = 1, 2
+
+@output_reader("qemu-img-info-json")
+def read_info(stdout: str, out: Path) -> ActionOutput:
+    """``qemu-img info --output=json``: the virtual size."""
+    return ActionOutput(size=parse_json(stdout)["virtual-size"])
+
+
+@output_reader("qemu-img-map-json")
+def read_map(stdout: str, out: Path) -> ActionOutput:
+    """``qemu-img map --output=json`` of base:allocation: qemu's "data" is the absence of
+    NBD_STATE_HOLE, its "zero" NBD_STATE_ZERO."""
+    extents = []
+    for entry in parse_json(stdout):
+        flags = (0 if entry["data"] else c.StateFlag.HOLE) | (c.StateFlag.ZERO if entry["zero"]
+                                                              else 0)
+        extents.append((entry["start"], entry["length"], int(flags)))
+    return ActionOutput(extents=extents)
+
+
+@output_reader("qemu-img-dirty-map-json")
+def read_dirty_map(stdout: str, out: Path) -> ActionOutput:
+    """``qemu-img map`` with ``x-dirty-bitmap``: qemu reads NBD_STATE_DIRTY as "not data"."""
+    return ActionOutput(extents=[(e["start"], e["length"],
+                                  0 if e["data"] else int(c.DirtyFlag.DIRTY))
+                                 for e in parse_json(stdout)])
 
 
 class QemuImg(ClientPeer):
@@ -20,10 +46,8 @@ class QemuImg(ClientPeer):
 
     program = "qemu-img"
     executable = "qemu-img"
+    version_word = "qemu-img"
     capabilities = frozenset({"read", "map", "size"})
-
-    def parse_version(self, output: str) -> str:
-        return version_in(output, "qemu-img")
 
     def _binds(self, endpoint: Endpoint) -> list:
         return endpoint.binds()
@@ -45,22 +69,13 @@ class QemuImg(ClientPeer):
         result = self.run(["map", "--output=json", *client_args(endpoint)],
                           binds=endpoint.binds())
         try:
-            rows = json.loads(str(result.stdout))
+            extents = read_map(str(result.stdout), Path()).extents or []
         except ValueError as exc:
             raise PeerError(f"qemu-img map printed no JSON: {str(result.stdout)[:200]!r}") from exc
-        return merge_extents(
-            (
-                row["start"],
-                row["length"],
-                DATA_FLAGS if row["data"] else _HOLE | (_ZERO if row["zero"] else 0),
-            )
-            for row in rows
-        )
+        return merge_extents(extents)
 
     def size(self, endpoint: Endpoint) -> int:
-        result = self.run(["info", "--output=json", *client_args(endpoint)],
-                          binds=endpoint.binds())
-        return int(json.loads(str(result.stdout))["virtual-size"])
+        return int(self.info(endpoint)["virtual-size"])
 
     def info(self, endpoint: Endpoint) -> dict:
         """``qemu-img info --output=json``."""
@@ -69,4 +84,4 @@ class QemuImg(ClientPeer):
         return json.loads(str(result.stdout))
 
 
-__all__ = ["QemuImg"]
+__all__ = ["QemuImg", "read_dirty_map", "read_info", "read_map"]

@@ -13,25 +13,47 @@ from pathlib import Path
 
 from harness.process import PeerError
 
-from ._base import ClientPeer, Endpoint, scratch_dir, version_in
+from ._actions import ActionOutput, output_reader
+from ._base import ClientPeer, Endpoint, scratch_dir
 from ._qemu import client_args
 
-_DUMP_LINE = re.compile(r"^([0-9a-f]{8}):((?:\s+[0-9a-f]{2}){1,16})", re.MULTILINE)
+# qemu-io's dump_buffer(): "OFFSET:  xx xx ... xx  ascii" (16 bytes a line, the last one
+# shorter, unpadded): the bytes end at the first double space.
+_DUMP_LINE = re.compile(r"^([0-9a-f]{8}):\s+((?:[0-9a-f]{2} ?)+?)\s{2,}", re.MULTILINE)
 
 
-def parse_hexdump(text: str, offset: int, length: int) -> bytes:
-    """The bytes of qemu-io's ``read -v`` dump (``OFFSET:  xx xx ...  ascii``)."""
+class HexdumpError(PeerError, ValueError):
+    """qemu-io's output is not the dump that was asked for."""
+
+
+def parse_hexdump(text: str, offset: int | None = None, length: int | None = None) -> bytes:
+    """The bytes of qemu-io's ``read -v`` dump: the one reader of qemu-io's output.
+
+    With ``offset`` the dump must start there and have no gaps; with ``length`` it must
+    hold exactly that many bytes. A read qemu-io reports as failed is an error.
+    """
     data = bytearray()
     expected = offset
     for match in _DUMP_LINE.finditer(text):
-        if int(match.group(1), 16) != expected:
-            raise PeerError(f"qemu-io dump jumps to {match.group(1)} (expected {expected:08x})")
-        line = bytes(int(word, 16) for word in match.group(2).split())
+        start = int(match.group(1), 16)
+        if expected is not None and start != expected:
+            raise HexdumpError(f"qemu-io dump jumps to {match.group(1)} "
+                               f"(expected {expected:08x})")
+        line = bytes.fromhex(match.group(2).replace(" ", ""))
         data += line
-        expected += len(line)
-    if len(data) != length:
-        raise PeerError(f"qemu-io dumped {len(data)} bytes, not {length}")
+        if offset is not None:
+            expected = start + len(line)
+    if "failed" in text.lower() and not data:
+        raise HexdumpError(f"qemu-io read failed: {text.strip()[:200]}")
+    if length is not None and len(data) != length:
+        raise HexdumpError(f"qemu-io dumped {len(data)} bytes, not {length}")
     return bytes(data)
+
+
+@output_reader("qemu-io-dump")
+def read_dump(stdout: str, out: Path) -> ActionOutput:
+    """``qemu-io -c 'read -v ...'``: the bytes it dumped."""
+    return ActionOutput(data=parse_hexdump(stdout))
 
 
 class QemuIo(ClientPeer):
@@ -39,10 +61,8 @@ class QemuIo(ClientPeer):
 
     program = "qemu-io"
     executable = "qemu-io"
+    version_word = "qemu-io"
     capabilities = frozenset({"read", "write"})
-
-    def parse_version(self, output: str) -> str:
-        return version_in(output, "qemu-io")
 
     def commands(self, endpoint: Endpoint, *commands: str, binds: Sequence[Path] = (),
                  read_only: bool = False) -> subprocess.CompletedProcess:
@@ -65,4 +85,4 @@ class QemuIo(ClientPeer):
                           "flush", binds=[scratch])
 
 
-__all__ = ["QemuIo", "parse_hexdump"]
+__all__ = ["HexdumpError", "QemuIo", "parse_hexdump", "read_dump"]

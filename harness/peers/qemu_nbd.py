@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ._base import READY_TIMEOUT, RunningServer, ServerPeer, Transport, version_in
-from ._images import build_qcow2_chain, write_raw_flat
-from ._qemu import tls_object
-from .export import ExportSpec, ExportSpecError
+from ._actions import ActionOutput, output_reader
+from ._base import RunningServer, ServerPeer, Transport
+from ._qemu import build_image, probe_chain, tls_object
+from .export import ExportSpec
+
+if TYPE_CHECKING:
+    from harness.scenarios import ExportRequirements
+
+
+@output_reader("qemu-nbd-list")
+def read_list(stdout: str, out: Path) -> ActionOutput:
+    """``qemu-nbd --list`` (qemu's NBD client): the export names it printed."""
+    return ActionOutput(exports=re.findall(r"^\s*export: '(.*)'\s*$", stdout, re.MULTILINE))
 
 
 @dataclass(frozen=True)
@@ -33,20 +44,19 @@ class QemuNbd(ServerPeer):
 
     program = "qemu-nbd"
     executable = "qemu-nbd"
+    version_word = "qemu-nbd"
+    represents_family = True
+    options_type = QemuNbdOptions
 
-    def parse_version(self, output: str) -> str:
-        return version_in(output, "qemu-nbd")
+    @classmethod
+    def options_for(cls, export: ExportRequirements) -> QemuNbdOptions | None:
+        # qemu-nbd advertises CAN_MULTI_CONN only when it accepts several clients at once.
+        return QemuNbdOptions(shared=8) if export.spec.multi_conn else None
 
-    def build_image(self, export: ExportSpec, workdir: Path) -> Path:
-        """Materialize the export in ``workdir`` with this suite's qemu tools."""
-        if export.image_format == "qcow2":
-            return build_qcow2_chain(export, workdir, self.provider,
-                                     self.log_path(workdir, "image"))
-        if export.bitmaps:
-            raise ExportSpecError(
-                "dirty bitmaps need image_format qcow2 (a raw image has nowhere to keep them)"
-            )
-        return write_raw_flat(export, workdir / "export.raw")
+    @classmethod
+    def probe_export(cls) -> tuple[ExportSpec, QemuNbdOptions]:
+        # A shareable export (--shared > 1): the data's claims are for those.
+        return probe_chain(), QemuNbdOptions(shared=2)
 
     def argv(self, export: ExportSpec, options: QemuNbdOptions) -> list[str]:
         """qemu-nbd's arguments, without where it listens."""
@@ -68,20 +78,10 @@ class QemuNbd(ServerPeer):
             argv += [*tls_object(export.tls_dir, "server"), "--tls-creds", "tls0"]
         return [*argv, *options.extra_args]
 
-    def start(
-        self,
-        export: ExportSpec,
-        workdir: Path,
-        *,
-        transport: Transport = "tcp",
-        options: object | None = None,
-        ready_timeout: float = READY_TIMEOUT,
-    ) -> RunningServer:
-        opts = options if isinstance(options, QemuNbdOptions) else QemuNbdOptions()
-        workdir = Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        image = self.build_image(export, workdir)
-        argv = self.argv(export, opts)
+    def serve(self, export: ExportSpec, workdir: Path, options: QemuNbdOptions, *,
+              transport: Transport, ready_timeout: float) -> RunningServer:
+        image = build_image(self, export, workdir)
+        argv = self.argv(export, options)
         return self.launch(
             export,
             workdir,
@@ -91,4 +91,5 @@ class QemuNbd(ServerPeer):
             ready_timeout=ready_timeout,
         )
 
-__all__ = ["QemuNbd", "QemuNbdOptions"]
+
+__all__ = ["QemuNbd", "QemuNbdOptions", "read_list"]

@@ -23,10 +23,9 @@ from typing import Any, TypeVar
 from harness.address import Address
 from harness.process import PeerError
 
-from ._base import READY_TIMEOUT, Endpoint, RunningServer, ServerPeer, Transport, version_in
-from ._images import build_qcow2_chain, write_raw_flat
-from ._qemu import TLS_ID, tls_object
-from .export import DEFAULT_GRANULARITY, ExportSpec, ExportSpecError
+from ._base import Endpoint, RunningServer, ServerPeer, Transport
+from ._qemu import TLS_ID, build_image, probe_chain, tls_object
+from .export import DEFAULT_GRANULARITY, ExportSpec
 
 QMP_TIMEOUT = 30.0
 """Seconds one QMP command may take."""
@@ -146,30 +145,16 @@ class QemuStorageDaemon(ServerPeer):
 
     program = "qemu-storage-daemon"
     executable = "qemu-storage-daemon"
+    version_word = "qemu-storage-daemon"
+    options_type = QemuStorageDaemonOptions
 
-    def parse_version(self, output: str) -> str:
-        return version_in(output, "qemu-storage-daemon")
+    @classmethod
+    def probe_export(cls) -> tuple[ExportSpec, None]:
+        return probe_chain(), None
 
-    def start(
-        self,
-        export: ExportSpec,
-        workdir: Path,
-        *,
-        transport: Transport = "tcp",
-        options: object | None = None,
-        ready_timeout: float = READY_TIMEOUT,
-    ) -> RunningServer:
-        opts = (options if isinstance(options, QemuStorageDaemonOptions)
-                else QemuStorageDaemonOptions())
-        workdir = Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        if export.image_format == "qcow2":
-            image = build_qcow2_chain(export, workdir, self.provider,
-                                      self.log_path(workdir, "image"))
-        elif export.bitmaps or opts.live_bitmaps:
-            raise ExportSpecError("dirty bitmaps need image_format qcow2")
-        else:
-            image = write_raw_flat(export, workdir / "export.raw")
+    def serve(self, export: ExportSpec, workdir: Path, options: QemuStorageDaemonOptions, *,
+              transport: Transport, ready_timeout: float) -> RunningServer:
+        image = build_image(self, export, workdir, live_bitmaps=bool(options.live_bitmaps))
         qmp_path, qmp_dir = self.socket_path(workdir)
         qmp_path = qmp_path.with_name("qmp.sock")
         argv = [
@@ -193,8 +178,8 @@ class QemuStorageDaemon(ServerPeer):
         try:
             self.provider.wait_unix(process, qmp_path, ready_timeout)
             with QmpSession(qmp_path, alive=lambda: process.poll() is None) as qmp:
-                self._configure(qmp, export, image, opts)
-                server.endpoint = self._listen(qmp, export, opts, transport, qmp_dir)
+                self._configure(qmp, export, image, options)
+                server.endpoint = self._listen(qmp, export, options, transport, qmp_dir)
         except BaseException:
             server.stop()
             raise

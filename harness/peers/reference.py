@@ -2,46 +2,49 @@
 
 ``reference-server@qemu-2.10`` is the reference server with the ``qemu-2.10``
 version profile (``reference_server.profiles``); ``reference-server`` alone
-speaks the whole protocol. The export's chain becomes raw layer files (the
-``layers`` backend); its bitmaps start clean in the server's memory and the
-writes after the bitmaps are marked in them, so the server reports exactly
-what qemu would.
+speaks the whole protocol.
+
+:func:`host_reference` is the one way the harness hosts the reference server
+(the peer here, and :func:`harness.scenarios.serve_reference` for a scenario's
+export): a thread of this process with a configuration built directly
+(:func:`reference_config`).  The export's chain becomes raw layer files (or
+memory); its bitmaps start clean and the writes after the bitmaps are marked in
+them, so the server reports exactly what qemu would.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from harness.address import Address
 from harness.process import PeerError
+from harness.version import harness_version
 
 from ._base import (
     READY_TIMEOUT,
     ClientPeer,
     Endpoint,
+    Peer,
     PeerVersion,
     RunningServer,
     ServerPeer,
     Transport,
 )
 from ._images import write_raw_layers
-from ._provider import Argv, Progress, Provider, ProvisionReport
+from ._provider import Progress, Provider, ProvisionReport
 from .export import ExportSpec, Extents
 from .suites import Suite
 
+if TYPE_CHECKING:
+    from reference_server.config import ServerConfig
+    from reference_server.features import ServerFeatures
+    from reference_server.runner import ServerThread
+    from reference_server.storage import Backend
+
 BUILTIN_SUITE = Suite(name="builtin", release="", providers=(), packages=())
-
-
-def harness_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("nbd-harness")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 class BuiltinProvider(Provider):
@@ -71,9 +74,109 @@ class BuiltinProvider(Provider):
     def provision(self, progress: Progress) -> ProvisionReport:
         return ProvisionReport(self.name, False, 0.0, 0, "part of nbd-harness")
 
-    def wrap(self, argv: Argv, *, binds: Sequence[Path] = (), cwd: Path | None = None,
-             pid_namespace: bool = False, label: str | None = None) -> list[str]:
-        return [os.fspath(word) for word in argv]
+    def wrap_words(self, words: list[str], *, binds: list[str], cwd: Path | None,
+                   pid_namespace: bool, label: str | None) -> list[str]:
+        return words
+
+
+EXTRA_EXPORT_SIZE = 1024 * 1024
+"""Size of each of ``extra_exports`` (empty memory exports) in :func:`host_reference`."""
+
+Storage = Literal["memory", "files"]
+"""How :func:`host_reference` keeps the export: in the server's memory, or in raw layer
+files (one per layer of the chain, the ``file`` or ``layers`` backend)."""
+
+
+def reference_config(
+    export: ExportSpec,
+    workdir: Path,
+    *,
+    storage: Storage = "files",
+    listen: str | Address = "tcp://127.0.0.1:0",
+    tls: Literal["off", "optional", "required"] | None = None,
+    handshake: Literal["fixed-newstyle", "newstyle", "oldstyle"] = "fixed-newstyle",
+    list_exports: bool = True,
+    extra_exports: Sequence[str] = (),
+) -> ServerConfig:
+    """The reference server's :class:`~reference_server.config.ServerConfig` for ``export``.
+
+    Built directly (no document to parse) and validated as a configuration file
+    would be.  With ``files`` storage the layer files are written into ``workdir``
+    (the writes after the bitmaps in the top one).  ``tls`` None means: required
+    when the export has a ``tls_dir``, else off.
+    """
+    from reference_server.config import (
+        BitmapConfig,
+        ExportConfig,
+        ServerConfig,
+        block_sizes,
+        parse_listen,
+    )
+
+    minimum, preferred, maximum = block_sizes(export.min_block_size, export.preferred_block_size,
+                                              export.max_payload_size)
+    backend: dict[str, Any] = {"backend": "memory"}
+    if storage == "files":
+        layers = tuple(write_raw_layers(export, workdir))
+        backend = {"backend": "file", "path": layers[0]} if len(layers) == 1 else {
+            "backend": "layers", "layers": layers}
+    table = ExportConfig(
+        name=export.name, size=export.size, read_only=export.read_only,
+        bitmaps=tuple(BitmapConfig(b.name, b.granularity) for b in export.bitmaps),
+        description=export.description, min_block_size=minimum, preferred_block_size=preferred,
+        max_payload_size=maximum, block_size_configured=export.block_sizes_set,
+        block_size_required=export.block_size_required, multi_conn=export.multi_conn,
+        init_state=export.init_state, **backend)
+    extra = tuple(ExportConfig(name=name, size=EXTRA_EXPORT_SIZE) for name in extra_exports)
+    if tls is None:
+        tls = "required" if export.tls_dir is not None else "off"
+    return ServerConfig(
+        listen=parse_listen(listen) if isinstance(listen, str) else listen,
+        tls=tls, tls_certificates=export.tls_dir if tls != "off" else None,
+        handshake=handshake, list_exports=list_exports, exports=(table, *extra),
+    ).validated()
+
+
+def host_reference(export: ExportSpec, workdir: Path, features: ServerFeatures | None = None,
+                   *, storage: Storage = "files", **serving: Any) -> ServerThread:
+    """Start the reference server (profile ``features``) serving ``export``: the one way.
+
+    The export is as :class:`~harness.peers.export.ExportSpec` describes it
+    before the first client connects: the layer data is in place, the dirty
+    bitmaps are clean but for the granules ``writes_after_bitmaps`` touched (a
+    read-only export gets its data the same way before it goes read-only).
+    ``serving`` are the server-wide settings of :func:`reference_config`.  The
+    caller stops the returned thread.
+    """
+    from reference_server.features import FULL
+    from reference_server.runner import ServerThread
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = reference_config(export, workdir, storage=storage, **serving)
+    thread = ServerThread(config, features or FULL).start()
+    try:
+        _fill(thread.server.registry.backend(export.name), export, storage)
+    except BaseException:
+        thread.stop()
+        raise
+    return thread
+
+
+def _fill(backend: Backend, export: ExportSpec, storage: Storage) -> None:
+    """Data of a memory export, then bitmaps dirty exactly where the writes after them were."""
+    if storage == "memory":
+        read_only = backend.read_only
+        backend.read_only = False  # the data goes in before any client sees the export
+        try:
+            for data in export.flattened_ranges():
+                backend.write(data.offset, data.data())
+        finally:
+            backend.read_only = read_only
+    for bitmap in backend.bitmaps.values():
+        bitmap.clear()
+        for data in export.writes_after_bitmaps:
+            bitmap.mark(data.offset, data.length)
 
 
 class ReferenceServerPeer(ServerPeer):
@@ -81,11 +184,17 @@ class ReferenceServerPeer(ServerPeer):
 
     program = "reference-server"
     executable = "reference-server"
+    builtin = True
 
     def __init__(self, provider: Provider | None = None, *, profile: str | None = None,
                  log_dir: Path | None = None) -> None:
         super().__init__(provider or BuiltinProvider(), log_dir=log_dir)
         self.profile = profile
+
+    @classmethod
+    def in_process(cls, version: str | None, *, log_dir: Path | None = None) -> Peer:
+        """``reference-server@PROFILE``: the version is a profile name."""
+        return cls(profile=version, log_dir=log_dir)
 
     def version(self) -> PeerVersion:
         version = harness_version()
@@ -111,43 +220,15 @@ class ReferenceServerPeer(ServerPeer):
         options: object | None = None,
         ready_timeout: float = READY_TIMEOUT,
     ) -> RunningServer:
-        from reference_server.config import config_from_dict
-        from reference_server.runner import ServerThread
-
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        layers = write_raw_layers(export, workdir)
         socket_dir = workdir
         if transport == "unix":
             socket, socket_dir = self.socket_path(workdir)
             listen = f"unix:{socket}"
         else:
             listen = "tcp://127.0.0.1:0"
-        server_table: dict[str, object] = {"listen": listen}
-        if export.tls_dir is not None:
-            server_table.update(tls="required", tls_certificates=os.fspath(export.tls_dir))
-        export_table: dict[str, object] = {
-            "name": export.name,
-            "read_only": export.read_only,
-            "bitmaps": [{"name": b.name, "granularity": b.granularity} for b in export.bitmaps],
-        }
-        if len(layers) > 1:
-            export_table.update(backend="layers", layers=[os.fspath(p) for p in layers])
-        else:
-            export_table.update(backend="file", path=os.fspath(layers[0]))
-        if export.description:
-            export_table["description"] = export.description
-        config = config_from_dict({"server": server_table, "export": [export_table]},
-                                  base_dir=workdir)
-        thread = ServerThread(config, self.features()).start()
-        try:
-            backend = thread.server.registry.backend(export.name)
-            for bitmap in export.bitmaps:
-                for data in export.writes_after_bitmaps:
-                    backend.bitmaps[bitmap.name].mark(data.offset, data.length)
-        except BaseException:
-            thread.stop()
-            raise
+        thread = host_reference(export, workdir, self.features(), listen=listen)
         address: Address = thread.address
         log_path = workdir / "reference-server.log"
         log_path.touch()
@@ -165,10 +246,15 @@ class ReferenceClientPeer(ClientPeer):
 
     program = "reference-client"
     executable = "reference-client"
+    builtin = True
     capabilities = frozenset({"read", "write", "map", "map-contexts", "size"})
 
     def __init__(self, provider: Provider | None = None, *, log_dir: Path | None = None) -> None:
         super().__init__(provider or BuiltinProvider(), log_dir=log_dir)
+
+    @classmethod
+    def in_process(cls, version: str | None, *, log_dir: Path | None = None) -> Peer:
+        return cls(log_dir=log_dir)
 
     def version(self) -> PeerVersion:
         version = harness_version()
@@ -203,4 +289,12 @@ class ReferenceClientPeer(ClientPeer):
         raise PeerError("the reference client runs in-process: use its methods")
 
 
-__all__ = ["BuiltinProvider", "ReferenceClientPeer", "ReferenceServerPeer", "harness_version"]
+__all__ = [
+    "EXTRA_EXPORT_SIZE",
+    "BuiltinProvider",
+    "ReferenceClientPeer",
+    "ReferenceServerPeer",
+    "Storage",
+    "host_reference",
+    "reference_config",
+]

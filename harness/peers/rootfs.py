@@ -31,10 +31,18 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.paths import REPO
 from harness.process import ManagedProcess, PeerError, find_program
 
-from ._provider import Argv, Progress, Provider, ProvisionReport, read_dpkg_status
-from .suites import REPO, Suite, host_mirror
+from ._provider import (
+    Progress,
+    Provider,
+    ProvisionReport,
+    outermost,
+    read_dpkg_status,
+    sandboxed,
+)
+from .suites import Suite, host_mirror
 
 CACHE_ENV = "NBD_HARNESS_CACHE"
 # Spelled exactly so: the mirror is a frozen snapshot whose Release files have expired.
@@ -290,32 +298,14 @@ class RootfsProvider(Provider):
 
     # --- running ------------------------------------------------------------------------------
 
-    def wrap(
-        self,
-        argv: Argv,
-        *,
-        binds: Sequence[Path] = (),
-        cwd: Path | None = None,
-        pid_namespace: bool = False,
-        label: str | None = None,
-    ) -> list[str]:
-        words = [os.fspath(word) for word in argv]
+    def wrap_words(self, words: list[str], *, binds: list[str], cwd: Path | None,
+                   pid_namespace: bool, label: str | None) -> list[str]:
         mounts: list[str] = []
-        for directory in outermost(binds):
+        for directory in binds:
             mounts += ["--bind", directory, directory]
-        return [
-            "bwrap",
-            *system_mounts(self.root),
-            "--proc", "/proc",
-            "--dev", "/dev",
-            "--tmpfs", "/tmp",
-            *mounts,
-            "--unshare-pid",
-            "--die-with-parent",
-            *(["--chdir", os.fspath(cwd)] if cwd is not None else []),
-            "--",
-            *words,
-        ]
+        sandbox = [*system_mounts(self.root), "--proc", "/proc", "--dev", "/dev",
+                   "--tmpfs", "/tmp", *mounts]
+        return sandboxed("bwrap", sandbox, words, cwd)
 
     def popen_cwd(self, cwd: Path | None) -> Path | None:
         return None  # bwrap's --chdir sets it inside
@@ -366,16 +356,6 @@ def system_mounts(root: Path) -> list[str]:
         elif path.is_dir():
             words += ["--ro-bind", os.fspath(path), f"/{name}"]
     return words
-
-
-def outermost(binds: Sequence[Path]) -> list[str]:
-    """Absolute bind directories, without duplicates and without ones inside another."""
-    paths = sorted({os.path.abspath(os.fspath(path)) for path in binds}, key=len)
-    kept: list[str] = []
-    for path in paths:
-        if not any(path == outer or path.startswith(outer.rstrip("/") + "/") for outer in kept):
-            kept.append(path)
-    return kept
 
 
 __all__ = ["CACHE_ENV", "CHECK_VALID_UNTIL", "RootfsProvider", "cache_dir", "disk_usage",

@@ -18,10 +18,10 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import paths
 from harness.errors import UserError
 
-REPO = Path(__file__).resolve().parents[2]
-SUITES_FILE = REPO / "matrix" / "suites.toml"
+SUITES_FILE = paths.SUITES_FILE
 PROVIDER_KINDS = ("host", "rootfs", "docker")
 MIRROR_ENV = "NBD_HARNESS_DEBIAN_MIRROR"
 APT_SOURCES = Path("/etc/apt")

@@ -4,11 +4,20 @@ Each ``check_*`` returns the list of :class:`Violation` an event commits at
 this point of the session, without changing anything; the connection applies
 the event afterwards.  The file does not know which side it plays for, so the
 same rules judge what we send and what the peer sends.
-Only rules the spec states with MUST / MUST NOT live here; SHOULD-level
-advice belongs to the conformance rules.
+
+The checks are tables of small functions (per option, per command, per chunk
+type) applied in order by a short loop.  A violation names the rule it breaks
+by its id in :mod:`.rules`, the same id the conformance rule that reads the
+same sentence reports.  Only rules the spec states with MUST / MUST NOT live
+here (and the one SHOULD NOT a server needs to answer ``NBD_EINVAL``:
+``client.block-status-payload-needs-flag``); SHOULD-level advice belongs to the
+conformance rules.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
 
 from . import constants as c
 from .codec import decode_block_status_payload, decode_chunk_payload
@@ -31,33 +40,79 @@ from .messages import (
     Request,
     SimpleReply,
 )
+from .rules import cite
 from .state import InFlight, Negotiated, PendingOption, Violation
 
 TF = c.TransmissionFlag
 
-KNOWN_CLIENT_FLAGS = c.ClientFlag.C_FIXED_NEWSTYLE | c.ClientFlag.C_NO_ZEROES
+
+def _v(rule: str, message: str, errno: int = c.Errno.EINVAL) -> Violation:
+    """Rule ``rule`` (an id of :mod:`.rules`) broken, as ``message`` says."""
+    return Violation(message, cite(rule).section, rule, errno)
 
 
-def _v(message: str, section: str, rule: str, errno: int = c.Errno.EINVAL) -> Violation:
-    return Violation(message, section, rule, errno)
+def _malformed(error: CodecError, message: str) -> Violation:
+    """A field that does not decode, under the rule the codec named for it (none where no
+    single sentence of the spec covers the field's layout)."""
+    return Violation(message, error.section, error.rule)
 
 
-def _power_of_two(value: int) -> bool:
-    return value > 0 and value & (value - 1) == 0
+_EXPOSED_BY_FLAG = "client.fua-needs-send-fua"
+"""The rule whose sentence is general: "The client MUST NOT use a feature documented as
+'exposed' by a flag unless that flag was set"."""
+_COMMAND_ADVERTISED_RULE = {
+    c.Cmd.FLUSH: "client.flush-needs-send-flush",
+    c.Cmd.TRIM: "client.trim-needs-send-trim",
+    c.Cmd.WRITE_ZEROES: "client.write-zeroes-needs-send-write-zeroes",
+}
+_FLAG_ADVERTISED_RULE = {
+    c.CmdFlag.DF: "client.df-needs-send-df",
+    c.CmdFlag.FAST_ZERO: "client.fast-zero-needs-send-fast-zero",
+}
+_REPLY_TYPES_RULE = {
+    c.Opt.ABORT: "server.abort-ack",
+    c.Opt.LIST: "server.list-replies",
+    c.Opt.STARTTLS: "server.starttls-reply",
+    c.Opt.INFO: "server.info-go-replies",
+    c.Opt.GO: "server.info-go-replies",
+    c.Opt.STRUCTURED_REPLY: "server.no-data-option-replies",
+    c.Opt.LIST_META_CONTEXT: "server.meta-context-replies",
+    c.Opt.SET_META_CONTEXT: "server.meta-context-replies",
+    c.Opt.EXTENDED_HEADERS: "server.no-data-option-replies",
+}
+"""Per option, the rule that lists the replies it may get."""
+
+
+def _reply_types_rule(option: int) -> str:
+    """The rule an option reply of the wrong type breaks (unknown options: ERR_UNSUP)."""
+    return _REPLY_TYPES_RULE.get(option, "server.unsupported-option-err-unsup")
 
 
 # --- handshake ------------------------------------------------------------------
 
 
+def zeroes_violation(zeroes: bool) -> Violation:
+    """The export-name reply's 124 zero bytes disagree with ``NBD_FLAG_C_NO_ZEROES``."""
+    if zeroes:
+        return _v(
+            "server.no-zeroes-honoured",
+            "export-name reply has the 124 zero bytes although the client set NBD_FLAG_C_NO_ZEROES",
+        )
+    return _v(
+        "server.export-name-reply-zeroes",
+        "export-name reply lacks the 124 zero bytes although the client did not set "
+        "NBD_FLAG_C_NO_ZEROES",
+    )
+
+
 def check_client_flags(event: ClientFlags, neg: Negotiated) -> list[Violation]:
     out = []
-    if event.flags & ~int(KNOWN_CLIENT_FLAGS):
+    if event.flags & ~c.KNOWN_CLIENT_FLAGS:
         out.append(
             _v(
+                "client.client-flags-known",
                 f"client flags {event.flags:#x} hold bits the spec does not define; the "
                 "server MUST close the connection",
-                "Newstyle negotiation",
-                "client-flags-unknown",
             )
         )
     if event.flags & c.ClientFlag.C_NO_ZEROES and not (
@@ -65,9 +120,8 @@ def check_client_flags(event: ClientFlags, neg: Negotiated) -> list[Violation]:
     ):
         out.append(
             _v(
+                "client.no-zeroes-only-if-offered",
                 "client set NBD_FLAG_C_NO_ZEROES but the server did not offer NBD_FLAG_NO_ZEROES",
-                "Client flags",
-                "no-zeroes-unoffered",
             )
         )
     return out
@@ -80,86 +134,66 @@ def check_option(
     if not neg.fixed_newstyle and option != c.Opt.EXPORT_NAME:
         out.append(
             _v(
+                "client.export-name-only-in-nonfixed",
                 f"{c.name_of(c.Opt, option)} sent in non-fixed newstyle negotiation, where "
                 "NBD_OPT_EXPORT_NAME is the only valid option",
-                "Option types",
-                "nonfixed-only-export-name",
             )
         )
     if decode_error is not None:
         out.append(
-            _v(
-                f"malformed {c.name_of(c.Opt, option)}: {decode_error.message}",
-                decode_error.section or "Option types",
-                decode_error.rule or "option-data",
+            _malformed(
+                decode_error, f"malformed {c.name_of(c.Opt, option)}: {decode_error.message}"
             )
         )
     if option == c.Opt.EXPORT_NAME and neg.extended_headers:
         out.append(
             _v(
+                "client.no-export-name-after-extended",
                 "NBD_OPT_EXPORT_NAME after extended headers were negotiated",
-                "Option types",
-                "export-name-after-extended-headers",
             )
         )
     if option == c.Opt.SET_META_CONTEXT and not (neg.structured_replies or neg.extended_headers):
         out.append(
             _v(
+                "client.set-meta-context-needs-structured",
                 "NBD_OPT_SET_META_CONTEXT before structured replies or extended headers "
                 "were negotiated",
-                "Option types",
-                "set-meta-context-needs-structured",
             )
         )
     if isinstance(payload, InfoRequestPayload) and len(set(payload.info_requests)) != len(
         payload.info_requests
     ):
         out.append(
-            _v(
-                "an information request is listed more than once",
-                "Option types",
-                "info-request-duplicate",
-            )
+            _v("client.info-request-once", "an information request is listed more than once")
         )
     return out
 
 
-ALLOWED_REPLY_FOR = {
-    c.Rep.SERVER: {c.Opt.LIST},
-    c.Rep.INFO: {c.Opt.INFO, c.Opt.GO},
-    c.Rep.META_CONTEXT: {c.Opt.LIST_META_CONTEXT, c.Opt.SET_META_CONTEXT},
-}
-
-
 def check_transmission_flags(flags: int, neg: Negotiated, where: str) -> list[Violation]:
     out = []
-    section = "Transmission flags"
     if not flags & TF.HAS_FLAGS:
         out.append(
-            _v(f"{where}: NBD_FLAG_HAS_FLAGS is clear; it MUST always be 1", section, "has-flags")
+            _v("server.has-flags", f"{where}: NBD_FLAG_HAS_FLAGS is clear; it MUST always be 1")
         )
     if flags & TF.SEND_DF and not (neg.structured_replies or neg.extended_headers):
         out.append(
             _v(
+                "server.df-needs-structured",
                 f"{where}: NBD_FLAG_SEND_DF set without structured replies or extended headers",
-                section,
-                "df-needs-structured",
             )
         )
     if flags & TF.SEND_FAST_ZERO and not flags & TF.SEND_WRITE_ZEROES:
         out.append(
             _v(
+                "server.fast-zero-needs-write-zeroes",
                 f"{where}: NBD_FLAG_SEND_FAST_ZERO set without NBD_FLAG_SEND_WRITE_ZEROES",
-                section,
-                "fast-zero-needs-write-zeroes",
             )
         )
     if flags & TF.BLOCK_STATUS_PAYLOAD and not neg.extended_headers:
         out.append(
             _v(
+                "server.block-status-payload-needs-extended",
                 f"{where}: NBD_FLAG_BLOCK_STATUS_PAYLOAD without extended headers",
-                section,
-                "block-status-payload-needs-extended",
             )
         )
     return out
@@ -167,34 +201,159 @@ def check_transmission_flags(flags: int, neg: Negotiated, where: str) -> list[Vi
 
 def check_block_size(info: InfoBlockSize) -> list[Violation]:
     out = []
-    section = "Size constraints"
-    if not _power_of_two(info.minimum) or info.minimum > c.MAX_MIN_BLOCK_SIZE:
+    if not c.is_power_of_two(info.minimum) or info.minimum > c.MAX_MIN_BLOCK_SIZE:
         out.append(
             _v(
+                "server.block-size-minimum",
                 f"minimum block size {info.minimum} is not a power of 2 no larger than 65536",
-                section,
-                "block-size-minimum",
             )
         )
-    if not _power_of_two(info.preferred) or info.preferred < max(info.minimum, 512):
+    if not c.is_power_of_two(info.preferred) or info.preferred < max(info.minimum, 512):
         out.append(
             _v(
+                "server.block-size-preferred",
                 f"preferred block size {info.preferred} is not a power of 2 at least "
                 f"max(minimum, 512)",
-                section,
-                "block-size-preferred",
             )
         )
     if info.maximum < info.preferred:
         out.append(
             _v(
+                "server.block-size-maximum",
                 f"maximum payload {info.maximum} is smaller than the preferred block size "
                 f"{info.preferred}",
-                section,
-                "block-size-maximum",
             )
         )
     return out
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """One option reply, with what the checks of option replies read."""
+
+    reply: OptionReply
+    payload: object
+    decode_error: CodecError | None
+    pending: PendingOption
+    neg: Negotiated
+
+    @property
+    def option_name(self) -> str:
+        return c.name_of(c.Opt, self.pending.option)
+
+
+AnswerCheck = Callable[[_Answer], Iterable[Violation]]
+
+
+def _reply_names_option(a: _Answer) -> Iterator[Violation]:
+    if a.reply.option != a.pending.option:
+        yield _v(
+            "server.option-reply-answers-option",
+            f"option reply names {c.name_of(c.Opt, a.reply.option)} but answers {a.option_name}",
+        )
+
+
+def _reply_decodes(a: _Answer) -> Iterator[Violation]:
+    if a.decode_error is not None:
+        yield _malformed(
+            a.decode_error,
+            f"malformed {c.name_of(c.Rep, a.reply.reply_type)}: {a.decode_error.message}",
+        )
+
+
+def _reply_type_fits(a: _Answer) -> Iterator[Violation]:
+    rtype = a.reply.reply_type
+    if c.is_rep_error(rtype):
+        return
+    if rtype in c.OPTIONS_ANSWERED_WITH and a.pending.option not in c.OPTIONS_ANSWERED_WITH[rtype]:
+        yield _v(
+            _reply_types_rule(a.pending.option),
+            f"{c.name_of(c.Rep, rtype)} is not a valid reply to {a.option_name}",
+        )
+    elif rtype not in c.OPTIONS_ANSWERED_WITH and rtype != c.Rep.ACK:
+        yield _v(_reply_types_rule(a.pending.option), f"unknown option reply type {rtype:#x}")
+
+
+def _info_export_flags(a: _Answer) -> list[Violation]:
+    if isinstance(a.payload, InfoExport):
+        return check_transmission_flags(a.payload.transmission_flags, a.neg, "NBD_INFO_EXPORT")
+    return []
+
+
+def _info_block_size(a: _Answer) -> list[Violation]:
+    return check_block_size(a.payload) if isinstance(a.payload, InfoBlockSize) else []
+
+
+def _ack_after_info_export(a: _Answer) -> Iterator[Violation]:
+    if a.reply.reply_type == c.Rep.ACK and c.Info.EXPORT not in a.pending.infos:
+        yield _v(
+            "server.info-export-before-ack", f"{a.option_name} succeeded without an NBD_INFO_EXPORT"
+        )
+
+
+def _go_not_unsup_after_extended(a: _Answer) -> Iterator[Violation]:
+    if a.reply.reply_type == c.Rep.ERR_UNSUP and a.neg.extended_headers:
+        yield _v(
+            "server.go-not-unsup-after-extended",
+            "NBD_OPT_GO failed with NBD_REP_ERR_UNSUP after extended headers were acknowledged",
+        )
+
+
+def _block_size_reqd_unless_requested(a: _Answer) -> Iterator[Violation]:
+    asked = a.pending.payload
+    if (
+        a.reply.reply_type == c.Rep.ERR_BLOCK_SIZE_REQD
+        and isinstance(asked, InfoRequestPayload)
+        and c.Info.BLOCK_SIZE in asked.info_requests
+    ):
+        yield _v(
+            "server.block-size-reqd-not-if-requested",
+            "NBD_REP_ERR_BLOCK_SIZE_REQD although the client requested NBD_INFO_BLOCK_SIZE",
+        )
+
+
+def _ext_header_reqd_not_for_base(a: _Answer) -> Iterator[Violation]:
+    asked = a.pending.payload
+    if (
+        a.reply.reply_type == c.Rep.ERR_EXT_HEADER_REQD
+        and isinstance(asked, MetaContextPayload)
+        and asked.queries
+        and all(q.startswith("base:") for q in asked.queries)
+    ):
+        yield _v(
+            "server.list-ext-header-reqd-not-for-base",
+            "NBD_REP_ERR_EXT_HEADER_REQD for a query limited to the base: namespace",
+        )
+
+
+def _meta_context_ids_unique(a: _Answer) -> Iterator[Violation]:
+    if (
+        a.reply.reply_type == c.Rep.META_CONTEXT
+        and hasattr(a.payload, "context_id")
+        and a.payload.context_id in a.pending.contexts
+    ):
+        yield _v(
+            "server.meta-context-ids-unique",
+            f"metadata context id {a.payload.context_id} given twice",
+        )
+
+
+ANY = None
+"""In the check tables: the check applies whatever the option, command or chunk."""
+
+OPTION_REPLY_CHECKS: tuple[tuple[frozenset[int] | None, AnswerCheck], ...] = (
+    (ANY, _reply_names_option),
+    (ANY, _reply_decodes),
+    (ANY, _reply_type_fits),
+    (ANY, _info_export_flags),
+    (ANY, _info_block_size),
+    (frozenset({c.Opt.INFO, c.Opt.GO}), _ack_after_info_export),
+    (frozenset({c.Opt.GO}), _go_not_unsup_after_extended),
+    (ANY, _block_size_reqd_unless_requested),
+    (frozenset({c.Opt.LIST_META_CONTEXT}), _ext_header_reqd_not_for_base),
+    (frozenset({c.Opt.SET_META_CONTEXT}), _meta_context_ids_unique),
+)
+"""The rules an option reply follows, in order, each with the options it concerns."""
 
 
 def check_option_reply(
@@ -204,97 +363,14 @@ def check_option_reply(
     pending: PendingOption,
     neg: Negotiated,
 ) -> list[Violation]:
-    out = []
-    section = "Option reply types"
-    opt_name = c.name_of(c.Opt, pending.option)
-    if reply.option != pending.option:
-        out.append(
-            _v(
-                f"option reply names {c.name_of(c.Opt, reply.option)} but answers {opt_name}",
-                "Fixed newstyle negotiation",
-                "reply-option-mismatch",
-            )
-        )
-    if decode_error is not None:
-        out.append(
-            _v(
-                f"malformed {c.name_of(c.Rep, reply.reply_type)}: {decode_error.message}",
-                decode_error.section or section,
-                decode_error.rule or "reply-data",
-            )
-        )
-    rtype = reply.reply_type
-    if not c.is_rep_error(rtype):
-        if rtype in ALLOWED_REPLY_FOR and pending.option not in ALLOWED_REPLY_FOR[rtype]:
-            out.append(
-                _v(
-                    f"{c.name_of(c.Rep, rtype)} is not a valid reply to {opt_name}",
-                    section,
-                    "reply-type-for-option",
-                )
-            )
-        elif rtype not in ALLOWED_REPLY_FOR and rtype != c.Rep.ACK:
-            out.append(_v(f"unknown option reply type {rtype:#x}", section, "reply-type-unknown"))
-    if isinstance(payload, InfoExport):
-        out += check_transmission_flags(payload.transmission_flags, neg, "NBD_INFO_EXPORT")
-    if isinstance(payload, InfoBlockSize):
-        out += check_block_size(payload)
-    if (
-        rtype == c.Rep.ACK
-        and pending.option in (c.Opt.INFO, c.Opt.GO)
-        and (c.Info.EXPORT not in pending.infos)
-    ):
-        out.append(
-            _v(f"{opt_name} succeeded without an NBD_INFO_EXPORT", section, "info-export-required")
-        )
-    if rtype == c.Rep.ERR_UNSUP and pending.option == c.Opt.GO and neg.extended_headers:
-        out.append(
-            _v(
-                "NBD_OPT_GO failed with NBD_REP_ERR_UNSUP after extended headers were acknowledged",
-                "Option types",
-                "go-unsup-after-extended",
-            )
-        )
-    if (
-        rtype == c.Rep.ERR_BLOCK_SIZE_REQD
-        and isinstance(pending.payload, InfoRequestPayload)
-        and (c.Info.BLOCK_SIZE in pending.payload.info_requests)
-    ):
-        out.append(
-            _v(
-                "NBD_REP_ERR_BLOCK_SIZE_REQD although the client requested NBD_INFO_BLOCK_SIZE",
-                "Option types",
-                "block-size-reqd-when-requested",
-            )
-        )
-    if (
-        rtype == c.Rep.ERR_EXT_HEADER_REQD
-        and pending.option == c.Opt.LIST_META_CONTEXT
-        and isinstance(pending.payload, MetaContextPayload)
-        and pending.payload.queries
-        and all(q.startswith("base:") for q in pending.payload.queries)
-    ):
-        out.append(
-            _v(
-                "NBD_REP_ERR_EXT_HEADER_REQD for a query limited to the base: namespace",
-                "Option types",
-                "ext-header-reqd-for-base",
-            )
-        )
-    if (
-        rtype == c.Rep.META_CONTEXT
-        and pending.option == c.Opt.SET_META_CONTEXT
-        and hasattr(payload, "context_id")
-        and payload.context_id in pending.contexts
-    ):
-        out.append(
-            _v(
-                f"metadata context id {payload.context_id} given twice",
-                "Option types",
-                "meta-context-id-unique",
-            )
-        )
-    return out
+    """Rules an option reply breaks, given the option it answers."""
+    answer = _Answer(reply, payload, decode_error, pending, neg)
+    return [
+        violation
+        for options, check in OPTION_REPLY_CHECKS
+        if options is ANY or pending.option in options
+        for violation in check(answer)
+    ]
 
 
 # --- transmission: requests -------------------------------------------------------
@@ -315,171 +391,212 @@ def effect_of(request: Request) -> tuple[int, tuple[int, ...] | None, CodecError
     return request.length, None, None
 
 
-def check_request(req: Request, neg: Negotiated) -> list[Violation]:
-    """Rules a client request breaks; ``errno`` is the error a server answers with."""
-    out: list[Violation] = []
-    section = "Request types"
-    try:
-        cmd_name = c.spec_name(c.Cmd(req.type))
-    except ValueError:
-        return [_v(f"unknown command type {req.type}", section, "command-unknown")]
-    if req.extended != neg.extended_headers:
-        out.append(
-            _v(
-                f"{'extended' if req.extended else 'compact'} request header, but extended "
-                f"headers were {'' if neg.extended_headers else 'not '}negotiated",
-                "Request message",
-                "request-header-style",
-            )
+@dataclass(frozen=True)
+class _Asked:
+    """One request, with what the checks of requests read."""
+
+    req: Request
+    neg: Negotiated
+    name: str
+    effect: int
+    """The length of the export the request touches (its payload's, for the payload form)."""
+    context_ids: tuple[int, ...] | None
+    payload_error: CodecError | None
+
+
+RequestCheck = Callable[[_Asked], Iterable[Violation]]
+
+
+def _header_style(r: _Asked) -> Iterator[Violation]:
+    if r.req.extended != r.neg.extended_headers:
+        yield _v(
+            "client.compact-request-unless-negotiated"
+            if r.req.extended
+            else "client.extended-request-when-negotiated",
+            f"{'extended' if r.req.extended else 'compact'} request header, but extended "
+            f"headers were {'' if r.neg.extended_headers else 'not '}negotiated",
         )
-    needed = c.CMD_REQUIRES_TFLAG.get(req.type)
-    # CACHE is advertised by SEND_CACHE but "server implementations exist which support the
-    # command without advertising this bit": no MUST to enforce there.
-    if needed is not None and req.type != c.Cmd.CACHE and not neg.has(needed):
-        out.append(
-            _v(
-                f"{cmd_name} sent although {c.spec_name(needed)} was not advertised",
-                section,
-                "command-not-advertised",
-            )
+
+
+def _command_advertised(r: _Asked) -> Iterator[Violation]:
+    needed = c.CMD_REQUIRES_TFLAG[r.req.type]
+    if not r.neg.has(needed):
+        yield _v(
+            _COMMAND_ADVERTISED_RULE.get(r.req.type, _EXPOSED_BY_FLAG),
+            f"{r.name} sent although {c.spec_name(needed)} was not advertised",
         )
-    allowed = c.CMD_ALLOWED_FLAGS.get(req.type, c.CmdFlag(0))
-    extra = req.flags & ~int(allowed)
+
+
+def _flags_documented(r: _Asked) -> Iterator[Violation]:
+    extra = r.req.flags & ~int(c.CMD_ALLOWED_FLAGS.get(r.req.type, c.CmdFlag(0)))
     if extra:
-        out.append(
-            _v(
-                f"{cmd_name} with flag(s) {c.spec_name(c.CmdFlag(extra))} not documented for it",
-                "Command flags",
-                "command-flag-invalid",
-            )
+        yield _v(
+            "client.command-flag-documented",
+            f"{r.name} with flag(s) {c.spec_name(c.CmdFlag(extra))} not documented for it",
         )
+
+
+def _flags_advertised(r: _Asked) -> Iterator[Violation]:
     for flag, tflag in c.FLAG_REQUIRES_TFLAG.items():
-        if req.flags & flag and not neg.has(tflag):
-            out.append(
-                _v(
-                    f"{c.spec_name(c.CmdFlag(flag))} set although {c.spec_name(tflag)} was "
-                    "not advertised",
-                    "Command flags",
-                    "command-flag-not-advertised",
-                )
+        if r.req.flags & flag and not r.neg.has(tflag):
+            yield _v(
+                _FLAG_ADVERTISED_RULE.get(flag, _EXPOSED_BY_FLAG),
+                f"{c.spec_name(c.CmdFlag(flag))} set although {c.spec_name(tflag)} was "
+                "not advertised",
             )
-    if req.flags & c.CmdFlag.PAYLOAD_LEN:
-        if not req.extended:
-            out.append(
-                _v(
-                    "NBD_CMD_FLAG_PAYLOAD_LEN in a compact request",
-                    "Command flags",
-                    "payload-len-needs-extended",
-                )
-            )
-        elif req.type == c.Cmd.BLOCK_STATUS and not neg.has(TF.BLOCK_STATUS_PAYLOAD):
-            out.append(
-                _v(
-                    "block status payload form without NBD_FLAG_BLOCK_STATUS_PAYLOAD",
-                    section,
-                    "block-status-payload-unadvertised",
-                )
-            )
-    if req.extended and req.type == c.Cmd.WRITE and not req.flags & c.CmdFlag.PAYLOAD_LEN:
-        out.append(
-            _v(
-                "NBD_CMD_WRITE with extended headers lacks NBD_CMD_FLAG_PAYLOAD_LEN",
-                "Command flags",
-                "write-needs-payload-len",
-            )
+
+
+def _payload_len_form(r: _Asked) -> Iterator[Violation]:
+    if not r.req.flags & c.CmdFlag.PAYLOAD_LEN:
+        return
+    if not r.req.extended:
+        yield _v("client.compact-no-payload-len", "NBD_CMD_FLAG_PAYLOAD_LEN in a compact request")
+    elif r.req.type == c.Cmd.BLOCK_STATUS and not r.neg.has(TF.BLOCK_STATUS_PAYLOAD):
+        yield _v(
+            "client.block-status-payload-needs-flag",
+            "block status payload form without NBD_FLAG_BLOCK_STATUS_PAYLOAD",
         )
-    if req.payload and not (
-        req.type == c.Cmd.WRITE or (req.extended and req.flags & c.CmdFlag.PAYLOAD_LEN)
-    ):
-        out.append(
-            _v(
-                f"{cmd_name} carries {len(req.payload)} bytes of payload; only a write, or an "
-                "extended request with NBD_CMD_FLAG_PAYLOAD_LEN, has a payload",
-                "Request message",
-                "request-unexpected-payload",
-            )
+
+
+def _extended_write_payload_len(r: _Asked) -> Iterator[Violation]:
+    if r.req.extended and not r.req.flags & c.CmdFlag.PAYLOAD_LEN:
+        yield _v(
+            "client.extended-write-payload-len",
+            "NBD_CMD_WRITE with extended headers lacks NBD_CMD_FLAG_PAYLOAD_LEN",
         )
+
+
+def _has_payload(req: Request) -> bool:
+    """Whether the request carries a payload: a write, or the extended payload form."""
+    return req.type == c.Cmd.WRITE or bool(req.extended and req.flags & c.CmdFlag.PAYLOAD_LEN)
+
+
+def _payload_only_where_allowed(r: _Asked) -> Iterator[Violation]:
+    if r.req.payload and not _has_payload(r.req):
+        yield _v(
+            "client.extended-write-payload-len"
+            if r.req.extended
+            else "client.compact-no-payload-len",
+            f"{r.name} carries {len(r.req.payload)} bytes of payload; only a write, or an "
+            "extended request with NBD_CMD_FLAG_PAYLOAD_LEN, has a payload",
+        )
+
+
+def _payload_matches_length(r: _Asked) -> Iterator[Violation]:
+    req = r.req
     if (req.type == c.Cmd.WRITE or req.flags & c.CmdFlag.PAYLOAD_LEN) and req.length != len(
         req.payload
     ):
-        out.append(
-            _v(
-                f"{cmd_name} header length {req.length} but {len(req.payload)} bytes of payload",
-                "Request message",
-                "request-length-mismatch",
-            )
+        yield _v(
+            "client.extended-write-payload-len",
+            f"{r.name} header length {req.length} but {len(req.payload)} bytes of payload",
         )
-    effect, ids, payload_error = effect_of(req)
-    if payload_error is not None:
-        out.append(_v(payload_error.message, section, payload_error.rule))
-    if req.type == c.Cmd.BLOCK_STATUS:
-        if not neg.meta_contexts or neg.meta_context_export != neg.export_name:
-            out.append(
-                _v(
-                    "NBD_CMD_BLOCK_STATUS without metadata contexts negotiated for this export",
-                    section,
-                    "block-status-needs-contexts",
-                )
-            )
-        if ids is not None and (
-            len(set(ids)) != len(ids) or not set(ids) <= set(neg.meta_contexts)
-        ):
-            out.append(
-                _v(
-                    f"block status payload names unknown or duplicate context ids {ids}",
-                    section,
-                    "block-status-payload-ids",
-                )
-            )
-    if req.type in c.RANGE_COMMANDS and neg.export_size is not None:
-        if req.offset + effect > neg.export_size:
-            errno = (
-                c.Errno.ENOSPC
-                if req.type in (c.Cmd.WRITE, c.Cmd.WRITE_ZEROES)
-                else (c.Errno.EINVAL)
-            )
-            out.append(
-                _v(
-                    f"{cmd_name} of {effect} bytes at offset {req.offset} goes past the end "
-                    f"of the {neg.export_size}-byte export",
-                    "Size constraints",
-                    "request-past-end",
-                    errno,
-                )
-            )
-        min_block = neg.min_block
-        if min_block > 1 and (req.offset % min_block or effect % min_block):
-            out.append(
-                _v(
-                    f"{cmd_name} at offset {req.offset} length {effect} is not aligned to "
-                    f"the minimum block size {min_block}",
-                    "Size constraints",
-                    "request-alignment",
-                )
-            )
+
+
+def _payload_decodes(r: _Asked) -> Iterator[Violation]:
+    if r.payload_error is not None:
+        yield _malformed(r.payload_error, r.payload_error.message)
+
+
+def _status_needs_contexts(r: _Asked) -> Iterator[Violation]:
+    if not r.neg.meta_contexts or r.neg.meta_context_export != r.neg.export_name:
+        yield _v(
+            "client.block-status-needs-contexts",
+            "NBD_CMD_BLOCK_STATUS without metadata contexts negotiated for this export",
+        )
+
+
+def _status_payload_ids(r: _Asked) -> Iterator[Violation]:
+    ids = r.context_ids
+    if ids is not None and (len(set(ids)) != len(ids) or not set(ids) <= set(r.neg.meta_contexts)):
+        yield _v(
+            "server.block-status-payload-bad-ids",
+            f"block status payload names unknown or duplicate context ids {ids}",
+        )
+
+
+def _within_export(r: _Asked) -> Iterator[Violation]:
+    req, size = r.req, r.neg.export_size
+    if size is not None and req.offset + r.effect > size:
+        errno = c.Errno.ENOSPC if req.type in (c.Cmd.WRITE, c.Cmd.WRITE_ZEROES) else c.Errno.EINVAL
+        yield _v(
+            "client.request-within-export",
+            f"{r.name} of {r.effect} bytes at offset {req.offset} goes past the end "
+            f"of the {size}-byte export",
+            errno,
+        )
+
+
+def _aligned(r: _Asked) -> Iterator[Violation]:
+    min_block = r.neg.min_block
+    if (
+        r.neg.export_size is not None
+        and min_block > 1
+        and (r.req.offset % min_block or r.effect % min_block)
+    ):
+        yield _v(
+            "client.request-alignment",
+            f"{r.name} at offset {r.req.offset} length {r.effect} is not aligned to "
+            f"the minimum block size {min_block}",
+        )
+
+
+def _within_max_payload(r: _Asked) -> Iterator[Violation]:
+    req, neg = r.req, r.neg
     if (req.type == c.Cmd.WRITE and len(req.payload) > neg.max_payload) or (
         req.type == c.Cmd.READ
         and not (neg.structured_replies or neg.extended_headers)
         and req.length > neg.max_payload
     ):
-        out.append(
-            _v(
-                f"{cmd_name} of {effect} bytes exceeds the maximum payload {neg.max_payload}",
-                "Size constraints",
-                "request-over-max-payload",
-                c.Errno.EOVERFLOW if req.type == c.Cmd.READ else c.Errno.EINVAL,
-            )
+        yield _v(
+            "client.request-max-payload",
+            f"{r.name} of {r.effect} bytes exceeds the maximum payload {neg.max_payload}",
+            c.Errno.EOVERFLOW if req.type == c.Cmd.READ else c.Errno.EINVAL,
         )
-    if req.type in c.WRITE_COMMANDS and neg.has(TF.READ_ONLY):
-        out.append(
-            _v(
-                f"{cmd_name} on a read-only export",
-                "Error values",
-                "write-read-only",
-                c.Errno.EPERM,
-            )
-        )
-    return out
+
+
+def _not_on_read_only(r: _Asked) -> Iterator[Violation]:
+    if r.neg.has(TF.READ_ONLY):
+        yield _v("server.read-only-write-errors", f"{r.name} on a read-only export", c.Errno.EPERM)
+
+
+# CACHE is advertised by SEND_CACHE but "server implementations exist which support the
+# command without advertising this bit": no MUST to enforce there.
+_ADVERTISED_COMMANDS = frozenset(c.CMD_REQUIRES_TFLAG) - {c.Cmd.CACHE}
+
+REQUEST_CHECKS: tuple[tuple[frozenset[int] | None, RequestCheck], ...] = (
+    (ANY, _header_style),
+    (_ADVERTISED_COMMANDS, _command_advertised),
+    (ANY, _flags_documented),
+    (ANY, _flags_advertised),
+    (ANY, _payload_len_form),
+    (frozenset({c.Cmd.WRITE}), _extended_write_payload_len),
+    (ANY, _payload_only_where_allowed),
+    (ANY, _payload_matches_length),
+    (ANY, _payload_decodes),
+    (frozenset({c.Cmd.BLOCK_STATUS}), _status_needs_contexts),
+    (frozenset({c.Cmd.BLOCK_STATUS}), _status_payload_ids),
+    (c.RANGE_COMMANDS, _within_export),
+    (c.RANGE_COMMANDS, _aligned),
+    (frozenset({c.Cmd.READ, c.Cmd.WRITE}), _within_max_payload),
+    (c.WRITE_COMMANDS, _not_on_read_only),
+)
+"""The rules a request follows, in order, each with the commands it concerns."""
+
+
+def check_request(req: Request, neg: Negotiated) -> list[Violation]:
+    """Rules a client request breaks; ``errno`` is the error a server answers with."""
+    try:
+        name = c.spec_name(c.Cmd(req.type))
+    except ValueError:
+        return [_v("client.no-unknown-commands", f"unknown command type {req.type}")]
+    asked = _Asked(req, neg, name, *effect_of(req))
+    return [
+        violation
+        for commands, check in REQUEST_CHECKS
+        if commands is ANY or req.type in commands
+        for violation in check(asked)
+    ]
 
 
 # --- transmission: replies ------------------------------------------------------
@@ -488,53 +605,37 @@ def check_request(req: Request, neg: Negotiated) -> list[Violation]:
 def check_simple_reply(
     reply: SimpleReply, neg: Negotiated, in_flight: dict[int, InFlight]
 ) -> list[Violation]:
-    section = "Simple reply message"
     flight = in_flight.get(reply.cookie)
     if flight is None:
         return [
             _v(
+                "server.reply-cookie-matches",
                 f"simple reply for cookie {reply.cookie:#x}, which is not in flight",
-                section,
-                "reply-unknown-cookie",
             )
         ]
     out = []
     if neg.extended_headers:
         out.append(
             _v(
+                "server.simple-reply-with-extended",
                 "simple reply although extended headers were negotiated",
-                section,
-                "simple-reply-with-extended",
             )
         )
     elif neg.structured_replies and flight.request.type == c.Cmd.READ:
         out.append(
             _v(
+                "server.no-simple-reply-to-read",
                 "simple reply to NBD_CMD_READ although structured replies were negotiated",
-                "Structured reply chunk message",
-                "simple-reply-to-read",
             )
         )
     if flight.chunks:
         out.append(
-            _v(
-                "simple reply after structured chunks for the same cookie",
-                section,
-                "simple-after-chunks",
-            )
+            _v("server.done-last", "simple reply after structured chunks for the same cookie")
         )
     return out
 
 
 CONTENT_TYPES = (ChunkOffsetData, ChunkOffsetHole)
-ERROR_OFFSET_VALID_FOR = {
-    c.Cmd.READ,
-    c.Cmd.WRITE,
-    c.Cmd.TRIM,
-    c.Cmd.CACHE,
-    c.Cmd.WRITE_ZEROES,
-    c.Cmd.BLOCK_STATUS,
-}
 
 
 def decode_chunk(chunk: ReplyChunk) -> tuple[object, CodecError | None]:
@@ -544,235 +645,292 @@ def decode_chunk(chunk: ReplyChunk) -> tuple[object, CodecError | None]:
         return ChunkUnknown(chunk.type, chunk.payload), exc
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    """One reply chunk, with what the checks of chunks read."""
+
+    chunk: ReplyChunk
+    payload: object
+    flight: InFlight
+    neg: Negotiated
+
+    @property
+    def req(self) -> Request:
+        return self.flight.request
+
+    @property
+    def request_end(self) -> int:
+        return self.flight.request.offset + self.flight.effect_length
+
+
+ChunkCheck = Callable[[_Chunk], Iterable[Violation]]
+
+
+def _chunk_header_style(k: _Chunk) -> Iterator[Violation]:
+    if k.chunk.extended != k.neg.extended_headers:
+        yield _v(
+            "server.extended-needs-negotiation"
+            if k.chunk.extended
+            else "server.extended-reply-when-negotiated",
+            f"{'extended' if k.chunk.extended else 'structured'} chunk header, but "
+            f"extended headers were {'' if k.neg.extended_headers else 'not '}negotiated",
+        )
+
+
+def _extended_offset_matches(k: _Chunk) -> Iterator[Violation]:
+    if k.chunk.extended and k.chunk.offset != k.req.offset:
+        yield _v(
+            "server.extended-reply-offset",
+            f"extended reply offset {k.chunk.offset} does not match the request offset "
+            f"{k.req.offset}",
+        )
+
+
+def _reply_flags_known(k: _Chunk) -> Iterator[Violation]:
+    if k.chunk.flags & ~int(c.ReplyFlag.DONE):
+        yield _v(
+            "server.reply-flags-known", f"reply flags {k.chunk.flags:#x} hold bits not negotiated"
+        )
+
+
+def _none_is_done(k: _Chunk) -> Iterator[Violation]:
+    if not k.chunk.done:
+        yield _v("server.none-chunk-done", "NBD_REPLY_TYPE_NONE without NBD_REPLY_FLAG_DONE")
+
+
+def _content_span(payload: ChunkOffsetData | ChunkOffsetHole) -> tuple[int, int]:
+    """The range of the export a content chunk describes."""
+    length = len(payload.data) if isinstance(payload, ChunkOffsetData) else payload.length
+    return payload.offset, payload.offset + length
+
+
+def _content_only_for_read(k: _Chunk) -> Iterator[Violation]:
+    if k.req.type != c.Cmd.READ:
+        yield _v(
+            "server.content-only-for-read",
+            f"content chunk in reply to {c.name_of(c.Cmd, k.req.type)}",
+        )
+
+
+def _hole_nonzero(k: _Chunk) -> Iterator[Violation]:
+    if k.payload.length == 0:
+        yield _v("server.hole-size-nonzero", "NBD_REPLY_TYPE_OFFSET_HOLE of size 0")
+
+
+def _content_within_request(k: _Chunk) -> Iterator[Violation]:
+    start, end = _content_span(k.payload)
+    if start < k.req.offset or end > k.request_end:
+        yield _v(
+            "server.content-within-request",
+            f"content chunk [{start}, {end}) lies outside the request "
+            f"[{k.req.offset}, {k.request_end})",
+        )
+
+
+def _content_no_overlap(k: _Chunk) -> Iterator[Violation]:
+    start, end = _content_span(k.payload)
+    if any(start < e and s < end for s, e in k.flight.covered):
+        yield _v(
+            "server.content-no-overlap", f"content chunk [{start}, {end}) overlaps an earlier chunk"
+        )
+
+
+def _df_single_content_chunk(k: _Chunk) -> Iterator[Violation]:
+    if k.req.flags & c.CmdFlag.DF and k.flight.data_chunks:
+        yield _v(
+            "server.df-single-content-chunk",
+            "more than one content chunk for a read with NBD_CMD_FLAG_DF",
+        )
+
+
+def _error_nonzero(k: _Chunk) -> Iterator[Violation]:
+    if k.payload.error == 0:
+        yield _v("server.error-chunk-nonzero", "error chunk with error value 0")
+
+
+def _error_offset_valid_for(k: _Chunk) -> Iterator[Violation]:
+    if k.req.type not in c.ERROR_OFFSET_COMMANDS:
+        yield _v(
+            "server.error-offset-valid-for",
+            f"NBD_REPLY_TYPE_ERROR_OFFSET in reply to {c.name_of(c.Cmd, k.req.type)}",
+        )
+
+
+def _error_offset_within_request(k: _Chunk) -> Iterator[Violation]:
+    if not k.req.offset <= k.payload.offset < max(k.request_end, k.req.offset + 1):
+        yield _v(
+            "server.error-offset-within-request",
+            f"error offset {k.payload.offset} lies outside the request",
+        )
+
+
+def _chunk_type_known(k: _Chunk) -> Iterator[Violation]:
+    yield _v(
+        "client.disconnect-on-unknown-chunk",
+        f"unknown chunk type {k.chunk.type}; the client MUST disconnect",
+    )
+
+
+def _status_type_matches_headers(k: _Chunk) -> Iterator[Violation]:
+    if k.payload.wide != k.neg.extended_headers:
+        yield _v(
+            "server.status-chunk-type",
+            f"{c.name_of(c.ReplyType, k.chunk.type)} used "
+            f"{'without' if k.payload.wide else 'with'} extended headers",
+        )
+
+
+def _status_context_selected(k: _Chunk) -> Iterator[Violation]:
+    if k.payload.context_id not in k.flight.context_ids:
+        yield _v(
+            "server.status-selected-contexts-only",
+            f"block status for context id {k.payload.context_id}, which was not selected "
+            "for this request",
+        )
+
+
+def _status_one_chunk_per_context(k: _Chunk) -> Iterator[Violation]:
+    if k.payload.context_id in k.flight.status_contexts:
+        yield _v(
+            "server.status-one-chunk-per-context",
+            f"second status chunk for context id {k.payload.context_id}",
+        )
+
+
+def _status_extents_nonzero(k: _Chunk) -> Iterator[Violation]:
+    if any(e.length == 0 for e in k.payload.extents):
+        yield _v("server.status-descriptor-nonzero", "block status descriptor of length 0")
+
+
+def _status_extent_count(k: _Chunk) -> Iterator[Violation]:
+    extents, length = k.payload.extents, k.flight.effect_length
+    if k.req.flags & c.CmdFlag.REQ_ONE:
+        if len(extents) != 1:
+            yield _v(
+                "server.req-one-single-descriptor",
+                f"{len(extents)} descriptors despite NBD_CMD_FLAG_REQ_ONE",
+            )
+        elif extents[0].length > length:
+            yield _v(
+                "server.req-one-length",
+                f"descriptor length {extents[0].length} exceeds the request length "
+                f"{length} with NBD_CMD_FLAG_REQ_ONE",
+            )
+    elif sum(e.length for e in extents[:-1]) >= max(length, 1) and len(extents) > 1:
+        yield _v(
+            "server.status-sum-below-length",
+            "the descriptors before the last already cover the requested length",
+        )
+
+
+def _status_extents_aligned(k: _Chunk) -> Iterator[Violation]:
+    min_block = k.neg.min_block
+    if min_block > 1 and any(e.length % min_block for e in k.payload.extents):
+        yield _v(
+            "server.status-descriptor-min-block",
+            f"descriptor length not a multiple of the minimum block size {min_block}",
+        )
+
+
+def _status_base_32bit(k: _Chunk) -> Iterator[Violation]:
+    name = k.neg.meta_contexts.get(k.payload.context_id, "")
+    if (
+        k.payload.wide
+        and name.startswith("base:")
+        and any(e.flags >> 32 for e in k.payload.extents)
+    ):
+        yield _v("server.status-upper-bits-zero", "base: context status with upper 32 bits set")
+
+
+_STATUS_CHECKS: tuple[ChunkCheck, ...] = (
+    _status_type_matches_headers,
+    _status_context_selected,
+    _status_one_chunk_per_context,
+    _status_extents_nonzero,
+    _status_extent_count,
+    _status_extents_aligned,
+    _status_base_32bit,
+)
+
+
+def _status_chunk(k: _Chunk) -> list[Violation]:
+    """A status chunk answers only a block status request; then its own rules apply."""
+    if k.req.type != c.Cmd.BLOCK_STATUS:
+        return [
+            _v(
+                "server.status-selected-contexts-only",
+                f"block status chunk in reply to {c.name_of(c.Cmd, k.req.type)}",
+            )
+        ]
+    return [violation for check in _STATUS_CHECKS for violation in check(k)]
+
+
+_CONTENT_CHECKS: tuple[ChunkCheck, ...] = (
+    _content_only_for_read,
+    _content_within_request,
+    _content_no_overlap,
+    _df_single_content_chunk,
+)
+
+CHUNK_CHECKS: dict[type, tuple[ChunkCheck, ...]] = {
+    ChunkNone: (_none_is_done,),
+    ChunkOffsetData: _CONTENT_CHECKS,
+    ChunkOffsetHole: (_content_only_for_read, _hole_nonzero, *_CONTENT_CHECKS[1:]),
+    ChunkBlockStatus: (_status_chunk,),
+    ChunkError: (_error_nonzero,),
+    ChunkErrorOffset: (_error_nonzero, _error_offset_valid_for, _error_offset_within_request),
+    ChunkUnknown: (_chunk_type_known,),
+}
+"""The rules a decoded chunk follows, by chunk type, in order."""
+
+
 def check_chunk(
     chunk: ReplyChunk,
     payload: object,
     decode_error: CodecError | None,
     neg: Negotiated,
     in_flight: dict[int, InFlight],
+    answered: Collection[int] = (),
 ) -> list[Violation]:
-    section = "Structured reply types"
+    """Rules a reply chunk breaks, given the request it answers and the chunks before it;
+    ``answered`` holds the cookies whose reply is complete."""
     if not (neg.structured_replies or neg.extended_headers):
         return [
             _v(
+                "server.structured-needs-negotiation",
                 "reply chunk although neither structured replies nor extended headers were "
                 "negotiated",
-                "Structured reply chunk message",
-                "chunk-not-negotiated",
             )
         ]
     flight = in_flight.get(chunk.cookie)
     if flight is None:
         return [
             _v(
+                "server.done-last" if chunk.cookie in answered else "server.reply-cookie-matches",
                 f"reply chunk for cookie {chunk.cookie:#x}, which is not in flight",
-                section,
-                "reply-unknown-cookie",
             )
         ]
-    out = []
-    req = flight.request
-    if chunk.extended != neg.extended_headers:
-        out.append(
-            _v(
-                f"{'extended' if chunk.extended else 'structured'} chunk header, but "
-                f"extended headers were {'' if neg.extended_headers else 'not '}negotiated",
-                "Extended reply chunk message",
-                "chunk-header-style",
-            )
-        )
-    if chunk.extended and chunk.offset != req.offset:
-        out.append(
-            _v(
-                f"extended reply offset {chunk.offset} does not match the request offset "
-                f"{req.offset}",
-                "Extended reply chunk message",
-                "extended-reply-offset",
-            )
-        )
+    k = _Chunk(chunk, payload, flight, neg)
+    out = [*_chunk_header_style(k), *_extended_offset_matches(k)]
     if decode_error is not None:
-        out.append(
-            _v(
-                decode_error.message,
-                decode_error.section or section,
-                decode_error.rule or "chunk-payload",
-            )
-        )
+        out.append(_malformed(decode_error, decode_error.message))
         return out
-    if chunk.flags & ~int(c.ReplyFlag.DONE):
-        out.append(
-            _v(
-                f"reply flags {chunk.flags:#x} hold bits not negotiated",
-                "Structured and extended header reply flags",
-                "reply-flags-unknown",
-            )
-        )
-    cmd_name = c.name_of(c.Cmd, req.type)
-    end = req.offset + flight.effect_length
-    match payload:
-        case ChunkNone():
-            if not chunk.done:
-                out.append(
-                    _v(
-                        "NBD_REPLY_TYPE_NONE without NBD_REPLY_FLAG_DONE",
-                        section,
-                        "none-needs-done",
-                    )
-                )
-        case ChunkOffsetData() | ChunkOffsetHole():
-            if req.type != c.Cmd.READ:
-                out.append(
-                    _v(f"content chunk in reply to {cmd_name}", section, "content-only-for-read")
-                )
-            start = payload.offset
-            length = len(payload.data) if isinstance(payload, ChunkOffsetData) else payload.length
-            if isinstance(payload, ChunkOffsetHole) and length == 0:
-                out.append(_v("NBD_REPLY_TYPE_OFFSET_HOLE of size 0", section, "hole-size-zero"))
-            if start < req.offset or start + length > end:
-                out.append(
-                    _v(
-                        f"content chunk [{start}, {start + length}) lies outside the request "
-                        f"[{req.offset}, {end})",
-                        section,
-                        "chunk-outside-request",
-                    )
-                )
-            if any(start < e and s < start + length for s, e in flight.covered):
-                out.append(
-                    _v(
-                        f"content chunk [{start}, {start + length}) overlaps an earlier chunk",
-                        section,
-                        "chunk-overlap",
-                    )
-                )
-            if req.flags & c.CmdFlag.DF and flight.data_chunks:
-                out.append(
-                    _v(
-                        "more than one content chunk for a read with NBD_CMD_FLAG_DF",
-                        "Command flags",
-                        "df-one-chunk",
-                    )
-                )
-        case ChunkBlockStatus():
-            out += _check_status_chunk(chunk, payload, flight, neg)
-        case ChunkErrorOffset() | ChunkError():
-            if payload.error == 0:
-                out.append(_v("error chunk with error value 0", section, "error-nonzero"))
-            if isinstance(payload, ChunkErrorOffset):
-                if req.type not in ERROR_OFFSET_VALID_FOR:
-                    out.append(
-                        _v(
-                            f"NBD_REPLY_TYPE_ERROR_OFFSET in reply to {cmd_name}",
-                            section,
-                            "error-offset-valid-for",
-                        )
-                    )
-                if not req.offset <= payload.offset < max(end, req.offset + 1):
-                    out.append(
-                        _v(
-                            f"error offset {payload.offset} lies outside the request",
-                            section,
-                            "error-offset-range",
-                        )
-                    )
-        case ChunkUnknown():
-            out.append(
-                _v(
-                    f"unknown chunk type {chunk.type}; the client MUST disconnect",
-                    section,
-                    "chunk-type-unknown",
-                )
-            )
+    out += _reply_flags_known(k)
+    for check in CHUNK_CHECKS[type(payload)]:
+        out += check(k)
     if chunk.done and not flight.errored and not isinstance(payload, ChunkError | ChunkErrorOffset):
         out += _check_complete(chunk, payload, flight, neg)
     return out
 
 
-def _check_status_chunk(
-    chunk: ReplyChunk, payload: ChunkBlockStatus, flight: InFlight, neg: Negotiated
-) -> list[Violation]:
-    section = "Structured reply types"
-    req = flight.request
-    out = []
-    if req.type != c.Cmd.BLOCK_STATUS:
-        out.append(
-            _v(
-                f"block status chunk in reply to {c.name_of(c.Cmd, req.type)}",
-                section,
-                "status-only-for-block-status",
-            )
-        )
-        return out
-    if payload.wide != neg.extended_headers:
-        out.append(
-            _v(
-                f"{c.name_of(c.ReplyType, chunk.type)} used "
-                f"{'without' if payload.wide else 'with'} extended headers",
-                section,
-                "status-chunk-type",
-            )
-        )
-    if payload.context_id not in flight.context_ids:
-        out.append(
-            _v(
-                f"block status for context id {payload.context_id}, which was not selected "
-                "for this request",
-                "Request types",
-                "status-context-unknown",
-            )
-        )
-    if payload.context_id in flight.status_contexts:
-        out.append(
-            _v(
-                f"second status chunk for context id {payload.context_id}",
-                section,
-                "status-one-chunk-per-context",
-            )
-        )
-    extents = payload.extents
-    if any(e.length == 0 for e in extents):
-        out.append(_v("block status descriptor of length 0", section, "status-extent-nonzero"))
-    if req.flags & c.CmdFlag.REQ_ONE:
-        if len(extents) != 1:
-            out.append(
-                _v(
-                    f"{len(extents)} descriptors despite NBD_CMD_FLAG_REQ_ONE",
-                    "Command flags",
-                    "req-one-single-extent",
-                )
-            )
-        elif extents[0].length > flight.effect_length:
-            out.append(
-                _v(
-                    f"descriptor length {extents[0].length} exceeds the request length "
-                    f"{flight.effect_length} with NBD_CMD_FLAG_REQ_ONE",
-                    "Request types",
-                    "req-one-length",
-                )
-            )
-    elif sum(e.length for e in extents[:-1]) >= max(flight.effect_length, 1) and len(extents) > 1:
-        out.append(
-            _v(
-                "the descriptors before the last already cover the requested length",
-                section,
-                "status-extent-sum",
-            )
-        )
-    min_block = neg.min_block
-    if min_block > 1 and any(e.length % min_block for e in extents):
-        out.append(
-            _v(
-                f"descriptor length not a multiple of the minimum block size {min_block}",
-                "Request types",
-                "status-extent-alignment",
-            )
-        )
-    name = neg.meta_contexts.get(payload.context_id, "")
-    if payload.wide and name.startswith("base:") and any(e.flags >> 32 for e in extents):
-        out.append(
-            _v("base: context status with upper 32 bits set", section, "status-ext-base-32bit")
-        )
-    return out
+def _union_length(spans: list[tuple[int, int]], start: int, end: int) -> int:
+    """How many bytes of [start, end) the half-open ``spans`` cover together."""
+    covered, reach = 0, start
+    for s, e in sorted((max(s, start), min(e, end)) for s, e in spans):
+        if e > reach:
+            covered += e - max(s, reach)
+            reach = e
+    return covered
 
 
 def _check_complete(
@@ -782,17 +940,17 @@ def _check_complete(
     req = flight.request
     out = []
     if req.type == c.Cmd.READ:
-        covered = list(flight.covered)
+        spans = list(flight.covered)
         if isinstance(payload, CONTENT_TYPES):
-            length = len(payload.data) if isinstance(payload, ChunkOffsetData) else payload.length
-            covered.append((payload.offset, payload.offset + length))
-        if sum(e - s for s, e in covered) != flight.effect_length:
+            spans.append(_content_span(payload))
+        # Chunks outside the request or overlapping others break rules of their own;
+        # this one asks only whether every byte of the request was sent.
+        covered = _union_length(spans, req.offset, req.offset + flight.effect_length)
+        if covered < flight.effect_length:
             out.append(
                 _v(
-                    f"successful read reply covers {sum(e - s for s, e in covered)} of "
-                    f"{flight.effect_length} bytes",
-                    "Request types",
-                    "read-coverage",
+                    "server.read-full-coverage",
+                    f"successful read reply covers {covered} of {flight.effect_length} bytes",
                 )
             )
     if req.type == c.Cmd.BLOCK_STATUS:
@@ -803,9 +961,8 @@ def _check_complete(
         if missing:
             out.append(
                 _v(
+                    "server.status-one-chunk-per-context",
                     f"successful block status reply lacks contexts {sorted(missing)}",
-                    "Structured reply types",
-                    "status-chunk-per-context",
                 )
             )
     return out

@@ -82,22 +82,41 @@ MAX_REPLY_DATA = c.MAX_OPTION_LEN
 # buffer unbounded memory.
 MAX_WIRE_PAYLOAD = 0xFFFFFFFF
 
+# The rules (ids of harness.protocol.rules) a malformed field breaks, where that depends
+# on who sent it or on its type.
+_CLIENT_UTF8 = "client.string-utf8"
+_SERVER_UTF8 = "server.string-utf8"
+_INFO_LENGTH_RULE = {
+    c.Info.EXPORT: "server.info-export-length",
+    c.Info.BLOCK_SIZE: "server.info-block-size-length",
+}
+_ERROR_LENGTH_RULE = {False: "server.error-length", True: "server.error-offset-length"}
 
-def _text(raw: Buffer, what: str) -> str:
+
+def _status_length_rule(data: bytes, header: int) -> str:
+    """A status chunk of the wrong length: no descriptor at all, or a partial one."""
+    if len(data) == header:
+        return "server.status-at-least-one-descriptor"
+    return "server.status-chunk-length" if header == 4 else "server.status-ext-chunk-length"
+
+
+def _text(raw: Buffer, what: str, rule: str) -> str:
+    """``raw`` as a string; ``rule`` is the rule (the sender's) invalid UTF-8 breaks."""
     try:
         return bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CodecError(
-            f"{what} is not valid UTF-8 ({exc.reason} at byte {exc.start})",
-            section="Option types",
-            rule="utf8-strings",
+            f"{what} is not valid UTF-8 ({exc.reason} at byte {exc.start})", rule=rule
         ) from None
 
 
-def _u(fmt: str, raw: Buffer, offset: int, what: str) -> tuple[int, ...]:
+def _u(fmt: str, raw: Buffer, offset: int, what: str, rule: str = "") -> tuple[int, ...]:
+    """Fields ``fmt`` at ``offset``; ``rule`` is the rule a too-short message breaks."""
     size = struct.calcsize(fmt)
     if len(raw) < offset + size:
-        raise CodecError(f"{what}: need {size} bytes at offset {offset}, have {len(raw) - offset}")
+        raise CodecError(
+            f"{what}: need {size} bytes at offset {offset}, have {len(raw) - offset}", rule=rule
+        )
     return struct.unpack_from(fmt, raw, offset)
 
 
@@ -181,8 +200,7 @@ def decode_greeting(buf: Buffer) -> Decoded:
     if magic != c.NBDMAGIC:
         raise CodecError(
             f"greeting starts with {magic:#018x}, not NBDMAGIC",
-            section="Handshake",
-            rule="greeting-magic",
+            rule="server.greeting-magic",
         )
     if second == c.CLISERV_MAGIC:
         if len(buf) < _OLDSTYLE.size:
@@ -196,8 +214,7 @@ def decode_greeting(buf: Buffer) -> Decoded:
         return NewstyleGreeting(handshake_flags=flags), _NEWSTYLE.size
     raise CodecError(
         f"greeting's second magic {second:#x} is neither cliserv_magic nor IHAVEOPT",
-        section="Handshake",
-        rule="greeting-magic",
+        rule="server.greeting-magic",
     )
 
 
@@ -221,14 +238,11 @@ def decode_option_request(buf: Buffer, max_data: int = MAX_OPTION_DATA) -> Decod
     if magic != c.IHAVEOPT:
         raise CodecError(
             f"option request magic is {magic:#018x}, not IHAVEOPT",
-            section="Newstyle negotiation",
-            rule="option-magic",
+            rule="client.option-magic",
         )
     if length > max_data:
         raise CodecError(
             f"option {c.name_of(c.Opt, option)} claims {length} bytes of data (limit {max_data})",
-            section="Option types",
-            rule="option-length",
         )
     end = _OPTION.size + length
     if len(buf) < end:
@@ -244,8 +258,7 @@ def decode_option_reply(buf: Buffer, max_data: int = MAX_REPLY_DATA) -> Decoded:
     if magic != c.OPTION_REPLY_MAGIC:
         raise CodecError(
             f"option reply magic is {magic:#x}, not {c.OPTION_REPLY_MAGIC:#x}",
-            section="Fixed newstyle negotiation",
-            rule="option-reply-magic",
+            rule="server.option-reply-magic",
         )
     if length > max_data:
         raise CodecError(f"option reply claims {length} bytes of data (limit {max_data})")
@@ -263,8 +276,7 @@ def decode_export_name_reply(buf: Buffer, zeroes: bool) -> Decoded:
     if zeroes and any(buf[_EXPORT_NAME_REPLY.size : need]):
         raise CodecError(
             "the 124 reserved bytes after the export-name reply are not zero",
-            section="Newstyle negotiation",
-            rule="export-name-zeroes",
+            rule="server.export-name-reply-zeroes",
         )
     return ExportNameReply(size, flags, zeroes), need
 
@@ -298,14 +310,12 @@ def decode_request(buf: Buffer, max_payload: int = MAX_WIRE_PAYLOAD) -> Decoded:
         raise CodecError(
             f"request magic is {magic:#010x}, expected {c.REQUEST_MAGIC:#010x} "
             f"or {c.EXTENDED_REQUEST_MAGIC:#010x}",
-            section="Request message",
-            rule="request-magic",
+            rule="client.request-magic",
         )
     if payload_len > max_payload:
         raise CodecError(
             f"request payload of {payload_len} bytes exceeds {max_payload}",
-            section="Size constraints",
-            rule="max-payload",
+            rule="client.request-max-payload",
         )
     end = header + payload_len
     if len(buf) < end:
@@ -358,14 +368,12 @@ def decode_reply(
     else:
         raise CodecError(
             f"reply magic is {magic:#010x}, not a simple, structured or extended reply magic",
-            section="Transmission",
-            rule="reply-magic",
+            rule="server.reply-magic",
         )
     if length > max_payload:
         raise CodecError(
             f"reply chunk claims {length} bytes of payload (limit {max_payload})",
-            section="Extended reply chunk message",
-            rule="reply-length",
+            rule="server.chunk-payload-max",
         )
     end = header + length
     if len(buf) < end:
@@ -412,17 +420,15 @@ def decode_option_payload(option: int, data: Buffer) -> object:
     """The typed payload of option ``option``; unknown options give :class:`RawPayload`."""
     data = bytes(data)
     if option == c.Opt.EXPORT_NAME:
-        return ExportNamePayload(_text(data, "export name"))
+        return ExportNamePayload(_text(data, "export name", _CLIENT_UTF8))
     if option in (c.Opt.INFO, c.Opt.GO):
-        name, pos = _read_string32(data, 0, "export name", slack=2)
+        name, pos = _read_string32(data, 0, "export name", slack=2, rule="client.info-name-length")
         (count,) = _u(">H", data, pos, "number of information requests")
         pos += 2
         if len(data) != pos + 2 * count:
             raise CodecError(
                 f"{c.name_of(c.Opt, option)} lists {count} information requests "
                 f"in {len(data) - pos} bytes",
-                section="Option types",
-                rule="info-request-length",
             )
         infos = struct.unpack_from(f">{count}H", data, pos)
         return InfoRequestPayload(name, tuple(infos))
@@ -437,46 +443,40 @@ def decode_option_payload(option: int, data: Buffer) -> object:
         if pos != len(data):
             raise CodecError(
                 f"{len(data) - pos} bytes follow the last query",
-                section="Option types",
-                rule="meta-context-length",
             )
         return MetaContextPayload(name, tuple(queries))
     if option == c.Opt.ABORT:
         # "The client SHOULD NOT send any additional data with the option; however, a
         # server SHOULD ignore any data sent by the client".
         return RawPayload(data) if data else EmptyPayload()
-    if option in (
-        c.Opt.LIST,
-        c.Opt.STARTTLS,
-        c.Opt.STRUCTURED_REPLY,
-        c.Opt.EXTENDED_HEADERS,
-    ):
+    if option in c.NO_DATA_OPTIONS:
         if data:
             raise CodecError(
                 f"{c.name_of(c.Opt, option)} carries {len(data)} bytes of data; it takes none",
-                section="Option types",
-                rule="option-no-data",
+                rule="client.no-data-with-option",
             )
         return EmptyPayload()
     return RawPayload(data)
 
 
-def _read_string32(data: bytes, pos: int, what: str, slack: int = 0) -> tuple[str, int]:
-    (length,) = _u(">I", data, pos, f"length of {what}")
+def _read_string32(
+    data: bytes, pos: int, what: str, slack: int = 0, rule: str = ""
+) -> tuple[str, int]:
+    """A 32-bit length and that many bytes of UTF-8 in option data; ``rule`` is the one
+    a string running past the data breaks."""
+    (length,) = _u(">I", data, pos, f"length of {what}", rule)
     pos += 4
     if length > c.MAX_STRING_LEN:
         raise CodecError(
             f"{what} is {length} bytes, more than the {c.MAX_STRING_LEN}-byte limit",
-            section="Option types",
-            rule="string-limit",
+            rule="client.string-max-length",
         )
     if pos + length + slack > len(data):
         raise CodecError(
             f"{what} length {length} runs past the option data",
-            section="Option types",
-            rule="string-length",
+            rule=rule,
         )
-    return _text(data[pos : pos + length], what), pos + length
+    return _text(data[pos : pos + length], what, _CLIENT_UTF8), pos + length
 
 
 # --- option reply payloads ----------------------------------------------------
@@ -502,21 +502,21 @@ def encode_info(info: InfoPayload) -> bytes:
 
 def decode_info(data: Buffer) -> InfoPayload:
     data = bytes(data)
-    (info_type,) = _u(">H", data, 0, "information type")
+    (info_type,) = _u(">H", data, 0, "information type", "server.info-length-at-least-2")
     expected = c.INFO_FIXED_LENGTH.get(info_type)
     if expected is not None and len(data) != expected:
         raise CodecError(
             f"{c.name_of(c.Info, info_type)} has length {len(data)}, MUST be {expected}",
             section="Option reply types",
-            rule="info-length",
+            rule=_INFO_LENGTH_RULE.get(info_type, ""),
         )
     if info_type == c.Info.EXPORT:
         _, size, flags = struct.unpack(">HQH", data)
         return InfoExport(size, flags)
     if info_type == c.Info.NAME:
-        return InfoName(_text(data[2:], "NBD_INFO_NAME"))
+        return InfoName(_text(data[2:], "NBD_INFO_NAME", _SERVER_UTF8))
     if info_type == c.Info.DESCRIPTION:
-        return InfoDescription(_text(data[2:], "NBD_INFO_DESCRIPTION"))
+        return InfoDescription(_text(data[2:], "NBD_INFO_DESCRIPTION", _SERVER_UTF8))
     if info_type == c.Info.BLOCK_SIZE:
         _, lo, pref, hi = struct.unpack(">HIII", data)
         return InfoBlockSize(lo, pref, hi)
@@ -550,31 +550,31 @@ def decode_reply_payload(reply_type: int, data: Buffer) -> object:
     """The typed payload of an option reply of type ``reply_type``."""
     data = bytes(data)
     if c.is_rep_error(reply_type):
-        return ErrorReplyPayload(_text(data, "error message"))
+        return ErrorReplyPayload(_text(data, "error message", _SERVER_UTF8))
     if reply_type == c.Rep.ACK:
         if data:
             raise CodecError(
                 f"NBD_REP_ACK carries {len(data)} bytes; it has no data",
-                section="Option reply types",
-                rule="ack-no-data",
             )
         return EmptyPayload()
     if reply_type == c.Rep.SERVER:
-        (length,) = _u(">I", data, 0, "length of export name")
+        (length,) = _u(">I", data, 0, "length of export name", "server.rep-server-name-length")
         if length > len(data) - 4:
             raise CodecError(
                 f"NBD_REP_SERVER name length {length} exceeds the reply's {len(data) - 4} bytes",
-                section="Option reply types",
-                rule="rep-server-length",
+                rule="server.rep-server-name-length",
             )
         return ServerPayload(
-            _text(data[4 : 4 + length], "export name"), _text(data[4 + length :], "export details")
+            _text(data[4 : 4 + length], "export name", _SERVER_UTF8),
+            _text(data[4 + length :], "export details", _SERVER_UTF8),
         )
     if reply_type == c.Rep.INFO:
         return decode_info(data)
     if reply_type == c.Rep.META_CONTEXT:
         (cid,) = _u(">I", data, 0, "metadata context id")
-        return MetaContextReplyPayload(cid, _text(data[4:], "metadata context name"))
+        return MetaContextReplyPayload(
+            cid, _text(data[4:], "metadata context name", "server.meta-context-name-utf8")
+        )
     return RawPayload(data)
 
 
@@ -631,29 +631,25 @@ def chunk_type_of(payload: ChunkPayload) -> int:
 def decode_chunk_payload(chunk_type: int, data: Buffer) -> ChunkPayload:
     """The typed payload of a chunk; length rules of "Structured reply types" enforced."""
     data = bytes(data)
-    section = "Structured reply types"
     if chunk_type == c.ReplyType.NONE:
         if data:
             raise CodecError(
                 "NBD_REPLY_TYPE_NONE has a payload; length MUST be 0",
-                section=section,
-                rule="chunk-none-length",
+                rule="server.none-chunk-length",
             )
         return ChunkNone()
     if chunk_type == c.ReplyType.OFFSET_DATA:
         if len(data) < 9:
             raise CodecError(
                 f"NBD_REPLY_TYPE_OFFSET_DATA length {len(data)}; MUST be at least 9",
-                section=section,
-                rule="offset-data-length",
+                rule="server.offset-data-length",
             )
         return ChunkOffsetData(struct.unpack_from(">Q", data)[0], data[8:])
     if chunk_type == c.ReplyType.OFFSET_HOLE:
         if len(data) != 12:
             raise CodecError(
                 f"NBD_REPLY_TYPE_OFFSET_HOLE length {len(data)}; MUST be 12",
-                section=section,
-                rule="offset-hole-length",
+                rule="server.offset-hole-length",
             )
         offset, length = struct.unpack(">QI", data)
         return ChunkOffsetHole(offset, length)
@@ -662,8 +658,7 @@ def decode_chunk_payload(chunk_type: int, data: Buffer) -> ChunkPayload:
             raise CodecError(
                 f"NBD_REPLY_TYPE_BLOCK_STATUS length {len(data)}; MUST be 4 + a "
                 "positive multiple of 8",
-                section=section,
-                rule="block-status-length",
+                rule=_status_length_rule(data, 4),
             )
         (cid,) = struct.unpack_from(">I", data)
         pairs = struct.iter_unpack(">II", data[4:])
@@ -673,15 +668,13 @@ def decode_chunk_payload(chunk_type: int, data: Buffer) -> ChunkPayload:
             raise CodecError(
                 f"NBD_REPLY_TYPE_BLOCK_STATUS_EXT length {len(data)}; MUST be 8 + a "
                 "positive multiple of 16",
-                section=section,
-                rule="block-status-ext-length",
+                rule=_status_length_rule(data, 8),
             )
         cid, count = struct.unpack_from(">II", data)
         if count * 16 + 8 != len(data):
             raise CodecError(
                 f"BLOCK_STATUS_EXT descriptor count {count} does not match length {len(data)}",
-                section=section,
-                rule="block-status-ext-count",
+                rule="server.status-ext-count",
             )
         pairs = struct.iter_unpack(">QQ", data[8:])
         return ChunkBlockStatus(cid, tuple(Extent(n, f) for n, f in pairs), wide=True)
@@ -691,23 +684,20 @@ def decode_chunk_payload(chunk_type: int, data: Buffer) -> ChunkPayload:
             raise CodecError(
                 f"{c.name_of(c.ReplyType, chunk_type)} length {len(data)}; MUST be "
                 f"at least {minimum}",
-                section=section,
-                rule="error-chunk-length",
+                rule=_ERROR_LENGTH_RULE[chunk_type == c.ReplyType.ERROR_OFFSET],
             )
         error, msg_len = struct.unpack_from(">IH", data)
         if msg_len > len(data) - minimum:
             raise CodecError(
                 f"error message length {msg_len} does not fit in the chunk's {len(data)} bytes",
-                section=section,
-                rule="error-message-length",
+                rule="server.error-message-fits",
             )
-        message = _text(data[6 : 6 + msg_len], "error message")
+        message = _text(data[6 : 6 + msg_len], "error message", _SERVER_UTF8)
         if chunk_type == c.ReplyType.ERROR_OFFSET:
             if len(data) != 14 + msg_len:
                 raise CodecError(
                     "NBD_REPLY_TYPE_ERROR_OFFSET has bytes after its offset",
-                    section=section,
-                    rule="error-offset-length",
+                    rule="server.error-offset-length",
                 )
             (offset,) = struct.unpack_from(">Q", data, 6 + msg_len)
             return ChunkErrorOffset(error, offset, message)
@@ -715,8 +705,7 @@ def decode_chunk_payload(chunk_type: int, data: Buffer) -> ChunkPayload:
         if chunk_type == c.ReplyType.ERROR and trailing:
             raise CodecError(
                 "NBD_REPLY_TYPE_ERROR has bytes after its message",
-                section=section,
-                rule="error-length",
+                rule="server.error-length",
             )
         return ChunkError(error, message, trailing)
     return ChunkUnknown(chunk_type, data)
@@ -735,8 +724,7 @@ def decode_block_status_payload(data: Buffer) -> BlockStatusRequestPayload:
     if len(data) < 8 or (len(data) - 8) % 4:
         raise CodecError(
             f"block status payload of {len(data)} bytes; MUST be 8 + n*4",
-            section="Request types",
-            rule="block-status-payload-length",
+            rule="client.block-status-payload-size",
         )
     (effect,) = struct.unpack_from(">Q", data)
     ids = struct.unpack_from(f">{(len(data) - 8) // 4}I", data, 8)

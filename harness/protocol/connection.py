@@ -3,9 +3,11 @@
 One :class:`Connection` per end of a session, in the style of h11: feed what
 arrives with :meth:`Connection.receive_data`, pull messages with
 :meth:`Connection.next_event`, and turn what you want to say into bytes with
-:meth:`Connection.send`.  Whose turn it is lives in one table
-(:data:`TURNS`); what each message changes lives in ``_apply``; what each
-message must respect lives in :mod:`._checks`, which judges both sides alike.
+:meth:`Connection.send`.  Three tables hold the machine: whose turn it is
+(:data:`TURNS`), how the next message is read (:data:`READERS`) and where each
+message leads (:data:`TRANSITIONS`); what a message settles in the negotiated
+state lives in ``_record``; what each message must respect lives in
+:mod:`._checks`, which judges both sides alike.
 
 A strict client raises :class:`RemoteProtocolError` on the first rule the
 server breaks.  A server sets ``strict_remote=False``: a client's violation is
@@ -17,7 +19,8 @@ event), so the server can answer it as the spec says (an
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 from . import _checks
 from . import constants as c
@@ -63,6 +66,7 @@ from .messages import (
     Request,
     SimpleReply,
 )
+from .rules import CITATIONS
 from .state import InFlight, Negotiated, PendingOption, Phase, Role, Violation
 
 
@@ -86,6 +90,142 @@ TURNS: dict[Phase, dict[Role, tuple[type, ...]]] = {
 """Which side may send which messages in each phase."""
 
 
+# --- transitions ------------------------------------------------------------------
+# What each in-turn message does to the phase.  A value is the next phase, or a small
+# function of the connection (before the message's effects are applied) and the message
+# for the few transitions that depend on what the message says.
+
+
+def _after_option(conn: Connection, event: OptionRequest) -> Phase:
+    """NBD_OPT_EXPORT_NAME has its own reply; every other option gets option replies."""
+    return Phase.EXPORT_NAME_REPLY if event.option == c.Opt.EXPORT_NAME else Phase.OPTION_REPLY
+
+
+def _after_option_reply(conn: Connection, event: OptionReply) -> Phase:
+    """An ACK or error ends the option; what it ended decides where the session goes."""
+    if event.reply_type != c.Rep.ACK and not c.is_rep_error(event.reply_type):
+        return Phase.OPTION_REPLY
+    assert conn.pending_option is not None
+    option = conn.pending_option.option
+    if option == c.Opt.ABORT:
+        return Phase.CLOSED
+    if event.reply_type == c.Rep.ACK:
+        return _ACKED_OPTION_PHASE.get(option, Phase.OPTIONS)
+    return Phase.OPTIONS
+
+
+_ACKED_OPTION_PHASE: dict[int, Phase] = {
+    c.Opt.STARTTLS: Phase.TLS_HANDSHAKE,
+    c.Opt.GO: Phase.TRANSMISSION,
+}
+"""Options whose ACK leaves the option haggling (any other final reply returns to it)."""
+
+
+def _after_request(conn: Connection, event: Request) -> Phase:
+    """NBD_CMD_DISC: the server answers what is outstanding, then the session closes."""
+    if event.type != c.Cmd.DISC:
+        return Phase.TRANSMISSION
+    return Phase.DISCONNECTING if conn.in_flight else Phase.CLOSED
+
+
+def _after_reply_to_disc(conn: Connection, event: SimpleReply | ReplyChunk) -> Phase:
+    """After NBD_CMD_DISC the last outstanding reply closes the session."""
+    finished = {event.cookie} if isinstance(event, SimpleReply) or event.done else set()
+    return Phase.CLOSED if conn.in_flight.keys() <= finished else Phase.DISCONNECTING
+
+
+Transition = Phase | Callable[["Connection", Any], Phase]
+
+TRANSITIONS: dict[Phase, dict[type, Transition]] = {
+    Phase.GREETING: {
+        OldstyleGreeting: Phase.TRANSMISSION,
+        NewstyleGreeting: Phase.CLIENT_FLAGS,
+    },
+    Phase.CLIENT_FLAGS: {ClientFlags: Phase.OPTIONS},
+    Phase.OPTIONS: {OptionRequest: _after_option},
+    Phase.OPTION_REPLY: {OptionReply: _after_option_reply},
+    Phase.EXPORT_NAME_REPLY: {ExportNameReply: Phase.TRANSMISSION},
+    Phase.TRANSMISSION: {
+        Request: _after_request,
+        SimpleReply: Phase.TRANSMISSION,
+        ReplyChunk: Phase.TRANSMISSION,
+    },
+    Phase.DISCONNECTING: {SimpleReply: _after_reply_to_disc, ReplyChunk: _after_reply_to_disc},
+}
+"""Phase -> message type -> next phase.  A message sent out of turn (only a lenient side
+lets one through) has its effects but leaves the phase alone.  The TLS handshake ends
+with :meth:`Connection.start_tls_done`, the end of the stream with ``ConnectionClosed``."""
+
+# --- readers ----------------------------------------------------------------------
+# How to cut the next message from the bytes, by phase and by the side that sends.
+
+Reader = Callable[["Connection", bytearray], "tuple[Event, int] | None"]
+
+
+def _read_greeting(conn: Connection, buf: bytearray) -> tuple[Event, int] | None:
+    return decode_greeting(buf)
+
+
+def _read_client_flags(conn: Connection, buf: bytearray) -> tuple[Event, int] | None:
+    return decode_client_flags(buf)
+
+
+def _read_option(conn: Connection, buf: bytearray) -> tuple[Event, int] | None:
+    return decode_option_request(buf)
+
+
+def _read_option_reply(conn: Connection, buf: bytearray) -> tuple[Event, int] | None:
+    return decode_option_reply(buf)
+
+
+def _read_export_name_reply(conn: Connection, buf: bytearray) -> tuple[Event, int] | None:
+    return decode_export_name_reply(buf, zeroes=not conn.negotiated.no_zeroes)
+
+
+def _read_request(conn: Connection, buf: bytearray) -> tuple[Event, int] | None:
+    return decode_request(buf, conn.max_payload)
+
+
+def _read_reply(conn: Connection, buf: bytearray) -> tuple[Event, int] | None:
+    return decode_reply(buf, conn._read_length, conn.max_payload)
+
+
+READERS: dict[Phase, dict[Role, Reader]] = {
+    Phase.GREETING: {Role.SERVER: _read_greeting},
+    Phase.CLIENT_FLAGS: {Role.CLIENT: _read_client_flags},
+    Phase.OPTIONS: {Role.CLIENT: _read_option},
+    Phase.OPTION_REPLY: {Role.SERVER: _read_option_reply},
+    Phase.EXPORT_NAME_REPLY: {Role.SERVER: _read_export_name_reply},
+    Phase.TRANSMISSION: {Role.CLIENT: _read_request, Role.SERVER: _read_reply},
+    Phase.DISCONNECTING: {Role.SERVER: _read_reply},
+}
+"""Phase -> sending side -> the decoder of its next message (the same turns as TURNS)."""
+
+OUT_OF_TURN: dict[tuple[Phase, Role], str] = {
+    # A side that may not speak at all in this phase.
+    (Phase.CLIENT_FLAGS, Role.SERVER): "server.option-reply-answers-option",
+    (Phase.OPTIONS, Role.SERVER): "server.option-reply-answers-option",
+    (Phase.OPTION_REPLY, Role.CLIENT): "client.no-option-before-final-reply",
+    (Phase.EXPORT_NAME_REPLY, Role.CLIENT): "client.no-option-before-final-reply",
+    (Phase.TLS_HANDSHAKE, Role.CLIENT): "client.tls-after-starttls-ack",
+    (Phase.TLS_HANDSHAKE, Role.SERVER): "server.tls-after-starttls-ack",
+    (Phase.DISCONNECTING, Role.CLIENT): "client.nothing-after-disc",
+    (Phase.CLOSED, Role.CLIENT): "client.nothing-after-disc",
+    (Phase.CLOSED, Role.SERVER): "server.no-reply-to-disc",
+    # A side whose turn it is, sending another message than the phase expects.
+    (Phase.GREETING, Role.SERVER): "server.greeting-magic",
+    (Phase.CLIENT_FLAGS, Role.CLIENT): "client.client-flags-known",
+    (Phase.OPTIONS, Role.CLIENT): "client.option-magic",
+    (Phase.OPTION_REPLY, Role.SERVER): "server.option-reply-magic",
+    (Phase.EXPORT_NAME_REPLY, Role.SERVER): "server.export-name-no-option-reply",
+    (Phase.TRANSMISSION, Role.CLIENT): "client.request-magic",
+    (Phase.TRANSMISSION, Role.SERVER): "server.reply-magic",
+    (Phase.DISCONNECTING, Role.SERVER): "server.reply-magic",
+}
+"""The rule a side breaks by sending out of turn, by phase.  A client that speaks before
+the server's greeting breaks no one sentence of the spec: its violation has no id."""
+
+
 class Connection:
     """One end of an NBD session, as a state machine with no I/O."""
 
@@ -106,6 +246,8 @@ class Connection:
         self.negotiated = Negotiated()
         self.pending_option: PendingOption | None = None
         self.in_flight: dict[int, InFlight] = {}
+        self.answered: set[int] = set()
+        """Cookies whose reply is complete (and not reused by a request since)."""
         self.violations: list[tuple[Role, Violation]] = []
         """Every rule broken so far and by whom (only when not raised)."""
         self.last_violations: list[Violation] = []
@@ -142,7 +284,6 @@ class Connection:
                         f"connection closed with {len(self._buffer)} bytes of an incomplete "
                         f"message ({self.phase.value})",
                         section="Transmission",
-                        rule="truncated-message",
                     )
                 self.phase = Phase.CLOSED
                 return ConnectionClosed()
@@ -156,30 +297,14 @@ class Connection:
         buf = self._buffer
         if not buf:
             return None
-        allowed = TURNS.get(self.phase, {}).get(self.their_role)
-        if not allowed:
+        reader = READERS.get(self.phase, {}).get(self.their_role)
+        if reader is None:
             raise CodecError(
                 f"{self.their_role.value} sent {len(buf)} bytes while it is not its "
                 f"turn ({self.phase.value})",
-                section="Fixed newstyle negotiation",
-                rule="out-of-turn",
+                rule=OUT_OF_TURN.get((self.phase, self.their_role), ""),
             )
-        match self.phase:
-            case Phase.GREETING:
-                return decode_greeting(buf)
-            case Phase.CLIENT_FLAGS:
-                return decode_client_flags(buf)
-            case Phase.OPTIONS:
-                return decode_option_request(buf)
-            case Phase.OPTION_REPLY:
-                return decode_option_reply(buf)
-            case Phase.EXPORT_NAME_REPLY:
-                return decode_export_name_reply(buf, zeroes=not self.negotiated.no_zeroes)
-            case Phase.TRANSMISSION | Phase.DISCONNECTING if self.their_role is Role.CLIENT:
-                return decode_request(buf, self.max_payload)
-            case Phase.TRANSMISSION | Phase.DISCONNECTING:
-                return decode_reply(buf, self._read_length, self.max_payload)
-        return None
+        return reader(self, buf)
 
     def _read_length(self, cookie: int) -> int | None:
         flight = self.in_flight.get(cookie)
@@ -218,11 +343,12 @@ class Connection:
     def _judge(self, sender: Role, event: Event) -> list[Violation]:
         allowed = TURNS.get(self.phase, {}).get(sender, ())
         if not isinstance(event, allowed):
+            rule = OUT_OF_TURN.get((self.phase, sender), "")
             return [
                 Violation(
                     f"{sender.value} may not send {type(event).__name__} now ({self.phase.value})",
-                    "Fixed newstyle negotiation",
-                    "out-of-turn",
+                    CITATIONS[rule].section if rule else "",
+                    rule,
                 )
             ]
         neg = self.negotiated
@@ -241,16 +367,7 @@ class Connection:
             case ExportNameReply(transmission_flags=flags, zeroes=zeroes):
                 out = _checks.check_transmission_flags(flags, neg, "export-name reply")
                 if zeroes == neg.no_zeroes:
-                    out.append(
-                        Violation(
-                            "export-name reply " + ("has" if zeroes else "lacks") + " the 124 zero "
-                            "bytes although the client "
-                            + ("set" if zeroes else "did not set")
-                            + " NBD_FLAG_C_NO_ZEROES",
-                            "Client flags",
-                            "export-name-zeroes",
-                        )
-                    )
+                    out.append(_checks.zeroes_violation(zeroes))
                 return out
             case Request():
                 return _checks.check_request(event, neg)
@@ -258,10 +375,21 @@ class Connection:
                 return _checks.check_simple_reply(event, neg, self.in_flight)
             case ReplyChunk():
                 payload, error = _checks.decode_chunk(event)
-                return _checks.check_chunk(event, payload, error, neg, self.in_flight)
+                return _checks.check_chunk(
+                    event, payload, error, neg, self.in_flight, self.answered
+                )
         return []
 
     def _apply(self, sender: Role, event: Event) -> None:
+        """Move to the next phase (:data:`TRANSITIONS`) and record what ``event`` settled."""
+        next_phase = TRANSITIONS.get(self.phase, {}).get(type(event), self.phase)
+        if not isinstance(next_phase, Phase):
+            next_phase = next_phase(self, event)
+        self._record(event)
+        self.phase = next_phase
+
+    def _record(self, event: Event) -> None:
+        """What ``event`` settles in :attr:`negotiated`, the pending option, the requests."""
         neg = self.negotiated
         match event:
             case NewstyleGreeting(handshake_flags=flags):
@@ -269,36 +397,30 @@ class Connection:
                 neg.style = (
                     "fixed-newstyle" if flags & c.HandshakeFlag.FIXED_NEWSTYLE else "newstyle"
                 )
-                self.phase = Phase.CLIENT_FLAGS
             case OldstyleGreeting(size=size, flags=flags):
                 neg.style = "oldstyle"
                 neg.export_size, neg.transmission_flags = size, flags & 0xFFFF
-                self.phase = Phase.TRANSMISSION
             case ClientFlags(flags=flags):
                 neg.client_flags = flags
-                self.phase = Phase.OPTIONS
             case OptionRequest(option=option, data=data):
                 payload, _ = _parse_option(option, data)
                 if option == c.Opt.EXPORT_NAME:
                     neg.export_name = payload.name if isinstance(payload, ExportNamePayload) else ""
-                    self.phase = Phase.EXPORT_NAME_REPLY
                 else:
                     self.pending_option = PendingOption(option, payload)
-                    self.phase = Phase.OPTION_REPLY
             case OptionReply():
-                self._apply_option_reply(event)
+                self._record_option_reply(event)
             case ExportNameReply(size=size, transmission_flags=flags):
                 neg.export_size, neg.transmission_flags = size, flags
-                self.phase = Phase.TRANSMISSION
             case Request():
-                self._apply_request(event)
+                self._record_request(event)
             case SimpleReply(cookie=cookie):
-                self.in_flight.pop(cookie, None)
-                self._maybe_disconnected()
+                if self.in_flight.pop(cookie, None) is not None:
+                    self.answered.add(cookie)
             case ReplyChunk():
-                self._apply_chunk(event)
+                self._record_chunk(event)
 
-    def _apply_option_reply(self, reply: OptionReply) -> None:
+    def _record_option_reply(self, reply: OptionReply) -> None:
         pending = self.pending_option
         assert pending is not None
         neg = self.negotiated
@@ -312,14 +434,10 @@ class Connection:
         if not final:
             return
         self.pending_option = None
-        self.phase = Phase.OPTIONS
         ok = reply.reply_type == c.Rep.ACK
         match pending.option:
-            case c.Opt.ABORT:
-                self.phase = Phase.CLOSED
             case c.Opt.STARTTLS if ok:
                 neg.forget_after_starttls()
-                self.phase = Phase.TLS_HANDSHAKE
             case c.Opt.STRUCTURED_REPLY if ok:
                 neg.structured_replies = True
             case c.Opt.EXTENDED_HEADERS if ok:
@@ -346,19 +464,17 @@ class Connection:
                 if isinstance(pending.payload, InfoRequestPayload):
                     neg.export_name = pending.payload.name
                     neg.block_size_requested = c.Info.BLOCK_SIZE in pending.payload.info_requests
-                self.phase = Phase.TRANSMISSION
 
-    def _apply_request(self, req: Request) -> None:
+    def _record_request(self, req: Request) -> None:
         if req.type == c.Cmd.DISC:
-            self.phase = Phase.DISCONNECTING
-            self._maybe_disconnected()
             return
         effect, ids, _ = _checks.effect_of(req)
         if ids is None:
             ids = tuple(self.negotiated.meta_contexts)
         self.in_flight[req.cookie] = InFlight(req, effect, ids)
+        self.answered.discard(req.cookie)
 
-    def _apply_chunk(self, chunk: ReplyChunk) -> None:
+    def _record_chunk(self, chunk: ReplyChunk) -> None:
         flight = self.in_flight.get(chunk.cookie)
         if flight is None:
             return
@@ -377,12 +493,7 @@ class Connection:
                 flight.errored = True
         if chunk.done:
             del self.in_flight[chunk.cookie]
-            self._maybe_disconnected()
-
-    def _maybe_disconnected(self) -> None:
-        # After NBD_CMD_DISC the server answers what is outstanding, then closes.
-        if self.phase is Phase.DISCONNECTING and not self.in_flight:
-            self.phase = Phase.CLOSED
+            self.answered.add(chunk.cookie)
 
 
 def _parse_option(option: int, data: bytes) -> tuple[object, CodecError | None]:
@@ -414,4 +525,4 @@ def _info_type(payload: object) -> int:
     return _INFO_TYPES[type(payload)]
 
 
-__all__ = ["NEED_DATA", "TURNS", "Connection", "ProtocolError"]
+__all__ = ["NEED_DATA", "READERS", "TRANSITIONS", "TURNS", "Connection", "ProtocolError"]

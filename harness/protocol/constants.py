@@ -82,6 +82,11 @@ MAX_OPTION_LEN = 64 * 1024 * 1024
 refuse larger with ERR_TOO_BIG)."""
 
 
+def is_power_of_two(value: int) -> bool:
+    """True for 1, 2, 4, ...: what the block size constraints must be."""
+    return value > 0 and value & (value - 1) == 0
+
+
 # --- handshake phase: flag fields --------------------------------------------
 
 
@@ -97,6 +102,12 @@ class ClientFlag(enum.IntFlag):
 
     C_FIXED_NEWSTYLE = 1 << 0
     C_NO_ZEROES = 1 << 1
+
+
+KNOWN_HANDSHAKE_FLAGS = int(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES)
+"""Every handshake flag the spec defines ("The server MUST NOT set any other flags")."""
+KNOWN_CLIENT_FLAGS = int(ClientFlag.C_FIXED_NEWSTYLE | ClientFlag.C_NO_ZEROES)
+"""Every client flag the spec defines ("Clients MUST NOT set any other flags")."""
 
 
 class TransmissionFlag(enum.IntFlag):
@@ -136,6 +147,10 @@ class Opt(enum.IntEnum):
     EXTENDED_HEADERS = 11
 
 
+NO_DATA_OPTIONS = frozenset({Opt.LIST, Opt.STARTTLS, Opt.STRUCTURED_REPLY, Opt.EXTENDED_HEADERS})
+"""Options with which "the client MUST NOT send any additional data"."""
+
+
 REP_ERROR_BIT = 1 << 31
 
 
@@ -156,6 +171,14 @@ class Rep(enum.IntEnum):
     ERR_BLOCK_SIZE_REQD = REP_ERROR_BIT + 8
     ERR_TOO_BIG = REP_ERROR_BIT + 9
     ERR_EXT_HEADER_REQD = REP_ERROR_BIT + 10
+
+
+OPTIONS_ANSWERED_WITH: dict[int, frozenset[int]] = {
+    Rep.SERVER: frozenset({Opt.LIST}),
+    Rep.INFO: frozenset({Opt.INFO, Opt.GO}),
+    Rep.META_CONTEXT: frozenset({Opt.LIST_META_CONTEXT, Opt.SET_META_CONTEXT}),
+}
+"""The options each informational (neither ACK nor error) reply type answers."""
 
 
 def is_rep_error(reply_type: int) -> bool:
@@ -289,6 +312,10 @@ RANGE_COMMANDS = frozenset(
     {Cmd.READ, Cmd.WRITE, Cmd.TRIM, Cmd.CACHE, Cmd.WRITE_ZEROES, Cmd.BLOCK_STATUS}
 )
 """Commands whose offset and length describe a range of the export."""
+ERROR_OFFSET_COMMANDS = frozenset(
+    {Cmd.READ, Cmd.WRITE, Cmd.TRIM, Cmd.CACHE, Cmd.WRITE_ZEROES, Cmd.BLOCK_STATUS}
+)
+"""The commands ``NBD_REPLY_TYPE_ERROR_OFFSET`` is "Valid as a reply to"."""
 
 
 # --- metadata contexts --------------------------------------------------------

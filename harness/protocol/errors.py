@@ -9,18 +9,22 @@ strict client failing on a bad server names the rule it applied.
 
 from __future__ import annotations
 
+from .rules import CITATIONS
+
 
 class ProtocolError(Exception):
     """Base of every protocol error.
 
-    ``section`` is the heading of ``proto.md`` (or the extended-headers branch)
-    that the broken rule lives under; ``rule`` a short id for the rule.
+    ``rule`` is the id of the broken rule (:mod:`.rules`, the ids the conformance
+    rules report); ``section`` the heading of ``proto.md`` (or the extended-headers
+    branch) it lives under, taken from the rule's citation when not given.
     """
 
     def __init__(self, message: str, *, section: str = "", rule: str = "") -> None:
         super().__init__(message)
         self.message = message
-        self.section = section
+        cited = CITATIONS.get(rule)
+        self.section = section or (cited.section if cited else "")
         self.rule = rule
 
     def __str__(self) -> str:

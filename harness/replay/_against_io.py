@@ -11,7 +11,7 @@ bounded (the wire's timeout).
 from __future__ import annotations
 
 from harness.address import Address
-from harness.client._wire import Wire
+from harness.client import Wire
 from harness.client.errors import NbdConnectionError, NbdTimeoutError
 from harness.protocol import Violation
 from harness.protocol.messages import ConnectionClosed, Event

@@ -33,6 +33,7 @@ from harness.dissect import WireMessage, describe_status
 from harness.protocol import constants as c
 from harness.protocol.codec import decode_chunk_payload, decode_reply_payload
 from harness.protocol.errors import CodecError
+from harness.protocol.extents import merge_descriptors
 from harness.protocol.messages import (
     ChunkBlockStatus,
     ChunkError,
@@ -541,18 +542,6 @@ def _compare_read(offset: int, length: int, recorded: ReplyView,
     return out
 
 
-def merge_extents(extents: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Adjacent extents of equal status joined: two servers that split a range
-    differently but agree on every byte's status merge to the same list."""
-    merged: list[tuple[int, int]] = []
-    for length, status in extents:
-        if merged and merged[-1][1] == status:
-            merged[-1] = (merged[-1][0] + length, status)
-        else:
-            merged.append((length, status))
-    return merged
-
-
 def _describe_extents(context: str, extents: Sequence[tuple[int, int]], start: int,
                       index: int) -> str:
     total = sum(length for length, _ in extents)
@@ -582,7 +571,7 @@ def _compare_extents(offset: int, recorded: ReplyView, live: ReplyView) -> list[
             at += rec[index][0]
             index += 1
         live_text = _describe_extents(name, liv, at, index)
-        if merge_extents(rec) == merge_extents(liv):
+        if merge_descriptors(rec) == merge_descriptors(liv):
             live_text += ("; the same after merging adjacent extents of equal status "
                           "(split differently)")
         out.append(Mismatch(f"extents of {name}", _describe_extents(name, rec, at, index),
@@ -630,7 +619,6 @@ __all__ = [
     "describe_block_size",
     "describe_reply",
     "flag_change",
-    "merge_extents",
     "option_reply_from_event",
     "option_reply_from_wire",
     "reply_from_events",

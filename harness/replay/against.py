@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from harness.address import Address
+from harness.client.options import DEFAULT_TIMEOUT
 from harness.client.uri import NbdUri, parse_uri
 from harness.dissect import Session, WireMessage
 from harness.protocol import Negotiated, Phase, RemoteProtocolError
@@ -75,9 +76,6 @@ from ._compare import (
 )
 from ._load import Selection
 from .model import Difference, ReplayError, ReplayReport
-
-DEFAULT_TIMEOUT = 30.0
-"""Seconds any one wait for the live server may take."""
 
 _GREETINGS = ("oldstyle-greeting", "newstyle-greeting")
 _OPTION_ANSWERS = ("option-reply", "export-name-reply")

@@ -28,7 +28,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from harness.address import Address, AddressError, parse_address
+from harness.address import LOOPBACK_HOST, Address, AddressError, parse_address
+from harness.client.options import DEFAULT_TIMEOUT
 from harness.client.uri import NbdUri
 from harness.loopthread import ServerLoopThread
 
@@ -39,9 +40,7 @@ from ._serve_script import build_script
 from ._serve_session import Played, Player
 from .model import ReplayError, ReplayReport
 
-DEFAULT_LISTEN = "127.0.0.1:0"
-DEFAULT_TIMEOUT = 30.0
-LOOPBACK = "127.0.0.1"
+DEFAULT_LISTEN = f"{LOOPBACK_HOST}:0"
 
 ReportCallback = Callable[[ReplayReport], None]
 
@@ -64,8 +63,8 @@ def parse_listen(text: str | Address) -> Address:
         except AddressError as exc:
             raise ReplayError(f"--listen {text!r}: expected 127.0.0.1:PORT or unix:PATH "
                               f"({exc})") from None
-    if address.kind == "tcp" and address.host != LOOPBACK:
-        raise ReplayError(f"--listen {text!r}: the replay server listens on {LOOPBACK} or a "
+    if address.kind == "tcp" and address.host != LOOPBACK_HOST:
+        raise ReplayError(f"--listen {text!r}: the replay server listens on {LOOPBACK_HOST} or a "
                           "unix socket only (it has no access control)")
     return address
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.matrix.results import CaseResult
-from harness.matrix.verdict import SYMBOLS
+from harness.verdict import SYMBOLS
 
 from ._html_matrix import VERDICT_CLASS, peer_slug, verdict_of
 from ._summary import negotiated_text

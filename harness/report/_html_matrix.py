@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.matrix.results import CaseResult, case_slug
-from harness.matrix.verdict import ORDER, SYMBOLS, Verdict, worst
 from harness.scenarios.loader import GROUPS
+from harness.verdict import ORDER, SYMBOLS, Verdict, worst
 
 from ._summary import citation, problems, verdict_of
 from .evidence import findings_of_peer

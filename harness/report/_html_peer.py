@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.matrix.results import CaseResult
-from harness.matrix.verdict import ORDER, SYMBOLS
+from harness.verdict import ORDER, SYMBOLS
 
 from ._html_matrix import (
     VERDICT_CLASS,

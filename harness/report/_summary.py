@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.matrix.results import CaseResult
-from harness.matrix.verdict import ORDER, Verdict
+from harness.verdict import ORDER, Verdict
 
 
 def pair_label(result: CaseResult) -> str:

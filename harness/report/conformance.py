@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.matrix.results import CaseResult, case_slug
-from harness.matrix.verdict import Verdict
+from harness.verdict import Verdict
 
 from ._summary import counts_line, summarize
 from .evidence import (

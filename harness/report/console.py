@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from harness.matrix.results import CaseResult
-from harness.matrix.verdict import ORDER, SYMBOLS, Verdict
+from harness.verdict import ORDER, SYMBOLS, Verdict
 
 from ._summary import citation, counts_line, negotiated_text, problems, summarize
 

@@ -17,7 +17,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from harness.paths import REPO
+from harness.version import harness_version
+
 GIT_TIMEOUT = 5.0
 
 
@@ -50,8 +52,6 @@ def _git(*argv: str) -> str | None:
 def harness_build() -> dict[str, Any]:
     """The harness's package version and, in a git checkout, its commit (and whether it is
     modified)."""
-    from harness.peers.reference import harness_version
-
     info: dict[str, Any] = {"version": harness_version()}
     commit = _git("rev-parse", "HEAD")
     if commit:

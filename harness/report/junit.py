@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.matrix.results import CaseResult
-from harness.matrix.verdict import Verdict
+from harness.verdict import Verdict
 
 from ._summary import citation, pair_label
 

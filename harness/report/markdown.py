@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from harness.matrix.results import CaseResult
-from harness.matrix.verdict import ORDER
+from harness.verdict import ORDER
 
 from ._summary import citation, counts_line, negotiated_text, problems, summarize
 

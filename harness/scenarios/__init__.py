@@ -31,14 +31,12 @@ from .loader import (
     validate_library,
 )
 from .model import (
-    VERDICTS,
     ExportRequirements,
     Fallback,
     Scenario,
     ScenarioResult,
     Step,
     StepResult,
-    Verdict,
 )
 from .reference import ServedExport, serve_reference
 from .steps import ListenWrapper, client_can_run, run_client_scenario, run_server_scenario
@@ -47,7 +45,6 @@ __all__ = [
     "LIBRARY",
     "REFERENCE_CLIENT_LACKS",
     "REFERENCE_SERVER_LACKS",
-    "VERDICTS",
     "ExportRequirements",
     "Fallback",
     "ListenWrapper",
@@ -57,7 +54,6 @@ __all__ = [
     "ServedExport",
     "Step",
     "StepResult",
-    "Verdict",
     "client_can_run",
     "find_scenario",
     "load_library",

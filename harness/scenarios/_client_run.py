@@ -39,6 +39,7 @@ from harness.peers.export import ExportSpec, pattern
 from harness.process import MissingProgramError, PeerError, run_command
 from harness.protocol import constants as c
 from harness.tls import make_test_pki
+from harness.verdict import Verdict
 from reference_server.features import ServerFeatures
 
 from . import _features, _names
@@ -50,7 +51,14 @@ from ._expect import (
     check_extents,
 )
 from .client_actions import OUTPUT_READERS, ActionOutput, ClientProgram, render
-from .model import Scenario, ScenarioResult, Step, StepResult
+from .model import (
+    Scenario,
+    ScenarioResult,
+    Step,
+    StepResult,
+    describe_missing,
+    verdict_of_steps,
+)
 from .reference import ServedExport, serve_reference
 
 if TYPE_CHECKING:
@@ -129,9 +137,9 @@ class ClientRun:
                 self.fallback_mode = True
         lacking = self._lacking_actions()
         if lacking:
-            return self._result("unsupported", f"{self.program.name} cannot perform "
-                                               f"{', '.join(lacking)} (no form in "
-                                               "matrix/client-actions.toml)")
+            return self._result(Verdict.UNSUPPORTED, f"{self.program.name} cannot perform "
+                                                     f"{', '.join(lacking)} (no form in "
+                                                     "matrix/client-actions.toml)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         needs_tls = scenario.export.tls != "off" or any(
             step.args.get("tls") == "require" for step in self._all_client_steps())
@@ -230,7 +238,7 @@ class ClientRun:
         address = self.client_address
         assert address is not None
         args = step.args
-        export = args.get("export", self.scenario.export.name)
+        export = args.get("export", self.spec.name)
         if self.scenario.export.handshake == "oldstyle":
             export = ""  # oldstyle has no export names: clients must not ask for one
         offset = args.get("offset", 0)
@@ -246,7 +254,7 @@ class ClientRun:
             "uri": uri, "uri_server": server_uri, "host": address.host, "port": address.port,
             "socket": address.path, "export": export, "server_opts": server_opts,
             "tls_dir": str(self.pki or ""), "offset": offset, "length": length,
-            "end": offset + length, "size": self.scenario.export.size, "context": context,
+            "end": offset + length, "size": self.spec.size, "context": context,
             "in": str(data_in), "out": str(data_out), "workdir": str(self.workdir),
             "python": sys.executable, "uri_repr": repr(uri), "uri_server_repr": repr(server_uri),
             "in_repr": repr(str(data_in)), "out_repr": repr(str(data_out)),
@@ -278,7 +286,7 @@ class ClientRun:
         if action == "write":
             data_in.write_bytes(pattern(offset, length, seed))
         elif action == "copy-in":
-            data_in.write_bytes(pattern(0, self.scenario.export.size, seed))
+            data_in.write_bytes(pattern(0, self.spec.size, seed))
         argv = render(argv_template, self._values(step, index, tls, data_in, data_out))
         before = len(served.records)
         started = time.monotonic()
@@ -344,7 +352,7 @@ class ClientRun:
         if action == "write":
             self.model.write(offset, length, seed)
         elif action == "copy-in":
-            self.model.write(0, self.scenario.export.size, seed)
+            self.model.write(0, self.spec.size, seed)
         elif action in ("zero", "fast-zero"):
             self.model.zero(offset, length)
         elif action == "trim":
@@ -353,7 +361,7 @@ class ClientRun:
     def _check_output(self, step: Step, action: str, output: ActionOutput, offset: int,
                       length: int, what: str) -> None:
         expect = step.expect or {}
-        size = self.scenario.export.size
+        size = self.spec.size
         if action == "read":
             check_data(output.data or b"", expect.get("data"), offset, length, self.model,
                        self.spec, what)
@@ -507,27 +515,12 @@ class ClientRun:
     # --- verdict --------------------------------------------------------------------------------
 
     def _verdict(self) -> ScenarioResult:
-        errors = [r for r in self.results if r.status == "error"]
-        failures = [r for r in self.results if r.status == "failed"]
-        if errors:
-            first = errors[0]
-            return self._result("error", f"{first.phase}[{first.index}] {first.action} "
-                                         f"(line {first.line}): {first.detail}")
-        if failures:
-            first = failures[0]
-            detail = f"{first.phase}[{first.index}] {first.action} (line {first.line}): " \
-                     f"{first.detail}"
-            if first.expected is not None or first.got is not None:
-                detail += f" (expected {first.expected}, got {first.got})"
-            return self._result("fail", detail)
-        missing = "; ".join(f"{f}: {why}" for f, why in sorted(self.missing.items()))
-        if self.unsupported_mode:
-            return self._result("unsupported", missing)
-        if self.fallback_mode:
-            return self._result("expected-fallback", f"without {missing}")
-        return self._result("pass", "")
+        missing = describe_missing(self.missing)
+        return self._result(*verdict_of_steps(
+            self.results, unsupported=missing if self.unsupported_mode else None,
+            fell_back_without=self.missing if self.fallback_mode else None))
 
-    def _result(self, verdict: str, detail: str) -> ScenarioResult:
+    def _result(self, verdict: Verdict, detail: str) -> ScenarioResult:
         served = self.served
         evidence = {
             "program": self.program.name,
@@ -536,7 +529,7 @@ class ClientRun:
             "runs": self.runs,
             "sessions": [record.summary() for record in served.records] if served else [],
         }
-        return ScenarioResult(verdict, list(self.results), detail, evidence,  # type: ignore[arg-type]
+        return ScenarioResult(verdict, list(self.results), detail, evidence,
                               self.scenario.id, "client")
 
 

@@ -1,6 +1,8 @@
 """Feature ids (``matrix/features.toml``) as scenarios use them.
 
-Three questions are answered here and nowhere else:
+What each feature means is data (``matrix/features.toml``: ``flag``,
+``command_flag``, ``refused_by``, ``reference_lacks``); the tables here are read
+from it.  Three questions are answered here and nowhere else:
 
 - which server features a step needs (:func:`step_needs`), so the loader can
   insist that a scenario lists them in ``requires.server`` and a fallback run
@@ -28,41 +30,41 @@ from reference_server.features import ServerFeatures
 
 TF = c.TransmissionFlag
 
+
+def _features() -> dict[str, Feature]:
+    return dict(default_peerdata().features)
+
+
+def _opt(name: str) -> int:
+    return c.Opt[name.removeprefix("NBD_OPT_")]
+
+
 FLAG_FEATURES: dict[str, TF] = {
-    "write-zeroes": TF.SEND_WRITE_ZEROES,
-    "trim": TF.SEND_TRIM,
-    "flush": TF.SEND_FLUSH,
-    "fua": TF.SEND_FUA,
-    "cache": TF.SEND_CACHE,
-    "df": TF.SEND_DF,
-    "fast-zero": TF.SEND_FAST_ZERO,
-    "block-status-payload": TF.BLOCK_STATUS_PAYLOAD,
+    feature.id: TF[feature.flag.removeprefix("NBD_FLAG_")]
+    for feature in _features().values() if feature.flag
 }
-"""Features a server announces with one transmission flag."""
+"""Features a server announces with one transmission flag (``flag`` in features.toml)."""
 
 OPTION_FEATURES: dict[int, frozenset[str]] = {
-    c.Opt.GO: frozenset({"opt-go"}),
-    c.Opt.INFO: frozenset({"opt-go"}),
-    c.Opt.LIST: frozenset({"list-exports"}),
-    c.Opt.STARTTLS: frozenset({"starttls-x509", "starttls-psk"}),
-    c.Opt.STRUCTURED_REPLY: frozenset({"structured-replies"}),
-    c.Opt.EXTENDED_HEADERS: frozenset({"extended-headers"}),
-    c.Opt.LIST_META_CONTEXT: frozenset({"base-allocation", "dirty-bitmap", "allocation-depth",
-                                        "meta-context-list-query"}),
-    c.Opt.SET_META_CONTEXT: frozenset({"base-allocation", "dirty-bitmap", "allocation-depth"}),
+    option: frozenset(f.id for f in _features().values() if option in map(_opt, f.refused_by))
+    for option in dict.fromkeys(_opt(name) for f in _features().values()
+                                for name in f.refused_by)
 }
-"""Features whose absence a server shows by answering the option NBD_REP_ERR_UNSUP."""
+"""Features whose absence a server shows by answering the option NBD_REP_ERR_UNSUP
+(``refused_by`` in features.toml)."""
 
 CMD_FLAG_FEATURES: dict[str, str] = {
-    "NBD_CMD_FLAG_FUA": "fua",
-    "NBD_CMD_FLAG_DF": "df",
-    "NBD_CMD_FLAG_FAST_ZERO": "fast-zero",
+    feature.command_flag: feature.id for feature in _features().values() if feature.command_flag
 }
+"""Command flag name -> the feature a request with it needs (``command_flag``)."""
 
-REFERENCE_SERVER_LACKS = frozenset({"starttls-psk"})
-"""Features no reference-server profile has (Python's ssl module does X.509 only)."""
+REFERENCE_SERVER_LACKS = frozenset(
+    f.id for f in _features().values() if "server" in f.reference_lacks)
+"""Features no reference-server profile has (``reference_lacks`` in features.toml: Python's
+ssl module does X.509 only)."""
 
-REFERENCE_CLIENT_LACKS = frozenset({"starttls-psk"})
+REFERENCE_CLIENT_LACKS = frozenset(
+    f.id for f in _features().values() if "client" in f.reference_lacks)
 """Features the reference client cannot use (same reason): the reference client has every
 feature of ``matrix/features.toml`` but these."""
 

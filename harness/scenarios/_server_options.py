@@ -69,7 +69,7 @@ class OptionSteps(RunState):
             if key in args:
                 compare(key, args[key], got)
         if "size" in args:
-            size = self.scenario.export.size if args["size"] == "export" else args["size"]
+            size = self.spec.size if args["size"] == "export" else args["size"]
             compare("size", size, neg.export_size if neg.export_size is not None
                     else state.export_size)
         flag_sets = {
@@ -177,7 +177,7 @@ class OptionSteps(RunState):
                      init_state: int | None, infos: list[int], what: str) -> None:
         problems = []
         if "size" in expect:
-            wanted = self.scenario.export.size if expect["size"] == "export" else expect["size"]
+            wanted = self.spec.size if expect["size"] == "export" else expect["size"]
             if size != wanted:
                 problems.append(f"size: expected {wanted}, got {size}")
         for name in expect.get("flags", []):

@@ -30,9 +30,11 @@ from harness.client import (
     TlsError,
     tls_context_for,
 )
+from harness.client.options import DEFAULT_TIMEOUT
 from harness.client.uri import NbdUri
 from harness.protocol import LocalProtocolError, Phase, RemoteProtocolError
 from harness.protocol import constants as c
+from harness.verdict import Verdict
 
 from . import _features, _names
 from ._content import verify_pieces
@@ -52,7 +54,7 @@ from ._server_base import (
 )
 from ._server_commands import CommandSteps
 from ._server_options import OptionSteps
-from .model import Scenario, ScenarioResult, Step, StepResult
+from .model import Scenario, ScenarioResult, Step, StepResult, verdict_of_steps
 
 
 class ServerRun(OptionSteps, CommandSteps):
@@ -65,17 +67,17 @@ class ServerRun(OptionSteps, CommandSteps):
                                & _features.REFERENCE_CLIENT_LACKS
                                & self.client_features_wanted)
         if harness_lacks:
-            return self._result("error", f"the reference client cannot use "
-                                         f"{', '.join(harness_lacks)} (Python's ssl module has "
-                                         "no TLS-PSK): this scenario cannot run against a "
-                                         "server with it")
+            return self._result(Verdict.ERROR, f"the reference client cannot use "
+                                               f"{', '.join(harness_lacks)} (Python's ssl module "
+                                               "has no TLS-PSK): this scenario cannot run "
+                                               "against a server with it")
         if lacking_client:
             fallback = scenario.fallback
             assert fallback is not None  # the loader insists on one
             for feature in lacking_client:
                 self.missing[feature] = "the client lacks it"
             if fallback.outcome == "unsupported":
-                return self._result("unsupported", "the client lacks "
+                return self._result(Verdict.UNSUPPORTED, "the client lacks "
                                     f"{', '.join(lacking_client)}")
             self.fallback_mode = True
         try:
@@ -166,27 +168,12 @@ class ServerRun(OptionSteps, CommandSteps):
         return result("ok", f"fallback: {exc}")
 
     def _verdict(self) -> ScenarioResult:
-        errors = [r for r in self.results if r.status == "error"]
-        failures = [r for r in self.results if r.status == "failed"]
-        if errors:
-            first = errors[0]
-            return self._result("error", f"{first.phase}[{first.index}] {first.action} "
-                                         f"(line {first.line}): {first.detail}")
-        if failures:
-            first = failures[0]
-            detail = f"{first.phase}[{first.index}] {first.action} (line {first.line}): " \
-                     f"{first.detail}"
-            if first.expected is not None or first.got is not None:
-                detail += f" (expected {first.expected}, got {first.got})"
-            return self._result("fail", detail)
-        if self.unsupported is not None:
-            return self._result("unsupported", str(self.unsupported))
-        if self.fallback_mode:
-            what = "; ".join(f"{f}: {e}" for f, e in sorted(self.missing.items()))
-            return self._result("expected-fallback", f"without {what}")
-        return self._result("pass", "")
+        return self._result(*verdict_of_steps(
+            self.results,
+            unsupported=str(self.unsupported) if self.unsupported is not None else None,
+            fell_back_without=self.missing if self.fallback_mode else None))
 
-    def _result(self, verdict: str, detail: str) -> ScenarioResult:
+    def _result(self, verdict: Verdict, detail: str) -> ScenarioResult:
         for conn in self.conns.values():
             self._remember(conn)
         evidence = {
@@ -195,7 +182,7 @@ class ServerRun(OptionSteps, CommandSteps):
                             for name, records in self.negotiations.items()},
             "missing_features": dict(self.missing),
         }
-        return ScenarioResult(verdict, list(self.results), detail, evidence,  # type: ignore[arg-type]
+        return ScenarioResult(verdict, list(self.results), detail, evidence,
                               self.scenario.id, "server")
 
     def _wants(self, feature: str, explicit: object) -> bool:
@@ -241,7 +228,7 @@ class ServerRun(OptionSteps, CommandSteps):
             **wanted,
             "contexts": list(contexts),
             "tls": tls != "off",
-            "init_state": export.init_state,
+            "init_state": export.spec.init_state,
             "oldstyle": export.handshake == "oldstyle",
         }
         return options, asked
@@ -381,7 +368,7 @@ class ServerRun(OptionSteps, CommandSteps):
 
 async def run_server_async(scenario: Scenario, uri: str, *,
                            features_client: Iterable[str] | None = None,
-                           timeout: float = 30.0,
+                           timeout: float = DEFAULT_TIMEOUT,
                            tls_dir: Path | None = None) -> ScenarioResult:
     """The asyncio form of :func:`harness.scenarios.steps.run_server_scenario`."""
     run = ServerRun(scenario, uri, features_client=features_client, timeout=timeout,

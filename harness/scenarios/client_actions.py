@@ -3,26 +3,25 @@
 The data says, per program and action, the command line (a template with
 ``{placeholders}``) and the output format; this module loads and checks it,
 fills templates in (:func:`render`) and reads outputs back into a
-:class:`ActionOutput` (:data:`OUTPUT_READERS`): bytes, extents, a size or
-export names.
+:class:`ActionOutput` (:data:`OUTPUT_READERS`, each program's formats read in
+its driver module): bytes, extents, a size or export names.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
-from harness.protocol import constants as c
+from harness.paths import CLIENT_ACTIONS_FILE
+from harness.peers._actions import OUTPUT_READERS, ActionOutput, output_reader, parse_json
 
-REPO = Path(__file__).resolve().parents[2]
-ACTIONS_FILE = REPO / "matrix" / "client-actions.toml"
+ACTIONS_FILE = CLIENT_ACTIONS_FILE
 
 ACTIONS = ("info", "list", "read", "write", "zero", "fast-zero", "trim", "flush", "cache",
            "map", "copy-in", "copy-out")
@@ -34,6 +33,10 @@ PLACEHOLDERS = frozenset({
     "offset", "length", "end", "size", "context", "in", "out", "workdir", "python",
     "uri_repr", "uri_server_repr", "in_repr", "out_repr", "context_repr",
 })
+
+
+_PROGRAM_KEYS = ("description", "uri_tls")
+"""Keys of a program's table that are not actions."""
 
 
 class ClientActionsError(UserError, ValueError):
@@ -73,16 +76,6 @@ class ClientProgram:
         return None
 
 
-@dataclass
-class ActionOutput:
-    """What an action's output said; only the fields its format has are set."""
-
-    data: bytes | None = None
-    extents: list[tuple[int, int, int]] | None = None
-    size: int | None = None
-    exports: list[str] | None = None
-
-
 def _strings(where: str, key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise ClientActionsError(f"{where}: {key} must be a non-empty list of strings")
@@ -109,7 +102,7 @@ def load_client_actions(path: Path = ACTIONS_FILE) -> dict[str, ClientProgram]:
             raise ClientActionsError(f"{where}: must be a table")
         actions: dict[str, tuple[ActionForm, ...]] = {}
         for key, value in table.items():
-            if key in ("description", "uri_tls"):
+            if key in _PROGRAM_KEYS:
                 continue
             if key not in ACTIONS:
                 raise ClientActionsError(f"{where}: unknown action {key!r} (actions: "
@@ -157,112 +150,24 @@ def render(argv: tuple[str, ...], values: Mapping[str, object]) -> list[str]:
 
 
 # --- reading outputs ---------------------------------------------------------------------
+# Each program's formats are read in its driver module (harness/peers); the reference
+# client's `nbd-harness info --json` is read here.
 
 
-def _json(stdout: str) -> Any:
-    try:
-        return json.loads(stdout)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"output is not JSON ({exc}): {stdout[:200]!r}") from None
-
-
-def _file(stdout: str, out: Path) -> ActionOutput:
-    return ActionOutput(data=out.read_bytes() if out.exists() else b"")
-
-
-def _nbdinfo_json(stdout: str, out: Path) -> ActionOutput:
-    exports = _json(stdout).get("exports", [])
-    return ActionOutput(size=exports[0].get("export-size") if exports else None)
-
-
-def _nbdinfo_list(stdout: str, out: Path) -> ActionOutput:
-    return ActionOutput(exports=[e["export-name"] for e in _json(stdout).get("exports", [])])
-
-
-def _nbdinfo_map(stdout: str, out: Path) -> ActionOutput:
-    return ActionOutput(extents=[(e["offset"], e["length"], e["type"]) for e in _json(stdout)])
-
-
-def _qemu_img_info(stdout: str, out: Path) -> ActionOutput:
-    return ActionOutput(size=_json(stdout)["virtual-size"])
-
-
-def _qemu_img_map(stdout: str, out: Path) -> ActionOutput:
-    extents = []
-    for entry in _json(stdout):
-        flags = (0 if entry["data"] else c.StateFlag.HOLE) | (c.StateFlag.ZERO if entry["zero"]
-                                                              else 0)
-        extents.append((entry["start"], entry["length"], int(flags)))
-    return ActionOutput(extents=extents)
-
-
-def _qemu_img_dirty_map(stdout: str, out: Path) -> ActionOutput:
-    # x-dirty-bitmap: qemu reads NBD_STATE_DIRTY as "not data".
-    return ActionOutput(extents=[(e["start"], e["length"],
-                                  0 if e["data"] else int(c.DirtyFlag.DIRTY))
-                                 for e in _json(stdout)])
-
-
-_DUMP_LINE = re.compile(r"^([0-9a-f]{8}):\s+((?:[0-9a-f]{2} ?)+?)\s{2,}", re.MULTILINE)
-
-
-def _qemu_io_dump(stdout: str, out: Path) -> ActionOutput:
-    data = bytearray()
-    for match in _DUMP_LINE.finditer(stdout):
-        data += bytes.fromhex(match.group(2).replace(" ", ""))
-    if "failed" in stdout.lower() and not data:
-        raise ValueError(f"qemu-io read failed: {stdout.strip()[:200]}")
-    return ActionOutput(data=bytes(data))
-
-
-def _qemu_nbd_list(stdout: str, out: Path) -> ActionOutput:
-    return ActionOutput(exports=re.findall(r"^\s*export: '(.*)'\s*$", stdout, re.MULTILINE))
-
-
-def _json_size(stdout: str, out: Path) -> ActionOutput:
-    return ActionOutput(size=_json(stdout)["size"])
-
-
-def _json_list(stdout: str, out: Path) -> ActionOutput:
-    return ActionOutput(exports=list(_json(stdout)))
-
-
-def _json_extents(stdout: str, out: Path) -> ActionOutput:
-    return ActionOutput(extents=[tuple(e) for e in _json(stdout)])  # type: ignore[misc]
-
-
+@output_reader("harness-info-json")
 def _harness_info(stdout: str, out: Path) -> ActionOutput:
-    return ActionOutput(size=_json(stdout)["negotiation"]["export_size"])
+    return ActionOutput(size=parse_json(stdout)["negotiation"]["export_size"])
 
 
+@output_reader("harness-list-json")
 def _harness_list(stdout: str, out: Path) -> ActionOutput:
-    return ActionOutput(exports=[e["name"] for e in _json(stdout)["exports"]])
+    return ActionOutput(exports=[e["name"] for e in parse_json(stdout)["exports"]])
 
 
+@output_reader("harness-map-json")
 def _harness_map(stdout: str, out: Path) -> ActionOutput:
     return ActionOutput(extents=[(e["offset"], e["length"], e["type"])
-                                 for e in _json(stdout)["map"]["extents"]])
-
-
-OUTPUT_READERS: dict[str, Callable[[str, Path], ActionOutput]] = {
-    "none": lambda stdout, out: ActionOutput(),
-    "file": _file,
-    "nbdinfo-json": _nbdinfo_json,
-    "nbdinfo-list-json": _nbdinfo_list,
-    "nbdinfo-map-json": _nbdinfo_map,
-    "qemu-img-info-json": _qemu_img_info,
-    "qemu-img-map-json": _qemu_img_map,
-    "qemu-img-dirty-map-json": _qemu_img_dirty_map,
-    "qemu-io-dump": _qemu_io_dump,
-    "qemu-nbd-list": _qemu_nbd_list,
-    "json-size": _json_size,
-    "json-list": _json_list,
-    "json-extents": _json_extents,
-    "harness-info-json": _harness_info,
-    "harness-list-json": _harness_list,
-    "harness-map-json": _harness_map,
-}
-"""Output format name -> reader of (stdout, the {out} file)."""
+                                 for e in parse_json(stdout)["map"]["extents"]])
 
 
 __all__ = [

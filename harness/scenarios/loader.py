@@ -27,10 +27,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from harness.paths import EXTENDED_SPEC_FILE, REPO, SCENARIOS_DIR
 from harness.peers.export import DEFAULT_CLUSTER_SIZE as CLUSTER
-from harness.peers.export import BitmapSpec, DataRange, ExportSpecError
+from harness.peers.export import BitmapSpec, DataRange, ExportSpec, ExportSpecError, Layer
+from harness.peers.reference import reference_config
 from harness.protocol import constants as c
-from reference_server.config import ConfigError, config_from_dict
+from reference_server.config import ConfigError
 
 from . import _features
 from ._yaml import Lines, Path_, ScenarioError, read_document, show_path
@@ -41,13 +43,13 @@ from .model import (
     Fallback,
     Scenario,
     Step,
+    default_image_format,
 )
 from .schema import validate
 
-REPO = Path(__file__).resolve().parents[2]
-LIBRARY = REPO / "scenarios"
+LIBRARY = SCENARIOS_DIR
 """The scenario library of this repository."""
-SPEC_FILE = REPO / "docs" / "spec" / "proto-extended-headers.md"
+SPEC_FILE = EXTENDED_SPEC_FILE
 
 QEMU_DOC = "qemu-nbd.rst"
 QEMU_HEADINGS = ("QEMU NBD protocol support", "Metadata namespaces", "qemu namespace",
@@ -125,51 +127,49 @@ def _export(document: Mapping[str, Any], lines: Lines) -> ExportRequirements:
             bitmaps.append(BitmapSpec(item))
         else:
             bitmaps.append(BitmapSpec(item["name"], item.get("granularity", 64 * 1024)))
-    export = ExportRequirements(
-        name=raw.get("name", "disk"),
-        size=raw.get("size", DEFAULT_EXPORT_SIZE),
-        backend=backend,
-        image_format=raw.get("format"),
-        layers=layers,
-        bitmaps=tuple(bitmaps),
-        writes_after_bitmaps=_ranges(raw.get("writes_after_bitmaps")),
-        read_only=raw.get("read_only", False),
-        tls=raw.get("tls", "off"),
-        handshake=raw.get("handshake", "fixed-newstyle"),
-        description=raw.get("description", ""),
-        min_block_size=raw.get("min_block_size"),
-        preferred_block_size=raw.get("preferred_block_size"),
-        max_payload_size=raw.get("max_payload_size"),
-        block_size_required=raw.get("block_size_required", False),
-        multi_conn=raw.get("multi_conn", True),
-        init_state=raw.get("init_state", False),
-        list_exports=raw.get("list_exports", True),
-        extra_exports=tuple(raw.get("extra_exports", [])),
-    )
+    try:
+        export = ExportRequirements(
+            spec=ExportSpec(
+                size=raw.get("size", DEFAULT_EXPORT_SIZE),
+                name=raw.get("name", "disk"),
+                image_format=raw.get("format") or default_image_format(backend, bool(bitmaps)),
+                layers=tuple(Layer(ranges) for ranges in layers),
+                bitmaps=tuple(bitmaps),
+                writes_after_bitmaps=_ranges(raw.get("writes_after_bitmaps")),
+                read_only=raw.get("read_only", False),
+                description=raw.get("description", ""),
+                min_block_size=raw.get("min_block_size"),
+                preferred_block_size=raw.get("preferred_block_size"),
+                max_payload_size=raw.get("max_payload_size"),
+                block_size_required=raw.get("block_size_required", False),
+                multi_conn=raw.get("multi_conn", True),
+                init_state=raw.get("init_state", False),
+            ),
+            backend=backend,
+            tls=raw.get("tls", "off"),
+            handshake=raw.get("handshake", "fixed-newstyle"),
+            list_exports=raw.get("list_exports", True),
+            extra_exports=tuple(raw.get("extra_exports", [])),
+        )
+    except ExportSpecError as exc:
+        raise lines.error(path, f"export: {exc}") from None
     _check_export(export, lines)
     return export
 
 
 def _check_export(export: ExportRequirements, lines: Lines) -> None:
     path: Path_ = ("export",)
-    try:
-        export.export_spec()
-    except ExportSpecError as exc:
-        raise lines.error(path, f"export: {exc}") from None
+    spec = export.spec
     if export.tls != "off" and export.handshake != "fixed-newstyle":
         raise lines.error((*path, "tls"), "export: TLS needs handshake fixed-newstyle "
                                           "(spec: TLS support)")
-    if export.name in export.extra_exports:
-        raise lines.error((*path, "extra_exports"), f"export: {export.name!r} is listed in "
+    if spec.name in export.extra_exports:
+        raise lines.error((*path, "extra_exports"), f"export: {spec.name!r} is listed in "
                                                     "extra_exports too")
-    # The reference server's own checks of sizes and block sizes, on the same values.
-    table: dict[str, Any] = {"name": export.name, "size": export.size, "backend": "memory",
-                             "read_only": export.read_only}
-    for key in ("min_block_size", "preferred_block_size", "max_payload_size"):
-        if getattr(export, key) is not None:
-            table[key] = getattr(export, key)
+    # The reference server's own checks of sizes and block sizes, on the configuration it
+    # will be hosted with.
     try:
-        config_from_dict({"export": [table]})
+        reference_config(spec, Path(), storage="memory")
     except ConfigError as exc:
         raise lines.error(path, f"export: {exc}") from None
 
@@ -296,7 +296,7 @@ def _check_extents_source(step: Step, export: ExportRequirements, lines: Lines,
     if not step.expect or step.expect.get("extents") != "export":
         return
     context = step.args.get("context", "")
-    bitmaps = [b.name for b in export.bitmaps]
+    bitmaps = [b.name for b in export.spec.bitmaps]
     if context in (c.BASE_ALLOCATION, c.QEMU_ALLOCATION_DEPTH):
         return
     if context.startswith(c.QEMU_DIRTY_BITMAP_PREFIX):

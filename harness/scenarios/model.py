@@ -14,18 +14,13 @@ numbers of bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.peers.export import BitmapSpec, DataRange, ExportSpec, ExportSpecError, Layer
-
-Verdict = Literal["pass", "fail", "unsupported", "expected-fallback", "error"]
-VERDICTS: tuple[Verdict, ...] = ("pass", "fail", "unsupported", "expected-fallback", "error")
-"""pass; fail (an expectation did not hold); unsupported (a side lacks a required
-feature and said so correctly); expected-fallback (the scenario's fallback
-expectation held); error (the harness or the environment broke)."""
+from harness.peers.export import ExportSpec, ExportSpecError
+from harness.verdict import Verdict
 
 Role = Literal["server", "client"]
 ROLES: tuple[Role, ...] = ("server", "client")
@@ -81,79 +76,59 @@ class Fallback:
     client_expect: tuple[Step, ...] = ()
 
 
+TlsMode = Literal["off", "optional", "required"]
+Handshake = Literal["fixed-newstyle", "newstyle", "oldstyle"]
+Backend = Literal["memory", "layers"]
+
+
+def default_image_format(backend: Backend, has_bitmaps: bool) -> Literal["raw", "qcow2"]:
+    """The image format of a scenario export that names none.
+
+    qcow2 for a backing chain and for dirty bitmaps (a raw image has nowhere to keep
+    a persistent bitmap, so qemu's drivers refuse one), raw otherwise.  Servers that
+    serve a flattened raw file (nbdkit, nbd-server) build it from the same
+    :class:`~harness.peers.export.ExportSpec` whatever this says.
+    """
+    return "qcow2" if backend == "layers" or has_bitmaps else "raw"
+
+
+def _default_spec() -> ExportSpec:
+    return ExportSpec(DEFAULT_EXPORT_SIZE, image_format="raw")
+
+
 @dataclass(frozen=True)
 class ExportRequirements:
-    """The export a scenario needs: contents, layers, bitmaps, access, TLS, block sizes.
+    """What a scenario needs served: the export itself and the server around it.
 
-    ``layers`` run from the base to the top layer; each holds pattern data ranges
-    (:func:`harness.peers.export.pattern`).  ``tls`` is the server's TLS mode:
-    ``off`` (NOTLS), ``optional`` (SELECTIVETLS) or ``required`` (FORCEDTLS).
-    Block sizes are None when the scenario leaves them to the server.
-    ``multi_conn`` marks the export shareable between connections.
+    ``spec`` is the export (:class:`~harness.peers.export.ExportSpec`, the one
+    export model every server driver serves); the rest is not an export:
+    ``backend`` is how the reference server stores it (``memory``, or raw
+    ``layers`` files for a backing chain); ``tls`` is the server's TLS mode:
+    ``off`` (NOTLS), ``optional`` (SELECTIVETLS) or ``required`` (FORCEDTLS);
+    ``handshake`` its negotiation style; ``list_exports`` whether it answers
+    NBD_OPT_LIST; ``extra_exports`` the names of empty exports served beside it.
     """
 
-    name: str = "disk"
-    size: int = DEFAULT_EXPORT_SIZE
-    backend: Literal["memory", "layers"] = "memory"
-    image_format: Literal["raw", "qcow2"] | None = None
-    layers: tuple[tuple[DataRange, ...], ...] = ()
-    bitmaps: tuple[BitmapSpec, ...] = ()
-    writes_after_bitmaps: tuple[DataRange, ...] = ()
-    read_only: bool = False
-    tls: Literal["off", "optional", "required"] = "off"
-    handshake: Literal["fixed-newstyle", "newstyle", "oldstyle"] = "fixed-newstyle"
-    description: str = ""
-    min_block_size: int | None = None
-    preferred_block_size: int | None = None
-    max_payload_size: int | None = None
-    block_size_required: bool = False
-    multi_conn: bool = True
-    init_state: bool = False
+    spec: ExportSpec = field(default_factory=_default_spec)
+    backend: Backend = "memory"
+    tls: TlsMode = "off"
+    handshake: Handshake = "fixed-newstyle"
     list_exports: bool = True
     extra_exports: tuple[str, ...] = ()
 
-    @property
-    def format(self) -> Literal["raw", "qcow2"]:
-        """The image format a server peer builds this export in.
-
-        The scenario's own ``format`` when it gives one; else qcow2 for a backing
-        chain and for dirty bitmaps (a raw image has nowhere to keep a persistent
-        bitmap, so qemu's drivers refuse one), raw otherwise.  Servers that serve a
-        flattened raw file (nbdkit, nbd-server) build it from the same
-        :meth:`export_spec` whatever this says.
-        """
-        if self.image_format is not None:
-            return self.image_format
-        return "qcow2" if self.backend == "layers" or self.bitmaps else "raw"
-
-    @property
-    def block_sizes_set(self) -> bool:
-        return any(
-            size is not None
-            for size in (self.min_block_size, self.preferred_block_size, self.max_payload_size)
-        )
+    def __post_init__(self) -> None:
+        if self.spec.bitmaps and self.spec.image_format != "qcow2":
+            raise ExportSpecError(f"dirty bitmaps need format qcow2, not "
+                                  f"{self.spec.image_format} (a raw image has nowhere to keep "
+                                  "them)")
 
     def export_spec(self, tls_dir: Path | None = None) -> ExportSpec:
         """The :class:`~harness.peers.export.ExportSpec` every server peer serves.
 
-        It is complete for every driver as it is (image format included, see
-        :attr:`format`); ``tls_dir`` is the PKI a TLS export is served with.
-        Raises :class:`~harness.peers.export.ExportSpecError` when it cannot be built.
+        ``tls_dir`` is the PKI a TLS export is served with (ignored when ``tls``
+        is off).
         """
-        if self.bitmaps and self.format != "qcow2":
-            raise ExportSpecError(f"dirty bitmaps need format qcow2, not {self.format} "
-                                  "(a raw image has nowhere to keep them)")
-        return ExportSpec(
-            size=self.size,
-            name=self.name,
-            image_format=self.format,
-            layers=tuple(Layer(ranges) for ranges in self.layers),
-            bitmaps=self.bitmaps,
-            writes_after_bitmaps=self.writes_after_bitmaps,
-            read_only=self.read_only,
-            tls_dir=tls_dir if self.tls != "off" else None,
-            description=self.description,
-        )
+        return replace(self.spec, tls_dir=tls_dir if self.tls != "off" else None)
 
 
 @dataclass(frozen=True)
@@ -185,7 +160,7 @@ class Scenario:
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready description (``nbd-harness scenarios show --json``)."""
-        export = self.export
+        export, spec = self.export, self.export.spec
         return {
             "name": self.name,
             "id": self.id,
@@ -207,26 +182,26 @@ class Scenario:
                 "client_expect": [s.as_dict() for s in self.fallback.client_expect],
             },
             "export": {
-                "name": export.name,
-                "size": export.size,
+                "name": spec.name,
+                "size": spec.size,
                 "backend": export.backend,
-                "format": export.format,
+                "format": spec.image_format,
                 "layers": [
-                    [[r.offset, r.length, r.seed] for r in layer] for layer in export.layers
+                    [[r.offset, r.length, r.seed] for r in layer.ranges] for layer in spec.layers
                 ],
-                "bitmaps": [[b.name, b.granularity] for b in export.bitmaps],
+                "bitmaps": [[b.name, b.granularity] for b in spec.bitmaps],
                 "writes_after_bitmaps": [
-                    [r.offset, r.length, r.seed] for r in export.writes_after_bitmaps
+                    [r.offset, r.length, r.seed] for r in spec.writes_after_bitmaps
                 ],
-                "read_only": export.read_only,
+                "read_only": spec.read_only,
                 "tls": export.tls,
                 "handshake": export.handshake,
-                "min_block_size": export.min_block_size,
-                "preferred_block_size": export.preferred_block_size,
-                "max_payload_size": export.max_payload_size,
-                "block_size_required": export.block_size_required,
-                "multi_conn": export.multi_conn,
-                "init_state": export.init_state,
+                "min_block_size": spec.min_block_size,
+                "preferred_block_size": spec.preferred_block_size,
+                "max_payload_size": spec.max_payload_size,
+                "block_size_required": spec.block_size_required,
+                "multi_conn": spec.multi_conn,
+                "init_state": spec.init_state,
                 "list_exports": export.list_exports,
                 "extra_exports": list(export.extra_exports),
             },
@@ -293,17 +268,21 @@ class ScenarioResult:
     """
 
     verdict: Verdict
+    """A :class:`~harness.verdict.Verdict` (its string value is accepted and converted)."""
     steps: list[StepResult] = field(default_factory=list)
     detail: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
     scenario: str = ""
     role: Role = "server"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "verdict", Verdict(self.verdict))
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
             "role": self.role,
-            "verdict": self.verdict,
+            "verdict": self.verdict.value,
             "detail": self.detail,
             "steps": [s.as_dict() for s in self.steps],
             "evidence": _jsonable(self.evidence),
@@ -312,6 +291,45 @@ class ScenarioResult:
     @property
     def failed_step(self) -> StepResult | None:
         return next((s for s in self.steps if s.status in ("failed", "error")), None)
+
+
+def describe_missing(missing: Mapping[str, object]) -> str:
+    """``feature: how it showed missing; ...`` (sorted by feature), for a verdict's detail."""
+    return "; ".join(f"{feature}: {why}" for feature, why in sorted(missing.items()))
+
+
+def verdict_of_steps(steps: Sequence[StepResult], *, unsupported: str | None = None,
+                     fell_back_without: Mapping[str, object] | None = None
+                     ) -> tuple[Verdict, str]:
+    """The verdict a run's step results come to, and why.
+
+    The first step that errored makes it ``error`` (the harness or the
+    environment broke); else the first that failed makes it ``fail`` (with
+    what it expected and got); else ``unsupported`` when a required feature
+    showed missing and the scenario's fallback says so (``unsupported`` is how
+    it showed), ``expected-fallback`` when the run went on without the
+    features in ``fell_back_without`` (feature -> how it showed missing), and
+    ``pass`` otherwise.
+    """
+    errors = [step for step in steps if step.status == "error"]
+    failures = [step for step in steps if step.status == "failed"]
+    if errors:
+        return Verdict.ERROR, _where(errors[0])
+    if failures:
+        first = failures[0]
+        detail = _where(first)
+        if first.expected is not None or first.got is not None:
+            detail += f" (expected {first.expected}, got {first.got})"
+        return Verdict.FAIL, detail
+    if unsupported is not None:
+        return Verdict.UNSUPPORTED, unsupported
+    if fell_back_without is not None:
+        return Verdict.EXPECTED_FALLBACK, f"without {describe_missing(fell_back_without)}"
+    return Verdict.PASS, ""
+
+
+def _where(step: StepResult) -> str:
+    return f"{step.phase}[{step.index}] {step.action} (line {step.line}): {step.detail}"
 
 
 def _jsonable(value: Any) -> Any:
@@ -331,9 +349,10 @@ __all__ = [
     "DEFAULT_CONNECTION",
     "DEFAULT_EXPORT_SIZE",
     "ROLES",
-    "VERDICTS",
+    "Backend",
     "ExportRequirements",
     "Fallback",
+    "Handshake",
     "Outcome",
     "Role",
     "Scenario",
@@ -341,5 +360,8 @@ __all__ = [
     "Step",
     "StepResult",
     "StepStatus",
-    "Verdict",
+    "TlsMode",
+    "default_image_format",
+    "describe_missing",
+    "verdict_of_steps",
 ]

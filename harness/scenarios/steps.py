@@ -31,6 +31,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.client.options import DEFAULT_TIMEOUT
+from harness.verdict import Verdict
 from reference_server.features import FULL, ServerFeatures
 
 from ._client_run import ClientRun, ListenWrapper
@@ -41,8 +43,6 @@ from .model import Scenario, ScenarioResult, StepResult
 if TYPE_CHECKING:
     from harness.peers import Provider
 
-DEFAULT_TIMEOUT = 30.0
-"""Seconds each network wait (and a tenth of each client program's run) may take."""
 
 
 def _overall_bound(scenario: Scenario, timeout: float) -> float:
@@ -69,7 +69,7 @@ def run_server_scenario(
     fallback.  ``timeout`` bounds each network wait.
     """
     if "server" not in scenario.roles:
-        return ScenarioResult("error", [], f"{scenario.id} has no server role",
+        return ScenarioResult(Verdict.ERROR, [], f"{scenario.id} has no server role",
                               scenario=scenario.id, role="server")
     coroutine = run_server_async(scenario, uri, features_client=features_client,
                                  timeout=timeout, tls_dir=tls_dir)
@@ -80,7 +80,8 @@ def run_server_scenario(
             async with asyncio.timeout(bound):
                 return await coroutine
         except TimeoutError:
-            return ScenarioResult("error", [], f"the scenario did not finish within {bound:g} s",
+            return ScenarioResult(Verdict.ERROR, [],
+                                  f"the scenario did not finish within {bound:g} s",
                                   scenario=scenario.id, role="server")
 
     try:
@@ -100,7 +101,7 @@ def run_server_scenario(
     thread.start()
     thread.join(bound + 30)
     if not box:
-        return ScenarioResult("error", [], "the scenario thread did not finish",
+        return ScenarioResult(Verdict.ERROR, [], "the scenario thread did not finish",
                               scenario=scenario.id, role="server")
     if isinstance(box[0], BaseException):
         raise box[0]
@@ -136,7 +137,7 @@ def run_client_scenario(
 
         @contextlib.contextmanager
         def recorded(upstream: Address) -> Iterator[Address]:
-            with ProxyThread(Address.tcp("127.0.0.1", 0), upstream, capture) as proxy:
+            with ProxyThread(LOOPBACK, upstream, capture) as proxy:
                 yield proxy.address
 
     ``provider`` (a :class:`harness.peers.Provider`; None: this machine's
@@ -145,14 +146,14 @@ def run_client_scenario(
     The session records and data the checks read are the server's either way.
     """
     if "client" not in scenario.roles:
-        return ScenarioResult("error", [], f"{scenario.id} has no client role",
+        return ScenarioResult(Verdict.ERROR, [], f"{scenario.id} has no client role",
                               scenario=scenario.id, role="client")
     if isinstance(client_program, str):
         programs = default_client_actions()
         program = programs.get(client_program)
         if program is None:
             return ScenarioResult(
-                "error", [], f"unknown client program {client_program!r} (known: "
+                Verdict.ERROR, [], f"unknown client program {client_program!r} (known: "
                              f"{', '.join(sorted(programs))})", scenario=scenario.id,
                 role="client")
     else:
