@@ -26,6 +26,8 @@ CLIENT_ACTIONS_FILE = MATRIX_DIR / "client-actions.toml"
 """How each client program performs each client-role scenario action."""
 DOCKER_DIR = MATRIX_DIR / "docker"
 """The Dockerfiles of the docker provider."""
+QEMU_BUILDS_FILE = MATRIX_DIR / "qemu-builds.toml"
+"""How qemu releases are built from source (``nbd-harness peers build qemu``)."""
 
 SPEC_DIR = REPO / "docs" / "spec"
 """The copies of the NBD spec the scenarios and rules cite."""
@@ -35,5 +37,5 @@ EXTENDED_SPEC_FILE = SPEC_DIR / "proto-extended-headers.md"
 REPORTS_DIR = REPO / "reports"
 """Where runs write their reports unless told otherwise."""
 
-__all__ = ["CLIENT_ACTIONS_FILE", "DOCKER_DIR", "EXTENDED_SPEC_FILE", "MATRIX_DIR", "REPO",
-           "REPORTS_DIR", "SCENARIOS_DIR", "SPEC_DIR", "SUITES_FILE"]
+__all__ = ["CLIENT_ACTIONS_FILE", "DOCKER_DIR", "EXTENDED_SPEC_FILE", "MATRIX_DIR",
+           "QEMU_BUILDS_FILE", "REPO", "REPORTS_DIR", "SCENARIOS_DIR", "SPEC_DIR", "SUITES_FILE"]

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.peers.suites import REPO, Suite
+from harness.paths import QEMU_BUILDS_FILE as BUILDS_FILE
+from harness.peers.suites import Suite
 
-BUILDS_FILE = REPO / "matrix" / "qemu-builds.toml"
 BUILD_SYSTEMS = ("make", "meson")
 
 
