@@ -69,8 +69,8 @@ def data():
 def test_data_loads_with_every_program_and_listed_version(data):
     assert set(data.programs) == {"qemu", "nbdkit", "libnbd", "nbd-server"}
     versions = {name: [v.version for v in p.versions] for name, p in data.programs.items()}
-    assert versions["qemu"] == ["2.6", "2.8", "2.10", "2.11", "2.12", "3.0", "4.2", "5.2", "7.1",
-                                "7.2", "8.2", "10.0", "11.1"]
+    assert versions["qemu"] == ["2.6", "2.8", "2.10", "2.11", "2.12", "3.0", "3.1", "4.1", "4.2",
+                                "5.2", "6.2", "7.1", "7.2", "8.2", "10.0", "11.1"]
     assert versions["nbdkit"] == ["1.24", "1.32", "1.42", "1.48"]
     assert versions["libnbd"] == ["1.6", "1.14", "1.22", "1.24"]
     assert versions["nbd-server"] == ["3.21", "3.24", "3.26", "3.27"]
@@ -109,6 +109,12 @@ def test_every_claim_and_quirk_cites_a_source(data):
             assert len(quirk.source) > 10 and quirk.description, (program.name, quirk)
 
 
+# Where the claims depart from qemu's list on purpose, with the real release as evidence:
+# qemu's server exported dirty bitmaps from 3.0 through QMP only; qemu-nbd, the server the
+# harness runs, has --bitmap from 4.0 (not in the 3.1.0 build, in the 4.1.1 one).
+DEPARTURES = {("server", "dirty-bitmap"): "4.0"}
+
+
 @pytest.mark.parametrize("role", ["server", "client"])
 def test_qemu_claims_match_qemus_own_features_by_version_list(data, role):
     qemu = data.program("qemu")
@@ -116,7 +122,8 @@ def test_qemu_claims_match_qemus_own_features_by_version_list(data, role):
         claims = [c for c in qemu.claims if c.role == role and c.feature == feature]
         if role == "client" and feature.startswith("multi-conn"):
             continue  # a server flag: the client side has nothing to claim
-        assert [c.since for c in claims] == [version], (role, feature)
+        expected = DEPARTURES.get((role, feature), version)
+        assert [c.since for c in claims] == [expected], (role, feature)
 
 
 def test_qemu_version_boundaries(data):

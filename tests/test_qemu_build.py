@@ -219,3 +219,40 @@ def test_the_command_reports_a_cached_build_and_user_mistakes_in_one_line(
         f"nbd-harness peers: error: {tmp_path} is not a qemu source tree "
         "(it needs configure and VERSION)",
     ]
+
+
+# --- built releases as peers ------------------------------------------------------------------
+
+
+def test_a_built_release_is_a_peer_of_its_series_with_only_the_programs_it_has(
+        tmp_path, monkeypatch):
+    from harness.peers import Catalog, PeerSpec
+
+    monkeypatch.setenv("NBD_HARNESS_CACHE", os.fspath(tmp_path / "cache"))
+    _cached_build(tmp_path / "cache" / "qemu", "2.12.1", "x")
+    catalog = Catalog.load(kinds=("build",))
+    provider = catalog.provider("build:qemu-2.12.1")
+    assert provider.suite.versions == {"qemu": "2.12.1"}
+    assert catalog.carries(provider, PeerSpec("qemu-nbd", "2.12"))
+    assert catalog.carries(provider, PeerSpec("qemu-io", "2.12.1"))
+    assert not catalog.carries(provider, PeerSpec("qemu-nbd", "2.10"))
+    assert not catalog.carries(provider, PeerSpec("qemu-storage-daemon", None))
+    assert not catalog.carries(provider, PeerSpec("nbdkit", None))
+    # It runs in bullseye's peer root filesystem, which this cache does not have yet.
+    assert not provider.ready()
+    assert provider.install_hint() == "nbd-harness peers install bullseye"
+    assert provider.knows_versions
+
+
+def test_a_built_release_runs_its_own_programs_first_in_its_suites_root(tmp_path, monkeypatch):
+    from harness.peers import Catalog
+
+    monkeypatch.setenv("NBD_HARNESS_CACHE", os.fspath(tmp_path / "cache"))
+    build = _cached_build(tmp_path / "cache" / "qemu", "6.2.0", "x")
+    provider = Catalog.load(kinds=("build",)).provider("build:qemu-6.2.0")
+    assert provider.environment()["PATH"].startswith(f"{build.bin_dir}:")
+    command = provider.wrap(["qemu-nbd", "--version"], binds=[tmp_path / "work"])
+    assert command[0].endswith("bwrap")
+    assert os.fspath(build.bin_dir) in command and os.fspath(tmp_path / "work") in command
+    assert command[-2:] == ["qemu-nbd", "--version"]
+    assert provider.has_program("qemu-storage-daemon")

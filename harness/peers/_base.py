@@ -340,7 +340,7 @@ class Peer(ABC):
         output = f"{result.stdout}\n{result.stderr}"
         reported = self.parse_version(output)
         package = self.provider.package_version(self.package) if self.package else None
-        if self.misreports_version and package is not None:
+        if (self.misreports_version or self.provider.knows_versions) and package is not None:
             note = (f"{self.program} reports {reported} but its package is {package}"
                     if package != reported else "")
             return PeerVersion(self.program, reported, package, package, note)

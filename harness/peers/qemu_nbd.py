@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from ._actions import ActionOutput, output_reader
 from ._base import RunningServer, ServerPeer, Transport
-from ._qemu import build_image, probe_chain, tls_object
+from ._qemu import build_image, probe_chain, qemu_series, tls_object
 from .export import ExportSpec
 
 if TYPE_CHECKING:
@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 def read_list(stdout: str, out: Path) -> ActionOutput:
     """``qemu-nbd --list`` (qemu's NBD client): the export names it printed."""
     return ActionOutput(exports=re.findall(r"^\s*export: '(.*)'\s*$", stdout, re.MULTILINE))
+
+
+# The releases that brought qemu-nbd's switches for bitmaps and allocation depth: --bitmap is
+# in 4.1.1's qemu-nbd.c long options and not in 3.1.0's (qemu's changelog: 4.0), and
+# --allocation-depth in 6.2.0's and not 4.1.1's (docs/interop/nbd.rst: 5.2). Before, qemu's
+# server could export a bitmap only through QMP (nbd-server-add, 3.0), not qemu-nbd.
+BITMAP_SINCE = (4, 0)
+ALLOCATION_DEPTH_SINCE = (5, 2)
 
 
 @dataclass(frozen=True)
@@ -69,9 +77,10 @@ class QemuNbd(ServerPeer):
             argv.append("-t")
         if options.shared is not None:
             argv += ["-e", str(options.shared)]
-        if options.allocation_depth:
+        series = qemu_series(self.provider)
+        if options.allocation_depth and series >= ALLOCATION_DEPTH_SINCE:
             argv.append("-A")
-        if options.bitmaps:
+        if options.bitmaps and series >= BITMAP_SINCE:
             for bitmap in export.bitmaps:
                 argv += ["-B", bitmap.name]
         if export.tls_dir is not None:
