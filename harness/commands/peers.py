@@ -5,6 +5,8 @@
     nbd-harness peers doctor [PEER ...]      start and probe installed peers, compare with data
     nbd-harness peers build qemu VERSION [--source DIR|TARBALL|URL|debian:SUITE]
                                              build a qemu release's tools into the peer cache
+    nbd-harness peers compare REAL|DIR PROFILE   a real server (or its saved sessions) vs a
+                                             reference-server profile, message by message
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from harness.errors import UserError
 
@@ -71,6 +74,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--jobs", "-j", type=int, metavar="N",
                        help="parallel compile jobs (default: matrix/qemu-builds.toml, 2)")
     build.set_defaults(func=run_build)
+
+    compare = actions.add_parser(
+        "compare", help="does a reference-server profile answer as the real server does?",
+        description="Record the real server REAL (qemu-nbd@2.12) answering every applicable "
+        "server scenario (a fresh server per scenario, the reference client, as the matrix runs "
+        "them) and a few nbdinfo calls, then replay each session against the reference server "
+        "in PROFILE (qemu-2.12) serving the same export, and show every difference with the "
+        "messages. REAL may also be a saved recording (a directory with manifest.json, e.g. "
+        "tests/data/qemu-releases/2.12).",
+    )
+    compare.add_argument("real", metavar="REAL|DIR", help="a real server peer, or a recording")
+    compare.add_argument("profile", metavar="PROFILE", help="a reference-server profile")
+    compare.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                         help="only these scenarios (name, group/name, group or glob)")
+    compare.add_argument("--out", type=Path, metavar="DIR",
+                         help="where the recording goes (default: reports/compare-DATE-TIME)")
+    compare.add_argument("--save", type=Path, metavar="DIR",
+                         help="also save the small sessions as a recording (test data)")
+    compare.add_argument("--json", action="store_true", help="print JSON")
+    compare.set_defaults(func=run_compare)
 
     parser.set_defaults(func=lambda args: _usage(parser))
 
@@ -215,6 +238,50 @@ def run_build(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"  {note}")
     return 0
+
+
+# --- compare ----------------------------------------------------------------------------------
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from harness import fidelity
+    from harness.matrix import select_scenarios
+    from harness.paths import REPORTS_DIR
+    from harness.scenarios import load_library
+    from reference_server.profiles import profile
+
+    profile(args.profile)  # a clear error for an unknown profile, before recording anything
+
+    def progress(line: str) -> None:
+        print(f"  {line}", file=sys.stderr, flush=True)
+
+    source = Path(args.real)
+    if (source / fidelity.MANIFEST).is_file():
+        recording = fidelity.load_recording(source)
+    else:
+        out = args.out or REPORTS_DIR / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+        scenarios = select_scenarios(load_library(), args.scenarios)
+        print(f"recording {args.real} into {out} ...", file=sys.stderr, flush=True)
+        recording = fidelity.record_sessions(args.real, scenarios, out, progress=progress)
+    if args.save:
+        saved = fidelity.save_recording(recording, args.save)
+        print(f"saved {len(saved.sessions)} of {len(recording.sessions)} sessions in "
+              f"{args.save}", file=sys.stderr)
+    comparisons = fidelity.compare_sessions(recording, args.profile, progress=progress)
+    differing = [c for c in comparisons if not c.same]
+    if args.json:
+        json.dump({"real": recording.real, "version": recording.version,
+                   "profile": args.profile, "same": not differing,
+                   "sessions": [c.as_json() for c in comparisons]}, sys.stdout, indent=2)
+        print()
+    else:
+        for comparison in comparisons:
+            print(comparison.render(), end="")
+        skipped = sum(1 for c in comparisons if c.skipped)
+        print(f"{recording.real} ({recording.version}) vs reference-server@{args.profile}: "
+              f"{len(comparisons)} sessions, {len(differing)} with differences"
+              + (f", {skipped} skipped" if skipped else ""))
+    return 1 if differing else 0
 
 
 # --- doctor ----------------------------------------------------------------------------------

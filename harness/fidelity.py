@@ -1,0 +1,272 @@
+"""Profile fidelity: does the reference server, in a version profile, answer as the real release?
+
+Two halves, so that the comparison also runs where the real program is not:
+
+- :func:`record_sessions` runs every applicable server scenario against a real
+  server (the matrix's own cases: a fresh server per scenario, serving the
+  scenario's export, the reference client, the recording proxy), plus a few
+  ``nbdinfo`` calls against it, and keeps each capture with a copy of the
+  scenario whose export the server served (``manifest.json`` lists them);
+- :func:`compare_sessions` replays each recorded session against the reference
+  server in the profile, serving the same export (:mod:`harness.replay`: the
+  recorded client's messages, compared semantically message by message).
+
+``nbd-harness peers compare qemu-nbd@2.12 qemu-2.12`` does both; ``peers compare
+DIR qemu-2.12`` compares a saved recording (``tests/data/qemu-releases/``, which a
+test replays so CI checks the profiles without the real binaries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.address import LOOPBACK
+from harness.capture import ProxyThread
+from harness.errors import UserError
+from harness.matrix import ResultStore, expand, installed_peers, parse_peer, reference_client
+from harness.matrix._setup import driver_options
+from harness.matrix.runner import CAPTURE, run_case
+from harness.peers import DRIVERS, Catalog, Endpoint, PeerSpecError, ServerPeer, resolve_client
+from harness.replay import ReplayReport, load_sessions, replay_against, unreplayable
+from harness.scenarios import Scenario, find_scenario, load_scenario, serve_reference
+from reference_server.profiles import profile as load_profile
+
+MANIFEST = "manifest.json"
+SCENARIO_COPIES = "scenarios"
+NBDINFO_SCENARIO = "contexts/allocation-depth-chain"
+"""Whose export the nbdinfo calls see: a two-layer backing chain with data and holes."""
+NBDINFO_CALLS: dict[str, tuple[str, ...]] = {
+    "nbdinfo-json": ("--json", "{uri}"),
+    "nbdinfo-map": ("--json", "--map=base:allocation", "{uri}"),
+    "nbdinfo-map-depth": ("--json", "--map=qemu:allocation-depth", "{uri}"),
+    "nbdinfo-list": ("--list", "--json", "{uri}"),
+}
+"""libnbd's view of the server: what ``nbdinfo`` asks (its exit status does not matter)."""
+SAVED_CAPTURE_LIMIT = 32 * 1024
+"""Captures saved into the repository are at most this large (gzip): negotiations, flags,
+block sizes, contexts, errors and maps; the data-heavy sessions stay in the run directory."""
+
+Progress = Callable[[str], None]
+
+
+class FidelityError(UserError):
+    """A comparison that cannot be made (no such recording, a peer that is not a server)."""
+
+
+@dataclass(frozen=True)
+class RecordedSession:
+    """One recorded session: its capture and the scenario whose export the server served."""
+
+    name: str
+    capture: Path
+    scenario: Scenario
+    client: str
+    verdict: str = ""
+
+    def as_json(self, root: Path) -> dict:
+        return {"name": self.name, "capture": str(self.capture.relative_to(root)),
+                "scenario": self.scenario.id, "client": self.client, "verdict": self.verdict}
+
+
+@dataclass
+class Recording:
+    """What :func:`record_sessions` made (or a saved recording read back)."""
+
+    directory: Path
+    real: str
+    version: str
+    sessions: list[RecordedSession] = field(default_factory=list)
+
+    def save_manifest(self) -> None:
+        document = {"real": self.real, "version": self.version,
+                    "sessions": [s.as_json(self.directory) for s in self.sessions]}
+        (self.directory / MANIFEST).write_text(json.dumps(document, indent=2) + "\n")
+
+
+@dataclass
+class Comparison:
+    """How the profile answered one recorded session."""
+
+    session: RecordedSession
+    reports: list[ReplayReport] = field(default_factory=list)
+    skipped: str = ""
+
+    @property
+    def same(self) -> bool:
+        return all(report.same for report in self.reports)
+
+    def as_json(self) -> dict:
+        return {"session": self.session.name, "client": self.session.client,
+                "capture": str(self.session.capture), "same": self.same,
+                "skipped": self.skipped, "replays": [r.to_dict() for r in self.reports]}
+
+    def render(self) -> str:
+        if self.skipped:
+            return f"skipped  {self.session.name}: {self.skipped}\n"
+        if self.same:
+            return f"same     {self.session.name}\n"
+        lines = [f"DIFFERS  {self.session.name} (recorded with {self.session.client}, "
+                 f"{self.session.capture.name})\n"]
+        lines += ["  " + report.render().replace("\n", "\n  ").rstrip() + "\n"
+                  for report in self.reports if not report.same]
+        return "".join(lines)
+
+
+# --- recording a real server -----------------------------------------------------------------
+
+
+def _server(real: str) -> tuple[str, ServerPeer]:
+    """The real server ``real`` names (``qemu-nbd@2.12``): its matrix name and its driver."""
+    try:
+        peer = parse_peer(real, "server", installed=installed_peers("server"))
+    except (PeerSpecError, ValueError) as exc:
+        raise FidelityError(str(exc)) from None
+    if peer.reference:
+        raise FidelityError(f"{real} is the reference server: compare a real server with it")
+    catalog = Catalog.load()
+    provider = catalog.provider(peer.provider) if peer.provider else None
+    driver = DRIVERS[peer.program](provider) if provider else catalog.resolve(peer.spec)
+    if not isinstance(driver, ServerPeer):
+        raise FidelityError(f"{real} is not a server")
+    return peer.spec, driver
+
+
+def _copy_scenario(scenario: Scenario, directory: Path) -> Scenario:
+    """Keep the scenario file beside the captures (the recording outlives edits to it)."""
+    assert scenario.path is not None
+    copy = directory / SCENARIO_COPIES / f"{scenario.id}.yaml"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(scenario.path, copy)
+    return load_scenario(copy, root=directory / SCENARIO_COPIES)
+
+
+def record_sessions(real: str, scenarios: Sequence[Scenario], out: Path, *,
+                    progress: Progress = lambda line: None) -> Recording:
+    """Record ``real`` (``qemu-nbd@2.12``) answering ``scenarios`` and the nbdinfo calls."""
+    spec, driver = _server(real)
+    server = parse_peer(real, "server", installed=installed_peers("server"))
+    version = driver.version().version
+    recording = Recording(out, spec, version)
+    store = ResultStore(out / "run")
+    cases = [c for c in expand(scenarios, [server], [reference_client()]).cases
+             if c.role == "server"]
+    for number, case in enumerate(cases, start=1):
+        progress(f"[{number}/{len(cases)}] {case.scenario.id} against {spec}")
+        result = run_case(case, store)
+        capture = _capture_in(store.case_dir(case.id))
+        if capture is not None:
+            recording.sessions.append(RecordedSession(
+                case.scenario.id, capture, _copy_scenario(case.scenario, out),
+                "reference-client", result.verdict))
+    exported = _copy_scenario(find_scenario(NBDINFO_SCENARIO), out)
+    for name, args in NBDINFO_CALLS.items():
+        progress(f"{name} against {spec}")
+        capture = out / "nbdinfo" / f"{name}.pcapng"
+        capture.parent.mkdir(parents=True, exist_ok=True)
+        _run_nbdinfo(driver, exported, args, capture)
+        recording.sessions.append(RecordedSession(name, capture, exported,
+                                                  "nbdinfo " + " ".join(args)))
+    recording.save_manifest()
+    return recording
+
+
+def _capture_in(case_dir: Path) -> Path | None:
+    for name in (CAPTURE, CAPTURE + ".gz"):
+        if (case_dir / name).is_file():
+            return case_dir / name
+    return None
+
+
+def _run_nbdinfo(driver: ServerPeer, scenario: Scenario, args: Sequence[str],
+                 capture: Path) -> None:
+    """Serve ``scenario``'s export with ``driver`` and run nbdinfo through the proxy."""
+    nbdinfo = resolve_client("nbdinfo")
+    with tempfile.TemporaryDirectory(prefix="nbdh-fidelity-") as workdir:
+        export = scenario.export
+        running = driver.start(export.export_spec(), Path(workdir) / "server",
+                               options=driver_options(driver.program, export))
+        try:
+            with ProxyThread(LOOPBACK, running.address, capture) as proxy:
+                uri = Endpoint(proxy.address, export.spec.name, None).uri()
+                nbdinfo.run([arg.replace("{uri}", uri) for arg in args], check=False)
+        finally:
+            running.stop()
+
+
+# --- comparing with a profile ----------------------------------------------------------------
+
+
+def load_recording(directory: Path) -> Recording:
+    """A recording saved by :func:`record_sessions` (or :func:`save_recording`)."""
+    try:
+        document = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise FidelityError(f"{directory}: no readable {MANIFEST} ({exc})") from None
+    recording = Recording(directory, document["real"], document["version"])
+    root = directory / SCENARIO_COPIES
+    for entry in document["sessions"]:
+        scenario = load_scenario(root / f"{entry['scenario']}.yaml", root=root)
+        recording.sessions.append(RecordedSession(
+            entry["name"], directory / entry["capture"], scenario, entry["client"],
+            entry.get("verdict", "")))
+    return recording
+
+
+def compare_sessions(recording: Recording, profile_name: str, *,
+                     progress: Progress = lambda line: None) -> list[Comparison]:
+    """Replay every recorded session against the reference server in ``profile_name``."""
+    features = load_profile(profile_name)
+    comparisons = []
+    for session in recording.sessions:
+        progress(f"{session.name} against reference-server@{profile_name}")
+        comparison = Comparison(session)
+        selection = load_sessions(session.capture)
+        unusable = [why for s in selection.sessions if (why := unreplayable(s))]
+        if not selection.sessions or unusable:
+            comparison.skipped = unusable[0] if unusable else "no NBD session in the capture"
+        else:
+            with _profile_server(session.scenario, features) as uri:
+                comparison.reports = replay_against(selection, uri)
+        comparisons.append(comparison)
+    return comparisons
+
+
+@contextlib.contextmanager
+def _profile_server(scenario: Scenario, features) -> Iterator[str]:
+    with serve_reference(scenario.export, features) as served:
+        yield Endpoint(served.address, scenario.export.spec.name, None).uri()
+
+
+def save_recording(recording: Recording, destination: Path,
+                   limit: int = SAVED_CAPTURE_LIMIT) -> Recording:
+    """Copy the small sessions of ``recording`` (gzip at most ``limit`` bytes) and their
+    scenarios into ``destination``: test data for :func:`compare_sessions`."""
+    import gzip
+
+    shutil.rmtree(destination, ignore_errors=True)
+    destination.mkdir(parents=True)
+    saved = Recording(destination, recording.real, recording.version)
+    for session in recording.sessions:
+        data = session.capture.read_bytes()
+        packed = data if session.capture.suffix == ".gz" else gzip.compress(data, mtime=0)
+        if len(packed) > limit:
+            continue
+        group, _, name = session.name.rpartition("/")
+        target = destination / (group or "nbdinfo") / f"{name}.pcapng.gz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(packed)
+        saved.sessions.append(RecordedSession(session.name, target,
+                                              _copy_scenario(session.scenario, destination),
+                                              session.client, session.verdict))
+    saved.save_manifest()
+    return saved
+
+
+__all__ = ["MANIFEST", "NBDINFO_CALLS", "Comparison", "FidelityError", "RecordedSession",
+           "Recording", "compare_sessions", "load_recording", "record_sessions", "save_recording"]
