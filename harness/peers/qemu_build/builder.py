@@ -2,8 +2,8 @@
 
 Steps, each logged to ``qemu/logs/NAME-STEP.log`` and named when it fails:
 
-1. source     the tree: used in place, copied (lost executable bits), unpacked
-              from a tarball, downloaded, or fetched as a Debian source package
+1. source     the tree: copied from a directory (a user's tree is never written to),
+              unpacked from a tarball, downloaded, or fetched as a Debian source package
 2. root       the era's build root (mmdebstrap, cached like the peers' roots)
 3. configure  ``SRC/configure`` in an empty build directory, with the era's flags
 4. compile    make or ninja of the programs only, ``-j`` from the data (2)
@@ -173,16 +173,16 @@ class QemuBuilder:
             tree = unpack_tarball(tarball, self.work / "src")
         tree_version = read_tree_version(tree)
         _check_requested(version, tree_version, described)
+        if not tree.is_relative_to(self.work):
+            # The build writes into its tree (8.x's meson runs the iotests lister there, which
+            # makes tests/qemu-iotests/scratch): a user's tree is copied, without roms/ and .git.
+            self.progress(f"qemu {tree_version}: copying {tree} (without roms/ and .git)")
+            copy = self.work / "src" / tree.name
+            copy_tree(tree, copy)
+            tree = copy
         if lost_exec_bits(tree):
-            if tree.is_relative_to(self.work):
-                count = restore_exec_bits(tree)
-            else:
-                self.progress(f"qemu {tree_version}: {tree} lost its executable bits; "
-                              "building from a copy with them restored")
-                copy = self.work / "src" / tree.name
-                copy_tree(tree, copy)
-                tree, count = copy, restore_exec_bits(copy)
-            self.notes.append(f"executable bit restored on {count} scripts")
+            count = restore_exec_bits(tree)
+            self.notes.append(f"the tree lost its executable bits: restored on {count} scripts")
         return _Prepared(tree, tree_version, tree_version, identity, described)
 
     def _tarball(self, version: str | None, source: SourceSpec) -> tuple[Path, str, str]:

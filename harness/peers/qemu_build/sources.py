@@ -7,9 +7,10 @@ harness writes into a scratch sources list of its own). Without it the
 official release tarball listed in ``matrix/qemu-builds.toml`` is downloaded
 and checked against its SHA-256.
 
-A tree is used where it is unless it must change: a tree that lost its
-executable bits (some imports of release tarballs into git did) is copied,
-without ``roms/`` and ``.git``, and the bits are restored on the copy.
+A user's tree is never written to: it is copied (without ``roms/`` and
+``.git``) into the build's work directory, since a build writes into its tree
+(8.x's meson runs the iotests lister there). A tree that lost its executable
+bits (some imports of release tarballs into git did) gets them back on the copy.
 """
 
 from __future__ import annotations
