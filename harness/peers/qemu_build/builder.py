@@ -281,7 +281,10 @@ class QemuBuilder:
         return build
 
     def _configure_argv(self, era: Era, tree: Path) -> list[str]:
-        argv = [os.fspath(tree / "configure"), *era.configure, f"--python={era.python}"]
+        system_meson = era.build_system == "meson" and not _bundles_meson(tree)
+        argv = [os.fspath(tree / "configure"), *era.configure]
+        if not system_meson:  # "--python requires using QEMU's embedded Meson distribution"
+            argv.append(f"--python={era.python}")
         cflags = list(era.cflags)
         if era.compat_headers:
             compat = self.work / "compat"
@@ -292,8 +295,9 @@ class QemuBuilder:
             self.notes.append(f"compatibility headers: {', '.join(era.compat_headers)}")
         if cflags:
             argv.append(f"--extra-cflags={' '.join(cflags)}")
-        if era.build_system == "meson" and not _bundles_meson(tree):
-            # A Debian source package drops the bundled meson; the build root has the suite's.
+        if system_meson:
+            # A Debian source package drops the bundled meson; the build root has the suite's
+            # (run by its own python3).
             argv.append("--meson=/usr/bin/meson")
             self.notes.append("the tree bundles no meson: the build root's /usr/bin/meson")
         return argv
