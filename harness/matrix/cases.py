@@ -394,7 +394,7 @@ def _server_exclusion(scenario: Scenario, server: PeerRef, client: PeerRef) -> s
     if not server.reference:
         from ._setup import unservable
 
-        return unservable(server.program, scenario.export)
+        return unservable(server.program, scenario.export, server.version)
     return None
 
 

@@ -389,9 +389,10 @@ class ServerPeer(Peer):
         return None
 
     @classmethod
-    def unservable(cls, export: ExportRequirements) -> str | None:
+    def unservable(cls, export: ExportRequirements, version: str | None = None) -> str | None:
         """Why this program cannot serve a scenario's ``export`` as it is described (None:
-        it can, with :meth:`options_for`)."""
+        it can, with :meth:`options_for`); ``version`` is the release that would serve it
+        (major.minor), for switches that came in some release."""
         program = cls.program
         spec = export.spec
         if spec.description and not cls.serves_descriptions:
