@@ -5,8 +5,8 @@ Two halves, so that the comparison also runs where the real program is not:
 - :func:`record_sessions` runs every applicable server scenario against a real
   server (the matrix's own cases: a fresh server per scenario, serving the
   scenario's export, the reference client, the recording proxy), plus a few
-  ``nbdinfo`` calls against it, and keeps each capture with a copy of the
-  scenario whose export the server served (``manifest.json`` lists them);
+  ``nbdinfo`` calls against it, and keeps each capture with the export the
+  server served (``manifest.json`` lists them);
 - :func:`compare_sessions` replays each recorded session against the reference
   server in the profile, serving the same export (:mod:`harness.replay`: the
   recorded client's messages, compared semantically message by message).
@@ -19,6 +19,8 @@ test replays so CI checks the profiles without the real binaries).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import gzip
 import itertools
 import json
 import shutil
@@ -34,6 +36,7 @@ from harness.matrix import ResultStore, expand, installed_peers, parse_peer, ref
 from harness.matrix._setup import driver_options
 from harness.matrix.runner import CAPTURE, run_case
 from harness.peers import DRIVERS, Catalog, Endpoint, PeerSpecError, ServerPeer, resolve_client
+from harness.peers.export import BitmapSpec, DataRange, ExportSpec, Layer
 from harness.replay import (
     ReplayError,
     ReplayReport,
@@ -41,11 +44,10 @@ from harness.replay import (
     replay_against,
     unreplayable,
 )
-from harness.scenarios import Scenario, find_scenario, load_scenario, serve_reference
+from harness.scenarios import ExportRequirements, Scenario, find_scenario, serve_reference
 from reference_server.profiles import profile as load_profile
 
 MANIFEST = "manifest.json"
-SCENARIO_COPIES = "scenarios"
 NBDINFO_SCENARIO = "contexts/allocation-depth-chain"
 """Whose export the nbdinfo calls see: a two-layer backing chain with data and holes."""
 NBDINFO_CALLS: dict[str, tuple[str, ...]] = {
@@ -55,7 +57,7 @@ NBDINFO_CALLS: dict[str, tuple[str, ...]] = {
     "nbdinfo-list": ("--list", "--json", "{uri}"),
 }
 """libnbd's view of the server: what ``nbdinfo`` asks (its exit status does not matter)."""
-SAVED_CAPTURE_LIMIT = 32 * 1024
+SAVED_CAPTURE_LIMIT = 8 * 1024
 """Captures saved into the repository are at most this large (gzip): negotiations, flags,
 block sizes, contexts, errors and maps; the data-heavy sessions stay in the run directory."""
 
@@ -68,17 +70,59 @@ class FidelityError(UserError):
 
 @dataclass(frozen=True)
 class RecordedSession:
-    """One recorded session: its capture and the scenario whose export the server served."""
+    """One recorded session: its capture and the export (of ``scenario``) the server served."""
 
     name: str
     capture: Path
-    scenario: Scenario
+    scenario: str
+    export: ExportRequirements
     client: str
     verdict: str = ""
 
     def as_json(self, root: Path) -> dict:
         return {"name": self.name, "capture": str(self.capture.relative_to(root)),
-                "scenario": self.scenario.id, "client": self.client, "verdict": self.verdict}
+                "scenario": self.scenario, "client": self.client, "verdict": self.verdict,
+                "export": export_to_json(self.export)}
+
+
+# --- the export, as the manifest keeps it ------------------------------------------------------
+
+
+def _ranges(ranges: Sequence[DataRange]) -> list[list[int]]:
+    return [[r.offset, r.length, r.seed] for r in ranges]
+
+
+def export_to_json(export: ExportRequirements) -> dict:
+    """What a server was asked to serve, as JSON without the defaults (:func:`export_from_json`
+    reads it back)."""
+    spec = export.spec
+    document: dict = {"size": spec.size}
+    listed = {"layers": [_ranges(layer.ranges) for layer in spec.layers],
+              "bitmaps": [[b.name, b.granularity] for b in spec.bitmaps],
+              "writes_after_bitmaps": _ranges(spec.writes_after_bitmaps)}
+    document.update({key: value for key, value in listed.items() if value})
+    for item in dataclasses.fields(spec):
+        value = getattr(spec, item.name)
+        if item.name not in (*listed, "size", "tls_dir") and value != item.default:
+            document[item.name] = value
+    around = {item.name: getattr(export, item.name) for item in dataclasses.fields(export)
+              if item.name != "spec" and getattr(export, item.name) != item.default}
+    if "extra_exports" in around:
+        around["extra_exports"] = list(around["extra_exports"])
+    return {"spec": document, **around}
+
+
+def export_from_json(document: dict) -> ExportRequirements:
+    spec = dict(document["spec"])
+    spec["layers"] = tuple(Layer(tuple(DataRange(*r) for r in layer))
+                           for layer in spec.get("layers", ()))
+    spec["bitmaps"] = tuple(BitmapSpec(*b) for b in spec.get("bitmaps", ()))
+    spec["writes_after_bitmaps"] = tuple(DataRange(*r)
+                                         for r in spec.get("writes_after_bitmaps", ()))
+    around = {key: value for key, value in document.items() if key != "spec"}
+    if "extra_exports" in around:
+        around["extra_exports"] = tuple(around["extra_exports"])
+    return ExportRequirements(spec=ExportSpec(**spec), **around)
 
 
 @dataclass
@@ -91,9 +135,11 @@ class Recording:
     sessions: list[RecordedSession] = field(default_factory=list)
 
     def save_manifest(self) -> None:
-        document = {"real": self.real, "version": self.version,
-                    "sessions": [s.as_json(self.directory) for s in self.sessions]}
-        (self.directory / MANIFEST).write_text(json.dumps(document, indent=2) + "\n")
+        # One session a line: small, and a re-recording diffs line by line.
+        sessions = ",\n".join("  " + json.dumps(s.as_json(self.directory))
+                              for s in self.sessions)
+        head = json.dumps({"real": self.real, "version": self.version})[:-1]
+        (self.directory / MANIFEST).write_text(f'{head},\n "sessions": [\n{sessions}\n]}}\n')
 
 
 @dataclass
@@ -144,15 +190,6 @@ def _server(real: str) -> tuple[str, ServerPeer]:
     return peer.spec, driver
 
 
-def _copy_scenario(scenario: Scenario, directory: Path) -> Scenario:
-    """Keep the scenario file beside the captures (the recording outlives edits to it)."""
-    assert scenario.path is not None
-    copy = directory / SCENARIO_COPIES / f"{scenario.id}.yaml"
-    copy.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(scenario.path, copy)
-    return load_scenario(copy, root=directory / SCENARIO_COPIES)
-
-
 def record_sessions(real: str, scenarios: Sequence[Scenario], out: Path, *,
                     progress: Progress = lambda line: None) -> Recording:
     """Record ``real`` (``qemu-nbd@2.12``) answering ``scenarios`` and the nbdinfo calls."""
@@ -169,15 +206,15 @@ def record_sessions(real: str, scenarios: Sequence[Scenario], out: Path, *,
         capture = _capture_in(store.case_dir(case.id))
         if capture is not None:
             recording.sessions.append(RecordedSession(
-                case.scenario.id, capture, _copy_scenario(case.scenario, out),
+                case.scenario.id, capture, case.scenario.id, case.scenario.export,
                 "reference-client", result.verdict))
-    exported = _copy_scenario(find_scenario(NBDINFO_SCENARIO), out)
+    exported = find_scenario(NBDINFO_SCENARIO)
     for name, args in NBDINFO_CALLS.items():
         progress(f"{name} against {spec}")
         capture = out / "nbdinfo" / f"{name}.pcapng"
         capture.parent.mkdir(parents=True, exist_ok=True)
-        _run_nbdinfo(driver, exported, args, capture)
-        recording.sessions.append(RecordedSession(name, capture, exported,
+        _run_nbdinfo(driver, exported.export, args, capture)
+        recording.sessions.append(RecordedSession(name, capture, exported.id, exported.export,
                                                   "nbdinfo " + " ".join(args)))
     recording.save_manifest()
     return recording
@@ -190,12 +227,11 @@ def _capture_in(case_dir: Path) -> Path | None:
     return None
 
 
-def _run_nbdinfo(driver: ServerPeer, scenario: Scenario, args: Sequence[str],
+def _run_nbdinfo(driver: ServerPeer, export: ExportRequirements, args: Sequence[str],
                  capture: Path) -> None:
-    """Serve ``scenario``'s export with ``driver`` and run nbdinfo through the proxy."""
+    """Serve ``export`` with ``driver`` and run nbdinfo through the proxy."""
     nbdinfo = resolve_client("nbdinfo")
     with tempfile.TemporaryDirectory(prefix="nbdh-fidelity-") as workdir:
-        export = scenario.export
         running = driver.start(export.export_spec(), Path(workdir) / "server",
                                options=driver_options(driver.program, export))
         try:
@@ -216,12 +252,10 @@ def load_recording(directory: Path) -> Recording:
     except (OSError, ValueError) as exc:
         raise FidelityError(f"{directory}: no readable {MANIFEST} ({exc})") from None
     recording = Recording(directory, document["real"], document["version"])
-    root = directory / SCENARIO_COPIES
     for entry in document["sessions"]:
-        scenario = load_scenario(root / f"{entry['scenario']}.yaml", root=root)
         recording.sessions.append(RecordedSession(
-            entry["name"], directory / entry["capture"], scenario, entry["client"],
-            entry.get("verdict", "")))
+            entry["name"], directory / entry["capture"], entry["scenario"],
+            export_from_json(entry["export"]), entry["client"], entry.get("verdict", "")))
     return recording
 
 
@@ -244,7 +278,7 @@ def compare_sessions(recording: Recording, profile_name: str, *,
         if not selection.sessions or unusable:
             comparison.skipped = unusable[0] if unusable else "no NBD session in the capture"
         else:
-            with _profile_server(session.scenario, features) as uri:
+            with _profile_server(session.export, features) as uri:
                 comparison.reports = replay_against(selection, uri)
         comparisons.append(comparison)
     return comparisons
@@ -268,18 +302,16 @@ def _concurrent(sessions: Sequence) -> str:
 
 
 @contextlib.contextmanager
-def _profile_server(scenario: Scenario, features) -> Iterator[str]:
-    with serve_reference(scenario.export, features) as served:
+def _profile_server(export: ExportRequirements, features) -> Iterator[str]:
+    with serve_reference(export, features) as served:
         # No export in the URI: the replay keeps the recorded names (an unknown one too).
         yield Endpoint(served.address, "", None).uri()
 
 
 def save_recording(recording: Recording, destination: Path,
                    limit: int = SAVED_CAPTURE_LIMIT) -> Recording:
-    """Copy the small sessions of ``recording`` (gzip at most ``limit`` bytes) and their
-    scenarios into ``destination``: test data for :func:`compare_sessions`."""
-    import gzip
-
+    """Copy the small sessions of ``recording`` (gzip at most ``limit`` bytes) into
+    ``destination`` with their manifest: test data for :func:`compare_sessions`."""
     shutil.rmtree(destination, ignore_errors=True)
     destination.mkdir(parents=True)
     saved = Recording(destination, recording.real, recording.version)
@@ -292,12 +324,11 @@ def save_recording(recording: Recording, destination: Path,
         target = destination / (group or "nbdinfo") / f"{name}.pcapng.gz"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(packed)
-        saved.sessions.append(RecordedSession(session.name, target,
-                                              _copy_scenario(session.scenario, destination),
-                                              session.client, session.verdict))
+        saved.sessions.append(dataclasses.replace(session, capture=target))
     saved.save_manifest()
     return saved
 
 
 __all__ = ["MANIFEST", "NBDINFO_CALLS", "Comparison", "FidelityError", "RecordedSession",
-           "Recording", "compare_sessions", "load_recording", "record_sessions", "save_recording"]
+           "Recording", "compare_sessions", "export_from_json", "export_to_json",
+           "load_recording", "record_sessions", "save_recording"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,10 @@ class ActionForm:
     output: str
     argv_tls: tuple[str, ...] | None = None
     contexts: tuple[str, ...] | None = None
+    since: str | None = None
+    """The first release of the program with this form (None: every release)."""
+    tls_since: str | None = None
+    """The first release whose ``argv_tls`` works (None: every release)."""
 
     def fits(self, context: str | None) -> bool:
         if self.contexts is None or context is None:
@@ -68,12 +72,46 @@ class ClientProgram:
     uri_tls: bool
     actions: dict[str, tuple[ActionForm, ...]] = field(default_factory=dict)
 
+    def at(self, version: str | None) -> ClientProgram:
+        """The program as release ``version`` has it: forms it lacks left out (None: as
+        the table has it, the newest release's)."""
+        if version is None:
+            return self
+
+        def before(first: str | None) -> bool:
+            try:
+                return first is not None and _release(version) < _release(first)
+            except ValueError:
+                return False
+
+        actions = {
+            action: tuple(replace(form, argv_tls=None) if before(form.tls_since) else form
+                          for form in forms if not before(form.since))
+            for action, forms in self.actions.items()
+        }
+        return replace(self, actions={a: f for a, f in actions.items() if f})
+
     def form(self, action: str, context: str | None = None) -> ActionForm | None:
         """The form of ``action`` that fits ``context`` (a map's context), or None."""
         for form in self.actions.get(action, ()):
             if form.fits(context):
                 return form
         return None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``2.12.1`` -> ``(2, 12, 1)``; raise ValueError for what is not a version."""
+    return tuple(int(part) for part in version.split("+")[0].split("."))
+
+
+def _release_text(where: str, key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        _release(value)
+    except (ValueError, AttributeError):
+        raise ClientActionsError(f"{where}: {key} must be a release like \"5.0\"") from None
+    return value
 
 
 def _strings(where: str, key: str, value: Any) -> tuple[str, ...]:
@@ -112,7 +150,8 @@ def load_client_actions(path: Path = ACTIONS_FILE) -> dict[str, ClientProgram]:
             forms = []
             for number, form in enumerate(value, start=1):
                 here = f"{where}: {key} #{number}"
-                unknown = set(form) - {"argv", "argv_tls", "output", "contexts"}
+                unknown = set(form) - {"argv", "argv_tls", "output", "contexts", "since",
+                                       "tls_since"}
                 if unknown:
                     raise ClientActionsError(f"{here}: unknown key(s) {sorted(unknown)}")
                 if form.get("output") not in OUTPUT_READERS:
@@ -125,6 +164,8 @@ def load_client_actions(path: Path = ACTIONS_FILE) -> dict[str, ClientProgram]:
                     if "argv_tls" in form else None,
                     contexts=_strings(here, "contexts", form["contexts"])
                     if "contexts" in form else None,
+                    since=_release_text(here, "since", form.get("since")),
+                    tls_since=_release_text(here, "tls_since", form.get("tls_since")),
                 ))
             actions[key] = tuple(forms)
         programs[name] = ClientProgram(name, str(table.get("description", "")),

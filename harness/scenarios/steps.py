@@ -180,8 +180,12 @@ def client_can_run(scenario: Scenario, client_program: str | ClientProgram) -> t
             continue
         action = step.args["action"]
         context = step.args.get("context") if action == "map" else None
-        if program.form(action, context) is None:
+        form = program.form(action, context)
+        if form is None:
             return False, f"{program.name} cannot {action}" + (f" {context}" if context else "")
+        tls = step.args.get("tls") or ("require" if scenario.export.tls != "off" else "off")
+        if tls == "require" and form.argv_tls is None and not program.uri_tls:
+            return False, f"{program.name} cannot {action} over TLS"
     return True, ""
 
 
