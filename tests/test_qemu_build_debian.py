@@ -61,3 +61,26 @@ def test_the_debian_build_serves_a_scenario(debian_build, tmp_path: Path) -> Non
     finally:
         running.stop()
     assert result.verdict == "pass", result.detail
+
+
+def test_a_failing_build_names_the_step_and_shows_the_log_tail(debian_build, tmp_path: Path
+                                                                ) -> None:
+    # The same build root (found through a link), a tree whose configure fails.
+    from harness.peers.qemu_build import BuildError, QemuBuilder, builds_base, parse_source
+
+    base = tmp_path / "qemu"
+    base.mkdir()
+    (base / "roots").symlink_to(builds_base() / "roots")
+    tree = tmp_path / "qemu-6.2.0"
+    tree.mkdir()
+    (tree / "VERSION").write_text("6.2.0\n")
+    (tree / "configure").write_text("#!/bin/sh\necho 'ERROR: glib-2.56 gthread-2.0 is required'\n"
+                                    "exit 3\n")
+    (tree / "configure").chmod(0o755)
+    with pytest.raises(BuildError) as caught:
+        QemuBuilder(base=base).build(None, parse_source(str(tree)))
+    message = str(caught.value)
+    assert message.startswith("configure failed (exit 3)")
+    assert "ERROR: glib-2.56 gthread-2.0 is required" in message
+    assert str(base / "logs" / "6.2.0-configure.log") in message
+    assert not (base / "6.2.0").exists(), "a failed build leaves no build behind"
