@@ -139,6 +139,10 @@ class Executor:
                     backend.trim(req.offset, req.length, fua=fua)
             case c.Cmd.CACHE:
                 backend.cache(req.offset, req.length)
+            case c.Cmd.WRITE_ZEROES if "zeroes-stay-allocated" in self.quirks and \
+                    not flags & c.CmdFlag.FAST_ZERO:
+                # qemu 10+ writes the zeroes: the range stays allocated, mapped as data.
+                backend.write(req.offset, bytes(req.length), fua=fua)
             case c.Cmd.WRITE_ZEROES:
                 backend.write_zeroes(req.offset, req.length,
                                      may_trim=not flags & c.CmdFlag.NO_HOLE,

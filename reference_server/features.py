@@ -106,6 +106,7 @@ KNOWN_QUIRKS = {
     "flat-image-depth-one": "qemu:allocation-depth 1 everywhere on a raw image (qemu 5.2+)",
     "bitmap-extents-past-request": "dirty bitmap runs reported whole, past the request "
     "(qemu 4.x)",
+    "zeroes-stay-allocated": "NBD_CMD_WRITE_ZEROES leaves the range allocated (qemu 10+)",
 }
 
 FULL = ServerFeatures()

@@ -20,8 +20,8 @@ from harness.peers.qemu_build.data import series_name
 
 DATA = Path(__file__).parent / "data" / "qemu-releases"
 RECORDINGS = sorted(p.parent for p in DATA.glob("*/manifest.json"))
-RELEASES = {"2.8", "2.10", "2.12", "3.1", "4.1", "5.2", "6.2", "7.2", "8.2"}
-"""Built from source (2.8-8.2 but 5.2 and 7.2) or packaged by Debian (5.2, 7.2)."""
+RELEASES = {"2.8", "2.10", "2.12", "3.1", "4.1", "5.2", "6.2", "7.2", "8.2", "10.0", "11.1"}
+"""Built from source (2.8-8.2 but 5.2 and 7.2) or packaged by Debian (5.2, 7.2, 10.0, 11.1)."""
 
 
 def test_every_release_has_a_recording() -> None:
