@@ -32,7 +32,8 @@ from .suites import PROVIDER_KINDS, Suite, SuiteData, load_suites
 
 load_drivers()
 
-from .qemu_build.provider import KIND as BUILD_KIND  # noqa: E402 - after the drivers load
+from .qemu_build.provider import FAMILY as BUILD_FAMILY  # noqa: E402 - after the drivers load
+from .qemu_build.provider import KIND as BUILD_KIND  # noqa: E402
 from .qemu_build.provider import built_release_providers  # noqa: E402
 
 CATALOG_KINDS = (*PROVIDER_KINDS, BUILD_KIND)
@@ -182,6 +183,8 @@ class Catalog:
         if spec.version and played is not None and issubclass(DRIVERS[played], ServerPeer):
             profile = f"reference-server@{family}-{spec.version}"
             message += f"; the reference server can play it: {profile}"
+        if spec.version and family == BUILD_FAMILY:
+            message += f"; or build the release: nbd-harness peers build qemu {spec.version}"
         raise PeerSpecError(message)
 
 
