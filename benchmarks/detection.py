@@ -85,9 +85,12 @@ def lint(capture: Path) -> tuple[list[dict], str]:
     completed = subprocess.run([*lint_command(), "lint", "--json", str(capture)],
                                capture_output=True, text=True, timeout=300)
     try:
-        return json.loads(completed.stdout), ""
+        document = json.loads(completed.stdout)
     except json.JSONDecodeError:
         return [], (completed.stderr.strip().splitlines() or ["no output"])[-1]
+    if isinstance(document, list):  # lint --json before nbd-harness-lint/2: a bare list
+        return document, ""
+    return document["findings"], "; ".join(document["errors"])
 
 
 def measure(truth_file: Path) -> CaptureResult:

@@ -4,6 +4,10 @@ Each command module provides ``register(subparsers)``, which adds its parser and
 sets ``func`` to a ``run(args) -> int``.  A user mistake raises
 :class:`~harness.errors.UsageError` (or any ``ValueError`` subclass the command
 documents as user-facing) and prints one line, never a traceback.
+
+Building the parser imports every command module, so ``nbd-harness --help`` (and
+every command) pays for their top-level imports: a command module imports what
+only its ``run`` needs inside ``run``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ COMMAND_MODULES = [
     "harness.commands.peers",
     "harness.commands.scenarios",
     "harness.commands.replay",
+    "harness.commands.fuzz",
 ]
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from harness.address import LOOPBACK
 from harness.capture import ProxyThread
+from harness.client_role import serve_reference
 from harness.errors import UserError
 from harness.matrix import ResultStore, expand, installed_peers, parse_peer, reference_client
 from harness.matrix._setup import driver_options
@@ -44,7 +45,7 @@ from harness.replay import (
     replay_against,
     unreplayable,
 )
-from harness.scenarios import ExportRequirements, Scenario, find_scenario, serve_reference
+from harness.scenarios import ExportRequirements, Scenario, find_scenario
 from reference_server.profiles import profile as load_profile
 
 MANIFEST = "manifest.json"

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.errors import UserError
-from harness.paths import MATRIX_DIR, REPO
+from harness.paths import MATRIX_DIR, shown
 from harness.protocol import constants as c
+from harness.protocol.rules import CITATIONS
 
 DEFAULT_ROOT = MATRIX_DIR
 
@@ -114,6 +115,8 @@ class Feature:
     refused_by: tuple[str, ...] = ()
     shapes_wire: bool = False
     reference_lacks: tuple[Role, ...] = ()
+    absent_breaks: tuple[str, ...] = ()
+    """Conformance rule ids a peer lacking the feature breaks by its version."""
 
 
 @dataclass(frozen=True)
@@ -279,11 +282,8 @@ class _Where:
         return _Where(self.path, table)
 
     def error(self, message: str) -> PeerDataError:
-        try:
-            shown = self.path.resolve().relative_to(REPO)
-        except ValueError:
-            shown = self.path
-        prefix = f"{shown}: {self.table}: " if self.table else f"{shown}: "
+        where = shown(self.path)
+        prefix = f"{where}: {self.table}: " if self.table else f"{where}: "
         return PeerDataError(prefix + message)
 
 
@@ -364,12 +364,23 @@ def _load_features(path: Path) -> tuple[dict[str, Feature], dict[str, QuirkMeani
             refused_by=_names(here, "refused_by", table.get("refused_by", []), "NBD_OPT_",
                               c.Opt),
             shapes_wire=_flag(here, "shapes_wire", table.get("shapes_wire", False)),
-            reference_lacks=_roles(here, "reference_lacks", table.get("reference_lacks", [])))
+            reference_lacks=_roles(here, "reference_lacks", table.get("reference_lacks", [])),
+            absent_breaks=_rule_ids(here, table.get("absent_breaks", [])))
     return features, _load_quirk_meanings(where, document.get("quirk", {}), features)
 
 
 _FEATURE_MEANINGS = frozenset({"grants", "flag", "command_flag", "refused_by", "shapes_wire",
-                               "reference_lacks"})
+                               "reference_lacks", "absent_breaks"})
+
+
+def _rule_ids(where: _Where, value: Any) -> tuple[str, ...]:
+    """``absent_breaks``: ids of cited conformance rules (harness/protocol/rules.py)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise where.error("absent_breaks must be a list of conformance rule ids")
+    unknown = [v for v in value if v not in CITATIONS]
+    if unknown:
+        raise where.error(f"absent_breaks names rules without a citation: {unknown}")
+    return tuple(value)
 _GRANT_KEYS = frozenset({"options", "contexts", "switches", "multi_conn", "note"})
 _QUIRK_KEYS = frozenset({"profile_quirk", "switches_off", "read_only_hides", "unjudgeable",
                          "note"})

@@ -635,14 +635,19 @@ def pick_port_and_start(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     pass_fds: Sequence[int] = (),
+    owned: bool = True,
+    unexplained_retries: int = 0,
 ) -> tuple[ManagedProcess, int]:
     """Start a TCP server on a port the kernel chose, retrying when that port got taken.
 
     The port is picked by binding ``host`` port 0 and closing the socket, so another program
     can take it before ours binds: when the program then fails with "address in use", a new
     port is tried (up to ``attempts`` times). Readiness means the program (or a descendant)
-    listens on ``host``:port, checked in /proc without connecting. Returns the running
-    process and its port.
+    listens on ``host``:port, checked in /proc without connecting; with ``owned`` False any
+    listener there will do (a container engine's process runs the program, not ours).
+    ``unexplained_retries`` more attempts are made for a program that ended before it
+    listened without saying "address in use" (a daemon that tells only syslog); each is
+    recorded in the first attempt's log. Returns the running process and its port.
     """
     last_error: PeerError | None = None
     for attempt in range(attempts):
@@ -654,10 +659,20 @@ def pick_port_and_start(
             argv_with_port(port), log_path=attempt_log, env=env, cwd=cwd, pass_fds=pass_fds
         )
         try:
-            process.wait_for_listening_tcp(port, ready_timeout, host)
+            if owned:
+                process.wait_for_listening_tcp(port, ready_timeout, host)
+            else:
+                process.wait_ready(lambda port=port: is_listening_tcp(port, host), ready_timeout,
+                                   f"TCP listener on {host}:{port}")
         except PeerError as exc:
             if not _ADDRESS_IN_USE.search(process.log_text()):
-                raise
+                if unexplained_retries <= 0 or " exited with code " not in str(exc):
+                    raise
+                unexplained_retries -= 1
+                with open(log_path, "a", encoding="utf-8") as log:
+                    log.write(f"nbd-harness: {exc.args[0].splitlines()[0]}, without saying why; "
+                              f"started again on a new port (log: "
+                              f"{log_path.name}.retry{attempt + 1})\n")
             last_error = exc
             continue
         return process, port

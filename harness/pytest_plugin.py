@@ -17,7 +17,8 @@ Verdicts: ``pass``, and the ``unsupported`` / ``expected-fallback`` the data
 predicts, pass; ``fail`` fails the item; ``error`` (the harness or the
 environment broke) is reported as a pytest ERROR, never as a pass or a skip.
 Safe under pytest-xdist: each worker appends to its own results file in the
-result directory (``--nbd-out``, default ``reports/pytest-matrix``) and every
+result directory (``--nbd-out``, default ``reports/pytest-matrix`` of the checkout, or of
+the current directory for an installed package) and every
 case has its own evidence directory; ports are chosen by the kernel.  The
 controller renders the reports at the end.
 """
@@ -32,11 +33,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from harness.paths import REPORTS_DIR
+from harness.paths import REPORTS_DIR, default_out_help
 
 if TYPE_CHECKING:
     from harness.matrix.cases import Case, Expansion
     from harness.matrix.results import CaseResult, ResultStore
+
+# pytest loads this plugin in every session of this environment, the project's own test
+# suite included: what only --nbd-matrix needs (the matrix, the scenarios, the reports)
+# is imported inside the hooks that use it.
 
 DEFAULT_OUT = REPORTS_DIR / "pytest-matrix"
 _VERDICT_PROPERTY = "nbd_verdict"
@@ -67,7 +72,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                         default="relevant",
                     help="reference-server profiles in the default server set")
     group.addoption("--nbd-out", default=None, metavar="DIR",
-                    help=f"result directory (default: {DEFAULT_OUT})")
+                    help=f"result directory (default: {default_out_help('pytest-matrix')})")
     group.addoption("--nbd-timeout", type=float, default=180.0, metavar="SECONDS",
                     help="time limit of each case")
 
@@ -82,7 +87,7 @@ def _is_worker(config: pytest.Config) -> bool:
 
 def _out(config: pytest.Config) -> Path:
     configured = config.getoption("--nbd-out")
-    return Path(configured).absolute() if configured else DEFAULT_OUT
+    return (Path(configured) if configured else DEFAULT_OUT).absolute()
 
 
 def _library(config: pytest.Config) -> Path:

@@ -51,6 +51,9 @@ _EXTENDED_NONE = struct.Struct(">IHHQQQ")
 REPLY_ROOM = _EXTENDED_DATA.size
 """Bytes reserved in front of the read data for the largest reply header."""
 
+REUSE_LIMIT = 1 << 20
+"""Largest payload or reply buffer a connection keeps between requests."""
+
 READ, WRITE = int(c.Cmd.READ), int(c.Cmd.WRITE)
 FUA = int(c.CmdFlag.FUA)
 PAYLOAD_LEN = int(c.CmdFlag.PAYLOAD_LEN)
@@ -81,8 +84,8 @@ def optional_flags(cmd: int, neg: Negotiated) -> int | None:
 class FastPath:
     """Judges and serves the READ and WRITE requests of one connection in transmission.
 
-    ``max_request_payload`` is the largest write payload the server accepts at
-    all (the state machine ends the session above it).
+    ``max_request_payload`` is the largest write payload or read length the
+    server accepts at all (the session ends above it).
     """
 
     def __init__(self, neg: Negotiated, backend: Backend, executor: Executor,
@@ -96,7 +99,7 @@ class FastPath:
         assert neg.export_size is not None
         self.size = neg.export_size
         self.min_block = neg.min_block
-        self.read_limit = neg.max_payload
+        self.read_limit = min(neg.max_payload, max_request_payload)
         self.write_limit = min(neg.max_payload, max_request_payload)
         self.read_flags = optional_flags(READ, neg)
         self.write_flags = optional_flags(WRITE, neg)
@@ -126,12 +129,20 @@ class FastPath:
     # --- buffers ------------------------------------------------------------------------
 
     def payload_buffer(self, length: int) -> memoryview:
-        """A view of ``length`` bytes of the connection's reusable write buffer."""
+        """A view of ``length`` bytes of the connection's reusable write buffer.
+
+        Only buffers up to :data:`REUSE_LIMIT` are kept for the next request: a
+        larger one is the server's in-flight budget's to bound, and is freed after use.
+        """
+        if length > REUSE_LIMIT:
+            return memoryview(bytearray(length))
         if len(self._payload) < length:
             self._payload = bytearray(length)
         return memoryview(self._payload)[:length]
 
     def _reply_buffer(self, length: int) -> memoryview:
+        if length > REUSE_LIMIT:
+            return memoryview(bytearray(REPLY_ROOM + length))
         if len(self._reply) < REPLY_ROOM + length:
             self._reply = bytearray(REPLY_ROOM + length)
         return memoryview(self._reply)

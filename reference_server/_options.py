@@ -299,6 +299,13 @@ def _meta_context(ctx: OptionContext, opt: int, payload: MetaContextPayload) -> 
         # TLS_REQD is reserved for INFO/GO/EXPORT_NAME in SELECTIVETLS, so refuse by policy.
         return OptionOutcome([error(opt, c.Rep.ERR_POLICY,
                                     f"export {export.name!r} requires TLS")])
+    limit = ctx.config.limits.max_meta_context_queries
+    if len(payload.queries) > limit:
+        # LIST "MAY fail with NBD_REP_ERR_TOO_BIG if too many queries are requested";
+        # SET "MAY return NBD_REP_ERR_TOO_BIG if a request seeks to select too many".
+        return OptionOutcome([error(opt, c.Rep.ERR_TOO_BIG,
+                                    f"{len(payload.queries)} queries; this server takes at "
+                                    f"most {limit} (limits.max_meta_context_queries)")])
     for query in payload.queries:
         if ":" not in query and "meta-query-no-colon-ignored" not in quirks:
             return OptionOutcome([error(opt, c.Rep.ERR_INVALID,
@@ -306,17 +313,18 @@ def _meta_context(ctx: OptionContext, opt: int, payload: MetaContextPayload) -> 
     available = available_contexts(ctx, export)
     if opt == c.Opt.LIST_META_CONTEXT:
         if payload.queries:
-            names: list[str] = []
-            for query in payload.queries:
-                names += [n for n in match_list_query(query, available) if n not in names]
+            matched: dict[str, None] = {}  # ordered and unique: linear in the queries
+            for query in dict.fromkeys(payload.queries):
+                matched.update(dict.fromkeys(match_list_query(query, available)))
+            names = list(matched)
         else:
             names = available
         replies = [option_reply(opt, c.Rep.META_CONTEXT, MetaContextReplyPayload(0, n))
                    for n in names]
         return OptionOutcome([*replies, option_reply(opt, c.Rep.ACK)])
     # SET: exact names only; "MAY ignore queries that do not select a single context".
-    selected = [q for i, q in enumerate(payload.queries)
-                if q in available and q not in payload.queries[:i]]
+    offered = set(available)
+    selected = [q for q in dict.fromkeys(payload.queries) if q in offered]
     replies = [option_reply(opt, c.Rep.META_CONTEXT, MetaContextReplyPayload(i, name))
                for i, name in enumerate(selected, start=1)]
     return OptionOutcome([*replies, option_reply(opt, c.Rep.ACK)])

@@ -23,9 +23,11 @@ from collections.abc import Callable
 from typing import Any
 
 STAGING = 1 << 20
-"""Bytes of the staging buffer: many pipelined request headers, or a few small writes."""
-MIN_FREE = 64 * 1024
-"""Below this much free staging space the transport stops reading."""
+"""Largest staging buffer: many pipelined request headers, or a few small writes."""
+FIRST_STAGING = 64 * 1024
+"""The staging buffer a connection starts with: it grows (doubling, up to
+:data:`STAGING`) only when the client sends faster than the session consumes, so
+a thousand idle or handshaking connections hold little memory."""
 WRITE_HIGH_WATER = 1 << 20
 """Unsent reply bytes the transport may hold before :meth:`Stream.drain` waits."""
 HOLD_LIMIT = 4096
@@ -47,7 +49,7 @@ class Stream(asyncio.BufferedProtocol):
         self._on_connect = on_connect
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
-        self._staging = bytearray(STAGING)
+        self._staging = bytearray(FIRST_STAGING)
         self._view = memoryview(self._staging)
         self._start = 0  # unread bytes are staging[_start:_end]
         self._end = 0
@@ -75,9 +77,14 @@ class Stream(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._target is not None:
             return self._target[self._target_filled :]
-        if len(self._staging) - self._end < MIN_FREE:
+        if len(self._staging) - self._end < self._min_free:
             self._compact()
         return self._view[self._end :]
+
+    @property
+    def _min_free(self) -> int:
+        """Below this much free staging space the buffer grows, or reading pauses."""
+        return len(self._staging) // 16
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._target is not None:
@@ -87,8 +94,11 @@ class Stream(asyncio.BufferedProtocol):
             self._target = None
         else:
             self._end += nbytes
-            if len(self._staging) - (self._end - self._start) < MIN_FREE:
-                self._pause_reading()
+            if len(self._staging) - (self._end - self._start) < self._min_free:
+                if len(self._staging) < STAGING:
+                    self._grow()
+                else:
+                    self._pause_reading()
         self._wake()
 
     def eof_received(self) -> bool:
@@ -126,13 +136,17 @@ class Stream(asyncio.BufferedProtocol):
         """Wait until ``count`` unread bytes are buffered; False if the peer closed first.
 
         ``count`` is small (a header): it always fits in the staging buffer.
+        ``timeout`` bounds the whole wait, not the silence between two bytes.
         """
+        deadline = None
         while self._end - self._start < count:
             if self._eof:
                 return False
             if len(self._staging) - self._start < count:
                 self._compact()
-            await self._wait(timeout)
+            if deadline is None:
+                deadline = self._loop.time() + timeout
+            await self._wait(deadline - self._loop.time())
         return True
 
     def peek_u32(self) -> int:
@@ -162,7 +176,7 @@ class Stream(asyncio.BufferedProtocol):
         return data
 
     async def read_into(self, target: memoryview, timeout: float) -> None:
-        """Fill all of ``target`` with the next bytes of the stream."""
+        """Fill all of ``target`` with the next bytes of the stream, within ``timeout`` in all."""
         buffered = min(self._end - self._start, len(target))
         if buffered:
             target[:buffered] = self._view[self._start : self._start + buffered]
@@ -175,11 +189,12 @@ class Stream(asyncio.BufferedProtocol):
         self._target = target[buffered:]
         self._target_filled = 0
         self._resume_reading()
+        deadline = self._loop.time() + timeout
         try:
             while self._target is not None:
                 if self._eof:
                     raise StreamClosed(self._closed_message())
-                await self._wait(timeout)
+                await self._wait(deadline - self._loop.time())
         finally:
             self._target = None
 
@@ -188,8 +203,17 @@ class Stream(asyncio.BufferedProtocol):
         self._start += count
         if self._start == self._end:
             self._start = self._end = 0
-        if self._reading_paused and len(self._staging) - (self._end - self._start) >= MIN_FREE:
+        if (self._reading_paused
+                and len(self._staging) - (self._end - self._start) >= self._min_free):
             self._resume_reading()
+
+    def _grow(self) -> None:
+        """Double the staging buffer, keeping the unread bytes (moved to its start)."""
+        unread = self._end - self._start
+        grown = bytearray(min(2 * len(self._staging), STAGING))
+        grown[:unread] = self._view[self._start : self._end]
+        self._staging, self._view = grown, memoryview(grown)
+        self._start, self._end = 0, unread
 
     def _compact(self) -> None:
         unread = self._end - self._start
@@ -203,6 +227,8 @@ class Stream(asyncio.BufferedProtocol):
         return "client closed the connection"
 
     async def _wait(self, timeout: float) -> None:
+        if timeout <= 0:
+            raise StreamTimeout()
         self.flush()  # never keep replies back while waiting for the client
         self._resume_reading()
         waiter = self._waiter = self._loop.create_future()
@@ -290,6 +316,11 @@ class Stream(asyncio.BufferedProtocol):
         if self.transport is not None and not self.transport.is_closing():
             self.flush()
             self.transport.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping what the transport has not sent."""
+        if self.transport is not None:
+            self.transport.abort()
 
     async def wait_closed(self) -> None:
         await self._closed

@@ -1,22 +1,27 @@
 """The reference server's configuration: a TOML file, or exports given on the command line.
 
-A file has one ``[server]`` table and any number of ``[[export]]`` tables::
+A file has one ``[server]`` table, an optional ``[limits]`` table and any
+number of ``[[export]]`` tables::
 
     [server]
     listen = "tcp://127.0.0.1:0"      # or "unix:/path/to.sock", "tcp://[::1]:0"
     tls = "off"                        # "off" | "optional" | "required"
     handshake = "fixed-newstyle"       # | "newstyle" | "oldstyle"
 
+    [limits]                           # resource bounds (docs/server-limits.md)
+    max_connections = 1024
+    handshake_timeout = 10             # seconds for the whole handshake
+
     [[export]]
     name = "chain"
     backend = "layers"                 # "memory" | "file" | "layers"
     layers = ["top.raw", "base.raw"]   # top first, relative to this file
 
-Every key is listed in :data:`SERVER_KEYS` and :data:`EXPORT_KEYS` with its
+Every key is listed in :data:`SERVER_KEYS`, :data:`LIMIT_KEYS` and :data:`EXPORT_KEYS` with its
 meaning; an unknown key is an error (typo protection).  Every mistake raises
 :class:`ConfigError` with one line naming the file, the table and the key.
 
-The typed values (:class:`ServerConfig`, :class:`ExportConfig`,
+The typed values (:class:`ServerConfig`, :class:`ServerLimits`, :class:`ExportConfig`,
 :class:`BitmapConfig`) are the configuration: code builds them directly and
 checks them with their ``validated()`` (:func:`block_sizes` fills in default
 block sizes); :func:`config_from_dict` and :func:`load_config` only parse user
@@ -226,6 +231,67 @@ class ExportConfig:
         )
 
 
+MIN_OPTION_LENGTH = 2 * MAX_STRING_LEN
+"""The smallest ``max_option_length``: room for an export name of the spec's maximum
+length with a few information requests (NBD_OPT_GO) or queries."""
+SPEC_DOS_FLOOR = 1 << 25
+"""Section "Size constraints": a payload up to 2^25 bytes "SHOULD NOT be considered a
+denial of service attack", so the hard payload limit is never below it."""
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Bounds on what clients may make the server hold, per connection and in total.
+
+    Each is a ``[limits]`` key (:data:`LIMIT_KEYS`); docs/server-limits.md says
+    what a client sees when it reaches one.
+    """
+
+    max_connections: int = 1024
+    """Connections served at once; one more is accepted and closed at once."""
+    listen_backlog: int = 1024
+    """Connections the kernel queues before the server accepts them (a burst)."""
+    handshake_timeout: float = 10.0
+    """Seconds from accept to the end of negotiation, in total (qemu-nbd's default too)."""
+    idle_timeout: float = 3600.0
+    """Seconds a connection in transmission may send nothing."""
+    reply_timeout: float = 60.0
+    """Seconds a reply may wait for the client to read it before the session ends."""
+    max_option_length: int = 64 * 1024
+    """Bytes of one option's data; longer ones get NBD_REP_ERR_TOO_BIG unread."""
+    max_meta_context_queries: int = 1024
+    """Queries in one NBD_OPT_LIST/SET_META_CONTEXT; more get NBD_REP_ERR_TOO_BIG."""
+    max_request_payload: int = 64 << 20
+    """A request payload (or read length) above this ends the session (hard disconnect)."""
+    max_inflight_bytes: int = 128 << 20
+    """Request and reply data buffered across all connections; above it, large requests
+    wait (the server stops reading from their clients) until others finish."""
+
+    def validated(self) -> ServerLimits:
+        """These limits, or :class:`ConfigError` naming the key that is out of range."""
+        for key in ("max_connections", "listen_backlog", "max_meta_context_queries"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} {getattr(self, key)} must be at least 1")
+        for key in ("handshake_timeout", "idle_timeout", "reply_timeout"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} {getattr(self, key)} must be a positive number of "
+                                  "seconds")
+        if self.max_option_length < MIN_OPTION_LENGTH:
+            raise ConfigError(f"max_option_length {self.max_option_length} must be at least "
+                              f"{MIN_OPTION_LENGTH} (an option carries strings of up to "
+                              f"{MAX_STRING_LEN} bytes)")
+        if not SPEC_DOS_FLOOR <= self.max_request_payload <= MAX_PAYLOAD_LIMIT:
+            raise ConfigError(f"max_request_payload {self.max_request_payload} must be from "
+                              f"{SPEC_DOS_FLOOR} (32M: the spec says a payload that size "
+                              f"SHOULD NOT be taken for a denial of service) to "
+                              f"{MAX_PAYLOAD_LIMIT:#x}")
+        if self.max_inflight_bytes < self.max_request_payload:
+            raise ConfigError(f"max_inflight_bytes {self.max_inflight_bytes} must be at least "
+                              f"max_request_payload ({self.max_request_payload}): one request "
+                              "must always fit")
+        return self
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """The whole server: where it listens, TLS, handshake style and its exports."""
@@ -239,6 +305,7 @@ class ServerConfig:
     default_export: str = ""
     """Export served for the empty name; "" means the first export."""
     list_exports: bool = True
+    limits: ServerLimits = field(default_factory=ServerLimits)
     exports: tuple[ExportConfig, ...] = ()
     source: Path | None = None
     """The file this configuration was read from (None when built in code)."""
@@ -253,6 +320,10 @@ class ServerConfig:
         duplicate = _duplicate_name(self.exports)
         if duplicate is not None:
             raise ConfigError(duplicate)
+        try:
+            self.limits.validated()
+        except ConfigError as exc:
+            raise ConfigError(f"limits: {exc}") from None
         for export in self.exports:
             try:
                 export.validated()
@@ -412,6 +483,21 @@ SERVER_KEYS: dict[str, str] = {
 }
 """Keys of ``[server]`` and what they mean."""
 
+LIMIT_KEYS: dict[str, str] = {
+    "max_connections": "connections served at once; more are accepted and closed at once",
+    "listen_backlog": "connections the kernel queues until accepted (bursts of connects)",
+    "handshake_timeout": "seconds for the whole handshake, from accept to transmission",
+    "idle_timeout": "seconds a connection in transmission may send nothing",
+    "reply_timeout": "seconds a reply may wait for the client to read it",
+    "max_option_length": "bytes of one option's data (more: NBD_REP_ERR_TOO_BIG, unread)",
+    "max_meta_context_queries": "queries in one *_META_CONTEXT option (more: ERR_TOO_BIG)",
+    "max_request_payload": "request payload or read length that ends the session (>= 32M)",
+    "max_inflight_bytes": "request/reply data buffered in total; large requests wait above it",
+}
+"""Keys of ``[limits]`` and what they mean (defaults: :class:`ServerLimits`)."""
+LIMIT_SIZES = ("max_option_length", "max_request_payload", "max_inflight_bytes")
+LIMIT_SECONDS = ("handshake_timeout", "idle_timeout", "reply_timeout")
+
 BLOCK_SIZE_KEYS = ("min_block_size", "preferred_block_size", "max_payload_size")
 
 EXPORT_KEYS: dict[str, str] = {
@@ -468,10 +554,15 @@ def config_from_dict(
     messages start with ``source`` when given.
     """
     where = _Where(str(source) if source else "", base_dir or Path.cwd())
-    _check_keys(where, document, {"server": "[server] table", "export": "[[export]] tables"})
+    _check_keys(where, document, {"server": "[server] table", "limits": "[limits] table",
+                                  "export": "[[export]] tables"})
     server_table = document.get("server", {})
     if not isinstance(server_table, dict):
         raise where.error("server must be a table: write [server]")
+    limits_table = document.get("limits", {})
+    if not isinstance(limits_table, dict):
+        raise where.error("limits must be a table: write [limits]")
+    limits = _limits_from_table(limits_table, where.child("limits"))
     export_tables = document.get("export", [])
     if not isinstance(export_tables, list) or not all(isinstance(t, dict) for t in export_tables):
         raise where.error("export must be an array of tables: write [[export]] (two brackets)")
@@ -482,11 +573,33 @@ def config_from_dict(
         duplicate = _duplicate_name(tuple(exports))
         if duplicate is not None:
             raise where.error(duplicate)
-    return _server_from_table(server_table, where.child("server"), tuple(exports), source)
+    return _server_from_table(server_table, where.child("server"), tuple(exports), source,
+                              limits)
+
+
+def _limits_from_table(table: Mapping[str, Any], where: _Where) -> ServerLimits:
+    _check_keys(where, table, LIMIT_KEYS)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in LIMIT_SIZES:
+            values[key] = _size(where, key, value)
+        elif key in LIMIT_SECONDS:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise where.error(f"{key} must be a number of seconds, not {_show(value)}")
+            values[key] = float(value)
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise where.error(f"{key} must be a whole number, not {_show(value)}")
+        else:
+            values[key] = value
+    try:
+        return ServerLimits(**values).validated()
+    except ConfigError as exc:
+        raise where.error(str(exc)) from None
 
 
 def _server_from_table(
-    table: Mapping[str, Any], where: _Where, exports: tuple[ExportConfig, ...], source: Path | None
+    table: Mapping[str, Any], where: _Where, exports: tuple[ExportConfig, ...], source: Path | None,
+    limits: ServerLimits | None = None,
 ) -> ServerConfig:
     _check_keys(where, table, SERVER_KEYS)
     values: dict[str, Any] = {}
@@ -511,7 +624,8 @@ def _server_from_table(
     if "list_exports" in table:
         values["list_exports"] = _boolean(where, "list_exports", table["list_exports"])
     try:
-        return ServerConfig(exports=exports, source=source, **values).validated()
+        return ServerConfig(exports=exports, source=source, limits=limits or ServerLimits(),
+                            **values).validated()
     except ConfigError as exc:
         raise where.error(str(exc)) from None
 
@@ -694,12 +808,14 @@ __all__ = [
     "BACKENDS",
     "BLOCK_SIZE_KEYS",
     "EXPORT_KEYS",
+    "LIMIT_KEYS",
     "SERVER_KEYS",
     "BitmapConfig",
     "ConfigError",
     "ExportConfig",
     "ListenAddress",
     "ServerConfig",
+    "ServerLimits",
     "block_sizes",
     "config_from_dict",
     "load_config",

@@ -84,7 +84,7 @@ FAULTS: tuple[Fault, ...] = (
           "Request types", "MUST",
           "If structured replies were not negotiated, then a read request MUST always be "
           "answered by a simple reply, as documented above",
-          "new:server.simple-read-data-length",
+          "server.simple-read-data-length",
           "a read without structured replies (nbdsh, set_request_structured_replies(False))"),
     Fault("garbage-between-replies", "server", "misframing",
           "16 bytes of 0xA5 follow every reply to NBD_CMD_READ",
@@ -98,7 +98,7 @@ FAULTS: tuple[Fault, ...] = (
           "Request types", "MUST",
           "If structured replies were not negotiated, then a read request MUST always be "
           "answered by a simple reply, as documented above",
-          "new:server.simple-read-data-length",
+          "server.simple-read-data-length",
           "a read without structured replies (nbdsh, set_request_structured_replies(False))"),
     Fault("option-unanswered", "server", "no-answer",
           "NBD_OPT_SET_META_CONTEXT never gets a reply; the server waits for the next option",
@@ -106,18 +106,18 @@ FAULTS: tuple[Fault, ...] = (
           "Otherwise the server MUST reply with a number of `NBD_REP_META_CONTEXT` replies, one "
           "for each selected metadata context, each with a unique metadata context ID, followed "
           "by `NBD_REP_ACK`.",
-          "new:server.set-meta-context-answered", "nbdinfo --map"),
+          "server.meta-context-replies", "nbdinfo --map"),
     Fault("read-unanswered", "server", "no-answer",
           "NBD_CMD_READ never gets a reply; later requests are answered",
           "Request types", "MUST",
           "The server MUST reply with either a simple reply or a structured reply, according "
           "to whether the structured replies have been negotiated using "
           "`NBD_OPT_STRUCTURED_REPLY`.",
-          "new:server.read-answered", "any read (qemu-io -c 'read 0 4k')"),
+          "server.read-answered", "any read (qemu-io -c 'read 0 4k')"),
     Fault("disconnect-after-client-flags", "server", "hard-disconnect",
           "closes the connection right after valid client flags",
           TERMINATION_OPTIONS, "MUST NOT", OPTION_HARD_DISCONNECT,
-          "new:server.no-hard-disconnect-in-options", "any client"),
+          "server.no-hard-disconnect-in-options", "any client"),
     Fault("disconnect-on-starttls", "server", "hard-disconnect",
           "closes the connection on NBD_OPT_STARTTLS instead of answering it",
           "Option types", "MUST",
@@ -129,7 +129,7 @@ FAULTS: tuple[Fault, ...] = (
           "Terminating the transmission phase", "MUST NOT",
           "The client and the server MUST NOT initiate any form of disconnect other than in one "
           "of the above circumstances.",
-          "new:server.no-hard-disconnect-in-transmission", "any read (qemu-io -c 'read 0 4k')"),
+          "server.no-hard-disconnect-in-transmission", "any read (qemu-io -c 'read 0 4k')"),
     Fault("disconnect-on-read-past-end", "server", "hard-disconnect",
           "closes the connection on a read past the end of the export (allowed: the client "
           "broke a MUST NOT first, so this is a no-deviation case)",
@@ -155,16 +155,16 @@ FAULTS: tuple[Fault, ...] = (
           "reads NBD_CMD_TRIM's length as payload: swallows that many bytes of later requests "
           "before answering",
           "Simple reply message", "MUST", SIMPLE_REPLY_TO_ALL,
-          "new:server.simple-reply-to-all", "a trim without structured replies (nbdsh)"),
+          "server.simple-reply-to-all", "a trim without structured replies (nbdsh)"),
     Fault("no-fixed-newstyle", "server", "baseline",
           "the greeting lacks NBD_FLAG_FIXED_NEWSTYLE", BASELINE, "MUST", BASELINE_SENTENCE,
-          "new:server.baseline-fixed-newstyle", "any client"),
+          "server.baseline-fixed-newstyle", "any client"),
     Fault("no-opt-go", "server", "baseline",
           "NBD_OPT_INFO and NBD_OPT_GO get NBD_REP_ERR_UNSUP", BASELINE, "MUST",
-          BASELINE_SENTENCE, "new:server.baseline-info-go", "nbdinfo (falls back to EXPORT_NAME)"),
+          BASELINE_SENTENCE, "server.baseline-info-go", "nbdinfo (falls back to EXPORT_NAME)"),
     Fault("no-opt-list", "server", "baseline",
           "NBD_OPT_LIST gets NBD_REP_ERR_UNSUP", BASELINE, "MUST", BASELINE_SENTENCE,
-          "new:server.baseline-list", "nbdinfo --list"),
+          "server.baseline-list", "nbdinfo --list"),
     Fault("go-without-info-export", "server", "baseline",
           "NBD_OPT_INFO and NBD_OPT_GO end in NBD_REP_ACK without any NBD_INFO_EXPORT",
           "Option reply types", "MUST",
@@ -205,7 +205,7 @@ FAULTS: tuple[Fault, ...] = (
           "Request types", "MUST NOT",
           "other than any difference in performance, there MUST NOT be any difference in "
           "semantics compared to if the client had not used this command",
-          "new:server.cache-keeps-data", "write, cache, read back (nbdsh)"),
+          "server.cache-keeps-data", "write, cache, read back (nbdsh)"),
     Fault("read-only-write-accepted", "server", "semantic",
           "NBD_CMD_WRITE on a READ_ONLY export gets a success reply (the data is not written)",
           "Transmission flags", "MUST",
@@ -215,7 +215,7 @@ FAULTS: tuple[Fault, ...] = (
           "NBD_CMD_WRITE_ZEROES succeeds but leaves the data as it was",
           "Request types", "MUST",
           "The server MUST zero out the data on disk, and then send the reply message.",
-          "new:server.write-zeroes-zeroes",
+          "server.write-zeroes-zeroes",
           "qemu-io -c 'write -P 0x55 0 4k' -c 'write -z 0 4k' -c 'read -P 0 0 4k'"),
     Fault("info-go-disagree", "server", "negotiation",
           "NBD_OPT_GO reports half the export size NBD_OPT_INFO reported just before",

@@ -118,34 +118,37 @@ def _fixed_newstyle_flag() -> Conv:
     return Conv().s(greeting(3)).mark().c(client_flags_of(2))
 
 
-@sample("client.export-name-only-in-nonfixed")
+@sample("client.export-name-only-in-nonfixed", also=["server.baseline-fixed-newstyle"])
 def _export_name_only_in_nonfixed() -> Conv:
     conv = Conv().newstyle(handshake_flags=0, client_flags=0)
     return conv.mark().c(option(O.GO, name_and_infos(b"disk")))
 
 
-@sample("server.fixed-newstyle-for-options", also=["client.export-name-only-in-nonfixed"])
+@sample(
+    "server.fixed-newstyle-for-options",
+    also=["client.export-name-only-in-nonfixed", "server.baseline-fixed-newstyle"],
+)
 def _fixed_newstyle_for_options() -> Conv:
     conv = Conv().newstyle(handshake_flags=0, client_flags=0)
     conv.c(option(O.GO, name_and_infos(b"disk")))
     return conv.mark().s(reply(O.GO, R.ERR_UNSUP))
 
 
-@sample("server.export-name-reply-zeroes")
+@sample("server.export-name-reply-zeroes", also=["client.go-in-preference"])
 def _export_name_reply_zeroes() -> Conv:
     conv = Conv().newstyle(1, 1).c(option(O.EXPORT_NAME, b"disk"))
     conv.mark().s(struct.pack(">QH", SIZE, conv.default_flags()) + b"\x01" * 124)
     return conv.disc()
 
 
-@sample("server.no-zeroes-honoured")
+@sample("server.no-zeroes-honoured", also=["client.go-in-preference"])
 def _no_zeroes_honoured() -> Conv:
     conv = Conv().newstyle().c(option(O.EXPORT_NAME, b"disk"))
     conv.s(struct.pack(">QH", SIZE, conv.default_flags()))
     return conv.mark().s(bytes(124)).disc()
 
 
-@sample("server.export-name-no-option-reply")
+@sample("server.export-name-no-option-reply", also=["client.go-in-preference"])
 def _export_name_no_option_reply() -> Conv:
     conv = Conv().newstyle().c(option(O.EXPORT_NAME, b"nope"))
     return conv.mark().s(reply(O.EXPORT_NAME, R.ERR_UNKNOWN))
@@ -272,7 +275,7 @@ def _block_size_reqd_not_if_requested() -> Conv:
     return conv.mark().s(reply(O.GO, R.ERR_BLOCK_SIZE_REQD))
 
 
-@sample("server.go-not-unsup-after-extended")
+@sample("server.go-not-unsup-after-extended", also=["server.baseline-info-go"])
 def _go_not_unsup_after_extended() -> Conv:
     conv = Conv().newstyle().eh().c(option(O.GO, name_and_infos(b"disk")))
     return conv.mark().s(reply(O.GO, R.ERR_UNSUP))
@@ -298,7 +301,7 @@ def _rep_server_name_length() -> Conv:
     return conv.s(reply(O.LIST, R.ACK))
 
 
-@sample("client.no-export-name-after-extended")
+@sample("client.no-export-name-after-extended", also=["client.go-in-preference"])
 def _no_export_name_after_extended() -> Conv:
     return Conv().newstyle().eh().mark().c(option(O.EXPORT_NAME, b"disk"))
 
@@ -1146,5 +1149,124 @@ def _maximum_payload_at_least_1m() -> Conv:
     return Conv().newstyle().sr().go(block=(512, 4096, 64 * KiB), mark="block").disc()
 
 
+# --- baseline and the session as a whole (rules_baseline.py, rules_session.py) ------------------
+
+
+def _export_name_reply(conv: Conv) -> bytes:
+    """The export-name reply without the 124 zeroes (the client set NBD_FLAG_C_NO_ZEROES)."""
+    return struct.pack(">QH", SIZE, conv.default_flags())
+
+
+@sample("server.baseline-fixed-newstyle")
+def _baseline_fixed_newstyle() -> Conv:
+    conv = Conv().mark().newstyle(handshake_flags=2, client_flags=2)
+    return conv.c(option(O.EXPORT_NAME, b"disk")).s(_export_name_reply(conv)).disc()
+
+
+@sample("server.baseline-info-go")
+def _baseline_info_go() -> Conv:
+    conv = Conv().newstyle().c(option(O.INFO, name_and_infos(b"disk")))
+    return conv.mark().s(reply(O.INFO, R.ERR_UNSUP)).c(option(O.ABORT)).s(reply(O.ABORT, R.ACK))
+
+
+@sample("server.baseline-list")
+def _baseline_list() -> Conv:
+    conv = Conv().newstyle().c(option(O.LIST))
+    return conv.mark().s(reply(O.LIST, R.ERR_UNSUP)).c(option(O.ABORT)).s(reply(O.ABORT, R.ACK))
+
+
+@sample("client.go-in-preference")
+def _go_in_preference() -> Conv:
+    conv = Conv().newstyle().mark().c(option(O.EXPORT_NAME, b"disk"))
+    return conv.s(_export_name_reply(conv)).disc()
+
+
+@sample("server.read-answered")
+def _read_answered() -> Conv:
+    return ready().mark().c(request(CMD.READ, 1, 0, 512)).wait(2.0).fin("client")
+
+
+@sample("server.simple-reply-to-all")
+def _simple_reply_to_all() -> Conv:
+    conv = Conv().newstyle().go()
+    return conv.mark().c(request(CMD.FLUSH, 1)).wait(2.0).fin("client")
+
+
+@sample("server.simple-read-data-length")
+def _simple_read_data_length() -> Conv:
+    conv = Conv().newstyle().go().c(request(CMD.READ, 1, 0, 4096))
+    return conv.mark().s(simple(1, data=pattern(2048))).wait(2.0).fin("client")
+
+
+# --- framing (resync) -----------------------------------------------------------------------
+
+
+@sample("client.write-data-follows")
+def _write_data_follows() -> Conv:
+    # The header announces 512 bytes; the next request follows at once.
+    return ready().mark().c(request(CMD.WRITE, 1, 0, 512)).s(simple(1)).disc()
+
+
+@sample("server.no-hard-disconnect-in-options", also=["server.list-replies"])
+def _no_hard_disconnect_in_options() -> Conv:
+    return Conv().newstyle().c(option(O.LIST)).mark().fin("server")
+
+
+@sample("client.abort-before-close")
+def _abort_before_close() -> Conv:
+    conv = Conv().newstyle().c(option(O.LIST))
+    conv.s(reply(O.LIST, R.SERVER, struct.pack(">I", 4) + b"disk")).s(reply(O.LIST, R.ACK))
+    return conv.mark().fin("client")
+
+
+@sample("server.no-hard-disconnect-in-transmission", also=["server.read-answered"])
+def _no_hard_disconnect_in_transmission() -> Conv:
+    return ready().c(request(CMD.READ, 1, 0, 512)).mark().fin("server")
+
+
+@sample("client.disc-before-close")
+def _disc_before_close() -> Conv:
+    return write(ready()).s(simple(1)).mark().fin("client")
+
+
 PATCHES = {"server.status-extents-cap": ("MAX_EXTENTS_PER_CHUNK", 4)}
 """Constants a sample needs lowered (``harness.protocol.constants`` attribute, value)."""
+
+
+# --- the export's content (rules_semantics) --------------------------------------------------
+
+
+def _read(conv: Conv, cookie: int, offset: int = 0, length: int = 512) -> Conv:
+    return conv.c(request(CMD.READ, cookie, offset, length))
+
+
+@sample("server.write-writes-data")
+def _write_writes_data() -> Conv:
+    conv = _read(write(ready()).s(simple(1)), 2).mark()
+    return conv.s(chunk(2, RT.OFFSET_DATA, offset_data(0, pattern(512, seed=9)))).disc()
+
+
+@sample("server.write-zeroes-zeroes")
+def _write_zeroes_zeroes() -> Conv:
+    conv = ready().c(request(CMD.WRITE_ZEROES, 1, 0, 512)).s(simple(1))
+    return _read(conv, 2).mark().s(chunk(2, RT.OFFSET_DATA, offset_data(0, DATA))).disc()
+
+
+@sample("server.cache-keeps-data")
+def _cache_keeps_data() -> Conv:
+    conv = write(ready()).s(simple(1)).c(request(CMD.CACHE, 2, 0, 512)).s(simple(2))
+    return _read(conv, 3).mark().s(chunk(3, RT.OFFSET_HOLE, offset_hole(0, 512))).disc()
+
+
+@sample("server.status-zero-reads-zero")
+def _status_zero_reads_zero() -> Conv:
+    conv = ready().c(request(CMD.BLOCK_STATUS, 1, 0, 4096))
+    conv.s(chunk(1, RT.BLOCK_STATUS, status(1, (4096, c.StateFlag.HOLE | c.StateFlag.ZERO))))
+    return _read(conv, 2).mark().s(chunk(2, RT.OFFSET_DATA, offset_data(0, DATA))).disc()
+
+
+@sample("server.fast-zero-refusal-keeps-data")
+def _fast_zero_refusal_keeps_data() -> Conv:
+    conv = write(ready()).s(simple(1))
+    conv.c(request(CMD.WRITE_ZEROES, 2, 0, 512, flags=CF.FAST_ZERO)).s(err(2, E.ENOTSUP))
+    return _read(conv, 3).mark().s(chunk(3, RT.OFFSET_HOLE, offset_hole(0, 512))).disc()

@@ -163,6 +163,14 @@ class Conv:
     structured: bool = False
     extended: bool = False
     contexts: dict[int, bytes] = field(default_factory=dict)
+    closer: str | None = None
+    """Who closes the connection after the last segment (``disc()`` makes it the client);
+    None: the capture stops with the connection open, which proves nothing about how the
+    session ended."""
+    fins: set[int] = field(default_factory=set)
+    """Indexes of the segments that are a FIN of their direction (see :meth:`fin`)."""
+    pauses: dict[int, float] = field(default_factory=dict)
+    """Seconds of silence before a segment (see :meth:`wait`)."""
 
     def c(self, data: bytes) -> Conv:
         self.segments.append((CLIENT, data))
@@ -170,6 +178,17 @@ class Conv:
 
     def s(self, data: bytes) -> Conv:
         self.segments.append((SERVER, data))
+        return self
+
+    def fin(self, direction: str) -> Conv:
+        """``direction`` closes its side of the connection here (a FIN segment)."""
+        self.fins.add(len(self.segments))
+        self.segments.append((direction, b""))
+        return self
+
+    def wait(self, seconds: float) -> Conv:
+        """The next segment comes ``seconds`` later."""
+        self.pauses[len(self.segments)] = seconds
         return self
 
     def mark(self) -> Conv:
@@ -247,6 +266,7 @@ class Conv:
         return self.go(**go)  # type: ignore[arg-type]
 
     def disc(self, cookie: int = 99) -> Conv:
+        self.closer = CLIENT
         if self.extended:
             return self.c(ext_request(c.Cmd.DISC, cookie))
         return self.c(request(c.Cmd.DISC, cookie))
@@ -257,11 +277,22 @@ class Conv:
         """Write the conversation as pcapng; return the first frame of each segment."""
         frames = []
         with PcapngWriter(path) as writer:
-            stream = writer.open_stream(timestamp=1_700_000_000.0)
+            start = 1_700_000_000.0
+            stream = writer.open_stream(timestamp=start)
+            paused = 0.0
+            first_fin: str | None = None
             for number, (direction, data) in enumerate(self.segments):
+                paused += self.pauses.get(number, 0.0)
+                when = start + paused + number / 1000
                 frames.append(writer.packets + 1)
-                stream.record(direction, data, timestamp=1_700_000_000.0 + number / 1000)  # type: ignore[arg-type]
-            stream.close(CLIENT, timestamp=1_700_000_001.0)
+                if number in self.fins:
+                    stream.fin(direction, timestamp=when)  # type: ignore[arg-type]
+                    first_fin = first_fin or direction
+                else:
+                    stream.record(direction, data, timestamp=when)  # type: ignore[arg-type]
+            closer = first_fin or self.closer
+            if closer is not None:
+                stream.close(closer, timestamp=start + paused + 1.0)  # type: ignore[arg-type]
         return frames
 
 
@@ -306,7 +337,9 @@ def clean_structured() -> Conv:
     conv.c(request(c.Cmd.READ, 4, 16384, 4096, flags=CF.DF))
     conv.s(chunk(4, RT.OFFSET_HOLE, offset_hole(16384, 4096)))
     conv.c(request(c.Cmd.BLOCK_STATUS, 5, 0, SIZE))
-    conv.s(chunk(5, RT.BLOCK_STATUS, status(1, (8192, 0), (SIZE - 8192, 3))))
+    # NBD_STATE_ZERO only where nothing was written (the write at 65536 is data).
+    extents = ((8192, 0), (65536 - 8192, 3), (4096, 0), (SIZE - 69632, 3))
+    conv.s(chunk(5, RT.BLOCK_STATUS, status(1, *extents)))
     conv.c(request(c.Cmd.BLOCK_STATUS, 6, 0, 4096, flags=CF.REQ_ONE))
     conv.s(chunk(6, RT.BLOCK_STATUS, status(1, (4096, 0))))
     conv.c(request(c.Cmd.WRITE_ZEROES, 7, 8192, 8192, flags=CF.NO_HOLE)).s(simple(7))

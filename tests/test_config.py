@@ -11,11 +11,13 @@ from harness.address import Address
 from harness.errors import UserError
 from reference_server.config import (
     EXPORT_KEYS,
+    LIMIT_KEYS,
     SERVER_KEYS,
     BitmapConfig,
     ConfigError,
     ExportConfig,
     ServerConfig,
+    ServerLimits,
     block_sizes,
     config_from_dict,
     load_config,
@@ -466,6 +468,64 @@ def test_config_from_dict_without_a_file() -> None:
 def test_key_tables_document_every_key() -> None:
     assert all(SERVER_KEYS.values()) and all(EXPORT_KEYS.values())
     assert "listen" in SERVER_KEYS and "layers" in EXPORT_KEYS
+    assert set(LIMIT_KEYS) == set(ServerLimits.__dataclass_fields__) and all(LIMIT_KEYS.values())
+
+
+# --- [limits] ----------------------------------------------------------------------------------
+
+
+def test_limits_default_when_absent_and_parse_sizes_and_seconds(in_tmp: Path) -> None:
+    assert load_config(write_config(in_tmp, "")).limits == ServerLimits()
+    config = load_config(write_config(in_tmp, """\
+        [limits]
+        max_connections = 8
+        listen_backlog = 64
+        handshake_timeout = 2.5
+        idle_timeout = 30
+        reply_timeout = 5
+        max_option_length = "16k"
+        max_meta_context_queries = 4
+        max_request_payload = "32M"
+        max_inflight_bytes = "1G"
+        """))
+    assert config.limits == ServerLimits(
+        max_connections=8, listen_backlog=64, handshake_timeout=2.5, idle_timeout=30.0,
+        reply_timeout=5.0, max_option_length=16 * KiB, max_meta_context_queries=4,
+        max_request_payload=32 * MiB, max_inflight_bytes=GiB)
+
+
+def test_every_documented_limit_is_in_the_docs() -> None:
+    text = (Path(__file__).parents[1] / "docs" / "server-limits.md").read_text()
+    assert all(f"`{key}`" in text for key in LIMIT_KEYS)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("limits = 3\n", "limits must be a table: write [limits]"),
+        ("[limits]\nmax_conections = 3\n", 'unknown key "max_conections" (did you mean '
+         '"max_connections"?'),
+        ("[limits]\nmax_connections = 0\n", "limits: max_connections 0 must be at least 1"),
+        ("[limits]\nmax_connections = \"8\"\n", 'max_connections must be a whole number, '
+         'not "8"'),
+        ("[limits]\nhandshake_timeout = 0\n", "handshake_timeout 0.0 must be a positive number"),
+        ("[limits]\nreply_timeout = true\n", "reply_timeout must be a number of seconds"),
+        ("[limits]\nmax_option_length = 100\n", "max_option_length 100 must be at least 8192"),
+        ("[limits]\nmax_request_payload = \"1M\"\n", "max_request_payload 1048576 must be "
+         "from 33554432"),
+        ("[limits]\nmax_inflight_bytes = \"32M\"\n", "max_inflight_bytes 33554432 must be "
+         "at least max_request_payload"),
+    ],
+)
+def test_limit_mistakes(in_tmp: Path, text: str, expected: str) -> None:
+    message = config_error(in_tmp, text)
+    assert message.startswith("server.toml: ")
+    assert expected in message
+
+
+def test_typed_limits_are_checked_with_the_server() -> None:
+    with pytest.raises(ConfigError, match=r"^limits: max_connections 0 must be at least 1$"):
+        ServerConfig(limits=ServerLimits(max_connections=0)).validated()
 
 
 # --- command-line export specs -------------------------------------------------------------

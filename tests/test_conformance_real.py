@@ -61,6 +61,7 @@ if h.can_meta_context(nbd.CONTEXT_BASE_ALLOCATION):
     seen = []
     h.block_status(1048576, 0, lambda ctx, off, ext, err: seen.append((ctx, ext)) or 0)
     assert seen and seen[0][0] == nbd.CONTEXT_BASE_ALLOCATION
+h.shutdown()  # NBD_CMD_DISC: a client that just closes hard-disconnects (client.disc-before-close)
 """
 
 
@@ -291,6 +292,7 @@ attempt(lambda: h.zero(4096, 0))
 attempt(lambda: h.flush())
 attempt(lambda: h.zero(4096, 0, nbd.CMD_FLAG_FAST_ZERO))
 attempt(lambda: h.block_status(4096, size - 512, lambda *args: 0))
+h.shutdown()
 """
 PAST_END = ("client.request-within-export", 3)  # the read, the write, the block status
 

@@ -42,6 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 SPEC_DIR = REPO / "docs" / "spec"
 
 
+MISSING_ANSWER_RULES = {"server.read-answered", "server.simple-reply-to-all"}
+"""Rules about an answer that never came: the finding points at the other party's message."""
+
+
 def stream_offset(conv: Conv, index: int) -> int:
     """Where segment ``index`` starts in its direction's byte stream."""
     direction = conv.segments[index][0]
@@ -84,7 +88,10 @@ def test_breach_is_flagged_with_its_rule_at_its_frame(
             spec.section,
             spec.sentence,
         )
-        assert finding.role == finding.direction  # the party that sent it is the one blamed
+        if rule_id in MISSING_ANSWER_RULES:  # points at what was left unanswered
+            assert finding.role != finding.direction
+        else:  # the party that sent it is the one blamed
+            assert finding.role == finding.direction
         assert finding.message
 
 

@@ -464,14 +464,21 @@ def test_joined_mid_stream_inside_a_message(tmp_path: Path) -> None:
     late = packets[3 + 10 + 1 :]  # starts in the middle of the WRITE data
     session = decode_capture(write(tmp_path / "late2.pcap", late)).sessions[0]
     assert session.joined_midstream
-    [client_region] = [u for u in session.undecoded if u.direction == CLIENT]
-    assert (client_region.offset, client_region.length) == (0, session.bytes_total[CLIENT])
-    assert client_region.reason.startswith("expected a request magic, found 0x")
+    # The rest of the WRITE data is skipped up to the next plausible request header.
+    rest_of_write = len(write_request) - 500
+    [region] = session.undecoded
+    assert (region.direction, region.offset, region.length) == (CLIENT, 0, rest_of_write)
+    assert region.resumed_at == rest_of_write
+    assert region.reason.startswith("expected a request magic, found 0x")
+    assert "decoding resumed at offset 552 on a request header (NBD_CMD_READ)" in region.reason
     for direction in (CLIENT, SERVER):
         assert session.accounted(direction)
     # The server side still reads: a reply to a request never seen is framed by its header.
     assert [m.name for m in session.messages if m.direction == SERVER][:1] == ["simple reply"]
     assert "no request with cookie 0x1" in session.messages[0].notes[0]
+    # Every later request is decoded, and every reply answers it (none read before it).
+    assert names(session)[1:] == BASIC_NAMES[12:]
+    assert all(m.request is not None for m in session.messages[1:] if m.direction == SERVER)
 
 
 def test_gap_stops_the_direction_and_is_reported(tmp_path: Path) -> None:
@@ -822,7 +829,7 @@ def test_simple_reply_to_an_unknown_cookie_is_framed_by_its_header() -> None:
     assert region.reason == "expected a reply magic, found 0x52454144"
 
 
-def test_corrupt_magic_stops_that_direction_only(tmp_path: Path) -> None:
+def test_corrupt_magic_skips_to_the_next_reply(tmp_path: Path) -> None:
     messages = basic_session()
     bad_chunk = b"\xde\xad\xbe\xef" + messages[13][1][4:]
     messages[13] = (SERVER, bad_chunk)
@@ -831,13 +838,17 @@ def test_corrupt_magic_stops_that_direction_only(tmp_path: Path) -> None:
     assert [n for n in names(session) if n[0] == CLIENT] == [
         n for n in BASIC_NAMES if n[0] == CLIENT
     ]
+    # Only the corrupt chunk is lost: decoding resumes at the next reply, whose cookie is
+    # that of the BLOCK_STATUS request in flight.
     server_decoded = [n for n in names(session) if n[0] == SERVER]
-    assert server_decoded == [n for n in BASIC_NAMES[:13] if n[0] == SERVER]
+    assert server_decoded == [n for i, n in enumerate(BASIC_NAMES) if n[0] == SERVER and i != 13]
     [region] = session.undecoded
     offset = len(stream_bytes(messages[:13], SERVER))
     assert (region.direction, region.offset, region.frame) == (SERVER, offset, 3 + 13 + 1)
-    assert region.length == len(bad_chunk) + len(messages[15][1])
-    assert region.reason == "expected a reply magic, found 0xdeadbeef"
+    assert region.length == len(bad_chunk)
+    assert region.resumed_at == offset + len(bad_chunk)
+    assert region.reason.startswith("expected a reply magic, found 0xdeadbeef; ")
+    assert "on a structured reply chunk with cookie 0x3" in region.reason
     assert session.accounted(SERVER)
 
 

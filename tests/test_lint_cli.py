@@ -64,11 +64,21 @@ def test_should_findings_alone_exit_0(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "SHOULD server.structured-errors-preferred" in capsys.readouterr().out
 
 
-def test_json_is_a_list_of_findings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_is_a_document_with_the_findings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     sample = SAMPLES["client.df-needs-send-df"]()
     path, frames = write(tmp_path, "breach", sample.conv)
     assert main(["lint", "--json", str(path)]) == 1
-    findings = json.loads(capsys.readouterr().out)
+    document = json.loads(capsys.readouterr().out)
+    assert {k: v for k, v in document.items() if k != "findings"} == {
+        "format": "nbd-harness-lint/2",
+        "capture": str(path),
+        "complete": True,
+        "errors": [],
+        "sessions": 1,
+    }
+    findings = document["findings"]
     assert isinstance(findings, list) and len(findings) == 1
     [finding] = findings
     assert set(finding) == FINDING_KEYS
@@ -90,7 +100,7 @@ def test_json_is_a_list_of_findings(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_json_of_a_clean_capture_is_empty(tmp_path: Path, capsys) -> None:
     path, _frames = write(tmp_path, "clean", CLEAN["extended"]())
     assert main(["lint", "--json", str(path)]) == 0
-    assert json.loads(capsys.readouterr().out) == []
+    assert json.loads(capsys.readouterr().out)["findings"] == []
 
 
 def test_session_option_selects_one_session(tmp_path: Path, capsys) -> None:
@@ -129,3 +139,29 @@ def test_truncated_file_reports_what_it_read_and_fails(tmp_path: Path, capsys) -
     captured = capsys.readouterr()
     assert "finding(s)" in captured.out
     assert captured.err.startswith("nbd-harness lint: error: ")
+
+
+def _truncated_breach(tmp_path: Path) -> Path:
+    """A capture with a MUST-level breach early on whose last block is cut short."""
+    conv = SAMPLES["server.no-simple-reply-to-read"]().conv
+    path, _frames = write(tmp_path, "breach", conv)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 37])
+    return path
+
+
+def test_truncated_file_with_findings_says_so_and_exits_2(tmp_path: Path, capsys) -> None:
+    """Exit 2 wins over 1: the findings are printed, but the verdict is incomplete."""
+    path = _truncated_breach(tmp_path)
+    assert main(["lint", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "MUST NOT server.no-simple-reply-to-read" in captured.out
+    lines = captured.out.splitlines()
+    assert lines[-2].startswith("incomplete: ")
+    assert lines[-1].endswith("(incomplete: the file is damaged)")
+    assert lines[-1].startswith("1 finding(s), 1 at MUST level")
+    assert captured.err.startswith("nbd-harness lint: error: ")
+    assert main(["lint", "--json", str(path)]) == 2
+    document = json.loads(capsys.readouterr().out)
+    assert document["complete"] is False and document["errors"]
+    assert [f["rule"] for f in document["findings"]] == ["server.no-simple-reply-to-read"]

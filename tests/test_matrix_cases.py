@@ -11,6 +11,7 @@ from harness.matrix.cases import (
     PeerRef,
     expand,
     expect,
+    known_breaches,
     parse_peer,
     real_peer,
     reference_client,
@@ -250,3 +251,29 @@ def test_select_scenarios_by_name_group_and_glob() -> None:
     assert [s.name for s in select_scenarios(library, ["options/b"])] == ["b"]
     with pytest.raises(MatrixError, match="no scenario matches 'zzz'"):
         select_scenarios(library, ["zzz"])
+
+
+# --- rules a peer breaks by its version or by the scenario's configuration ----------------------
+
+
+def test_a_peer_older_than_the_baseline_breaks_it_knowingly() -> None:
+    """qemu 2.6 predates NBD_OPT_GO, which the spec's Baseline now requires: its cases report
+    the finding but are not failed for it; a version with GO, or a server the data does not
+    know, is held to it."""
+    plain = scenario(outcome=None)
+    assert "server.baseline-info-go" in known_breaches(plain, reference_server("qemu-2.6"))
+    assert "server.baseline-info-go" in known_breaches(plain, real_peer("qemu-nbd", "2.6",
+                                                                        "server"))
+    assert "server.baseline-info-go" not in known_breaches(plain, real_peer("qemu-nbd", "7.2",
+                                                                            "server"))
+    external = PeerRef("external:nbd://127.0.0.1:1/x", "external", "server")
+    assert known_breaches(plain, external) == frozenset()
+
+
+def test_a_scenario_that_configures_an_old_handshake_excuses_the_baseline() -> None:
+    oldstyle = scenario(export=ExportRequirements(handshake="oldstyle"), outcome=None)
+    no_list = scenario(export=ExportRequirements(list_exports=False), outcome=None)
+    server = real_peer("nbdkit", "1.32", "server")
+    assert "server.baseline-fixed-newstyle" in known_breaches(oldstyle, server)
+    assert "server.baseline-list" in known_breaches(no_list, server)
+    assert known_breaches(scenario(outcome=None), server) == frozenset()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -110,20 +111,25 @@ def test_run_usage_errors_are_one_line(library: Path, argv: list[str], message: 
 
 def test_check_a_conforming_server(library: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.client_role import serve_reference
     from harness.peers import ExportSpec
-    from harness.scenarios import ExportRequirements, serve_reference
+    from harness.scenarios import ExportRequirements
 
     export = ExportRequirements(ExportSpec(1 << 20, image_format="raw"))
     with serve_reference(export, workdir=tmp_path / "srv") as served:
         uri = served.uri()
-        # Read-only: no scenario of this library applies without writes.
-        assert run("check", uri, "--scenarios-dir", str(library)) == 2
-        assert "no scenario applies" in capsys.readouterr().err
+        # Read-only: no scenario of this library applies without writes; the live probes run.
+        assert run("check", uri, "--scenarios-dir", str(library),
+                   "--out", str(tmp_path / "probes")) == 0
+        printed = capsys.readouterr()
+        assert "no scenario applies" in printed.err
+        assert "pass               probe:read-past-end" in printed.out
         assert run("check", uri, "--scenarios-dir", str(library), "--allow-writes",
                    "--out", str(tmp_path / "out")) == 0
     printed = capsys.readouterr().out
     assert "pass               write-read-back" in printed
-    assert "1 pass" in printed
+    # Every case passed: the scenario and the live probes (nothing failed, errored or else).
+    assert re.search(r"\n\d+ pass; evidence and reports in", printed)
 
 
 def test_check_a_real_server_that_breaks_a_rule(library: Path, tmp_path: Path,

@@ -89,3 +89,14 @@ def test_applicable_scenarios_take_the_servers_export() -> None:
     assert case.scenario.export.spec.size == 3 * MIB and case.scenario.export.spec.name == "vol"
     assert case.expected is None and case.id == f"s[external:{URI}-vs-reference-client]"
     assert [e.reason for e in expansion.excluded] == ["reads data it did not write"]
+
+
+def test_no_expectation_about_names_the_server_was_not_asked_about() -> None:
+    """A server may serve any name and list what it likes (nbdkit serves any, lists "")."""
+    refuses = scenario(Step("option", {"option": "NBD_OPT_GO", "name": "no-such-export"},
+                            {"final": "NBD_REP_ERR_UNKNOWN"}))
+    assert "'no-such-export'" in not_applicable(refuses, external(), allow_writes=False)
+    lists = scenario(Step("list_exports", {}, {"include": ["disk"]}))
+    assert "'disk'" in not_applicable(lists, external(), allow_writes=False)
+    own = scenario(Step("list_exports", {}, {"include": ["vol"]}))  # the URI's export
+    assert not_applicable(own, external(), allow_writes=False) is None

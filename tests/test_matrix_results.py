@@ -14,6 +14,7 @@ from harness.matrix.results import (
     ResultsError,
     ResultStore,
     case_slug,
+    compress_result_lines,
     load_results,
     load_runs,
     merge_results,
@@ -149,6 +150,15 @@ def test_append_and_load_round_trip(tmp_path: Path) -> None:
     assert loaded[0].mandatory_findings() == [finding]
     line = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[0])
     assert line["format"] == 1 and line["verdict"] == "pass"
+    # Once results.json holds the run, the line files are gzip'd and still read the same.
+    compress_result_lines(tmp_path)
+    assert not (tmp_path / "results.jsonl").exists()
+    assert (tmp_path / "results.jsonl.gz").is_file()
+    assert load_results(tmp_path) == [first, second]
+    store.append(second)  # a later run in the same directory writes a new line file
+    compress_result_lines(tmp_path)
+    assert len(list(tmp_path.glob("results*.jsonl.gz"))) == 2
+    assert [r.case_id for r in load_results(tmp_path)].count(second.case_id) == 2
 
 
 _APPEND_MANY = """
@@ -220,3 +230,18 @@ def test_merge_refuses_nothing_and_itself(tmp_path: Path) -> None:
     ResultStore(tmp_path).append(result())
     with pytest.raises(ResultsError, match="cannot also be a source"):
         merge_results([tmp_path], tmp_path)
+
+
+def test_known_breaches_are_reported_but_do_not_fail_the_case() -> None:
+    finding = {"rule": "server.baseline-info-go", "level": "MUST", "role": "server",
+               "section": "Baseline", "sentence": "s", "frame": 5, "offset": 0,
+               "session": 1, "direction": "server", "message": "GO answered ERR_UNSUP"}
+    failed = judge_case(Verdict.PASS, "", [finding], under_test="server", peer="qemu-nbd@2.6")
+    assert failed.verdict is Verdict.FAIL and "server.baseline-info-go" in failed.detail
+    known = judge_case(Verdict.PASS, "", [finding], under_test="server", peer="qemu-nbd@2.6",
+                       known_breaches=frozenset({"server.baseline-info-go"}))
+    assert known.verdict is Verdict.PASS
+    # On the reference side too: a profile of an old version is no harness bug.
+    ours = judge_case(Verdict.PASS, "", [finding], under_test="client", peer="nbdinfo",
+                      known_breaches=frozenset({"server.baseline-info-go"}))
+    assert ours.verdict is Verdict.PASS

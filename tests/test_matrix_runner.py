@@ -46,7 +46,8 @@ def only_case(scenario: Scenario, server: PeerRef, client: PeerRef | None = None
 
 def test_reference_server_case_passes_with_its_evidence(library: dict[str, Scenario],
                                                         store: ResultStore) -> None:
-    result = run_case(only_case(library["sr-read"], reference_server()), store)
+    # --evidence full: a good case keeps everything (compact keeps its page and capture).
+    result = run_case(only_case(library["sr-read"], reference_server()), store, evidence="full")
     assert (result.verdict, result.observed, result.expected) == ("pass", "pass", "pass")
     assert result.case_id == "sr-read[reference-server-vs-reference-client]"
     for name in ("capture", "wire", "wire-index", "findings", "steps", "scenario"):
@@ -64,7 +65,8 @@ def test_reference_server_case_passes_with_its_evidence(library: dict[str, Scena
 
 def test_a_profile_without_the_feature_makes_the_predicted_fallback(
         library: dict[str, Scenario], store: ResultStore) -> None:
-    result = run_case(only_case(library["sr-read"], reference_server("qemu-2.10")), store)
+    result = run_case(only_case(library["sr-read"], reference_server("qemu-2.10")), store,
+                      evidence="full")
     assert (result.verdict, result.observed, result.expected) == (
         "expected-fallback", "expected-fallback", "expected-fallback")
     assert "qemu-2.10 lacks structured-replies" in result.expectation
@@ -78,7 +80,7 @@ def test_real_qemu_nbd_serves_the_case(library: dict[str, Scenario], store: Resu
                                        require_programs) -> None:
     require_programs("qemu-nbd", "qemu-img")
     case = only_case(library["write-read-back"], real_peer("qemu-nbd", "7.2", "server", "host"))
-    result = run_case(case, store)
+    result = run_case(case, store, evidence="full")  # logs and wire log kept, images not
     assert result.verdict == "pass", result.detail
     case_dir = store.directory / result.evidence["directory"]
     assert any(key.startswith("log:server/") for key in result.evidence)
@@ -128,7 +130,8 @@ def test_a_client_from_a_root_filesystem_runs_there(library: dict[str, Scenario]
     provider = Catalog.load().provider("rootfs:sid")
     provider.provision(lambda line: None)  # cached after the first time
     nbdinfo = real_peer("nbdinfo", "1.24", "client", "rootfs:sid")
-    result = run_case(only_case(library["client-sr"], reference_server(), nbdinfo), store)
+    result = run_case(only_case(library["client-sr"], reference_server(), nbdinfo), store,
+                      evidence="full")  # a good case keeps its logs with --evidence full
     assert result.verdict == "pass", result.detail
     logs = [store.directory / path for key, path in result.evidence.items()
             if key.startswith("log:client/")]

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
+from harness.paths import SPEC_DIR
 from harness.peerdata import (
     DEFAULT_ROOT,
-    REPO,
     PeerDataError,
     load_peerdata,
     parse_version,
     version_matches,
 )
 
-QEMU_RST = REPO / "docs" / "spec" / "qemu-nbd.rst"
+QEMU_RST = SPEC_DIR / "qemu-nbd.rst"
 
 # The phrases of qemu's "Features by version" list -> our feature ids.
 RST_PHRASES = {

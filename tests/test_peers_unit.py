@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,10 @@ import pytest
 from harness.address import Address
 from harness.cli import main
 from harness.peers import (
+    DRIVERS,
     BitmapSpec,
     Catalog,
+    ClientPeer,
     DataRange,
     Endpoint,
     ExportSpec,
@@ -25,10 +28,12 @@ from harness.peers import (
     pattern,
 )
 from harness.peers._provider import read_dpkg_status, upstream_version
+from harness.peers.actions import ActionUnavailable, default_client_actions, perform_action
 from harness.peers.docker import DOCKER_DIR, DockerProvider
 from harness.peers.qemu_io import parse_hexdump
 from harness.peers.rootfs import CHECK_VALID_UNTIL, RootfsProvider, cache_dir, outermost
 from harness.peers.suites import SuiteDataError, host_mirror, load_suites
+from harness.process import PeerError
 
 KiB = 1024
 
@@ -268,6 +273,9 @@ def test_rootfs_runs_with_bubblewrap_in_the_host_network(tmp_path: Path) -> None
     assert argv.count("--bind") == 2  # /tmp/a/b lies inside /tmp/a
     assert argv[argv.index("--unshare-pid"):][:2] == ["--unshare-pid", "--die-with-parent"]
     assert argv[-5:] == ["--chdir", "/tmp/a", "--", "qemu-nbd", "--version"]
+    # bwrap would resolve a relative directory inside the sandbox, where it does not exist.
+    argv = provider.wrap(["qemu-nbd"], binds=[Path("case")], cwd=Path("case"))
+    assert argv[-3:] == [str(Path("case").absolute()), "--", "qemu-nbd"]
     assert outermost([Path("/x/y"), Path("/x"), Path("/xy")]) == ["/x", "/xy"]
 
 
@@ -405,3 +413,99 @@ def test_the_reference_server_is_configured_from_the_export_itself(tmp_path: Pat
     layered = reference_config(CHAIN, tmp_path)
     assert layered.exports[0].backend == "layers"
     assert [p.name for p in layered.exports[0].layers] == ["layer1.raw", "layer0.raw"]
+
+
+# --- client actions: matrix/client-actions.toml is the one place ---------------------------
+
+PERFORMED = ("perform", "read", "write", "map", "size", "info", "list_exports", "copy_from",
+             "copy_to", "run")
+
+
+def real_client_drivers() -> list[type[ClientPeer]]:
+    return [d for d in DRIVERS.values() if issubclass(d, ClientPeer) and not d.builtin]
+
+
+def test_every_real_client_driver_is_its_table_of_client_actions() -> None:
+    """A client driver's capabilities are exactly what its table in matrix/client-actions.toml
+    gives it, and no driver builds a command line of its own for an action."""
+    table = default_client_actions()
+    drivers = real_client_drivers()
+    assert {d.program for d in drivers} >= {"nbdinfo", "nbdsh", "nbdcopy", "qemu-img",
+                                            "qemu-io", "libnbd"}
+    host = Catalog.load(kinds=("host",)).provider("host")
+    for driver in drivers:
+        program = table[driver.actions_program or driver.program]
+        assert program.actions, driver.program
+        peer = driver(host)
+        assert peer.capabilities == program.capabilities(), driver.program
+        assert set(program.actions) <= peer.capabilities
+        for method in PERFORMED:
+            assert method not in vars(driver), f"{driver.program} defines its own {method}"
+    # The derived capabilities, exactly.
+    assert table["nbdcopy"].capabilities() == {"copy-in", "copy-out", "read"}
+    assert table["qemu-img"].capabilities() == {"info", "size", "map", "copy-in", "copy-out",
+                                                "read"}
+    assert "map-contexts" in table["nbdinfo"].capabilities()
+
+
+class RecordingProvider:
+    """Stands for a provider: records the command and answers with ``stdout`` (a unit test
+    of our own code; no program runs)."""
+
+    name = "recording"
+
+    def __init__(self, stdout: str = "", returncode: int = 0) -> None:
+        self.stdout, self.returncode = stdout, returncode
+        self.calls: list[dict[str, object]] = []
+
+    def run(self, argv, **kwargs):
+        self.calls.append({"argv": list(argv), **kwargs})
+        return subprocess.CompletedProcess(argv, self.returncode, self.stdout, "boom")
+
+
+def test_perform_action_picks_the_form_for_the_context_and_tls(tmp_path: Path) -> None:
+    table = default_client_actions()
+    plain = Endpoint(Address.tcp("127.0.0.1", 4242), "disk")
+    provider = RecordingProvider("[]")
+    run = perform_action(table["qemu-img"], "map", plain, provider, workdir=tmp_path,
+                         timeout=5, context="qemu:dirty-bitmap:b0")
+    assert run.argv[-1] == ("driver=nbd,server.type=inet,server.host=127.0.0.1,"
+                            "server.port=4242,export=disk,x-dirty-bitmap=qemu:dirty-bitmap:b0")
+    assert run.output_format == "qemu-img-dirty-map-json"
+    assert provider.calls[0]["cwd"] == tmp_path and tmp_path in provider.calls[0]["binds"]
+    with pytest.raises(ActionUnavailable, match="cannot map qemu:allocation-depth"):
+        perform_action(table["qemu-img"], "map", plain, provider, workdir=tmp_path, timeout=5,
+                       context="qemu:allocation-depth")
+    tls = Endpoint(Address.unix("/s/sock"), "disk", Path("/pki"))
+    run = perform_action(table["qemu-io"], "read", tls, provider, workdir=tmp_path, timeout=5,
+                         offset=512, length=16)
+    assert "tls-creds-x509,id=tls0,dir=/pki,endpoint=client" in run.argv
+    assert ("driver=nbd,server.type=unix,server.path=/s/sock,tls-hostname=localhost,"
+            "export=disk,tls-creds=tls0") in run.argv
+    assert "read -v 512 16" in run.argv
+    assert set(provider.calls[-1]["binds"]) >= {tmp_path, Path("/s"), Path("/pki")}
+    run = perform_action(table["nbdinfo"], "list", tls, provider, workdir=tmp_path, timeout=5)
+    assert run.argv[-1].startswith("nbds+unix:///?socket=/s/sock")  # the server, no export
+    with pytest.raises(ActionUnavailable, match="no argv_tls"):
+        perform_action(table["qemu-io"], "zero", tls, provider, workdir=tmp_path, timeout=5)
+
+
+def test_a_client_peer_performs_its_table(tmp_path: Path) -> None:
+    endpoint = Endpoint(Address.tcp("127.0.0.1", 4242), "disk")
+    provider = RecordingProvider('[{"offset": 0, "length": 4096, "type": 3},'
+                                 ' {"offset": 4096, "length": 4096, "type": 3}]')
+    nbdinfo = DRIVERS["nbdinfo"](provider)  # type: ignore[arg-type]
+    assert nbdinfo.map(endpoint, "qemu:allocation-depth") == [(0, 8192, 3)]  # merged
+    assert provider.calls[-1]["argv"] == ["nbdinfo", "--json", "--map=qemu:allocation-depth",
+                                          "nbd://127.0.0.1:4242/disk"]
+    with pytest.raises(PeerError, match="nbdinfo cannot write"):
+        nbdinfo.write(endpoint, 0, b"x")
+    libnbd = DRIVERS["libnbd"](RecordingProvider('{"size": 65536}'))  # type: ignore[arg-type]
+    assert libnbd.size(endpoint) == 65536
+    [call] = libnbd.provider.calls  # type: ignore[attr-defined]
+    assert call["argv"][:2] == ["python3", "-c"]
+    assert call["argv"][2].startswith("import nbd\nh = nbd.NBD()\n")
+    assert "h.connect_uri('nbd://127.0.0.1:4242/disk')" in call["argv"][2]
+    failing = DRIVERS["qemu-io"](RecordingProvider(returncode=1))  # type: ignore[arg-type]
+    with pytest.raises(PeerError, match="qemu-io write: exit 1: boom"):
+        failing.write(endpoint, 0, b"data")

@@ -90,7 +90,8 @@ def test_xdist_workers_share_one_result_set(pytester: pytest.Pytester, library: 
         "--nbd-matrix", "--nbd-scenarios-dir", str(library), *PEERS, "-n", "2",
         "--nbd-out", str(out), "-p", "no:cacheprovider", timeout=300)
     result.assert_outcomes(passed=4)
-    workers = sorted(path.name for path in out.glob("results-*.jsonl"))
+    # The workers' line files, gzip'd once results.json holds the run.
+    workers = sorted(path.name for path in out.glob("results-*.jsonl.gz"))
     assert workers and all(name.startswith("results-gw") for name in workers)
     document = json.loads((out / "results.json").read_text())
     assert document["summary"]["total"] == 4 and document["summary"]["ok"]

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from _raw_client import RawClient
 
-from harness.peerdata import REPO, default_peerdata, version_matches
+from harness.paths import REPO
+from harness.peerdata import default_peerdata, version_matches
 from harness.process import ManagedProcess, pick_port_and_start, run_command
 from harness.protocol import constants as c
 from harness.protocol.codec import decode_reply_payload, option

@@ -18,7 +18,8 @@ import pytest
 from harness.cli import main
 from harness.peers import Catalog
 from harness.peers.qemu_build import installed_builds
-from harness.scenarios import find_scenario, run_server_scenario
+from harness.scenarios import find_scenario
+from harness.server_role import run_server_scenario
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.client_role import client_can_run, run_client_scenario
 from harness.peerdata import default_peerdata
-from harness.scenarios import Scenario, client_can_run, load_library, run_client_scenario
-from harness.scenarios._features import server_has
-from harness.scenarios.steps import ScenarioResult
+from harness.scenarios import Scenario, ScenarioResult, load_library, server_has
 from reference_server.features import FULL, ServerFeatures
 from reference_server.profiles import profile
 
@@ -50,7 +49,7 @@ KNOWN: dict[tuple[str, str, str], tuple[str, str]] = {
 def client_features(program: str) -> frozenset[str]:
     """The client features the installed version of ``program`` has (matrix/peers data)."""
     if program == "nbd-harness":
-        from harness.scenarios._features import REFERENCE_CLIENT_LACKS
+        from harness.scenarios import REFERENCE_CLIENT_LACKS
 
         return frozenset(set(default_peerdata().features) - REFERENCE_CLIENT_LACKS)
     family, argv = FAMILIES[program]

@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
+from harness.client_role import default_client_actions
 from harness.peerdata import default_peerdata
 from harness.scenarios import load_library, scenario_files, validate_library
-from harness.scenarios.client_actions import default_client_actions
 from harness.scenarios.loader import GROUPS, spec_headings
 
 # qemu's docs/interop/nbd.rst "Features by version" (docs/spec/qemu-nbd.rst), as

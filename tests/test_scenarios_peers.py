@@ -18,8 +18,8 @@ import pytest
 
 from harness.peers.export import pattern
 from harness.process import pick_port_and_start
-from harness.scenarios import Scenario, load_library, run_server_scenario
-from harness.scenarios.steps import ScenarioResult
+from harness.scenarios import Scenario, ScenarioResult, load_library
+from harness.server_role import run_server_scenario
 
 pytestmark = pytest.mark.peers
 

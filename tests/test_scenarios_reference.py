@@ -15,18 +15,18 @@ from pathlib import Path
 
 import pytest
 
+from harness.client_role import serve_reference
 from harness.peerdata import default_peerdata
 from harness.scenarios import (
     Scenario,
+    ScenarioResult,
     load_library,
     load_scenario,
-    run_server_scenario,
-    serve_reference,
+    server_has,
 )
-from harness.scenarios._features import server_has
 from harness.scenarios._yaml import parse_text
 from harness.scenarios.loader import scenario_from_document
-from harness.scenarios.steps import ScenarioResult
+from harness.server_role import run_server_scenario
 from reference_server.features import FULL, ServerFeatures
 from reference_server.profiles import profile
 

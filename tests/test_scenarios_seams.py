@@ -21,6 +21,7 @@ import pytest
 
 from harness.address import Address
 from harness.capture import ProxyThread
+from harness.client_role import ServedExport, run_client_scenario
 from harness.dissect import decode_capture
 from harness.peers import BitmapSpec, Endpoint, ExportSpec, ExportSpecError
 from harness.scenarios import (
@@ -29,11 +30,9 @@ from harness.scenarios import (
     ExportRequirements,
     Scenario,
     ScenarioError,
-    ServedExport,
-    _features,
+    features,
     load_library,
     load_scenario,
-    run_client_scenario,
     server_has,
 )
 from harness.scenarios.model import DEFAULT_EXPORT_SIZE, default_image_format
@@ -72,8 +71,8 @@ def recording(capture: Path, listen: Address, seen: list[Address]) -> Callable[.
 
 
 def test_feature_helpers_are_public_and_the_same_objects() -> None:
-    assert server_has is _features.server_has
-    assert REFERENCE_CLIENT_LACKS is _features.REFERENCE_CLIENT_LACKS
+    assert server_has is features.server_has
+    assert REFERENCE_CLIENT_LACKS is features.REFERENCE_CLIENT_LACKS
     assert frozenset({"starttls-psk"}) == REFERENCE_SERVER_LACKS
     assert server_has(FULL, "structured-replies")
     assert not server_has(profile("qemu-2.10"), "structured-replies")

@@ -9,19 +9,19 @@ import pytest
 
 from harness.cli import main
 from harness.client.records import Negotiation
-from harness.peers.export import DataRange, ExportSpec, Layer, pattern
-from harness.protocol import constants as c
-from harness.protocol.state import OptionExchange
-from harness.scenarios._content import ContentModel, first_difference, verify_pieces
-from harness.scenarios._expect import Failed, check_extents, command_outcome
-from harness.scenarios._features import missing_on_wire, server_has, step_needs
-from harness.scenarios.client_actions import (
+from harness.peers.actions import (
     OUTPUT_READERS,
     ClientActionsError,
     default_client_actions,
     load_client_actions,
     render,
 )
+from harness.peers.export import DataRange, ExportSpec, Layer, pattern
+from harness.protocol import constants as c
+from harness.protocol.state import OptionExchange
+from harness.scenarios.content import ContentModel, first_difference, verify_pieces
+from harness.scenarios.expect import Failed, check_extents, command_outcome
+from harness.scenarios.features import missing_on_wire, server_has, step_needs
 from harness.scenarios.model import ExportRequirements, StepResult, verdict_of_steps
 from harness.verdict import Verdict
 from reference_server.features import FULL

@@ -22,6 +22,7 @@ import yaml
 
 from harness.conformance import LEVELS, all_rules
 from harness.dissect import decode_capture
+from harness.paths import SPEC_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "zoo"))
@@ -29,7 +30,6 @@ import record  # noqa: E402 (tests/zoo is scripts, not a package)
 import zoo  # noqa: E402
 
 ZOO_DATA = REPO / "tests" / "data" / "zoo"
-SPEC_DIR = REPO.parent / "shared" / "spec"
 SPEC_FILES = ("proto.md", "proto-extended-headers.md")
 TRUTH_FILES = sorted(ZOO_DATA.rglob("*.deviations.yaml"))
 HEALTHY = ("qemu-nbd", "nbdkit")
@@ -100,7 +100,7 @@ def _sections() -> dict[str, list[str]]:
     return sections
 
 
-SECTIONS = _sections() if SPEC_DIR.is_dir() else {}
+SECTIONS = _sections()
 RULE_IDS = {rule.id for rule in all_rules()}
 
 

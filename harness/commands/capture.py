@@ -17,7 +17,6 @@ import signal
 import sys
 
 from harness.address import Address, parse_address
-from harness.capture.proxy import RecordingProxy
 from harness.errors import UserError
 
 
@@ -64,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _capture(listen: Address, upstream: Address, out: str, count: int | None) -> int:
+    from harness.capture.proxy import RecordingProxy  # here: a fast start-up for the others
+
     proxy = RecordingProxy(listen, upstream, out, on_error=_print_error)
     try:
         await proxy.start()

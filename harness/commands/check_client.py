@@ -7,8 +7,13 @@ sends and a recording proxy capturing the conversation for the conformance
 rules.  Placeholders: ``{uri}`` (``nbd://127.0.0.1:PORT/disk``), ``{uri_server}``,
 ``{host}``, ``{port}``, ``{export}``, ``{tls_dir}``.
 
+Every run of the command is bounded by ``--timeout``: a client that hangs is
+stopped, its capture is still checked, and it gets a ``fail`` with what it did
+until then.  The result directory and its reports are written whatever happens
+(also after Ctrl-C, with the profiles done so far).
+
 Exit status: 0 when the client broke no rule anywhere (and worked against the
-full protocol), 1 otherwise, 2 for a usage error.
+full protocol), 1 otherwise, 2 for a usage error, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.paths import REPORTS_DIR
+from harness.paths import REPORTS_DIR, default_out_help
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                         help="time limit of each run of the command (default: %(default)s)")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="result directory (default: reports/check-client-DATE-TIME)")
+                        help="result directory (default: "
+                             f"{default_out_help('check-client-DATE-TIME')})")
     parser.set_defaults(func=run)
 
 
@@ -57,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
 
     command = ClientCommand.parse(args.command)
     servers = profiles_for(args.profile, args.all_profiles)
-    out = args.out or REPORTS_DIR / f"check-client-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = (args.out or REPORTS_DIR / f"check-client-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
     store = ResultStore(out)
     results = []
+    interrupted = False
     try:
         for server in servers:
             result = check_client(command, server, store, timeout=args.timeout, tls=args.tls,
@@ -73,12 +80,14 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{'':47}options: {options}")
             if result.detail and result.ok:
                 print(f"{'':47}{result.detail[:200]}")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # what ran so far is still reported
         print("interrupted", file=sys.stderr)
-        return 130
+        interrupted = True
     store.write_run({"command": ["nbd-harness", "check-client", args.command],
-                     "cases": len(results)})
+                     "cases": len(results), "interrupted": interrupted})
     write_reports(collect(out, results))
     print_failures(results, sys.stdout)
     print(f"\n{counts_line(summarize(results))}; evidence and reports in {out}")
+    if interrupted:
+        return 130
     return 0 if all(result.ok for result in results) else 1

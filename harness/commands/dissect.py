@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 
-from harness.dissect import decode_capture, render_capture, render_json
 from harness.errors import UserError
 
 
@@ -38,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Decode and print; 1 when the file was truncated or corrupt part-way."""
+    # Imported here, not at the top: every command registers on start-up (a fast --help).
+    from harness.dissect import decode_capture, render_capture, render_json
+
     capture = decode_capture(args.file)
     if args.session is not None and not any(s.index == args.session for s in capture.sessions):
         raise UserError(

@@ -186,9 +186,9 @@ def _install_all(catalog, kind: str) -> list[str]:
 class _StatusLine:
     """One line that a build keeps rewriting on a terminal (a line every 30 s otherwise)."""
 
-    def __init__(self, stream=sys.stderr, interval: float = 30.0) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream=None, interval: float = 30.0) -> None:
+        self.stream = stream or sys.stderr  # the current one (pytest swaps it per test)
+        self.tty = self.stream.isatty()
         self.interval = interval
         self.shown_at = 0.0
         self.width = 0

@@ -21,13 +21,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.client.options import DEFAULT_TIMEOUT
-from harness.dissect import Capture
 from harness.errors import UserError
-from harness.replay import ReplayError, ReplayReport, Selection, load_sessions, unreplayable
-from harness.replay.against import replay_against
+
+if TYPE_CHECKING:  # the replayer loads when the command runs: a fast start-up for the others
+    from harness.dissect import Capture
+    from harness.replay import ReplayReport, Selection
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,6 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _choose(path: str, sessions: list[int], streams: list[int]) -> Selection:
     """The sessions asked for by number and by TCP stream (all replayable ones if none)."""
+    from harness.replay import ReplayError, Selection, load_sessions, unreplayable
+
     if not streams:
         return load_sessions(path, sessions)
     everything = load_sessions(path)
@@ -115,6 +118,8 @@ def session_of_stream(capture: Capture, stream: int, path: str = "") -> int:
     appears, a new SYN on a reused address pair starting a new one; the decoder
     orders sessions the same way, so stream N is session N + 1.
     """
+    from harness.replay import ReplayError
+
     if stream < 0 or stream >= len(capture.sessions):
         count = len(capture.sessions)
         raise ReplayError(f"{path or capture.path} has no TCP stream {stream} (it has "
@@ -173,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
                                out=sys.stderr if args.json else sys.stdout)
         peer = str(args.listen)
     else:
+        from harness.replay.against import replay_against
+
         reports = replay_against(selection, args.against, timeout=args.timeout,
                                  export_name=args.export)
         peer = reports[0].peer if reports else args.against

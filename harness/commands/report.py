@@ -80,7 +80,8 @@ def _render(args: argparse.Namespace, results: RunResults) -> int:
         print(f"JUnit XML:     {args.junit}")
         wrote = True
     if args.markdown is not None:
-        _write(args.markdown / "summary.md", render_markdown(results.cases, results.runs))
+        _write(args.markdown / "summary.md",
+               render_markdown(results.cases, results.runs, results.peers))
         write_conformance(results, args.markdown)
         print(f"Markdown:      {args.markdown}/summary.md and one conformance report per "
               f"peer@version ({args.markdown}/README.md lists them)")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from harness.errors import UserError
-from harness.paths import REPORTS_DIR
+from harness.paths import REPORTS_DIR, default_out_help
 
 if TYPE_CHECKING:
     from harness.matrix.cases import Excluded, Expansion
@@ -48,13 +48,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
                         help="scenarios to run (default: all of scenarios/)")
     parser.add_argument("--scenarios-dir", type=Path, metavar="DIR",
-                        help="read scenarios from DIR instead of the repository's scenarios/")
+                        help="read scenarios from DIR instead of the ones shipped with nbd-harness")
     parser.add_argument("--server", action="append", default=[], metavar="PEER[@VER]",
                         help="a server to test (repeatable): qemu-nbd, qemu-nbd@10.0, "
-                        "nbdkit@trixie, reference-server@qemu-2.10, reference-server")
+                        "nbdkit@trixie, reference-server@qemu-2.10, reference-server; a program "
+                        "you built: qemu-nbd=PATH (the file, or a directory holding it; its "
+                        "version is read from it, or give it: qemu-nbd=PATH@8.2)")
     parser.add_argument("--client", action="append", default=[], metavar="PEER[@VER]",
                         help="a client to test (repeatable): nbdinfo, qemu-img@11.1, "
-                        "reference-client")
+                        "reference-client; a program you built: nbdinfo=PATH[@VERSION]")
+    parser.add_argument("--provider", action="append", default=[], dest="providers",
+                        choices=("host", "rootfs", "docker"), metavar="KIND",
+                        help="where real peers come from (repeatable): host, rootfs (a suite's "
+                        "root filesystem under bubblewrap) or docker (a suite's image; start "
+                        "an engine with scripts/dockerd start); default: any, host first")
     parser.add_argument("--profiles", choices=("relevant", "all", "distinct", "none"),
                         default="relevant",
                         help="reference-server profiles: relevant = every profile as a server "
@@ -67,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--shard", metavar="I/N",
                         help="run only shard I of N (every N-th case, 1 <= I <= N)")
     parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="result directory (default: reports/run-DATE-TIME)")
+                        help=f"result directory (default: {default_out_help('run-DATE-TIME')})")
     parser.add_argument("--timeout", type=float, default=180.0, metavar="SECONDS",
                         help="time limit of each case (default: %(default)s)")
     parser.add_argument("--list", action="store_true",
@@ -79,6 +86,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--install-peers", action="store_true",
                         help="first provision every Debian suite's peers that is not yet "
                         "installed (`nbd-harness peers install all`; cached outside the repo)")
+    parser.add_argument("--evidence", choices=("compact", "full", "failures"),
+                        default="compact",
+                        help="what a good case keeps (failing and erroring cases keep "
+                        "everything): compact = its capture with bulk data elided (every "
+                        "header and length kept) and its wire log; full = the whole capture; "
+                        "failures = none of its wire evidence (default: %(default)s)")
     parser.add_argument("--keep-data", action="store_true",
                         help="keep images and data files of passing cases too")
     parser.add_argument("--no-progress", action="store_true", help="no progress line")
@@ -187,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         run_install(argparse.Namespace(suite="all", docker=False))
     request = MatrixRequest(scenarios=args.scenarios, servers=args.server, clients=args.client,
                             profiles=args.profiles, timeout=args.timeout,
-                            library=args.scenarios_dir)
+                            library=args.scenarios_dir, providers=tuple(args.providers))
     expansion = build_matrix(request)
     if shard is not None:
         expansion = expansion.shard(*shard)
@@ -196,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
     if not expansion.cases:
         _print_excluded(expansion.excluded, sys.stderr)
         raise UserError("the selection makes no case (see the reasons above, or --list)")
-    out = args.out or _default_out()
+    # Absolute: peers run with their case directory as working directory (bwrap --chdir).
+    out = (args.out or _default_out()).absolute()
     store = ResultStore(out)
     shard_text = f"{shard[0]}/{shard[1]}" if shard else ""
     print(f"nbd-harness run: {len(expansion.cases)} cases on "
@@ -205,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     progress = Progress(len(expansion.cases), enabled=not args.no_progress)
     pool = run_cases(expansion.cases, store, jobs=args.jobs, shard=shard_text,
-                     keep_data=args.keep_data, on_result=progress.result)
+                     keep_data=args.keep_data, evidence=args.evidence,
+                     on_result=progress.result)
     progress.finish()
     wall = time.monotonic() - started
     run_info = {

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "files against the schema, show one scenario, or run one scenario once.",
     )
     parser.add_argument("--dir", type=Path, default=None, metavar="DIR",
-                        help="scenario library folder (default: the repository's scenarios/)")
+                        help="scenario library folder (default: the ones shipped with nbd-harness)")
     commands = parser.add_subparsers(dest="scenarios_command", metavar="ACTION")
 
     listing = commands.add_parser("list", help="list the scenarios")
@@ -162,12 +162,9 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from harness.scenarios import (
-        find_scenario,
-        run_client_scenario,
-        run_server_scenario,
-        serve_reference,
-    )
+    from harness.client_role import run_client_scenario, serve_reference
+    from harness.scenarios import find_scenario
+    from harness.server_role import run_server_scenario
     from reference_server.profiles import profile
 
     scenario = find_scenario(args.name, _root(args))

@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "NAME=layers:TOP,BASE; add :ro for read-only). It listens on a kernel-chosen "
         "127.0.0.1 port unless told otherwise, and prints the address it listens on.",
     )
-    parser.add_argument("--config", type=Path, help="TOML file with [server] and [[export]]")
+    parser.add_argument("--config", type=Path,
+                        help="TOML file with [server], [limits] (docs/server-limits.md) and "
+                        "[[export]]")
     parser.add_argument("--export", action="append", default=[], metavar="NAME=KIND:ARG",
                         help="add an export, e.g. disk=memory:64M (repeatable)")
     parser.add_argument("--listen", metavar="URL",
@@ -113,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     faults = resolve_faults(args)
 
     async def main() -> None:
-        server = ReferenceServer(config, features, faults)
+        # No session records: nothing reads them here, and a long run would grow them.
+        server = ReferenceServer(config, features, faults, keep_records=False)
         await server.start()
         names = ", ".join(repr(e.name) for e in config.exports)
         broken = f"; faults: {', '.join(sorted(faults.names))}" if faults else ""

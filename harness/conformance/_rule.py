@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from harness.conformance.findings import Finding
-from harness.dissect.model import Undecoded, WireMessage
+from harness.conformance.findings import Finding, Pointer
+from harness.dissect.model import StreamEnd, Undecoded, WireMessage
 from harness.protocol.rules import (
     LEVELS,
     MANDATORY_LEVELS,
@@ -57,10 +57,13 @@ __all__ = [
 ]
 
 class Hit(NamedTuple):
-    """What a rule function yields: the offending message (or region) and what it did."""
+    """What a rule function yields: the offending message (or region, or the FIN/RST of a
+    close that should not have happened) and what it did."""
 
-    at: WireMessage | Undecoded
+    at: WireMessage | Undecoded | StreamEnd
     message: str
+    related: WireMessage | None = None
+    """The earlier message ``at`` contradicts, when the rule compares two messages."""
 
 
 CheckFunction = Callable[["SessionView"], Iterable[Hit]]
@@ -103,9 +106,19 @@ class Rule:
                 offset=hit.at.offset,
                 direction=hit.at.direction,
                 message=hit.message,
+                related=None if hit.related is None else _pointer(hit.related),
             )
             for hit in self.function(view)
         ]
+
+
+def _pointer(message: WireMessage) -> Pointer:
+    return Pointer(
+        session=message.session,
+        frame=message.frame,
+        offset=message.offset,
+        direction=message.direction,
+    )
 
 
 REGISTRY: dict[str, Rule] = {}

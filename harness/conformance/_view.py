@@ -16,14 +16,15 @@ under the option it answers, a chunk after the final one is kept aside as
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from scapy.fields import PacketListField
 from scapy.packet import NoPayload, Packet
 
-from harness.dissect.layers import TextField, TextLenField
-from harness.dissect.model import Session, Undecoded, WireMessage
+from harness.conformance._content import ExportContent
+from harness.dissect.layers import TextField, TextLenField, fields_of
+from harness.dissect.model import CLIENT, SERVER, Session, StreamEnd, Undecoded, WireMessage
 from harness.protocol import constants as c
 from harness.protocol.state import Negotiated
 
@@ -293,6 +294,12 @@ def payload(message: WireMessage) -> bytes:
     return b""
 
 
+def body_fields(message: WireMessage) -> dict[str, object]:
+    """The decoded fields after a message's header (an option's data, an option reply's or
+    a chunk's payload), ``trailing`` bytes included: equal dicts mean equal payloads."""
+    return fields_of(message.packet.payload)
+
+
 def strings_of(message: WireMessage) -> list[tuple[str, bytes]]:
     """Every string field of a message as raw bytes: ``[("export_name", b"disk"), ...]``.
 
@@ -320,8 +327,11 @@ def _collect_strings(packet: Packet, out: list[tuple[str, bytes]]) -> None:
 class SessionView:
     """One decoded session with everything the rules ask about, computed once."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, others: Sequence[Session] = ()) -> None:
         self.session = session
+        self.others = [other for other in others if other is not session]
+        """The capture's other connections (they may write to the same export)."""
+        self._content: ExportContent | None = None
         self.messages = list(session.messages)
         """The session's messages in causal order: every reply follows what it answers."""
         self.greeting: WireMessage | None = None
@@ -334,6 +344,9 @@ class SessionView:
         self.transaction_of: dict[int, Transaction] = {}
         """``id(reply)`` -> the transaction it belongs to (late replies included)."""
         self.transmission = Transmission()
+        self.memo: dict[str, object] = {}
+        """Results one rule works out and others reuse (the session-level rules ask once
+        which mandatory rules each party broke)."""
         self._position = {id(m): i for i, m in enumerate(self.messages)}
         self._walk()
 
@@ -371,6 +384,34 @@ class SessionView:
     @property
     def midstream(self) -> bool:
         return self.session.joined_midstream
+
+    @property
+    def content(self) -> ExportContent:
+        """The export's bytes as this session reveals them, and the contradictions among
+        them (:mod:`harness.conformance._content`), worked out on first use."""
+        if self._content is None:
+            self._content = ExportContent(self, self.others)
+        return self._content
+
+    # --- how the session ended (session-level and timing rules) -------------------
+
+    def end(self, direction: str) -> StreamEnd | None:
+        """The FIN or RST that ended ``direction`` (None: the capture shows no end)."""
+        return self.session.ends.get(direction)
+
+    @property
+    def closed_first(self) -> StreamEnd | None:
+        """The end of the direction that closed first: who initiated the disconnect
+        (None when the capture shows neither side closing)."""
+        ends = [e for e in (self.end(CLIENT), self.end(SERVER)) if e is not None]
+        return min(ends, key=lambda e: (e.frame, e.direction != CLIENT), default=None)
+
+    def sent_after(self, direction: str, frame: int) -> bool:
+        """``direction`` sent bytes (a message or an undecodable region) in a frame after
+        ``frame``."""
+        return any(m.last_frame > frame for m in self.messages_from(direction)) or any(
+            u.frame > frame for u in self.undecoded(direction)
+        )
 
     # --- the one pass ------------------------------------------------------------
 

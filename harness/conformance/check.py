@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from harness.conformance._rule import REGISTRY, Rule
@@ -20,6 +20,8 @@ _MODULE_ORDER = (
     "rules_structured",
     "rules_block_status",
     "rules_errors",
+    "rules_baseline",
+    "rules_session",
 )
 
 
@@ -34,16 +36,19 @@ def all_rules() -> list[Rule]:
     return sorted(REGISTRY.values(), key=place)
 
 
-def check_session(session: Session, rules: Iterable[Rule] | None = None) -> list[Finding]:
+def check_session(
+    session: Session, rules: Iterable[Rule] | None = None, others: Sequence[Session] = ()
+) -> list[Finding]:
     """Every breach ``rules`` (default: all) find in one session, in wire order.
 
     Sessions that carry no NBD give nothing.  A session captured after it
     started is judged only by the rules that need nothing from the handshake
-    (``Rule.midstream``): what it negotiated is unknown.
+    (``Rule.midstream``): what it negotiated is unknown.  ``others`` are the capture's
+    other connections (another connection may write to the same export).
     """
     if not session.nbd:
         return []
-    view = SessionView(session)
+    view = SessionView(session, others)
     findings: list[Finding] = []
     for item in all_rules() if rules is None else rules:
         if session.joined_midstream and not item.midstream:
@@ -64,7 +69,7 @@ def check_capture(
     chosen = None if rules is None else list(rules)
     findings: list[Finding] = []
     for session in decoded.sessions:
-        findings.extend(check_session(session, chosen))
+        findings.extend(check_session(session, chosen, decoded.sessions))
     return findings
 
 

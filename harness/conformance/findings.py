@@ -7,6 +7,17 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class Pointer:
+    """Where another message of the capture sits: the earlier message a finding's
+    message contradicts (see :attr:`Finding.related`)."""
+
+    session: int
+    frame: int
+    offset: int
+    direction: str
+
+
+@dataclass(frozen=True)
 class Finding:
     """One breach of one rule by one message (or undecodable region) of a capture.
 
@@ -27,6 +38,9 @@ class Finding:
     offset: int
     direction: str
     message: str
+    related: Pointer | None = None
+    """The earlier message this one contradicts, for rules that compare two messages
+    (the export-content rules); ``None`` for the others."""
 
     @property
     def mandatory(self) -> bool:
@@ -34,8 +48,11 @@ class Finding:
         return self.level in ("MUST", "MUST NOT")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: every field by name."""
-        return asdict(self)
+        """JSON-ready: every field by name (``related`` only when there is one)."""
+        out = asdict(self)
+        if self.related is None:
+            del out["related"]
+        return out
 
     def describe(self) -> str:
         """One line: where, which rule at which level, and what happened."""

@@ -7,11 +7,10 @@ Sections "Metadata querying", "`base:allocation` metadata context",
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 
 from harness.conformance._rule import Hit, rule
-from harness.conformance._view import SessionView, Transaction, chunk_type, header_length, payload
+from harness.conformance._view import SessionView, Transaction, chunk_type, header_length
 from harness.dissect.model import WireMessage
 from harness.protocol import constants as c
 
@@ -29,26 +28,32 @@ def _status_chunks(transaction: Transaction) -> list[WireMessage]:
 
 
 def _context_id(chunk: WireMessage) -> int | None:
-    data = payload(chunk)
-    return int(struct.unpack_from(">I", data)[0]) if len(data) >= 4 else None
+    """The context id of a status chunk (None when its payload is too short for one)."""
+    context_id = chunk.fields.get("context_id")
+    return None if context_id is None else int(context_id)
 
 
 def descriptors(chunk: WireMessage) -> list[tuple[int, int]]:
-    """``(length, status)`` of every whole descriptor of a status chunk, from the wire."""
-    data = payload(chunk)
-    if chunk_type(chunk) == RT.BLOCK_STATUS_EXT:
-        body, fmt, size = data[8:], ">QQ", 16
-    else:
-        body, fmt, size = data[4:], ">II", 8
-    return [struct.unpack_from(fmt, body, at) for at in range(0, len(body) - size + 1, size)]
+    """``(length, status)`` of every whole descriptor of a status chunk, as decoded (the
+    descriptors after the extended chunk's count, whatever the count says)."""
+    return [
+        (int(d["length"]), int(d["status"]))
+        for d in chunk.fields.get("descriptors") or []
+        if "length" in d and "status" in d
+    ]
 
 
 def payload_context_ids(transaction: Transaction) -> list[int] | None:
     """The context ids a payload-form BLOCK_STATUS names (None for the plain form)."""
     if not transaction.payload_form:
         return None
-    body = transaction.request.wire[c.EXTENDED_REQUEST_LEN + 8 :]
-    return [int(struct.unpack_from(">I", body, at)[0]) for at in range(0, len(body) - 3, 4)]
+    fields = transaction.request.fields
+    if "context_ids" in fields:
+        return [int(i) for i in fields["context_ids"]]
+    # A payload that is not 8 + n*4 bytes is decoded as raw data: its whole 32-bit
+    # groups after the effect length are still the ids the server reads.
+    data = fields.get("data") or b""
+    return [int.from_bytes(data[at : at + 4], "big") for at in range(8, len(data) - 3, 4)]
 
 
 def _selected(view: SessionView, transaction: Transaction) -> set[int]:
@@ -244,10 +249,9 @@ def status_at_least_one_descriptor(view: SessionView) -> Iterator[Hit]:
 def status_ext_count(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_BLOCK_STATUS_EXT counts its descriptors right."""
     for chunk in (m for m in view.messages if m.kind == "chunk"):
-        data = payload(chunk)
-        if chunk_type(chunk) != RT.BLOCK_STATUS_EXT or len(data) < 8:
+        count = chunk.fields.get("count")
+        if chunk_type(chunk) != RT.BLOCK_STATUS_EXT or count is None:
             continue
-        (count,) = struct.unpack_from(">I", data, 4)
         actual = len(descriptors(chunk))
         if count != actual:
             yield Hit(chunk, f"descriptor count {count}, but {actual} descriptor(s) follow")

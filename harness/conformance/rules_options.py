@@ -6,16 +6,16 @@ Sections "Newstyle negotiation", "Fixed newstyle negotiation", "Option types",
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 
 from harness.conformance._rule import Hit, rule
+from harness.conformance._silence import unanswered_options
 from harness.conformance._view import (
     OptionMessages,
     SessionView,
     bad_magic,
+    body_fields,
     header_length,
-    payload,
     reply_type,
 )
 from harness.dissect.model import CLIENT, SERVER, WireMessage
@@ -43,9 +43,9 @@ def _info_replies(view: SessionView) -> Iterator[WireMessage]:
 
 
 def _info_type(reply: WireMessage) -> int | None:
-    """The information type of an NBD_REP_INFO, read from the wire (None if too short)."""
-    data = payload(reply)
-    return struct.unpack_from(">H", data)[0] if len(data) >= 2 else None
+    """The information type of an NBD_REP_INFO, as decoded (None if too short for one)."""
+    info_type = reply.fields.get("info_type")
+    return None if info_type is None else int(info_type)
 
 
 def _replies_outside(view: SessionView, allowed: int) -> Iterator[Hit]:
@@ -250,10 +250,10 @@ def go_consistent_with_info(view: SessionView) -> Iterator[Hit]:
             continue
         if not (info.succeeded and go.succeeded):
             continue
-        if payload(info.option) != payload(go.option):
+        if body_fields(info.option) != body_fields(go.option):
             continue  # different name or information requests: the server may differ
-        before = sorted(payload(r) for r in info.infos())
-        after = sorted(payload(r) for r in go.infos())
+        before = sorted((body_fields(r) for r in info.infos()), key=repr)
+        after = sorted((body_fields(r) for r in go.infos()), key=repr)
         if before != after:
             yield Hit(
                 go.final,
@@ -310,14 +310,14 @@ def info_name_length(view: SessionView) -> Iterator[Hit]:
     for exchange in view.options:
         if exchange.code not in (c.Opt.INFO, c.Opt.GO):
             continue
-        data = payload(exchange.option)
-        if len(data) < 4:
+        name_length = exchange.option.fields.get("name_length")
+        if name_length is None:
             yield Hit(
                 exchange.option,
-                f"{exchange.option.name} data of {len(data)} byte(s) cannot hold a name length",
+                f"{exchange.option.name} data of {header_length(exchange.option)} byte(s) "
+                "cannot hold a name length",
             )
             continue
-        (name_length,) = struct.unpack_from(">I", data)
         if name_length > header_length(exchange.option) - 6:
             yield Hit(
                 exchange.option,
@@ -332,8 +332,7 @@ def rep_server_name_length(view: SessionView) -> Iterator[Hit]:
     for reply in view.messages_from(SERVER):
         if reply.kind != "option-reply" or reply_type(reply) != c.Rep.SERVER:
             continue
-        data = payload(reply)
-        name_length = struct.unpack_from(">I", data)[0] if len(data) >= 4 else None
+        name_length = reply.fields.get("name_length")
         if name_length is None or name_length > header_length(reply) - 4:
             yield Hit(
                 reply,
@@ -393,8 +392,10 @@ def set_meta_context_unnegotiated(view: SessionView) -> Iterator[Hit]:
 
 @rule(id="server.meta-context-replies")
 def meta_context_replies(view: SessionView) -> Iterator[Hit]:
-    """LIST/SET_META_CONTEXT get NBD_REP_META_CONTEXT replies, then ACK or an error."""
+    """LIST/SET_META_CONTEXT get NBD_REP_META_CONTEXT replies, then ACK or an error (and
+    are answered at all: see harness.conformance.rules_session.silence)."""
     yield from _replies_outside(view, c.Rep.META_CONTEXT)
+    yield from unanswered_options(view, (c.Opt.SET_META_CONTEXT, c.Opt.LIST_META_CONTEXT))
 
 
 @rule(id="server.meta-context-ids-unique")
@@ -511,19 +512,22 @@ def list_ext_header_reqd_not_for_base(view: SessionView) -> Iterator[Hit]:
 
 @rule(id="server.list-replies")
 def list_replies(view: SessionView) -> Iterator[Hit]:
-    """NBD_OPT_LIST gets NBD_REP_SERVER replies, then ACK or an error."""
+    """NBD_OPT_LIST gets NBD_REP_SERVER replies, then ACK or an error (and an answer at all)."""
     yield from _replies_outside(view, c.Rep.SERVER)
+    yield from unanswered_options(view, (c.Opt.LIST,))
 
 
 @rule(id="server.info-go-replies")
 def info_go_replies(view: SessionView) -> Iterator[Hit]:
-    """NBD_OPT_INFO/GO get NBD_REP_INFO replies, then ACK or an error."""
+    """NBD_OPT_INFO/GO get NBD_REP_INFO replies, then ACK or an error (and an answer at all)."""
     yield from _replies_outside(view, c.Rep.INFO)
+    yield from unanswered_options(view, (c.Opt.INFO, c.Opt.GO))
 
 
 @rule(id="server.no-data-option-replies")
 def no_data_option_replies(view: SessionView) -> Iterator[Hit]:
-    """NBD_OPT_STRUCTURED_REPLY and NBD_OPT_EXTENDED_HEADERS get only NBD_REP_ACK or an error."""
+    """NBD_OPT_STRUCTURED_REPLY and NBD_OPT_EXTENDED_HEADERS get only NBD_REP_ACK or an error
+    (and an answer at all)."""
     for exchange in view.options:
         if exchange.code not in (c.Opt.STRUCTURED_REPLY, c.Opt.EXTENDED_HEADERS):
             continue
@@ -531,3 +535,4 @@ def no_data_option_replies(view: SessionView) -> Iterator[Hit]:
             rep = reply_type(reply)
             if rep != c.Rep.ACK and not c.is_rep_error(rep):
                 yield Hit(reply, f"{reply.name} in reply to {exchange.option.name}")
+    yield from unanswered_options(view, (c.Opt.STRUCTURED_REPLY, c.Opt.EXTENDED_HEADERS))

@@ -8,7 +8,6 @@ chunks are in :mod:`rules_block_status`.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 
 from harness.conformance._rule import Hit, rule
@@ -18,7 +17,6 @@ from harness.conformance._view import (
     chunk_type,
     follows,
     header_length,
-    payload,
 )
 from harness.dissect.model import CLIENT, SERVER, WireMessage
 from harness.protocol import constants as c
@@ -38,26 +36,21 @@ def _extended_chunk(message: WireMessage) -> bool:
 
 def content_range(chunk: WireMessage) -> tuple[int, int] | None:
     """``(start, end)`` of the export a content chunk describes (None if malformed)."""
-    data = payload(chunk)
-    if chunk_type(chunk) == RT.OFFSET_DATA and len(data) >= 8:
-        (start,) = struct.unpack_from(">Q", data)
-        return start, start + len(data) - 8
-    if chunk_type(chunk) == RT.OFFSET_HOLE and len(data) >= 12:
-        start, size = struct.unpack_from(">QI", data)
-        return start, start + size
+    fields = chunk.fields
+    if chunk_type(chunk) == RT.OFFSET_DATA and "data_offset" in fields:
+        start = int(fields["data_offset"])
+        return start, start + len(fields.get("data") or b"")
+    if chunk_type(chunk) == RT.OFFSET_HOLE and "hole_size" in fields:
+        start = int(fields["hole_offset"])
+        return start, start + int(fields["hole_size"])
     return None
 
 
 def error_offset(chunk: WireMessage) -> int | None:
     """The offset an NBD_REPLY_TYPE_ERROR_OFFSET chunk reports (None if malformed)."""
-    data = payload(chunk)
-    if chunk_type(chunk) != RT.ERROR_OFFSET or len(data) < 14:
+    if chunk_type(chunk) != RT.ERROR_OFFSET or "error_offset" not in chunk.fields:
         return None
-    (message_length,) = struct.unpack_from(">H", data, 4)
-    at = 6 + message_length
-    if len(data) < at + 8:
-        return None
-    return int(struct.unpack_from(">Q", data, at)[0])
+    return int(chunk.fields["error_offset"])
 
 
 def _reads(view: SessionView) -> Iterator[Transaction]:
@@ -382,10 +375,9 @@ def error_offset_length(view: SessionView) -> Iterator[Hit]:
 def error_message_fits(view: SessionView) -> Iterator[Hit]:
     """An error chunk's message length fits inside the chunk (with its fixed fields)."""
     for chunk in _error_chunks(view):
-        data = payload(chunk)
-        if len(data) < 6:
+        message_length = chunk.fields.get("message_length")
+        if message_length is None:
             continue
-        (message_length,) = struct.unpack_from(">H", data, 4)
         fixed = 14 if chunk_type(chunk) == RT.ERROR_OFFSET else 6
         if header_length(chunk) >= fixed and message_length > header_length(chunk) - fixed:
             yield Hit(
@@ -399,11 +391,9 @@ def error_message_fits(view: SessionView) -> Iterator[Hit]:
 def error_message_max_length(view: SessionView) -> Iterator[Hit]:
     """Error chunk messages are at most 4096 bytes."""
     for chunk in _error_chunks(view):
-        data = payload(chunk)
-        if len(data) >= 6:
-            (message_length,) = struct.unpack_from(">H", data, 4)
-            if message_length > c.MAX_STRING_LEN:
-                yield Hit(chunk, f"{chunk.name}: message of {message_length} bytes")
+        message_length = chunk.fields.get("message_length")
+        if message_length is not None and message_length > c.MAX_STRING_LEN:
+            yield Hit(chunk, f"{chunk.name}: message of {message_length} bytes")
 
 
 @rule(id="server.error-offset-within-request")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from harness.conformance._rule import Hit, rule
+from harness.conformance._silence import unanswered_options
 from harness.conformance._view import OptionMessages, SessionView, follows, reply_type
 from harness.dissect.model import CLIENT, SERVER, WireMessage
 from harness.protocol import constants as c
@@ -142,12 +143,13 @@ def forcedtls_errors_options(view: SessionView) -> Iterator[Hit]:
 
 @rule(id="server.starttls-reply")
 def starttls_reply(view: SessionView) -> Iterator[Hit]:
-    """NBD_OPT_STARTTLS gets NBD_REP_ACK or an error, nothing else."""
+    """NBD_OPT_STARTTLS gets NBD_REP_ACK or an error, nothing else (and an answer at all)."""
     for exchange in _starttls_exchanges(view):
         for reply in exchange.replies:
             rep = reply_type(reply)
             if rep != c.Rep.ACK and not c.is_rep_error(rep):
                 yield Hit(reply, f"{reply.name} in reply to NBD_OPT_STARTTLS")
+    yield from unanswered_options(view, (c.Opt.STARTTLS,))
 
 
 @rule(id="client.defer-stateful-options")

@@ -25,6 +25,7 @@ from harness.dissect.model import (
     UNDECODED_KINDS,
     Capture,
     Session,
+    StreamEnd,
     Undecoded,
     WireMessage,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "Capture",
     "CaptureError",
     "Session",
+    "StreamEnd",
     "Undecoded",
     "WireMessage",
     "decode_capture",

@@ -172,7 +172,7 @@ def _read_pcapng(path: Path, handle: BinaryIO) -> Iterator[Frame]:
             raise CaptureError(
                 f"{where}: {what} has {8 + len(body_start) + len(rest)} of {length} bytes"
             )
-        block = body_start + rest
+        block = memoryview(body_start + rest)  # frames are views of it, not copies
         body, trailer = block[:-4], block[-4:]
         if struct.unpack(endian + "I", trailer)[0] != length:
             raise CaptureError(

@@ -64,8 +64,12 @@ class NotTcp(Exception):
 
 
 def tcp_segment(linktype: int, data: bytes) -> Segment:
-    """The TCP segment in a frame; raises :class:`NotTcp` for anything else."""
-    return _ip_packet(_network_layer(linktype, data))
+    """The TCP segment in a frame; raises :class:`NotTcp` for anything else.
+
+    The payload is a view of ``data``, not a copy (bulk data is copied once, when its
+    direction's stream is joined).
+    """
+    return _ip_packet(_network_layer(linktype, memoryview(data)))
 
 
 def _network_layer(linktype: int, data: bytes) -> bytes:
@@ -118,8 +122,8 @@ def _ip_packet(packet: bytes) -> Segment:
             raise NotTcp(f"IP protocol {packet[9]}")
         if fragment & 0x3FFF:  # more-fragments flag or a fragment offset
             raise NotTcp("IPv4 fragment (not reassembled)")
-        src = str(ipaddress.IPv4Address(packet[12:16]))
-        dst = str(ipaddress.IPv4Address(packet[16:20]))
+        src = str(ipaddress.IPv4Address(bytes(packet[12:16])))
+        dst = str(ipaddress.IPv4Address(bytes(packet[16:20])))
         # total_length 0 happens with TCP segmentation offload captures
         end = total_length if total_length else len(packet)
         return _tcp(packet[header_length:end], end - header_length, src, dst)
@@ -128,8 +132,8 @@ def _ip_packet(packet: bytes) -> Segment:
             raise NotTcp("short IPv6 header")
         (payload_length,) = struct.unpack_from("!H", packet, 4)
         next_header = packet[6]
-        src = str(ipaddress.IPv6Address(packet[8:24]))
-        dst = str(ipaddress.IPv6Address(packet[24:40]))
+        src = str(ipaddress.IPv6Address(bytes(packet[8:24])))
+        dst = str(ipaddress.IPv6Address(bytes(packet[24:40])))
         at = 40
         end = 40 + payload_length if payload_length else len(packet)
         while next_header in (*_IPV6_SKIPPABLE, _IPV6_FRAGMENT):

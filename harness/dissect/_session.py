@@ -15,8 +15,13 @@ export-name reply has 124 zeroes unless NO_ZEROES), and state changes only by
 applying messages, so this is the order in which the peers themselves learned
 things.  A direction that cannot be cut now (bad magic, or client bytes that
 only make sense once the server's pending reply is applied) waits while the
-other side can progress; when neither can, what is left is reported as
-undecoded with its reason.  Nothing here raises on bad input.
+other side can progress.  Bytes with a wrong magic are skipped up to the next
+plausible message boundary (:mod:`harness.dissect._resync`), left behind as an
+undecoded region that says where decoding resumed and why; a message its sender
+cut short (the next plausible message starts inside it, or the sender closed
+first) is decoded as far as it goes and marked ``missing``.  When nothing can
+move any more, what is left is reported as undecoded with its reason.  Nothing
+here raises on bad input.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 from scapy.packet import Packet, Raw
 
 from harness.dissect import layers as L
+from harness.dissect._resync import Expectation, next_boundary
 from harness.dissect.contexts import describe_status
 from harness.dissect.model import CLIENT, DIRECTIONS, SERVER, Session, Undecoded, WireMessage
 from harness.dissect.stream import DirectionStream
@@ -61,6 +67,11 @@ class _Cut:
     expected: str | None = None
     expected_magic: tuple[int, ...] = ()
     found_magic: int | None = None
+    # _NEED: the message kind its magic already tells (empty when unknown yet), so that a
+    # message its sender cut short can still be decoded as far as it goes
+    message: str = ""
+    # _OK: bytes the message promised beyond ``length`` (a message cut short)
+    missing: int = 0
 
 
 def _bad(expected: str, magics: tuple[int, ...], found: int, reason: str) -> _Cut:
@@ -68,6 +79,8 @@ def _bad(expected: str, magics: tuple[int, ...], found: int, reason: str) -> _Cu
 
 
 _REQUEST_MAGICS = {c.REQUEST_MAGIC, c.EXTENDED_REQUEST_MAGIC}
+_RESYNC_EXPECTED = ("option", "option-reply", "request", "reply")
+"""Messages after which the decoder looks for the next boundary when the magic is wrong."""
 
 
 def _data_follows(data: bytes, at: int, length: int) -> bool:
@@ -91,8 +104,27 @@ def _magic4(data: bytes, at: int) -> int | None:
 
 def _ok(kind: str, length: int, layer: type[Packet], available: int, what: str = "") -> _Cut:
     if available < length:
-        return _Cut(_NEED, what or kind, length)
+        return _need(kind, layer, what or kind, length)
     return _Cut(_OK, kind, length, layer)
+
+
+def _need(kind: str, layer: type[Packet], what: str, length: int) -> _Cut:
+    """``length`` bytes are needed for a message whose magic says it is a ``kind``."""
+    return _Cut(_NEED, what, length, layer, message=kind)
+
+
+_BULK_LAYERS = frozenset({L.NBDRequest, L.NBDSimpleReply})
+"""Layers whose only variable part is opaque data: safe to dissect from a memoryview."""
+
+
+def _own_bulk_data(packet: Packet) -> None:
+    """The data field as bytes (one copy) and no cached view: the packet reads as if it was
+    dissected from bytes (``WireMessage.wire`` copies its ``original`` view on demand)."""
+    data = packet.fields.get("data")
+    if isinstance(data, memoryview):
+        packet.fields["data"] = bytes(data)
+    packet.raw_packet_cache = None
+    packet.raw_packet_cache_fields = None
 
 
 class SessionDecoder:
@@ -109,6 +141,7 @@ class SessionDecoder:
         self.export_name_option: WireMessage | None = None
         self.export_info: dict[str, Any] = {}
         self.in_flight: dict[int, list[WireMessage]] = {}
+        self._failed_skips: dict[str, tuple[int, Expectation]] = {}
         for direction in DIRECTIONS:
             session.bytes_total[direction] = streams[direction].total
 
@@ -144,9 +177,13 @@ class SessionDecoder:
                 for d, cut in cuts.items()
                 if cut.status == _OK
             ]
+            if ready and self._skip_first(cuts, min(ready)[0]):
+                continue
             if ready:
                 direction = min(ready)[2]
                 self._apply(direction, cuts[direction])
+                continue
+            if self._recover(cuts):
                 continue
             for direction, cut in cuts.items():
                 self._stop(direction, cut)
@@ -228,9 +265,9 @@ class SessionDecoder:
             ):
                 zeroes = 0 if self.state.no_zeroes else c.EXPORT_NAME_REPLY_ZEROES
                 return _ok("export-name-reply", 10 + zeroes, L.NBDExportNameReply, available)
-            if available < c.OPTION_REPLY_HEADER_LEN:
+            if available < 8:
                 return _Cut(_NEED, "option reply header", c.OPTION_REPLY_HEADER_LEN)
-            magic, _option, _reply, length = struct.unpack_from(">QIII", data, at)
+            (magic,) = struct.unpack_from(">Q", data, at)
             if magic != c.OPTION_REPLY_MAGIC:
                 return _bad(
                     "option-reply",
@@ -238,6 +275,14 @@ class SessionDecoder:
                     magic,
                     f"expected an option reply magic, found {magic:#018x}",
                 )
+            if available < c.OPTION_REPLY_HEADER_LEN:
+                return _need(
+                    "option-reply",
+                    L.NBDOptionReply,
+                    "option reply header",
+                    c.OPTION_REPLY_HEADER_LEN,
+                )
+            (length,) = struct.unpack_from(">I", data, at + 16)
             return _ok(
                 "option-reply", c.OPTION_REPLY_HEADER_LEN + length, L.NBDOptionReply, available
             )
@@ -258,7 +303,7 @@ class SessionDecoder:
         (magic,) = struct.unpack_from(">I", data, at)
         if magic == c.SIMPLE_REPLY_MAGIC:
             if available < c.SIMPLE_REPLY_LEN:
-                return _Cut(_NEED, "simple reply", c.SIMPLE_REPLY_LEN)
+                return _need("simple-reply", L.NBDSimpleReply, "simple reply", c.SIMPLE_REPLY_LEN)
             error, cookie = struct.unpack_from(">IQ", data, at + 4)
             request = self._request_for(cookie)
             read_length = 0
@@ -273,7 +318,12 @@ class SessionDecoder:
             )
         if magic == c.STRUCTURED_REPLY_MAGIC:
             if available < c.STRUCTURED_REPLY_HEADER_LEN:
-                return _Cut(_NEED, "structured reply header", c.STRUCTURED_REPLY_HEADER_LEN)
+                return _need(
+                    "chunk",
+                    L.NBDStructuredReply,
+                    "structured reply header",
+                    c.STRUCTURED_REPLY_HEADER_LEN,
+                )
             (length,) = struct.unpack_from(">I", data, at + 16)
             return _ok(
                 "chunk",
@@ -284,7 +334,12 @@ class SessionDecoder:
             )
         if magic == c.EXTENDED_REPLY_MAGIC:
             if available < c.EXTENDED_REPLY_HEADER_LEN:
-                return _Cut(_NEED, "extended reply header", c.EXTENDED_REPLY_HEADER_LEN)
+                return _need(
+                    "chunk",
+                    L.NBDExtendedReply,
+                    "extended reply header",
+                    c.EXTENDED_REPLY_HEADER_LEN,
+                )
             (length,) = struct.unpack_from(">Q", data, at + 24)
             return _ok(
                 "chunk",
@@ -306,9 +361,9 @@ class SessionDecoder:
         if reading == _FLAGS:
             return _ok("client-flags", 4, L.NBDClientFlags, available)
         if reading == _HANDSHAKE:
-            if available < c.OPTION_HEADER_LEN:
+            if available < 8:
                 return _Cut(_NEED, "option header", c.OPTION_HEADER_LEN)
-            magic, _option, length = struct.unpack_from(">QII", data, at)
+            (magic,) = struct.unpack_from(">Q", data, at)
             if magic != c.IHAVEOPT:
                 return _bad(
                     "option",
@@ -316,6 +371,9 @@ class SessionDecoder:
                     magic,
                     f"expected an option (IHAVEOPT), found {magic:#018x}",
                 )
+            if available < c.OPTION_HEADER_LEN:
+                return _need("option", L.NBDOption, "option header", c.OPTION_HEADER_LEN)
+            (length,) = struct.unpack_from(">I", data, at + 12)
             return _ok("option", c.OPTION_HEADER_LEN + length, L.NBDOption, available)
         if reading == _TRANSMISSION:
             return self._cut_request(data, at, available)
@@ -327,7 +385,7 @@ class SessionDecoder:
         (magic,) = struct.unpack_from(">I", data, at)
         if magic == c.REQUEST_MAGIC:
             if available < c.REQUEST_LEN:
-                return _Cut(_NEED, "request header", c.REQUEST_LEN)
+                return _need("request", L.NBDRequest, "request header", c.REQUEST_LEN)
             _flags, kind, _cookie, _offset, length = struct.unpack_from(">HHQQI", data, at + 4)
             payload = length if kind == c.Cmd.WRITE else 0
             return _ok(
@@ -335,7 +393,12 @@ class SessionDecoder:
             )
         if magic == c.EXTENDED_REQUEST_MAGIC:
             if available < c.EXTENDED_REQUEST_LEN:
-                return _Cut(_NEED, "extended request header", c.EXTENDED_REQUEST_LEN)
+                return _need(
+                    "request",
+                    L.NBDExtendedRequest,
+                    "extended request header",
+                    c.EXTENDED_REQUEST_LEN,
+                )
             flags, kind, _cookie, _offset, length = struct.unpack_from(">HHQQQ", data, at + 4)
             payload = length if flags & c.CmdFlag.PAYLOAD_LEN else 0
             layer: type[Packet] = L.NBDExtendedRequest
@@ -360,14 +423,27 @@ class SessionDecoder:
     def _apply(self, direction: str, cut: _Cut) -> None:
         stream = self.streams[direction]
         at = self.cursor[direction]
-        raw = stream.data[at : at + cut.length]
         assert cut.layer is not None
         notes: list[str] = []
+        if cut.layer in _BULK_LAYERS and not cut.missing:
+            # Bulk data (WRITE, READ replies): scapy slices the rest of the message at each
+            # header field, so give it a view of the stream, not a copy; the data becomes
+            # bytes once, in fields_of.
+            raw: bytes = memoryview(stream.data)[at : at + cut.length]  # type: ignore[assignment]
+        else:
+            raw = stream.data[at : at + cut.length]
         try:
             packet: Packet = cut.layer(raw)
         except Exception as exc:  # scapy may choke on nonsense; report, never raise
-            packet = Raw(raw)
-            notes.append(f"the {cut.layer.__name__} layer could not dissect it: {exc}")
+            if cut.missing:  # cut short inside its header: the fields that did arrive
+                packet = L.dissect_prefix(cut.layer, raw)
+            else:
+                packet = Raw(raw)
+                notes.append(f"the {cut.layer.__name__} layer could not dissect it: {exc}")
+        if isinstance(raw, memoryview):
+            _own_bulk_data(packet)
+        if cut.missing:
+            notes.append(cut.reason)
         fields = L.fields_of(packet)
         handler = getattr(self, "_on_" + cut.kind.replace("-", "_"))
         handler(direction, cut, packet, fields, notes)
@@ -401,6 +477,7 @@ class SessionDecoder:
             option=option,
             fields=fields,
             notes=tuple(notes),
+            missing=cut.missing,
         )
         self.session.messages.append(message)
         self.cursor[direction] = at + cut.length
@@ -470,7 +547,10 @@ class SessionDecoder:
         self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
     ) -> None:
         reply_type = fields.get("reply_type", 0)
-        answered = self._match_option(fields.get("option", -1), notes)
+        if fields.get("option") == c.Opt.EXPORT_NAME and self.export_name_option is not None:
+            answered: WireMessage | None = self.export_name_option
+        else:
+            answered = self._match_option(fields.get("option", -1), notes)
         self._emit(
             direction, cut, packet, fields, notes, c.name_of(c.Rep, reply_type), option=answered
         )
@@ -478,6 +558,12 @@ class SessionDecoder:
         if final and answered in self.pending_options:
             self.pending_options.remove(answered)
         option = fields.get("option")
+        if answered is not None and answered is self.export_name_option and final:
+            # NBD_OPT_EXPORT_NAME refused with an option reply (which it may not get): the
+            # client did not enter transmission, it is still negotiating.
+            self.export_name_option = None
+            self.reading[CLIENT] = _HANDSHAKE
+            return
         if answered is not None and answered.fields.get("option") != option:
             return  # a reply naming another option than it answers changes nothing
         if reply_type == c.Rep.META_CONTEXT and option == c.Opt.SET_META_CONTEXT:
@@ -656,6 +742,119 @@ class SessionDecoder:
             if not waiting:
                 del self.in_flight[cookie]
 
+    # --- recovering from what could not be read ---------------------------------
+
+    def _recover(self, cuts: dict[str, _Cut]) -> bool:
+        """Get a stuck direction moving again; False when none can.
+
+        Two ways, for the direction whose stuck bytes came first: bytes with a wrong
+        magic are skipped up to the next plausible message boundary (left behind as an
+        undecoded region that says where decoding resumed and why); a message its sender
+        cut short (it closed its stream, or the next plausible message starts inside the
+        length it promised) is decoded as far as it goes, marked ``missing``.
+        """
+        stuck = sorted(
+            (self.streams[d].frame_at(self.cursor[d]), d)
+            for d, cut in cuts.items()
+            if self._skippable(cut) or (cut.status == _NEED and cut.message)
+        )
+        for _frame, direction in stuck:
+            cut = cuts[direction]
+            if cut.status == _BAD and self._skip(direction, cut):
+                return True
+            if cut.status == _NEED and self._cut_short(direction, cut):
+                return True
+        return False
+
+    def _skip_first(self, cuts: dict[str, _Cut], next_frame: int) -> bool:
+        """Skip bad bytes that came before the other side's next message, if a plausible
+        boundary follows them: a reply after garbage must not be read before the request
+        it answers, which comes after the client's own garbage."""
+        for direction, cut in cuts.items():
+            short = cut.status == _NEED and bool(cut.message)
+            if not (self._skippable(cut) or short):
+                continue
+            if self.streams[direction].frame_at(self.cursor[direction]) >= next_frame:
+                continue
+            attempt = (self.cursor[direction], self._expectation(direction))
+            if self._failed_skips.get(direction) == attempt:
+                continue  # nothing changed since the last search found nothing
+            if (
+                self._cut_short(direction, cut, at_close=False)
+                if short
+                else self._skip(direction, cut)
+            ):
+                return True
+            self._failed_skips[direction] = attempt
+        return False
+
+    @staticmethod
+    def _skippable(cut: _Cut) -> bool:
+        return cut.status == _BAD and cut.expected in _RESYNC_EXPECTED
+
+    def _expectation(self, direction: str) -> Expectation:
+        pending = {int(m.fields.get("option", -1)) for m in self.pending_options}
+        if self.export_name_option is not None:
+            pending.add(c.Opt.EXPORT_NAME)
+        return Expectation(
+            server=direction == SERVER,
+            handshake=self.reading[direction] == _HANDSHAKE,
+            pending_options=frozenset(pending),
+            cookies=frozenset(self.in_flight),
+            export_size=self.state.export_size,
+        )
+
+    def _skip(self, direction: str, cut: _Cut) -> bool:
+        """Skip bad bytes up to the next plausible message boundary, if there is one."""
+        if self.reading[direction] not in (_HANDSHAKE, _TRANSMISSION):
+            return False
+        at = self.cursor[direction]
+        found = next_boundary(self.streams[direction].data, at + 1, self._expectation(direction))
+        if found is None:
+            return False
+        boundary, what = found
+        self._undecoded(
+            direction,
+            at,
+            boundary - at,
+            f"{cut.reason}; {boundary - at} byte(s) skipped: decoding resumed at offset "
+            f"{boundary} on {what}",
+            "bad-magic",
+            cut.expected,
+            cut.expected_magic,
+            cut.found_magic,
+            resumed_at=boundary,
+        )
+        self.cursor[direction] = boundary
+        return True
+
+    def _cut_short(self, direction: str, cut: _Cut, at_close: bool = True) -> bool:
+        """Decode a message its sender cut short: the next plausible message starts
+        inside it, or (``at_close``) the sender closed its stream (FIN) before its end."""
+        stream = self.streams[direction]
+        at = self.cursor[direction]
+        available = len(stream.data) - at
+        found = next_boundary(stream.data, at + 1, self._expectation(direction))
+        if found is not None:
+            length = found[0] - at
+            why = f"the next message ({found[1]}) starts at offset {found[0]}"
+        elif at_close and stream.fin_seen and not stream.gaps:
+            length, why = available, "its sender closed the connection"
+        else:
+            return False  # the capture, not the sender, may have cut it
+        assert cut.layer is not None
+        short = _Cut(
+            _OK,
+            cut.message,
+            length,
+            cut.layer,
+            missing=cut.length - length,
+            reason=f"{cut.kind} cut short at {length} of {cut.length} bytes: {why}",
+        )
+        short.end_frame = stream.completing_frame(at, at + length)
+        self._apply(direction, short)
+        return True
+
     # --- what could not be read --------------------------------------------------
 
     def _stop(self, direction: str, cut: _Cut) -> None:
@@ -726,6 +925,7 @@ class SessionDecoder:
         expected: str | None = None,
         expected_magic: tuple[int, ...] = (),
         found_magic: int | None = None,
+        resumed_at: int | None = None,
     ) -> None:
         if length <= 0:
             return
@@ -742,5 +942,6 @@ class SessionDecoder:
                 expected=expected,
                 expected_magic=expected_magic,
                 found_magic=found_magic,
+                resumed_at=resumed_at,
             )
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 from harness.dissect._capfile import Frame, read_frames
 from harness.dissect._session import SessionDecoder
 from harness.dissect.errors import CaptureError
-from harness.dissect.model import CLIENT, SERVER, Capture, Session, Undecoded
+from harness.dissect.model import CLIENT, SERVER, Capture, Session, StreamEnd, Undecoded
 from harness.dissect.stream import DirectionStream, TcpConnection, reassemble
 from harness.protocol import constants as c
 
@@ -39,6 +39,7 @@ def decode_capture(path: str | Path) -> Capture:
             raise
         errors.append(str(exc))
     reassembly = reassemble(frames)
+    del frames  # the streams hold every byte now: free the frames before decoding
     capture = Capture(path=str(path), frames=reassembly.frames, errors=errors)
     capture.notes.extend(reassembly.notes)
     for index, connection in enumerate(reassembly.connections, start=1):
@@ -55,19 +56,28 @@ def decode_streams(
     index: int = 1,
     frame_times: Sequence[float] = (),
     joined_midstream: bool = False,
+    closed: bool = False,
+    ends: dict[str, StreamEnd] | None = None,
 ) -> Session:
     """Decode one session from its two directions' bytes (for tests and the proxy).
+
+    ``closed``: both sides closed their stream after these bytes (a FIN each), so a
+    message cut short at the end is its sender's doing, not the capture's.
 
     Give each direction as plain bytes, or as ``(frame, chunk)`` pairs so that
     the two directions interleave in the order the chunks were seen (plain
     bytes are all "frame 1": the client's messages then go first whenever both
-    sides have one ready, which is the causal order of NBD).
+    sides have one ready, which is the causal order of NBD).  ``ends`` says how each
+    direction ended (:attr:`Session.ends`), when the caller knows.
     """
     streams = {
         CLIENT: _direction_stream(client_data, frame_times),
         SERVER: _direction_stream(server_data, frame_times),
     }
+    for stream in streams.values():
+        stream.fin_seen = closed
     session = Session(index=index, client=client, server=server, joined_midstream=joined_midstream)
+    session.ends.update(ends or {})
     frames = [f for s in streams.values() for f in s.run_frames]
     session.first_frame, session.last_frame = (min(frames), max(frames)) if frames else (0, 0)
     decoder = SessionDecoder(session, streams)
@@ -102,6 +112,16 @@ def _decode_connection(index: int, connection: TcpConnection) -> Session:
         first_frame=connection.first_frame,
         last_frame=connection.last_frame,
     )
+    for direction, stream in streams.items():
+        if stream.end_frame:
+            session.ends[direction] = StreamEnd(
+                index,
+                direction,
+                stream.end_frame,
+                stream.total,
+                stream.time_of(stream.end_frame),
+                stream.end_reset,
+            )
     if roles is None:
         return _not_nbd(session, streams)
     decoder = SessionDecoder(session, streams)

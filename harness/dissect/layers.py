@@ -100,11 +100,33 @@ class _Element(Packet):
         return b"", s
 
 
+class _WholeElements(PacketListField):
+    """A list of fixed-size elements (block descriptors) up to the end of the message.
+
+    Only whole elements are read: bytes too few for one more stay after the list (and
+    show as ``trailing``), instead of a half element hiding the whole payload.
+    """
+
+    __slots__ = ["element_size"]  # scapy fields have slots
+
+    def __init__(self, name: str, cls: type[Packet], size: int) -> None:
+        super().__init__(name, [], cls)
+        self.element_size = size
+
+    def getfield(self, pkt: Packet, s: bytes) -> tuple[bytes, list[Packet]]:
+        usable = len(s) - len(s) % self.element_size
+        rest, elements = super().getfield(pkt, s[:usable])
+        return rest + s[usable:], elements
+
+
 class _EmptyTextPayload(Packet):
     """A header whose payload may be one text field only, and that text may be empty.
 
     scapy dissects no payload from zero bytes, which would drop the field: an empty
     export name or error message is on the wire all the same, so it is kept as ``""``.
+    A payload too short for its layer keeps the fields that are whole (see
+    :func:`dissect_prefix`) instead of turning all of it into raw bytes, so that the
+    rules read a malformed payload's fields from the decode.
     """
 
     def do_dissect_payload(self, s: bytes) -> None:
@@ -113,7 +135,12 @@ class _EmptyTextPayload(Packet):
             if cls in _TEXT_ONLY_PAYLOADS:
                 self.add_payload(cls(s, _internal=1, _underlayer=self))
             return
-        super().do_dissect_payload(s)
+        cls = self.guess_payload_class(s)
+        try:
+            payload = cls(s, _internal=1, _underlayer=self)
+        except Exception:  # too short for a fixed field: keep the fields that are whole
+            payload = dissect_prefix(cls, s)
+        self.add_payload(payload)
 
 
 class _LengthCut(_EmptyTextPayload):
@@ -541,7 +568,7 @@ class NBDChunkBlockStatus(Packet):
     name = "NBD_REPLY_TYPE_BLOCK_STATUS"
     fields_desc = [
         IntField("context_id", 0),
-        PacketListField("descriptors", [], NBDBlockDescriptor),
+        _WholeElements("descriptors", NBDBlockDescriptor, 8),
     ]
 
 
@@ -556,7 +583,7 @@ class NBDChunkBlockStatusExt(Packet):
     fields_desc = [
         IntField("context_id", 0),
         FieldLenField("count", None, count_of="descriptors", fmt="!I"),
-        PacketListField("descriptors", [], NBDBlockDescriptorExt),
+        _WholeElements("descriptors", NBDBlockDescriptorExt, 16),
     ]
 
 
@@ -691,9 +718,38 @@ def _plain(field: Field[Any, Any], value: Any) -> Any:
         return (value or b"").decode("utf-8", errors="replace")
     if isinstance(value, bytes):
         return value
+    if isinstance(value, memoryview):  # bulk data dissected from a view of the stream
+        return bytes(value)
     if value is None:
         return None
     return int(value)
+
+
+def dissect_prefix(layer: type[Packet], raw: bytes) -> Packet:
+    """A message cut short inside its fixed fields: as many whole fields as ``raw`` holds.
+
+    Fields the bytes do not reach are absent (:func:`fields_of` leaves them out rather
+    than show their defaults); the bytes of a field cut in the middle stay as ``Raw``.
+    """
+    packet = layer()
+    if layer is Raw:
+        packet.load = raw
+        return packet
+    rest = raw
+    for field in packet.fields_desc:
+        if not rest:
+            break
+        try:
+            remaining, value = field.getfield(packet, rest)
+        except Exception:  # a field cut in the middle: struct cannot read it
+            break
+        packet.fields[field.name] = value
+        rest = remaining
+    if rest:
+        packet.add_payload(Raw(rest))
+    packet.original = raw
+    packet.cut_short = True
+    return packet
 
 
 def fields_of(packet: Packet) -> dict[str, Any]:
@@ -709,7 +765,10 @@ def fields_of(packet: Packet) -> dict[str, Any]:
         if isinstance(layer, Raw | Padding):
             result["trailing"] = result.get("trailing", b"") + bytes(layer.load)
         else:
+            cut_short = getattr(layer, "cut_short", False)
             for field in layer.fields_desc:
+                if cut_short and field.name not in layer.fields:
+                    continue  # the bytes never reached it
                 if isinstance(field, ConditionalField):
                     if not field._evalcond(layer):
                         continue

@@ -85,6 +85,15 @@ class WireMessage:
     """For option replies and the export-name reply: the option they answer."""
     fields: dict[str, Any] = field(default_factory=dict, repr=False)
     notes: tuple[str, ...] = ()
+    missing: int = 0
+    """Bytes the message's own header (or its request) promised that never came: the
+    sender closed its stream first, or the next message starts before (found by
+    resynchronising).  0 for a whole message; the fields hold what did arrive."""
+
+    @property
+    def truncated(self) -> bool:
+        """The message was cut short (see :attr:`missing`)."""
+        return self.missing > 0
 
     @property
     def wire(self) -> bytes:
@@ -141,6 +150,28 @@ class Undecoded:
     found_magic: int | None = None
     """For ``bad-magic``: the number found instead (as wide as the expected magic:
     32 or 64 bits)."""
+    resumed_at: int | None = None
+    """Where decoding of this direction resumed after the region (the next plausible
+    message boundary, found by resynchronising); ``None`` when it did not resume."""
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """How one direction of a connection ended, as captured: its first FIN or RST.
+
+    It has ``frame``, ``offset`` and ``direction`` like a message, so a finding about a
+    close (a hard disconnect, a message never sent) can point at it.
+    """
+
+    session: int
+    direction: str
+    frame: int
+    offset: int
+    """Where the direction's byte stream ended (its captured length)."""
+    time: float
+    """Capture time of ``frame`` (seconds)."""
+    reset: bool = False
+    """An RST (an abortive close) rather than a FIN."""
 
 
 @dataclass
@@ -172,6 +203,9 @@ class Session:
     """Reassembly and decoding remarks (retransmissions that differ, gaps...)."""
     first_frame: int = 0
     last_frame: int = 0
+    ends: dict[str, StreamEnd] = field(default_factory=dict)
+    """Per direction, the FIN or RST that ended it (absent: the capture shows no end, so
+    more bytes may have followed).  Session-level rules read who closed first and when."""
 
     @property
     def nbd(self) -> bool:

@@ -137,6 +137,8 @@ def render_message(message: WireMessage, *, data: bool = False) -> list[str]:
     for label, text in _field_lines(message, data):
         lines.append(f"    {label}: {text}" if label else f"    {text}")
     lines.extend(f"    note: {note}" for note in message.notes)
+    if message.truncated:
+        lines.append(f"    note: cut short: {message.missing} byte(s) promised never came")
     return lines
 
 
@@ -172,7 +174,10 @@ def _present_fields(packet: Packet) -> Iterator[tuple[Field[Any, Any] | None, Pa
         if isinstance(layer, Raw | Padding):
             yield None, layer
         else:
+            cut_short = getattr(layer, "cut_short", False)
             for field in layer.fields_desc:
+                if cut_short and field.name not in layer.fields:
+                    continue  # a message cut short before this field
                 if isinstance(field, ConditionalField):
                     if not field._evalcond(layer):
                         continue
@@ -312,6 +317,7 @@ def render_json(
                     "option": ids.get(id(message.option)) if message.option else None,
                     "fields": _jsonable(message.fields, data),
                     "notes": list(message.notes),
+                    "missing": message.missing,
                 }
             )
         for region in item.undecoded:
@@ -329,6 +335,7 @@ def render_json(
                     "expected": region.expected,
                     "expected_magic": list(region.expected_magic),
                     "found_magic": region.found_magic,
+                    "resumed_at": region.resumed_at,
                 }
             )
     return items

@@ -50,6 +50,10 @@ class DirectionStream:
     syn_seen: bool = False
     fin_seen: bool = False
     reset_seen: bool = False
+    end_frame: int = 0
+    """The frame of this direction's first FIN or RST (0 when the capture shows none)."""
+    end_reset: bool = False
+    """That frame was an RST."""
 
     def frame_at(self, offset: int) -> int:
         """Frame number in which the byte at ``offset`` arrived (0 if none)."""
@@ -130,10 +134,15 @@ class _DirectionBuilder:
         self.syn_seq: int | None = None
         self.fin_seen = False
         self.reset_seen = False
+        self.end_frame = 0
+        self.end_reset = False
 
     def add(self, frame: int, seq: int, flags: int, payload: bytes, missing: int) -> None:
         if flags & TCP_SYN and self.syn_seq is None:
             self.syn_seq = seq
+        if flags & (TCP_FIN | TCP_RST) and not self.end_frame:
+            self.end_frame = frame
+            self.end_reset = not flags & TCP_FIN
         if flags & TCP_FIN:
             self.fin_seen = True
         if flags & TCP_RST:
@@ -238,6 +247,8 @@ class _DirectionBuilder:
             syn_seen=self.syn_seq is not None,
             fin_seen=self.fin_seen,
             reset_seen=self.reset_seen,
+            end_frame=self.end_frame,
+            end_reset=self.end_reset,
         )
 
 

@@ -1,7 +1,7 @@
 """The recording proxy in front of the reference server when a real client is under test.
 
 :func:`recording_proxy` is the ``listen_wrapper`` the runner gives
-:func:`harness.scenarios.run_client_scenario`: a
+:func:`harness.client_role.run_client_scenario`: a
 :class:`~harness.capture.ProxyThread` writing the case's capture sits in front
 of the server, and the program is given the proxy's address, so its whole
 conversation is recorded while the checks read the server's own session
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness.address import LOOPBACK, Address
 from harness.capture import ProxyThread
-from harness.scenarios import ListenWrapper
+from harness.client_role import ListenWrapper
 
 
 def recording_proxy(capture: Path,

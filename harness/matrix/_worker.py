@@ -42,13 +42,15 @@ def read_frame(stream: BinaryIO) -> Any | None:
 
 
 def main(argv: list[str]) -> int:
-    directory, shard, name, keep = argv
+    directory, shard, name, keep, evidence = argv
     # The parent decides about interruptions; SIGTERM (from the parent) stops our peers
     # through harness.process's handler and ends us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    # Imported only now: output printed while importing cannot corrupt the frames, and the
+    # pool's parent, which imports this module for its framing, never loads the runner.
     from .results import ResultStore
     from .runner import run_case
 
@@ -60,7 +62,8 @@ def main(argv: list[str]) -> int:
             return 0
         index, case = item
         try:
-            result = run_case(case, store, shard=shard, worker=name, keep_data=keep == "1")
+            result = run_case(case, store, shard=shard, worker=name, keep_data=keep == "1",
+                              evidence=evidence)
             write_frame(replies, ("done", index, result.to_dict()))
         except Exception as exc:  # run_case turns failures into results: this is a bug
             write_frame(replies, ("crash", index, f"{type(exc).__name__}: {exc}"))

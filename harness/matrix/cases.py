@@ -25,16 +25,29 @@ listed as :class:`Excluded` with the reason, so nothing is skipped silently.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Literal
 
+from harness.client_role import client_can_run
 from harness.errors import UserError
 from harness.peerdata import PeerDataError, default_peerdata, version_matches
-from harness.scenarios import Scenario
-from harness.scenarios.client_actions import ClientProgram, default_client_actions
+from harness.peers import DRIVERS, Catalog, list_peers, parse_peer_spec
+from harness.peers.actions import ClientProgram, default_client_actions
+from harness.peers.suites import load_suites
+from harness.scenarios import REFERENCE_CLIENT_LACKS, Scenario, server_has
 from harness.verdict import Verdict
+from reference_server.profiles import (
+    FEATURE_GRANTS,
+    QUIRK_EFFECTS,
+    list_profiles,
+    profile,
+    split_profile_name,
+)
+
+from ._setup import unservable
 
 Role = Literal["server", "client"]
 
@@ -44,6 +57,10 @@ REFERENCE_PROFILE = "reference"
 
 CASE_TIMEOUT = 180.0
 """Seconds one case may take from provisioning to verdict."""
+DISCONNECT_GROUP = "disconnect"
+"""The generated group of disconnect-at-every-point cases (:mod:`harness.matrix.disconnect`):
+named like a scenario group (``nbd-harness run disconnect``), in the default matrix for the
+host's peers."""
 
 
 class MatrixError(UserError, ValueError):
@@ -75,6 +92,8 @@ class PeerRef:
     provider: str = ""
     quirks: frozenset[str] = frozenset()
     """Ids of the known quirks (``[[quirk]]`` in ``matrix/peers``) of this version in its role."""
+    note: str = ""
+    """How a program at a path (``qemu-nbd=PATH``) was placed on the data (reports show it)."""
 
     @property
     def reference(self) -> bool:
@@ -99,8 +118,6 @@ def _version_matches(actual: str, wanted: str) -> bool:
 
 
 def _families() -> dict[str, str]:
-    from harness.peers.suites import load_suites
-
     return dict(load_suites().families)
 
 
@@ -125,7 +142,6 @@ def data_features(family: str, version: str, role: Role) -> frozenset[str]:
     plugin sends no block sizes) removes that feature, exactly as the version
     profile does.
     """
-    from reference_server.profiles import FEATURE_GRANTS, QUIRK_EFFECTS
 
     program = default_peerdata().program(family)
     features = set(program.features(version, role))
@@ -144,8 +160,6 @@ def data_features(family: str, version: str, role: Role) -> frozenset[str]:
 
 def reference_server(profile_name: str | None = None) -> PeerRef:
     """The reference server in ``profile_name`` (None or ``reference``: the full protocol)."""
-    from harness.scenarios import server_has
-    from reference_server.profiles import profile, split_profile_name
 
     name = profile_name or REFERENCE_PROFILE
     features = profile(name)  # raises ProfileError (a UserError) for an unknown name
@@ -161,7 +175,6 @@ def reference_server(profile_name: str | None = None) -> PeerRef:
 
 def reference_client() -> PeerRef:
     """The reference client: every client feature but what it cannot play (TLS-PSK)."""
-    from harness.scenarios import REFERENCE_CLIENT_LACKS
 
     return PeerRef(REFERENCE_CLIENT, REFERENCE_CLIENT, "client", None, None, None,
                    _vocabulary("client") - REFERENCE_CLIENT_LACKS, "builtin")
@@ -188,7 +201,6 @@ def parse_peer(text: str, role: Role, *, installed: Sequence[PeerRef] = ()) -> P
     installed version is wanted, so it needs ``installed`` to choose from and
     the first installed one is returned.
     """
-    from harness.peers import parse_peer_spec
 
     spec = parse_peer_spec(text)
     if spec.program == REFERENCE_SERVER:
@@ -199,7 +211,6 @@ def parse_peer(text: str, role: Role, *, installed: Sequence[PeerRef] = ()) -> P
         if role != "client":
             raise MatrixError(f"{text}: the reference client is not a server")
         return reference_client()
-    from harness.peers import DRIVERS
 
     driver = DRIVERS.get(spec.program)
     if driver is None:
@@ -229,12 +240,14 @@ def parse_peer(text: str, role: Role, *, installed: Sequence[PeerRef] = ()) -> P
         raise MatrixError(f"{text}: {exc}") from None
 
 
-def installed_peers(role: Role | None = None) -> list[PeerRef]:
-    """Every real peer some ready provider has (host first), one per ``program@version``."""
-    from harness.peers import list_peers
+def installed_peers(role: Role | None = None,
+                    kinds: Sequence[str] = ()) -> list[PeerRef]:
+    """Every real peer some ready provider has (host first), one per ``program@version``;
+    ``kinds`` keeps only providers of those kinds (``docker``: every peer in containers)."""
 
+    catalog = Catalog.load(tuple(kinds)) if kinds else None
     found: dict[str, PeerRef] = {}
-    for row in list_peers(unpackaged=False):
+    for row in list_peers(catalog, unpackaged=False):
         if not row.provided or row.program in (REFERENCE_SERVER, REFERENCE_CLIENT):
             continue
         for peer_role in row.roles:
@@ -252,7 +265,6 @@ def reference_profiles(distinct: bool = False) -> list[PeerRef]:
     ``distinct`` only the first of each such group is kept (``reference`` first,
     then the data's order: oldest versions first).
     """
-    from reference_server.profiles import list_profiles, profile
 
     peers: list[PeerRef] = []
     seen: set[object] = set()
@@ -300,6 +312,10 @@ def server_features_for(scenario: Scenario, server: PeerRef) -> frozenset[str]:
 
 def expect(scenario: Scenario, server: PeerRef, client: PeerRef) -> Expectation:
     """The expected verdict of ``scenario`` between ``server`` and ``client``."""
+    for peer in (server, client):
+        if peer.family is not None and peer.family_version is None:  # a build the data lacks
+            return Expectation(None, why=f"{peer.spec}: version unknown to matrix/peers/"
+                               f"{peer.family}.toml, nothing is predicted")
     missing_server = tuple(sorted(scenario.requires_server - server_features_for(scenario,
                                                                                   server)))
     missing_client = tuple(sorted(scenario.requires_client - client.features))
@@ -317,6 +333,27 @@ def expect(scenario: Scenario, server: PeerRef, client: PeerRef) -> Expectation:
     if scenario.fallback and scenario.fallback.why:
         why += f" ({scenario.fallback.why})"
     return Expectation(Verdict.parse(outcome), missing_server, missing_client, why)
+
+
+def known_breaches(scenario: Scenario, peer: PeerRef) -> frozenset[str]:
+    """The rules ``peer`` is known to break in ``scenario`` for reasons the case does not
+    judge: by its version (features it lacks whose ``absent_breaks`` in
+    ``matrix/features.toml`` name rules the spec's "Baseline" added later), or because the
+    scenario configures its server that way (an oldstyle or plain newstyle handshake,
+    NBD_OPT_LIST refused).  The findings stay in the reports.  A peer the data does not
+    know (an external server, an unknown version) has none: it is judged by the spec alone.
+    """
+    known: set[str] = set()
+    if peer.role == "server":
+        if scenario.export.handshake != "fixed-newstyle":
+            known.add("server.baseline-fixed-newstyle")
+        if not scenario.export.list_exports:
+            known.add("server.baseline-list")
+    if peer.family_version is not None or peer.profile is not None:
+        for feature in default_peerdata().features.values():
+            if peer.role in feature.roles and feature.id not in peer.features:
+                known.update(feature.absent_breaks)
+    return frozenset(known)
 
 
 @dataclass(frozen=True)
@@ -343,6 +380,12 @@ class Case:
     @property
     def under_test(self) -> PeerRef:
         return self.server if self.role == "server" else self.client
+
+    def known_breaches(self) -> frozenset[str]:
+        """The rules either side breaks here for reasons the case does not judge
+        (:func:`known_breaches`; rule ids name the role they bind)."""
+        return (known_breaches(self.scenario, self.server)
+                | known_breaches(self.scenario, self.client))
 
     def features(self) -> tuple[str, ...]:
         """Every feature the scenario requires, on either side (pytest markers, reports)."""
@@ -406,8 +449,6 @@ def _server_exclusion(scenario: Scenario, server: PeerRef, client: PeerRef) -> s
     if server.reference and scenario.requires_server & {"starttls-psk"}:
         return "the reference server cannot play starttls-psk"
     if not server.reference:
-        from ._setup import unservable
-
         return unservable(server.program, scenario.export, server.version)
     return None
 
@@ -477,8 +518,6 @@ def client_program(client: PeerRef) -> ClientProgram | str:
 
 
 def _client_exclusion(scenario: Scenario, client: PeerRef) -> str | None:
-    from harness.scenarios import client_can_run
-
     runnable, why = client_can_run(scenario, client_program(client))
     return None if runnable else why
 
@@ -550,7 +589,6 @@ def _duplicates(cases: Sequence[Case]) -> set[str]:
 
 def select_scenarios(scenarios: Sequence[Scenario], wanted: Sequence[str]) -> list[Scenario]:
     """The scenarios named in ``wanted`` (a name, ``group/name``, a group, or a glob)."""
-    import fnmatch
 
     if not wanted:
         return list(scenarios)
@@ -584,6 +622,7 @@ def peer_matches(peer: PeerRef, wanted: str) -> bool:
 __all__ = [
     "CASE_TIMEOUT",
     "CLIENT_UNJUDGEABLE",
+    "DISCONNECT_GROUP",
     "INFO_SIZE_FROM_OPT_INFO",
     "REFERENCE_CLIENT",
     "REFERENCE_SERVER",
@@ -597,6 +636,7 @@ __all__ = [
     "expand",
     "expect",
     "installed_peers",
+    "known_breaches",
     "parse_peer",
     "peer_matches",
     "real_peer",

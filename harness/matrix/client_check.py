@@ -29,10 +29,11 @@ from typing import Any
 
 from harness.address import LOOPBACK
 from harness.capture import ProxyThread
+from harness.client_role import serve_reference
 from harness.errors import UserError
 from harness.peers.export import BitmapSpec, DataRange, ExportSpec, Layer
 from harness.process import PeerError, run_command
-from harness.scenarios import ExportRequirements, serve_reference
+from harness.scenarios import ExportRequirements
 from harness.tls import make_test_pki
 from harness.verdict import Verdict
 from reference_server.profiles import profile

@@ -2,15 +2,17 @@
 
 The export behind the URI is whatever it is: its size, its contents and its
 configuration are unknown.  So the server is probed first (size, read-only,
-TLS), and only the server-role scenarios whose expectations hold whatever the
-export holds are run: a plain export (no preset layers, bitmaps, block sizes,
-extra exports, special handshake), every read of data the scenario wrote
-itself first, no exact extent maps, every request inside the export (or the
-export exactly the scenario's size when it tests the end).  Scenarios that
-write run only with ``allow_writes``.  Each runs with the reference client
-through a recording proxy, and the capture is checked by every rule; nothing
-is predicted, so any of pass, unsupported and expected-fallback is good, and
-fail (an expectation broke, a MUST was broken on the wire) or error is not.
+TLS: :func:`harness.matrix.probes.learn_server`, then :func:`from_facts`), and
+only the server-role scenarios whose expectations hold whatever the export
+holds are run: a plain export (no preset layers, bitmaps, block sizes, extra
+exports, special handshake), every read of data the scenario wrote itself
+first, no exact extent maps, every request inside the export (or the export
+exactly the scenario's size when it tests the end), no expectation about an
+export name the server was not asked about.  Scenarios that write run only
+with ``allow_writes``.  Each runs with the reference client through a
+recording proxy, and the capture is checked by every rule; nothing is
+predicted, so any of pass, unsupported and expected-fallback is good, and fail
+(an expectation broke, a MUST was broken on the wire) or error is not.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from harness.client import Client, parse_uri
-from harness.client.options import DEFAULT_TIMEOUT
+from harness.client import parse_uri
 from harness.client.uri import NbdUri
 from harness.errors import UserError
 from harness.scenarios import Scenario, Step
@@ -34,6 +35,7 @@ from .cases import (
     PeerRef,
     reference_client,
 )
+from .probes import ServerFacts
 
 WRITING_ACTIONS = frozenset({"write", "zero", "trim", "raw"})
 WRITING_COMMANDS = frozenset({"NBD_CMD_WRITE", "NBD_CMD_WRITE_ZEROES", "NBD_CMD_TRIM", "1", "6",
@@ -70,20 +72,33 @@ class ExternalExport:
                        provider="external")
 
 
-def probe(uri: str, timeout: float = DEFAULT_TIMEOUT) -> ExternalExport:
-    """Connect once with the reference client: size, read-only flag, TLS."""
-    from harness.client import ConnectOptions
-    from harness.client.errors import NbdClientError
+def from_facts(uri: str, facts: ServerFacts) -> ExternalExport | None:
+    """The export as the first probe learned it (None: it learned no size)."""
     from harness.protocol import constants as c
 
-    parsed = parse_uri(uri)  # UriError is a UserError: one line
-    try:
-        with Client.connect(uri, options=ConnectOptions(timeout=timeout)) as client:
-            return ExternalExport(uri, parsed, client.export_size,
-                                  client.can(c.TransmissionFlag.READ_ONLY),
-                                  client.negotiation.tls, _greets_a_second_client(parsed))
-    except (NbdClientError, OSError) as exc:
-        raise ExternalError(f"cannot use {uri}: {exc}") from None
+    if facts.size is None:
+        return None
+    parsed = parse_uri(uri)
+    return ExternalExport(uri, parsed, facts.size,
+                          bool(facts.flags & c.TransmissionFlag.READ_ONLY), parsed.tls_required,
+                          _greets_while_one_is_connected(parsed))
+
+
+def _greets_while_one_is_connected(parsed: NbdUri) -> bool:
+    """Whether a second client is greeted while a first one (greeted too) is connected."""
+    import contextlib
+    import socket
+
+    address = parsed.address
+    family = socket.AF_UNIX if address.kind == "unix" else (
+        socket.AF_INET6 if ":" in address.host else socket.AF_INET)
+    with socket.socket(family, socket.SOCK_STREAM) as first:
+        first.settimeout(SECOND_CLIENT_WAIT)
+        with contextlib.suppress(OSError):
+            first.connect(address.path if address.kind == "unix" else
+                          (address.host, address.port))
+            first.recv(8)
+        return _greets_a_second_client(parsed)
 
 
 def _greets_a_second_client(parsed: NbdUri, wait: float = SECOND_CLIENT_WAIT) -> bool:
@@ -137,6 +152,20 @@ def _literal_size(step: Step) -> bool:
     return False
 
 
+def _other_names(step: Step, export: str) -> str | None:
+    """An export name the step expects something of, other than the URI's (None: none).
+
+    What a server does with a name it was not asked about is its own business (it may
+    serve any name, or list what it likes): the probes judge that, with both answers.
+    """
+    named = step.args.get("name", step.args.get("export"))
+    if named is not None and str(named) != export and (step.expect or {}):
+        return str(named)
+    included = (step.expect or {}).get("include") if step.action == "list_exports" else None
+    others = [str(name) for name in included or () if str(name) != export]
+    return others[0] if others else None
+
+
 def _writes(step: Step) -> bool:
     if step.action in WRITING_ACTIONS:
         return True
@@ -166,6 +195,11 @@ def not_applicable(scenario: Scenario, export: ExternalExport, allow_writes: boo
     if wanted.read_only != export.read_only:
         return f"needs a {'read-only' if wanted.read_only else 'writable'} export"
     steps = [*scenario.steps, *(scenario.fallback.expect if scenario.fallback else ())]
+    other = next((name for step in steps if (name := _other_names(step, export.parsed.export))
+                  is not None), None)
+    if other is not None:
+        return (f"expects something of the export name {other!r}, which this server was not "
+                "asked about (the probes judge unknown names)")
     if not export.concurrent and any(_second_connection(step) for step in steps):
         return "opens a second connection; the server greets one client at a time"
     if not allow_writes and any(_writes(step) for step in steps):
@@ -227,5 +261,5 @@ def tls_dir_of(export: ExternalExport) -> str | None:
     return export.parsed.tls_certificates
 
 
-__all__ = ["ExternalError", "ExternalExport", "external_cases", "not_applicable", "probe",
+__all__ = ["ExternalError", "ExternalExport", "external_cases", "from_facts", "not_applicable",
            "tls_dir_of"]

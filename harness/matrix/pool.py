@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from harness.process import descendant_pids
 from harness.verdict import Verdict
 
 from ._worker import read_frame, write_frame
@@ -49,7 +50,6 @@ def _stop_process_tree(pid: int, wait: float = STOP_WAIT) -> None:
 
     The tree is read before the signal: once ``pid`` is gone its children belong to init.
     """
-    from harness.process import descendant_pids
 
     family = set(descendant_pids(pid))
     with contextlib.suppress(ProcessLookupError):
@@ -129,6 +129,7 @@ def run_cases(
     jobs: int = 1,
     shard: str = "",
     keep_data: bool = False,
+    evidence: str = "compact",
     on_start: Callable[[Case, str], None] | None = None,
     on_result: Callable[[CaseResult], None] | None = None,
 ) -> PoolRun:
@@ -155,7 +156,7 @@ def run_cases(
         name = f"w{counter}"
         process = subprocess.Popen(
             [sys.executable, "-m", "harness.matrix._worker", os.fspath(store.directory),
-             shard, name, "1" if keep_data else "0"],
+             shard, name, "1" if keep_data else "0", evidence],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
             start_new_session=True)
         worker = _Worker(name, process)

@@ -2,7 +2,8 @@
 
 A result directory holds::
 
-    results.jsonl           one CaseResult per line (several writers: results-gw0.jsonl ...)
+    results.jsonl           one CaseResult per line (several writers: results-gw0.jsonl ...);
+                            gzip'd (results.jsonl.gz) once results.json holds the whole run
     run.json                what produced it: command, shard, peers, wall time (one per shard)
     cases/SLUG/             evidence of each case: capture.pcapng, wire.txt, findings.json,
                             peer logs, steps.json
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gzip
 import json
 import os
 import re
@@ -31,6 +33,7 @@ from harness.verdict import Verdict
 
 RESULTS_GLOB = "results*.jsonl"
 RESULTS_FILE = "results.jsonl"
+COMPRESSED_SUFFIX = ".gz"
 RUN_FILE = "run.json"
 CASES_DIR = "cases"
 FORMAT_VERSION = 1
@@ -146,8 +149,30 @@ class ResultStore:
         return path
 
 
+def result_files(directory: Path) -> list[Path]:
+    """The line files of ``directory``: ``results*.jsonl``, and the gzip'd ones of a finished
+    run (:func:`compress_result_lines`)."""
+    directory = Path(directory)
+    return sorted([*directory.glob(RESULTS_GLOB),
+                   *directory.glob(RESULTS_GLOB + COMPRESSED_SUFFIX)])
+
+
+def compress_result_lines(directory: Path) -> None:
+    """Gzip the line files once the run's ``results.json`` holds every result: they stay
+    readable (:func:`load_results`, ``run --merge``), at a tenth of the size."""
+    for path in Path(directory).glob(RESULTS_GLOB):
+        target = path.with_name(path.name + COMPRESSED_SUFFIX)
+        if target.exists():  # a second run in the same directory: keep both, read both
+            target = path.with_name(f"{path.stem}-{time.strftime('%Y%m%d%H%M%S')}.jsonl"
+                                    + COMPRESSED_SUFFIX)
+        with open(path, "rb") as source, gzip.open(target, "wb") as sink:
+            shutil.copyfileobj(source, sink)
+        path.unlink()
+
+
 def _read_lines(path: Path) -> Iterator[CaseResult]:
-    with open(path, encoding="utf-8") as stream:
+    opener = gzip.open if path.suffix == COMPRESSED_SUFFIX else open
+    with opener(path, "rt", encoding="utf-8") as stream:
         for number, line in enumerate(stream, start=1):
             if not line.strip():
                 continue
@@ -162,7 +187,7 @@ def load_results(directory: Path) -> list[CaseResult]:
     directory = Path(directory)
     if not directory.is_dir():
         raise ResultsError(f"{directory}: no such result directory")
-    files = sorted(directory.glob(RESULTS_GLOB))
+    files = result_files(directory)
     if not files:
         raise ResultsError(f"{directory}: no {RESULTS_FILE} in it (not a result directory)")
     results: list[CaseResult] = []
@@ -242,8 +267,10 @@ __all__ = [
     "ResultStore",
     "ResultsError",
     "case_slug",
+    "compress_result_lines",
     "latest_per_case",
     "load_results",
     "load_runs",
     "merge_results",
+    "result_files",
 ]

@@ -20,7 +20,6 @@ malformed options and requests).
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import os
 import shutil
@@ -35,21 +34,18 @@ from typing import Any
 from harness.address import LOOPBACK, Address
 from harness.capture import ProxyThread
 from harness.client import parse_uri
+from harness.client_role import run_client_scenario, serve_reference
 from harness.peers import DRIVERS, Catalog, Endpoint, Provider, ServerPeer
 from harness.process import PeerError
-from harness.scenarios import (
-    Scenario,
-    ScenarioResult,
-    run_client_scenario,
-    run_server_scenario,
-    serve_reference,
-)
+from harness.scenarios import Scenario, ScenarioResult
+from harness.server_role import run_server_scenario
 from harness.tls import make_test_pki
 from reference_server.profiles import profile
 
+from ._keep import DEFAULT_EVIDENCE, SHARED_SCENARIOS, keep, share_scenario
 from ._recorded import recording_proxy
 from ._setup import driver_options
-from .cases import Case, PeerRef, client_program
+from .cases import DISCONNECT_GROUP, Case, PeerRef, client_program
 from .results import CaseResult, ResultStore
 from .verdict import judge_case
 
@@ -63,8 +59,6 @@ STEP_TIMEOUT = 10.0
 
 # Steps that make the reference client send what the spec forbids, on purpose.
 _RULE_BREAKING_ACTIONS = frozenset({"option", "raw", "raw_handshake", "request"})
-# Bulky files a passing case does not need to keep (images, data in and out).
-_BULKY_SUFFIXES = (".raw", ".qcow2", ".in", ".out", ".img")
 
 
 class _Watchdog:
@@ -103,9 +97,14 @@ class _Watchdog:
 
 
 def breaks_rules_on_purpose(scenario: Scenario) -> bool:
-    """True when the scenario's steps may make the reference client break the spec."""
+    """True when the scenario's steps may make the reference client break the spec.
+
+    An abrupt ``disconnect`` is a hard disconnect nothing justified (client.disc-before-close,
+    client.abort-before-close): a scenario asks for one to see what the server keeps."""
     return scenario.group == "negative" or any(
-        step.action in _RULE_BREAKING_ACTIONS for step in scenario.steps)
+        step.action in _RULE_BREAKING_ACTIONS
+        or (step.action == "disconnect" and step.arg("how") == "abrupt")
+        for step in scenario.steps)
 
 
 # --- serving ----------------------------------------------------------------------------------
@@ -271,38 +270,30 @@ def _relative(path: Path, root: Path) -> str:
     return os.path.relpath(path, root)
 
 
-def _collect_evidence(case_dir: Path, root: Path) -> dict[str, str]:
+def _shared_scenario(case: Case, root: Path) -> Path:
+    """Where a good case's scenario copy is kept, once per scenario."""
+    scenario = case.scenario
+    return root / SHARED_SCENARIOS / (scenario.group or ".") / f"{scenario.name}.yaml"
+
+
+def _collect_evidence(case_dir: Path, root: Path,
+                      shared_scenario: Path | None = None) -> dict[str, str]:
+    """The evidence paths of a case (``shared_scenario``: the scenario copy a good case
+    shares with the others of its scenario, when it kept none of its own)."""
     evidence: dict[str, str] = {"directory": _relative(case_dir, root)}
+    if (not (case_dir / SCENARIO_COPY).exists() and shared_scenario is not None
+            and shared_scenario.exists()):
+        evidence["scenario"] = _relative(shared_scenario, root)
     named = {"capture": CAPTURE, "wire": WIRE_LOG, "wire-index": WIRE_INDEX,
              "findings": "findings.json", "steps": "steps.json", "scenario": SCENARIO_COPY}
     for name, file_name in named.items():
         for candidate in (file_name, f"{file_name}.gz"):  # passing cases keep it compressed
             if (case_dir / candidate).exists():
                 evidence[name] = _relative(case_dir / candidate, root)
-    for log in sorted(case_dir.rglob("*.log")):
-        key = _relative(log, case_dir).replace(os.sep, "/").removesuffix(".log")
-        evidence[f"log:{key}"] = _relative(log, root)
+    for log in sorted([*case_dir.rglob("*.log"), *case_dir.rglob("*.log.gz")]):
+        key = _relative(log, case_dir).replace(os.sep, "/").removesuffix(".gz")
+        evidence[f"log:{key.removesuffix('.log')}"] = _relative(log, root)
     return evidence
-
-
-def _prune(case_dir: Path) -> None:
-    """Remove images and data files of a case that passed; compress its capture and wire log.
-
-    The capture stays as evidence (``capture.pcapng.gz``: Wireshark, ``nbd-harness
-    dissect`` and ``lint`` read it as it is) and so does the decoded wire log, which
-    the HTML report shows on the case's page; patterned data compresses well, which
-    keeps a full run's evidence small.
-    """
-    for path in case_dir.rglob("*"):
-        if path.is_file() and path.name.endswith(_BULKY_SUFFIXES):
-            with contextlib.suppress(OSError):
-                path.unlink()
-    for name in (CAPTURE, WIRE_LOG, WIRE_INDEX):
-        path = case_dir / name
-        if path.exists():
-            with path.open("rb") as raw, gzip.open(f"{path}.gz", "wb", compresslevel=3) as out:
-                shutil.copyfileobj(raw, out)
-            path.unlink()
 
 
 def _versions(case: Case) -> dict[str, str]:
@@ -313,12 +304,17 @@ def _versions(case: Case) -> dict[str, str]:
 
 
 def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "",
-             keep_data: bool = False) -> CaseResult:
-    """Run ``case`` and return its result (evidence in ``store.case_dir(case.id)``).
+             keep_data: bool = False, evidence: str = DEFAULT_EVIDENCE) -> CaseResult:
+    """Run ``case`` and return its result (evidence in ``store.case_dir(case.id)``; a good
+    case keeps what ``evidence`` says, :mod:`harness.matrix._keep`).
 
     The result is not appended to ``store``: the caller decides (a pool's
     parent process writes every worker's results).
     """
+    if case.scenario.group == DISCONNECT_GROUP:  # generated cases run their own way
+        from .disconnect import run_disconnect_case
+
+        return run_disconnect_case(case, store, shard=shard, worker=worker)
     started = time.time()
     clock = time.monotonic()
     case_dir = store.case_dir(case.id)
@@ -348,9 +344,12 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
                        peer=case.under_test.spec, expected=case.expected,
                        capture_problem=capture_problem,
                        reference_breaches_deliberate=reference_breaches_deliberate(case),
+                       known_breaches=case.known_breaches(),
                        evidenced=case.role != "server" or capture.exists())
-    if final.ok and not keep_data:
-        _prune(case_dir)
+    if final.ok:
+        if evidence != "full" and not keep_data:
+            share_scenario(case_dir / SCENARIO_COPY, _shared_scenario(case, store.directory))
+        keep(case_dir, evidence, keep_data)
     return CaseResult(
         case_id=case.id,
         scenario=case.scenario.name,
@@ -371,7 +370,8 @@ def run_case(case: Case, store: ResultStore, *, shard: str = "", worker: str = "
         findings=tuple(findings),
         steps=tuple(step.as_dict() for step in outcome.steps),
         sessions=tuple(sessions),
-        evidence=_collect_evidence(case_dir, store.directory),
+        evidence=_collect_evidence(case_dir, store.directory,
+                                   _shared_scenario(case, store.directory)),
         versions=_versions(case),
         shard=shard,
         worker=worker,

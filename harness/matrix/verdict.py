@@ -59,7 +59,7 @@ def judge_case(observed: Verdict, detail: str, findings: Sequence[Finding], *,
                under_test: str, peer: str, expected: Verdict | None = None,
                capture_problem: str | None = None, peer_faults: Sequence[str] = (),
                reference_breaches_deliberate: bool = False,
-               evidenced: bool = True) -> Outcome:
+               evidenced: bool = True, known_breaches: frozenset[str] = frozenset()) -> Outcome:
     """The final verdict of a case whose run came to ``observed`` (``detail`` says why).
 
     ``under_test`` is the role of the peer being judged (``server`` or
@@ -72,7 +72,8 @@ def judge_case(observed: Verdict, detail: str, findings: Sequence[Finding], *,
        run came to (the reference side may have choked on it): by the
        reference side's own account (``peer_faults``), or a MUST / MUST NOT
        finding of its role on the wire.  SHOULD-level findings never change a
-       verdict: the reports list them;
+       verdict, nor do ``known_breaches`` (rules a side breaks by its version or by
+       the scenario's configuration of it): the reports list them;
     3. the reference side breaking a MUST is a harness bug (``error``), unless
        ``reference_breaches_deliberate`` (a negative scenario makes the
        reference client break rules on purpose; a reference-server profile
@@ -89,6 +90,7 @@ def judge_case(observed: Verdict, detail: str, findings: Sequence[Finding], *,
     if capture_problem and observed != Verdict.ERROR:
         observed, detail = Verdict.ERROR, capture_problem
     mandatory = [f for f in findings if f.get("level") in MANDATORY_LEVELS]
+    mandatory = [f for f in mandatory if f.get("rule") not in known_breaches]
     theirs = [f for f in mandatory if f.get("role") == under_test]
     ours = [f for f in mandatory if f.get("role") != under_test]
     fault = _peer_fault(peer, peer_faults, theirs, under_test)

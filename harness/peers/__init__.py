@@ -6,11 +6,13 @@
 
 Servers: qemu-nbd, qemu-storage-daemon (over QMP), nbdkit, nbd-server, the
 reference server (any profile). Clients: nbdinfo, nbdsh, nbdcopy, libnbd's
-Python bindings (``libnbd``), qemu-img, qemu-io, the reference client.
+Python bindings (``libnbd``), qemu-img, qemu-io, the reference client; the real
+clients perform the forms of ``matrix/client-actions.toml`` (:mod:`.actions`).
 Providers: ``host`` (this machine's packages), ``rootfs`` (a suite's root
 filesystem under bubblewrap), ``docker`` (an image per suite).
 """
 
+from ._actions import OUTPUT_READERS, ActionOutput, output_reader, parse_json
 from ._base import (
     DRIVERS,
     ClientPeer,
@@ -40,6 +42,8 @@ from .qemu_storage_daemon import LiveBitmap, QemuStorageDaemonOptions
 
 __all__ = [
     "DRIVERS",
+    "OUTPUT_READERS",
+    "ActionOutput",
     "BitmapSpec",
     "Catalog",
     "ClientPeer",
@@ -63,6 +67,8 @@ __all__ = [
     "RunningServer",
     "ServerPeer",
     "list_peers",
+    "output_reader",
+    "parse_json",
     "parse_peer_spec",
     "pattern",
     "resolve_client",

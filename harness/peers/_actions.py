@@ -2,8 +2,10 @@
 
 ``matrix/client-actions.toml`` gives, per program and action, the command line
 and the name of its output format; the program's driver module registers the
-reader of each format it prints (:func:`output_reader`), and uses the same
-reader for its own methods, so each program's output is parsed in one place.
+reader of each format it prints (:func:`output_reader`), and
+:func:`harness.peers.actions.perform_action` reads every performed action's output
+with it (for the client drivers and the client-role runner alike), so each
+program's output is parsed in one place.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class ActionOutput:
     extents: list[tuple[int, int, int]] | None = None
     size: int | None = None
     exports: list[str] | None = None
+    document: Any = None
+    """The whole JSON document an ``info`` or ``list`` format printed (its details)."""
 
 
 OUTPUT_READERS: dict[str, OutputReader] = {}
@@ -35,7 +39,11 @@ know each format (:func:`output_reader`)."""
 def output_reader(name: str) -> Callable[[OutputReader], OutputReader]:
     """Register the decorated function as the reader of the output format ``name``."""
     def register(reader: OutputReader) -> OutputReader:
-        if name in OUTPUT_READERS and OUTPUT_READERS[name] is not reader:
+        known = OUTPUT_READERS.get(name)
+        # The same function again is its module imported anew (pytester's in-process runs
+        # drop the modules they imported), not a second reader.
+        if known is not None and (known.__module__, known.__qualname__) != (
+                reader.__module__, reader.__qualname__):
             raise TypeError(f"two readers of the output format {name!r}")
         OUTPUT_READERS[name] = reader
         return reader

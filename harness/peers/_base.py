@@ -32,11 +32,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from harness.address import Address
+from harness.client.uri import NbdUri
 from harness.errors import UserError
 from harness.process import ManagedProcess, PeerError
 
+from ._actions import ActionOutput
 from ._observe import Observed, observe
-from .export import DataRange, ExportSpec, Extents, Layer
+from .actions import ClientProgram, client_program, perform_action
+from .export import DataRange, ExportSpec, Extents, Layer, merge_extents
+from .suites import default_suites
 
 if TYPE_CHECKING:
     from harness.scenarios import ExportRequirements
@@ -124,7 +128,6 @@ class Endpoint:
 
     def uri(self) -> str:
         """The libnbd-style URI (``nbd://``, ``nbds://``, ``nbd+unix://``, ``nbds+unix://``)."""
-        from harness.client.uri import NbdUri
 
         scheme = "nbds" if self.tls else "nbd"
         tls_dir = os.fspath(self.tls_dir) if self.tls_dir is not None else None
@@ -283,7 +286,7 @@ class Peer(ABC):
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if "program" not in cls.__dict__:
-            return  # a base shared by drivers (LibnbdScripted), not a driver itself
+            return  # a base shared by drivers, not a driver itself
         known = DRIVERS.get(cls.program)
         if known is not None and known.__qualname__ != cls.__qualname__:
             raise TypeError(f"two drivers for {cls.program!r}: {known.__module__}."
@@ -305,7 +308,6 @@ class Peer(ABC):
     @property
     def family(self) -> str | None:
         """The version family in ``matrix/peers`` (``qemu`` for every qemu program)."""
-        from .suites import default_suites
 
         return default_suites().family_of(self.program)
 
@@ -374,6 +376,9 @@ class ServerPeer(Peer):
     """Whether it can be configured to refuse NBD_OPT_LIST."""
     reserved_export_names: ClassVar[frozenset[str]] = frozenset()
     """Export names it cannot serve under."""
+    unexplained_start_retries: ClassVar[int] = 0
+    """Starts on a new port after it ended before listening without saying why (a daemon
+    that reports a port taken in the meantime only to syslog); recorded in its log."""
 
     # --- what it can be configured for ---------------------------------------------------
 
@@ -507,6 +512,7 @@ class ServerPeer(Peer):
             process, port = self.provider.start_tcp(
                 tcp_argv, log_path=log_path, binds=binds, cwd=workdir,
                 pid_namespace=pid_namespace, label=label, ready_timeout=ready_timeout,
+                unexplained_retries=self.unexplained_start_retries,
             )
             address = Address.tcp("127.0.0.1", port)
         server = RunningServer(f"{self.program} ({self.provider.name})",
@@ -537,33 +543,99 @@ class ServerPeer(Peer):
 
 
 class ClientPeer(Peer):
-    """A peer that connects to servers.
+    """A peer that connects to servers and performs actions on an :class:`Endpoint`.
 
-    ``capabilities`` says which of :meth:`read`, :meth:`write`, :meth:`map`,
-    :meth:`size` this client can do (``map`` for ``base:allocation`` at least;
-    ``map-contexts`` for any metadata context).
+    What a real client program can do, and the command line of each action, is its
+    program's table in ``matrix/client-actions.toml`` (:attr:`actions_program`);
+    :meth:`perform` runs one action, and :meth:`read`, :meth:`write`, :meth:`map`,
+    :meth:`size`, :meth:`info`, :meth:`list_exports`, :meth:`copy_from` and :meth:`copy_to`
+    are built on it. ``capabilities`` is what the table gives it (``map-contexts``: maps any
+    metadata context; ``read`` also from a whole-export copy, ``size`` from ``info``).
     """
 
     roles = ("client",)
-    capabilities: ClassVar[frozenset[str]] = frozenset()
+    actions_program: ClassVar[str | None] = None
+    """The program of ``matrix/client-actions.toml`` whose forms it performs (None: its own
+    :attr:`~Peer.program`)."""
+
+    @property
+    def client_program(self) -> ClientProgram:
+        """Its table in ``matrix/client-actions.toml`` (empty when the table has none)."""
+        return client_program(self.actions_program or self.program)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What it can do: its table's actions, and what they give (``read``, ``size``,
+        ``map-contexts``)."""
+        return self.client_program.capabilities()
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
 
-    def _unsupported(self, what: str) -> PeerError:
-        return PeerError(f"{self.program} cannot {what}")
+    def command(self, argv: list[str]) -> list[str]:
+        """The command that runs a rendered form (the form itself; a driver that performs
+        another program's forms rewrites it)."""
+        return argv
+
+    def perform(self, action: str, endpoint: Endpoint, *, offset: int = 0, length: int = 0,
+                context: str | None = None, data: bytes | None = None,
+                timeout: float = CLIENT_TIMEOUT) -> ActionOutput:
+        """Perform ``action`` (an action of ``matrix/client-actions.toml``) on ``endpoint``
+        and return what its output says; :class:`PeerError` when it fails or the program
+        has no form of it."""
+        with scratch_dir() as workdir:
+            run = perform_action(self.client_program, action, endpoint, self.provider,
+                                 workdir=workdir, timeout=timeout,
+                                 log_path=self.log_path(None, "client"), offset=offset,
+                                 length=length, context=context, data=data, adapt=self.command)
+            what = f"{self.program} {action}" + (f" {context}" if context else "")
+            if run.failed:
+                raise PeerError(f"{what}: {run.failure()}")
+            try:
+                return run.output()
+            except (ValueError, KeyError, TypeError) as exc:
+                raise PeerError(f"{what}: cannot read its output ({run.output_format}): "
+                                f"{exc}") from None
 
     def read(self, endpoint: Endpoint, offset: int, length: int) -> bytes:
-        raise self._unsupported("read")
+        """``length`` bytes at ``offset`` (cut from a whole-export copy when it only copies)."""
+        if self.client_program.action_for("read") == "copy-out":
+            return (self.perform("copy-out", endpoint).data or b"")[offset:offset + length]
+        data = self.perform("read", endpoint, offset=offset, length=length).data or b""
+        if len(data) != length:
+            raise PeerError(f"{self.program} read {len(data)} bytes, not {length}")
+        return data
 
     def write(self, endpoint: Endpoint, offset: int, data: bytes) -> None:
-        raise self._unsupported("write")
+        self.perform("write", endpoint, offset=offset, length=len(data), data=data)
 
     def map(self, endpoint: Endpoint, context: str = "base:allocation") -> Extents:
-        raise self._unsupported(f"map {context}")
+        """The extents of ``context``, consecutive equal ones merged."""
+        return merge_extents(self.perform("map", endpoint, context=context).extents or [])
 
     def size(self, endpoint: Endpoint) -> int:
-        raise self._unsupported("tell the export size")
+        """The export's size, as the program tells it (``size``, else ``info``)."""
+        action = self.client_program.action_for("size") or "size"
+        size = self.perform(action, endpoint).size
+        if size is None:
+            raise PeerError(f"{self.program} {action} told no size")
+        return size
+
+    def info(self, endpoint: Endpoint) -> Any:
+        """The program's own description of the export (its JSON document)."""
+        return self.perform("info", endpoint).document
+
+    def list_exports(self, endpoint: Endpoint) -> Any:
+        """The program's own listing of the server's exports (its JSON document)."""
+        return self.perform("list", endpoint).document
+
+    def copy_from(self, endpoint: Endpoint, destination: Path) -> None:
+        """Copy the whole export into the file ``destination``."""
+        Path(destination).write_bytes(self.perform("copy-out", endpoint).data or b"")
+
+    def copy_to(self, endpoint: Endpoint, source: Path) -> None:
+        """Copy the file ``source`` over the whole export (sizes must match)."""
+        self.perform("copy-in", endpoint, data=Path(source).read_bytes())
 
     def run(
         self,

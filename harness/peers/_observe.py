@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from harness.client import Client, ConnectOptions, NbdClientError
 from harness.protocol import constants as c
 
 PROBE_BITMAP = "b0"
@@ -51,7 +52,6 @@ class Observed:
 
 def observe(uri: str) -> Observed:
     """Connect the reference client to the server at ``uri`` and record what it offers."""
-    from harness.client import Client, ConnectOptions, NbdClientError
 
     observed = Observed()
     contexts = tuple(CONTEXT_FEATURES.values())

@@ -203,8 +203,10 @@ class Provider(ABC):
         label: str | None = None,
         host: str = "127.0.0.1",
         ready_timeout: float = 30.0,
+        unexplained_retries: int = 0,
     ) -> tuple[ManagedProcess, int]:
-        """Start a TCP server on a kernel-chosen port; return it once it listens."""
+        """Start a TCP server on a kernel-chosen port; return it once it listens
+        (``unexplained_retries``: see :func:`~harness.process.pick_port_and_start`)."""
 
         def command(port: int) -> list[str]:
             return self.wrap(
@@ -222,6 +224,8 @@ class Provider(ABC):
             ready_timeout=ready_timeout,
             env=self.process_environment(),
             cwd=self.popen_cwd(cwd),
+            owned=self.owns_processes,
+            unexplained_retries=unexplained_retries,
         )
 
     def wait_unix(self, process: ManagedProcess, path: Path, timeout: float) -> None:
@@ -286,7 +290,8 @@ def sandboxed(bwrap: str, sandbox: Sequence[str], words: Sequence[str],
         *sandbox,
         "--unshare-pid",
         "--die-with-parent",
-        *(["--chdir", os.fspath(cwd)] if cwd is not None else []),
+        # Absolute: bwrap resolves --chdir inside the sandbox, after the binds.
+        *(["--chdir", os.path.abspath(cwd)] if cwd is not None else []),
         "--",
         *words,
     ]

@@ -1,4 +1,5 @@
-"""What qemu's programs share: TLS objects, NBD image options, the probe export."""
+"""What qemu's servers share: TLS objects, images, the probe export (qemu's clients are
+driven by ``matrix/client-actions.toml``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from ._base import Endpoint, KiB, ServerPeer
+from ._base import KiB, ServerPeer
 from ._images import build_qcow2_chain, write_raw_flat
 from ._observe import PROBE_BITMAP
 from ._provider import Provider
@@ -84,30 +85,5 @@ def tls_object(directory: Path, endpoint: Literal["server", "client"]) -> list[s
     ]
 
 
-def nbd_image_opts(endpoint: Endpoint) -> str:
-    """``--image-opts`` for qemu's NBD client (TCP or unix socket, TLS when asked)."""
-    parts = ["driver=nbd"]
-    address = endpoint.address
-    if address.kind == "unix":
-        parts += ["server.type=unix", f"server.path={escape_option(address.path)}"]
-    else:
-        parts += ["server.type=inet", f"server.host={address.host}",
-                  f"server.port={address.port}"]
-    if endpoint.export:
-        parts.append(f"export={escape_option(endpoint.export)}")
-    if endpoint.tls:
-        parts.append(f"tls-creds={TLS_ID}")
-        if address.kind == "unix":
-            # No host name to check the certificate against: the test PKI names localhost.
-            parts.append("tls-hostname=localhost")
-    return ",".join(parts)
-
-
-def client_args(endpoint: Endpoint) -> list[str]:
-    """qemu-img/qemu-io arguments naming the NBD export (objects first, then the image)."""
-    objects = tls_object(Path(endpoint.tls_dir), "client") if endpoint.tls_dir else []
-    return [*objects, "--image-opts", nbd_image_opts(endpoint)]
-
-
-__all__ = ["TLS_ID", "build_image", "client_args", "escape_option", "image_tools",
-           "nbd_image_opts", "probe_chain", "qemu_series", "tls_object"]
+__all__ = ["TLS_ID", "build_image", "escape_option", "image_tools", "probe_chain",
+           "qemu_series", "tls_object"]

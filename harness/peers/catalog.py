@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.peerdata import load_peerdata, version_matches
 from harness.process import PeerError
 
 from ._base import (
@@ -25,6 +26,8 @@ from ._base import (
     parse_peer_spec,
 )
 from ._provider import Provider, read_dpkg_status, upstream_version
+from .at_path import KIND as PATH_KIND
+from .at_path import PathProvider, PathSpec, parse_path_spec
 from .docker import DockerProvider
 from .host import HostProvider, host_codename
 from .rootfs import RootfsProvider
@@ -60,8 +63,6 @@ def family_programs(data: SuiteData) -> dict[str, str]:
 
 
 def _version_matches(actual: str | None, wanted: str) -> bool:
-    from harness.peerdata import version_matches
-
     if not actual:
         return False
     try:
@@ -119,12 +120,34 @@ class Catalog:
         return cls(data, build_providers(data, kinds, rootfs_base))
 
     def provider(self, name: str) -> Provider:
-        """A provider by name (``host``, ``rootfs:sid``, ``docker:trixie``)."""
+        """A provider by name (``host``, ``rootfs:sid``, ``docker:trixie``,
+        ``path:/opt/qemu/bin``)."""
+        if name.startswith(f"{PATH_KIND}:"):
+            return PathProvider.from_name(name, base=self.host())
         for provider in self.providers:
             if provider.name == name:
                 return provider
         known = ", ".join(p.name for p in self.providers)
         raise PeerSpecError(f"unknown provider {name!r}; known: {known}")
+
+    def host(self) -> Provider:
+        """The host provider (built programs run through it)."""
+        for provider in self.providers:
+            if provider.kind == "host":
+                return provider
+        return build_providers(self.data, ("host",))[0]
+
+    def at_path(self, spec: PathSpec, *, log_dir: Path | None = None) -> Peer:
+        """The driver of ``spec.program`` running the program at ``spec.location``."""
+        driver = DRIVERS.get(spec.program)
+        if driver is None or driver.builtin:
+            known = ", ".join(p for p, d in DRIVERS.items() if not d.builtin)
+            raise PeerSpecError(f"{spec}: {spec.program!r} is not a program the harness "
+                                f"drives; known: {known}")
+        provider = PathProvider(spec.location, executable=driver.executable, base=self.host())
+        if provider.program_path(driver.executable) is None:
+            raise PeerSpecError(f"{spec}: no {driver.executable} program there")
+        return driver(provider, log_dir=log_dir)
 
     def version_in(self, provider: Provider, program: str) -> str | None:
         """The version of ``program`` ``provider`` has (installed) or would have (data)."""
@@ -153,8 +176,13 @@ class Catalog:
         return [provider for provider in self.providers if self.carries(provider, spec)]
 
     def resolve(self, spec: PeerSpec | str, *, log_dir: Path | None = None) -> Peer:
-        """A driver for ``spec`` bound to the first ready provider that carries it."""
-        spec = parse_peer_spec(spec) if isinstance(spec, str) else spec
+        """A driver for ``spec`` bound to the first ready provider that carries it (or to
+        the program at a path: ``qemu-nbd=/build/qemu-nbd``)."""
+        if isinstance(spec, str):
+            at_path = parse_path_spec(spec)
+            if at_path is not None:
+                return self.at_path(at_path, log_dir=log_dir)
+            spec = parse_peer_spec(spec)
         driver = DRIVERS.get(spec.program)
         if driver is None:
             known = ", ".join(sorted(DRIVERS))
@@ -308,10 +336,8 @@ def _unpackaged_rows(catalog: Catalog, listed: set[tuple[str, str]]) -> list[Pee
         for name in builtin_programs()
     ]
     try:
-        from harness.peerdata import load_peerdata
-
         peerdata = load_peerdata()
-    except (ImportError, PeerError, ValueError):
+    except (PeerError, ValueError):
         return rows
     standing_for = family_programs(catalog.data)
     for family, program_data in peerdata.programs.items():

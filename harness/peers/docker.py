@@ -1,13 +1,24 @@
-"""The ``docker`` provider: a suite's peers in an image built from ``matrix/docker``.
+"""The ``docker`` provider: a suite's peers in a container image, one per suite.
 
-For CI systems that have a container engine and a registry. One image per
-suite, ``$NBD_HARNESS_DOCKER_IMAGE:SUITE`` (default ``nbd-harness-peers``),
-built from ``matrix/docker/Dockerfile.SUITE`` (or pulled, when
-``NBD_HARNESS_DOCKER_PULL=1`` and the image prefix names a registry). Peers
-run with ``--network host`` (127.0.0.1 and unix sockets in bound directories
-work both ways), ``--init`` (a daemon's children are reaped, and die with the
-container) and a name of our own, so that :meth:`DockerProvider.cleanup`
-removes the container even when the ``docker run`` client was killed.
+One image per suite, ``$NBD_HARNESS_DOCKER_IMAGE:SUITE`` (default
+``nbd-harness-peers``), made in one of three ways (``$NBD_HARNESS_DOCKER_SOURCE``):
+
+- ``import`` (the default): the suite's root filesystem tarball, the one the
+  ``rootfs`` provider builds with mmdebstrap from this machine's apt mirror
+  (built first when missing), is turned into an image by ``docker import``:
+  no image registry is needed, and the container runs the very same packages
+  as the sandbox does;
+- ``build``: ``matrix/docker/Dockerfile.SUITE``, ``FROM debian:SUITE`` of a
+  registry (or ``FROM $NBD_HARNESS_DOCKER_BASE``, e.g. an imported image);
+- ``pull`` (also ``NBD_HARNESS_DOCKER_PULL=1``): from the registry the image
+  prefix names.
+
+Peers run with ``--network host`` (127.0.0.1 and unix sockets in bound
+directories work both ways), ``--init`` (a daemon's children are reaped, and
+die with the container) and a name of our own, so that
+:meth:`DockerProvider.cleanup` removes the container even when the ``docker
+run`` client was killed. ``scripts/dockerd start`` gives an engine when the
+machine runs none.
 """
 
 from __future__ import annotations
@@ -20,14 +31,19 @@ import time
 from pathlib import Path
 
 from harness import paths
+from harness.errors import UserError
 from harness.process import PeerError, find_program, run_command
 
-from ._provider import Progress, Provider, ProvisionReport, upstream_version
-from .rootfs import run_with_progress
+from ._provider import SYSTEM_PATH, Progress, Provider, ProvisionReport, upstream_version
+from .rootfs import RootfsProvider, run_with_progress
 from .suites import Suite, host_mirror
 
 IMAGE_ENV = "NBD_HARNESS_DOCKER_IMAGE"
 PULL_ENV = "NBD_HARNESS_DOCKER_PULL"
+SOURCE_ENV = "NBD_HARNESS_DOCKER_SOURCE"
+BASE_ENV = "NBD_HARNESS_DOCKER_BASE"
+SOURCES = ("import", "build", "pull")
+RECIPE_LABEL = "org.nbd-harness.recipe"
 DEFAULT_IMAGE = "nbd-harness-peers"
 DOCKER_DIR = paths.DOCKER_DIR
 QUERY_TIMEOUT = 20.0
@@ -37,6 +53,16 @@ _labels = itertools.count(1)
 
 def image_prefix() -> str:
     return os.environ.get(IMAGE_ENV, DEFAULT_IMAGE)
+
+
+def image_source() -> str:
+    """How images are made: ``import`` (default), ``build`` or ``pull``."""
+    if os.environ.get(PULL_ENV) == "1":
+        return "pull"
+    source = os.environ.get(SOURCE_ENV, "import")
+    if source not in SOURCES:
+        raise UserError(f"{SOURCE_ENV}={source}: expected one of {', '.join(SOURCES)}")
+    return source
 
 
 class DockerProvider(Provider):
@@ -104,16 +130,25 @@ class DockerProvider(Provider):
 
     def build_argv(self) -> list[str]:
         """``docker build`` for this suite, from the machine's own Debian mirror."""
+        base = os.environ.get(BASE_ENV)
         return [
             self.docker, "build",
             "--tag", self.image,
             "--build-arg", f"DEBIAN_MIRROR={host_mirror()}",
+            *(["--build-arg", f"BASE_IMAGE={base}"] if base else []),
             "--file", os.fspath(self.dockerfile),
             os.fspath(DOCKER_DIR),
         ]
 
     def pull_argv(self) -> list[str]:
         return [self.docker, "pull", self.image]
+
+    def import_argv(self, tarball: Path, recipe: str) -> list[str]:
+        """``zstd -dc TARBALL | docker import - IMAGE``, labelled with the recipe's digest."""
+        script = ('zstd -dc "$1" | "$2" import --change "$3" --change "$4" '
+                  '--message "nbd-harness: $1" - "$5"')
+        return ["sh", "-c", script, "docker-import", os.fspath(tarball), self.docker,
+                f"ENV PATH={SYSTEM_PATH}", f"LABEL {RECIPE_LABEL}={recipe}", self.image]
 
     def provision(self, progress: Progress) -> ProvisionReport:
         started = time.monotonic()
@@ -122,8 +157,14 @@ class DockerProvider(Provider):
             return ProvisionReport(self.name, False, time.monotonic() - started,
                                    self._image_size(), "cached")
         find_program(self.docker)
-        pulling = os.environ.get(PULL_ENV) == "1"
-        argv = self.pull_argv() if pulling else self.build_argv()
+        source = image_source()
+        if source == "import":
+            rootfs = RootfsProvider(self.suite)
+            if not rootfs.tarball.is_file():
+                rootfs.provision(progress)  # builds the tarball (and the sandbox's root)
+            argv = self.import_argv(rootfs.tarball, rootfs.digest())
+        else:
+            argv = self.pull_argv() if source == "pull" else self.build_argv()
         progress(f"{self.name}: {' '.join(argv)}")
         log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
         run_with_progress(
@@ -131,11 +172,12 @@ class DockerProvider(Provider):
             log_path=log_dir / f"nbd-harness-docker-{self.suite.name}.log",
             progress=lambda line: progress(f"{self.name}: {line}"),
             timeout=BUILD_TIMEOUT,
-            what=f"docker {'pull' if pulling else 'build'} {self.image}",
+            what=f"docker {source} {self.image}",
         )
         self._image_present.cache_clear()
+        done = {"import": "imported", "pull": "pulled", "build": "built"}[source]
         return ProvisionReport(self.name, True, time.monotonic() - started, self._image_size(),
-                               "pulled" if pulling else "built")
+                               done)
 
     def _image_size(self) -> int:
         try:
@@ -182,5 +224,5 @@ class DockerProvider(Provider):
             run_command([self.docker, "rm", "--force", label], timeout=QUERY_TIMEOUT)
 
 
-__all__ = ["DEFAULT_IMAGE", "DOCKER_DIR", "IMAGE_ENV", "PULL_ENV", "DockerProvider",
-           "image_prefix"]
+__all__ = ["BASE_ENV", "DEFAULT_IMAGE", "DOCKER_DIR", "IMAGE_ENV", "PULL_ENV", "SOURCES",
+           "SOURCE_ENV", "DockerProvider", "image_prefix", "image_source"]

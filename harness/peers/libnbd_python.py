@@ -3,25 +3,43 @@
 On the host that is Debian's interpreter (the bindings are Debian's); inside a
 suite's root filesystem it is that suite's, with that suite's libnbd. The peer
 is named ``libnbd@VERSION``.
+
+A documented exception to "a program's actions are its table in
+``matrix/client-actions.toml``": the bindings perform nbdsh's forms (``[nbdsh]``
+scripts are Python over a handle ``h``), run as ``python3 -c`` after a prelude that
+makes ``h`` (:meth:`LibnbdPython.command`). It has no table of its own, so the
+client-role matrix does not run it twice under two names.
 """
 
 from __future__ import annotations
 
-from ._libnbd import PYTHON_PRELUDE, version_script
-from .nbdsh import LibnbdScripted
+from ._base import ClientPeer
+
+PYTHON_PRELUDE = "import nbd\nh = nbd.NBD()\n"
+"""What ``python3 -c`` runs before an nbdsh script (``nbdsh`` makes ``h`` itself)."""
+
+VERSION_SCRIPT = """
+import nbd
+handle = nbd.NBD()
+print("libnbd", handle.get_version() if hasattr(handle, "get_version") else nbd.__version__)
+"""
 
 
-class LibnbdPython(LibnbdScripted):
+class LibnbdPython(ClientPeer):
     """``python3 -c 'import nbd; ...'`` with the suite's libnbd bindings."""
 
     program = "libnbd"
     executable = "python3"
     version_word = "libnbd"
     represents_family = True
-    version_argv = ("-c", version_script())
+    version_argv = ("-c", VERSION_SCRIPT)
+    actions_program = "nbdsh"
 
-    def command(self, script: str) -> list[str]:
-        return ["-c", PYTHON_PRELUDE + script]
+    def command(self, argv: list[str]) -> list[str]:
+        """``nbdsh -c SCRIPT`` becomes ``python3 -c PRELUDE+SCRIPT``."""
+        if argv[:2] != ["nbdsh", "-c"] or len(argv) != 3:
+            raise ValueError(f"not an nbdsh script: {argv[:2]}")
+        return [self.executable, "-c", PYTHON_PRELUDE + argv[2]]
 
     def available(self) -> bool:
         package = self.package
@@ -30,4 +48,4 @@ class LibnbdPython(LibnbdScripted):
         )
 
 
-__all__ = ["LibnbdPython"]
+__all__ = ["PYTHON_PRELUDE", "LibnbdPython"]

@@ -9,6 +9,11 @@ Facts this driver works around:
   process group ends the namespace, and the daemon with it.
 - ``port = 0`` means "serve stdin" (inetd): the port is chosen by the kernel for
   us and written into the configuration file.
+- Its daemon reports why it stopped (a port another program took between the
+  kernel choosing it and nbd-server binding it) only to syslog, which no sandbox
+  has: the supervisor says it is gone, and the start is retried once on a new
+  port (recorded in its log). Under many workers this race made
+  ``bwrap exited with code 1 before TCP listener`` errors.
 - It misreports ``--version`` (3.21 says 3.18; 3.27 says 3.26.1): the version to
   believe is its Debian package's.
 - No backing chains, bitmaps or block status: the export's chain is served
@@ -35,7 +40,7 @@ nbd-server -C "$1" -p "$2" || exit $?
 tries=0
 while [ ! -s "$2" ] && [ $tries -lt 200 ]; do sleep 0.05; tries=$((tries + 1)); done
 while kill -0 "$(cat "$2")" 2>/dev/null; do sleep 0.2; done
-echo "nbd-server (pid $(cat "$2" 2>/dev/null)) is gone" >&2
+echo "nbd-server (pid $(cat "$2" 2>/dev/null)) is gone (it tells only syslog why)" >&2
 exit 1
 """
 
@@ -66,6 +71,7 @@ class NbdServer(ServerPeer):
     represents_family = True
     options_type = NbdServerOptions
     can_refuse_list = True  # allowlist = false
+    unexplained_start_retries = 1
     # "generic" is the configuration file's global section; "" is no section name at all.
     reserved_export_names = frozenset({"", "generic"})
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.peerdata import version_matches
 from harness.process import PeerError
 
 from ._base import ClientPeer, Peer, PeerVersion, ServerPeer
 from ._observe import CONTEXT_FEATURES, FLAG_FEATURES, OBSERVABLE, PROBE_BITMAP, Observed, observe
 from .export import ExportSpec
+from .reference import ReferenceServerPeer
 
 
 def probe_export(peer: ServerPeer) -> tuple[ExportSpec, object | None]:
@@ -73,8 +75,6 @@ class PeerCheck:
 
 
 def _version_matches(actual: str, listed: str) -> bool:
-    from harness.peerdata import version_matches
-
     try:
         return version_matches(actual, listed)
     except ValueError:
@@ -133,7 +133,6 @@ def expected_observation(peer: ServerPeer, version: str, workdir: Path | None) -
     """What the data says the probe should see: the reference server with the version's
     profile (built from ``matrix/peers`` by ``reference_server.profiles``) serving the same
     probe export, observed the same way."""
-    from .reference import ReferenceServerPeer
 
     return probe_server(ReferenceServerPeer(profile=f"{peer.family}-{version}"), workdir,
                         export_of=peer)

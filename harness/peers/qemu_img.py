@@ -1,24 +1,21 @@
-"""qemu-img as an NBD client: ``convert`` (read), ``map`` (base:allocation), ``info`` (size)."""
+"""qemu-img as an NBD client: ``info``, ``map`` (base:allocation, a dirty bitmap) and
+``convert`` (whole-export copies, which reads are cut from); this module reads its formats."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-from harness.process import PeerError
 from harness.protocol import constants as c
 
 from ._actions import ActionOutput, output_reader, parse_json
-from ._base import ClientPeer, Endpoint, scratch_dir
-from ._qemu import client_args
-from .export import Extents, merge_extents
+from ._base import ClientPeer
 
 
 @output_reader("qemu-img-info-json")
 def read_info(stdout: str, out: Path) -> ActionOutput:
-    """``qemu-img info --output=json``: the virtual size."""
-    return ActionOutput(size=parse_json(stdout)["virtual-size"])
+    """``qemu-img info --output=json``: the virtual size, and the whole document."""
+    document = parse_json(stdout)
+    return ActionOutput(size=document["virtual-size"], document=document)
 
 
 @output_reader("qemu-img-map-json")
@@ -42,46 +39,12 @@ def read_dirty_map(stdout: str, out: Path) -> ActionOutput:
 
 
 class QemuImg(ClientPeer):
-    """qemu's own NBD client, through ``qemu-img``."""
+    """qemu's own NBD client, through ``qemu-img`` (``[qemu-img]`` of
+    ``matrix/client-actions.toml``: info, map, whole-export conversions)."""
 
     program = "qemu-img"
     executable = "qemu-img"
     version_word = "qemu-img"
-    capabilities = frozenset({"read", "map", "size"})
-
-    def _binds(self, endpoint: Endpoint) -> list:
-        return endpoint.binds()
-
-    def read(self, endpoint: Endpoint, offset: int, length: int) -> bytes:
-        with scratch_dir() as scratch:
-            copy = scratch / "export.raw"
-            args = client_args(endpoint)
-            # convert's options go before the source: objects, --image-opts, then -O.
-            self.run(["convert", *args[:-1], "-O", "raw", args[-1], os.fspath(copy)],
-                     binds=[*endpoint.binds(), scratch])
-            with open(copy, "rb") as image:
-                image.seek(offset)
-                return image.read(length)
-
-    def map(self, endpoint: Endpoint, context: str = "base:allocation") -> Extents:
-        if context != "base:allocation":
-            raise PeerError(f"qemu-img maps base:allocation only, not {context}")
-        result = self.run(["map", "--output=json", *client_args(endpoint)],
-                          binds=endpoint.binds())
-        try:
-            extents = read_map(str(result.stdout), Path()).extents or []
-        except ValueError as exc:
-            raise PeerError(f"qemu-img map printed no JSON: {str(result.stdout)[:200]!r}") from exc
-        return merge_extents(extents)
-
-    def size(self, endpoint: Endpoint) -> int:
-        return int(self.info(endpoint)["virtual-size"])
-
-    def info(self, endpoint: Endpoint) -> dict:
-        """``qemu-img info --output=json``."""
-        result = self.run(["info", "--output=json", *client_args(endpoint)],
-                          binds=endpoint.binds())
-        return json.loads(str(result.stdout))
 
 
 __all__ = ["QemuImg", "read_dirty_map", "read_info", "read_map"]

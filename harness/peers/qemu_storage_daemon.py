@@ -75,7 +75,7 @@ class QmpSession:
                  connect_timeout: float = QMP_CONNECT_TIMEOUT,
                  attempts: int = QMP_CONNECT_ATTEMPTS,
                  alive: Callable[[], bool] | None = None) -> None:
-        try:
+        try:  # only this driver speaks QMP: the other peers do not pay for importing it
             from qemu.qmp import QMPClient
         except ImportError as exc:  # pragma: no cover - a dependency of the project
             raise PeerError("the qemu.qmp package is missing: run scripts/bootstrap") from exc
@@ -110,7 +110,7 @@ class QmpSession:
 
     def command(self, name: str, /, **arguments: Any) -> Any:
         """Run a QMP command; a QMP error raises :class:`PeerError` with qemu's message."""
-        from qemu.qmp import ExecuteError
+        from qemu.qmp import ExecuteError  # not at the top: see __init__
 
         try:
             return self._run(self._client.execute(name, arguments or None), self.timeout)

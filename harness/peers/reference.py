@@ -5,7 +5,7 @@ version profile (``reference_server.profiles``); ``reference-server`` alone
 speaks the whole protocol.
 
 :func:`host_reference` is the one way the harness hosts the reference server
-(the peer here, and :func:`harness.scenarios.serve_reference` for a scenario's
+(the peer here, and :func:`harness.client_role.serve_reference` for a scenario's
 export): a thread of this process with a configuration built directly
 (:func:`reference_config`).  The export's chain becomes raw layer files (or
 memory); its bitmaps start clean and the writes after the bitmaps are marked in
@@ -20,9 +20,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from harness.address import Address
+from harness.client import Client, ConnectOptions
 from harness.process import PeerError
 from harness.version import harness_version
+from reference_server.config import (
+    BitmapConfig,
+    ExportConfig,
+    ServerConfig,
+    block_sizes,
+    parse_listen,
+)
+from reference_server.features import FULL
+from reference_server.profiles import profile
+from reference_server.runner import ServerThread
 
+from ._actions import ActionOutput, output_reader, parse_json
 from ._base import (
     READY_TIMEOUT,
     ClientPeer,
@@ -39,9 +51,7 @@ from .export import ExportSpec, Extents
 from .suites import Suite
 
 if TYPE_CHECKING:
-    from reference_server.config import ServerConfig
     from reference_server.features import ServerFeatures
-    from reference_server.runner import ServerThread
     from reference_server.storage import Backend
 
 BUILTIN_SUITE = Suite(name="builtin", release="", providers=(), packages=())
@@ -105,13 +115,6 @@ def reference_config(
     (the writes after the bitmaps in the top one).  ``tls`` None means: required
     when the export has a ``tls_dir``, else off.
     """
-    from reference_server.config import (
-        BitmapConfig,
-        ExportConfig,
-        ServerConfig,
-        block_sizes,
-        parse_listen,
-    )
 
     minimum, preferred, maximum = block_sizes(export.min_block_size, export.preferred_block_size,
                                               export.max_payload_size)
@@ -148,8 +151,6 @@ def host_reference(export: ExportSpec, workdir: Path, features: ServerFeatures |
     ``serving`` are the server-wide settings of :func:`reference_config`.  The
     caller stops the returned thread.
     """
-    from reference_server.features import FULL
-    from reference_server.runner import ServerThread
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -204,10 +205,7 @@ class ReferenceServerPeer(ServerPeer):
     def features(self):
         """The :class:`~reference_server.features.ServerFeatures` this peer serves with."""
         if self.profile is None or self.profile == "reference":
-            from reference_server.features import FULL
-
             return FULL
-        from reference_server.profiles import profile
 
         return profile(self.profile)
 
@@ -241,6 +239,29 @@ class ReferenceServerPeer(ServerPeer):
         return server
 
 
+# What the reference client prints as `nbd-harness info --json` ([nbd-harness] of
+# matrix/client-actions.toml: the client-role runner drives the command; in this process
+# the client is ReferenceClientPeer below).
+
+
+@output_reader("harness-info-json")
+def read_info(stdout: str, out: Path) -> ActionOutput:
+    document = parse_json(stdout)
+    return ActionOutput(size=document["negotiation"]["export_size"], document=document)
+
+
+@output_reader("harness-list-json")
+def read_list(stdout: str, out: Path) -> ActionOutput:
+    document = parse_json(stdout)
+    return ActionOutput(exports=[e["name"] for e in document["exports"]], document=document)
+
+
+@output_reader("harness-map-json")
+def read_map(stdout: str, out: Path) -> ActionOutput:
+    return ActionOutput(extents=[(e["offset"], e["length"], e["type"])
+                                 for e in parse_json(stdout)["map"]["extents"]])
+
+
 class ReferenceClientPeer(ClientPeer):
     """The reference client (:class:`harness.client.Client`) in this process."""
 
@@ -261,8 +282,6 @@ class ReferenceClientPeer(ClientPeer):
         return PeerVersion(self.program, version, None, version)
 
     def _connect(self, endpoint: Endpoint, contexts: tuple[str, ...] = ()):
-        from harness.client import Client, ConnectOptions
-
         options = ConnectOptions(meta_contexts=contexts) if contexts else ConnectOptions()
         return Client.connect(endpoint.uri(), options=options)
 

@@ -61,7 +61,7 @@ def cache_dir() -> Path:
         xdg = os.environ.get("XDG_CACHE_HOME")
         base = (Path(xdg) if xdg else Path.home() / ".cache") / "nbd-harness"
     base = base.absolute()
-    if base == REPO or REPO in base.parents:
+    if REPO and (base == REPO or REPO in base.parents):
         raise UserError(f"{CACHE_ENV}={base} is inside the repository: choose a directory outside")
     return base
 

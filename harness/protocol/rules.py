@@ -303,6 +303,14 @@ _TABLE = (
         "Error values",
         "The server SHOULD NOT return `NBD_ENOMEM` if at all possible.",
     ),
+    # --- Framing (checked in harness/conformance/rules_framing.py) -----------------------------
+    Citation(
+        "client.write-data-follows",
+        MUST,
+        "Request types",
+        "The client MUST follow the request header with *length* number of bytes to be written "
+        "to the device.",
+    ),
     # --- Handshake (checked in harness/conformance/rules_handshake.py) ------------------------
     Citation(
         "server.greeting-magic",
@@ -1157,6 +1165,119 @@ _TABLE = (
         MUST,
         "Terminating the transmission phase",
         "If the client receives an `NBD_ESHUTDOWN` error it MUST initiate a soft disconnect.",
+    ),
+    # --- The export's content (checked in harness/conformance/rules_semantics.py) -------------
+    Citation(
+        "server.write-writes-data",
+        MUST,
+        "Request types",
+        "The server MUST write the data to disk, and then send the reply message.",
+    ),
+    Citation(
+        "server.write-zeroes-zeroes",
+        MUST,
+        "Request types",
+        "The server MUST zero out the data on disk, and then send the reply message.",
+    ),
+    Citation(
+        "server.cache-keeps-data",
+        MUST_NOT,
+        "Request types",
+        "other than any difference in performance, there MUST NOT be any difference in "
+        "semantics compared to if the client had not used this command.",
+    ),
+    Citation(
+        "server.status-zero-reads-zero",
+        MUST,
+        "Request types",
+        "For a successful return, the server MUST use a structured reply, containing exactly "
+        "one chunk of type `NBD_REPLY_TYPE_BLOCK_STATUS` per selected context id, where the "
+        "status field of each descriptor is determined by the flags field as defined by the "
+        "metadata context.",
+    ),
+    Citation(
+        "server.fast-zero-refusal-keeps-data",
+        SHOULD_NOT,
+        "Request types",
+        "SHOULD NOT alter the contents of the export when returning an `NBD_ENOTSUP` failure.",
+    ),
+    # --- Baseline (checked in harness/conformance/rules_baseline.py) --------------------------
+    Citation(
+        "server.baseline-fixed-newstyle",
+        MUST,
+        "Baseline",
+        "The following MUST be implemented by all implementations, and should be considered a "
+        "baseline:",
+    ),
+    Citation(
+        "server.baseline-info-go",
+        MUST,
+        "Baseline",
+        "The following MUST be implemented by all implementations, and should be considered a "
+        "baseline:",
+    ),
+    Citation(
+        "server.baseline-list",
+        MUST,
+        "Baseline",
+        "The following MUST be implemented by all implementations, and should be considered a "
+        "baseline:",
+    ),
+    Citation(
+        "client.go-in-preference",
+        SHOULD,
+        "Option types",
+        "A client thus SHOULD use `NBD_OPT_GO` in preference to `NBD_OPT_EXPORT_NAME`",
+    ),
+    # --- The session as a whole: answers, closes (checked in rules_session.py) ----------------
+    Citation(
+        "server.read-answered",
+        MUST,
+        "Request types",
+        "The server MUST reply with either a simple reply or a structured reply, according to "
+        "whether the structured replies have been negotiated using `NBD_OPT_STRUCTURED_REPLY`.",
+    ),
+    Citation(
+        "server.simple-reply-to-all",
+        MUST,
+        "Simple reply message",
+        "The simple reply message MUST be sent by the server in response to all requests if "
+        "structured replies have not been negotiated using `NBD_OPT_STRUCTURED_REPLY`.",
+    ),
+    Citation(
+        "server.simple-read-data-length",
+        MUST,
+        "Request types",
+        "If structured replies were not negotiated, then a read request MUST always be answered "
+        "by a simple reply, as documented above (using magic 0x67446698 "
+        "`NBD_SIMPLE_REPLY_MAGIC`, and containing length bytes of data according to the "
+        "client's request)",
+    ),
+    Citation(
+        "server.no-hard-disconnect-in-options",
+        MUST_NOT,
+        "Termination of the session during option haggling",
+        "A party MUST NOT initiate a hard disconnect save where set out in this section.",
+    ),
+    Citation(
+        "server.no-hard-disconnect-in-transmission",
+        MUST_NOT,
+        "Terminating the transmission phase",
+        "The client and the server MUST NOT initiate any form of disconnect other than in one "
+        "of the above circumstances.",
+    ),
+    Citation(
+        "client.abort-before-close",
+        MUST,
+        "Termination of the session during option haggling",
+        "In the client's case, if it wishes to do so it MUST use soft disconnect.",
+    ),
+    Citation(
+        "client.disc-before-close",
+        MUST_NOT,
+        "Terminating the transmission phase",
+        "The client and the server MUST NOT initiate any form of disconnect other than in one "
+        "of the above circumstances.",
     ),
 )
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from harness.protocol import constants as c
 from harness.protocol.messages import ExportNameReply, OptionReply, OptionRequest, Request
 from harness.protocol.state import Negotiated, Violation
-from reference_server._commands import Executor, Reply
-from reference_server._options import (
+from reference_server import (
+    Executor,
     OptionContext,
+    Reply,
     answer_option,
     transmission_flags,
 )

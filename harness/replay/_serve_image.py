@@ -28,7 +28,7 @@ from harness.protocol.messages import (
     ReplyChunk,
     SimpleReply,
 )
-from reference_server._extents import RangeMap, merge_runs, overlay_runs
+from reference_server import RangeMap, merge_runs, overlay_runs
 from reference_server.storage import Extent, MemoryBackend
 
 from ._serve_script import RecordedRequest, Script, succeeded

@@ -21,7 +21,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.matrix.results import CaseResult, latest_per_case, load_results, load_runs
+from harness.matrix.results import (
+    CaseResult,
+    compress_result_lines,
+    latest_per_case,
+    load_results,
+    load_runs,
+)
 
 from ._summary import Summary, citation, counts_line, negotiated_text, problems, summarize
 from .conformance import write_conformance
@@ -77,10 +83,13 @@ def write_reports(results: RunResults) -> dict[str, Path]:
     directory = results.directory
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"results": write_results(results)}
+    # results.json now holds every case: the crash-safe line files shrink to a tenth.
+    compress_result_lines(directory)
     paths["junit"] = directory / REPORT_FILES["junit"]
     paths["junit"].write_text(render_junit(results.cases), encoding="utf-8")
     paths["summary"] = directory / REPORT_FILES["summary"]
-    paths["summary"].write_text(render_markdown(results.cases, results.runs), encoding="utf-8")
+    paths["summary"].write_text(render_markdown(results.cases, results.runs, results.peers),
+                                encoding="utf-8")
     paths["conformance"] = write_conformance(results, directory / REPORT_FILES["conformance"])
     paths["html"] = write_html(results, directory)
     return paths

@@ -20,6 +20,7 @@ from ._summary import negotiated_text
 from .evidence import (
     CaseEvidence,
     WireBlock,
+    dissect_command,
     peer_under_test,
     replay_command,
     reproduce_command,
@@ -120,6 +121,8 @@ class CaseView:
     reproduce: str
     replay: str | None
     """``nbd-harness replay`` of the capture against another build (None: not replayable)."""
+    dissect: str | None = None
+    """``nbd-harness dissect`` of the capture, when its wire log was not kept."""
     pages: dict[str, str] = field(default_factory=dict)
     """Links: ``index``, ``server``, ``client``, ``css``."""
 
@@ -289,6 +292,7 @@ def case_view(result: CaseResult, evidence: CaseEvidence, runs: list[dict[str, A
         wire_messages=sum(1 for b in blocks if b.entry is not None), wire_shown=shown,
         evidence=files, reproduce=reproduce_command(result, runs),
         replay=replay_command(result, evidence.root),
+        dissect=dissect_command(result, evidence.root) if not blocks else None,
         pages={"server": f"../../peers/{peer_slug(result.server)}.html",
                "client": f"../../peers/{peer_slug(result.client)}.html"})
 

@@ -92,6 +92,10 @@ def _facts(spec: str, entry: dict[str, Any]) -> list[tuple[str, str]]:
         facts.append(("package", package))
     if entry.get("provider"):
         facts.append(("provider", str(entry["provider"])))
+    if entry.get("binary"):
+        facts.append(("binary", str(entry["binary"])))
+    if entry.get("note"):
+        facts.append(("version read", str(entry["note"])))
     if entry.get("roles"):
         facts.append(("roles", ", ".join(str(r) for r in entry["roles"])))
     return facts

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.paths import REPO
+from harness.peers import Catalog
 from harness.version import harness_version
 
 GIT_TIMEOUT = 5.0
@@ -41,6 +42,8 @@ def _memory_bytes() -> int | None:
 
 
 def _git(*argv: str) -> str | None:
+    if REPO is None:
+        return None  # an installed package: no checkout, no commit
     try:
         result = subprocess.run(["git", "-C", str(REPO), *argv], capture_output=True, text=True,
                                 timeout=GIT_TIMEOUT, check=False)
@@ -76,8 +79,6 @@ def describe_environment() -> dict[str, Any]:
 
 @functools.cache
 def _catalog() -> Any:
-    from harness.peers import Catalog
-
     return Catalog.load()
 
 
@@ -97,6 +98,20 @@ def _package_of(spec: str, program: str,
     if not package or provider.kind == "docker" or not provider.ready():
         return provider.name, package, None
     return provider.name, package, provider.installed_packages().get(package)
+
+
+def _binary_of(program: str, provider_name: str) -> str | None:
+    """The file that ran for ``program`` when it came from a path (``qemu-nbd=PATH``)."""
+    if not provider_name.startswith("path:"):
+        return None
+    from harness.peers import DRIVERS
+
+    try:
+        provider = _catalog().provider(provider_name)
+        found = provider.program_path(DRIVERS[program].executable)
+    except Exception:  # the build is gone since: the provider name still says where it was
+        return None
+    return str(found) if found is not None else None
 
 
 def describe_peers(peers: Iterable[Any]) -> list[dict[str, Any]]:
@@ -120,6 +135,11 @@ def describe_peers(peers: Iterable[Any]) -> list[dict[str, Any]]:
                 entry["provider"] = provider or ""
                 entry["package"] = package
                 entry["package_version"] = package_version
+                binary = _binary_of(peer.program, peer.provider)
+                if binary:
+                    entry["binary"] = binary
+            if getattr(peer, "note", ""):
+                entry["note"] = peer.note
         if peer.role not in entry["roles"]:
             entry["roles"].append(peer.role)
     return [entries[spec] for spec in sorted(entries)]

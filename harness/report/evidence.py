@@ -201,6 +201,14 @@ def reproduce_command(result: CaseResult, runs: list[dict[str, Any]] | None = No
                        "--client", result.client])
 
 
+def dissect_command(result: CaseResult, root: Path) -> str | None:
+    """The command that decodes the case's capture into its wire log (None: no capture)."""
+    relative = result.evidence.get("capture")
+    if not relative or not (Path(root) / relative).exists():
+        return None
+    return shlex.join(["nbd-harness", "dissect", str((Path(root) / relative).resolve())])
+
+
 def replay_command(result: CaseResult, root: Path) -> str | None:
     """The command that replays the case's capture against another build of the peer under
     test (None when there is no capture, or its sessions switched to TLS)."""
@@ -268,6 +276,7 @@ __all__ = [
     "CaseEvidence",
     "RuleBreach",
     "WireBlock",
+    "dissect_command",
     "findings_of_peer",
     "peer_under_test",
     "read_text",

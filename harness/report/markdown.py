@@ -46,14 +46,27 @@ def negotiation_table(results: Sequence[CaseResult]) -> list[str]:
             "|---|---|---|---|---|", *rows, ""]
 
 
-def render_markdown(results: Sequence[CaseResult], runs: Sequence[dict[str, Any]] = ()) -> str:
-    """The report as Markdown text."""
+def built_peer_lines(peers: Sequence[dict[str, Any]]) -> list[str]:
+    """The programs under test that came from a path (``qemu-nbd=PATH``): which file, which
+    version, and how that version was placed on the data."""
+    rows = [f"| {_cell(entry['spec'])} | `{_cell(entry['binary'])}` | "
+            f"{_cell(entry.get('note', ''))} |" for entry in peers if entry.get("binary")]
+    if not rows:
+        return []
+    return ["## Built programs under test", "", "| peer | binary | version |", "|---|---|---|",
+            *rows, ""]
+
+
+def render_markdown(results: Sequence[CaseResult], runs: Sequence[dict[str, Any]] = (),
+                    peers: Sequence[dict[str, Any]] = ()) -> str:
+    """The report as Markdown text (``peers``: the result set's peer entries)."""
     summary = summarize(results)
     lines = ["# nbd-harness results", "",
              f"{summary.total} cases: {counts_line(summary)}.", ""]
     lines += _run_lines(runs)
     if runs:
         lines.append("")
+    lines += built_peer_lines(peers)
     verdicts = [v.value for v in ORDER]
     lines += ["## Per pair of peers", "",
               "| server vs client | " + " | ".join(verdicts) + " |",
@@ -85,4 +98,4 @@ def render_markdown(results: Sequence[CaseResult], runs: Sequence[dict[str, Any]
     return "\n".join(lines).rstrip() + "\n"
 
 
-__all__ = ["negotiation_table", "render_markdown"]
+__all__ = ["built_peer_lines", "negotiation_table", "render_markdown"]

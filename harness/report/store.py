@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.matrix.results import (
-    RESULTS_GLOB,
     CaseResult,
     ResultsError,
     latest_per_case,
     load_results,
     load_runs,
+    result_files,
 )
 
 from ._summary import pair_label, summarize
@@ -130,7 +130,7 @@ def load_run(path: str | Path) -> RunResults:
     if path.is_dir():
         if (path / RESULTS_JSON).is_file():
             path = path / RESULTS_JSON
-        elif any(path.glob(RESULTS_GLOB)):
+        elif result_files(path):
             return RunResults(directory=path, cases=latest_per_case(load_results(path)),
                               runs=load_runs(path))
         else:

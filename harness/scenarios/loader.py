@@ -27,15 +27,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from harness.paths import EXTENDED_SPEC_FILE, REPO, SCENARIOS_DIR
+from harness.paths import EXTENDED_SPEC_FILE, SCENARIOS_DIR, shown
 from harness.peers.export import DEFAULT_CLUSTER_SIZE as CLUSTER
 from harness.peers.export import BitmapSpec, DataRange, ExportSpec, ExportSpecError, Layer
 from harness.peers.reference import reference_config
 from harness.protocol import constants as c
 from reference_server.config import ConfigError
 
-from . import _features
 from ._yaml import Lines, Path_, ScenarioError, read_document, show_path
+from .features import known_features, step_needs
 from .model import (
     DEFAULT_CONNECTION,
     DEFAULT_EXPORT_SIZE,
@@ -195,7 +195,7 @@ def _steps(raw: list[Mapping[str, Any]] | None, path: Path_, lines: Lines) -> tu
 
 
 def _check_features(document: Mapping[str, Any], lines: Lines) -> None:
-    known = _features.known_features()
+    known = known_features()
     for role in ("server", "client"):
         for index, feature in enumerate((document.get("requires") or {}).get(role, [])):
             where: Path_ = ("requires", role, index)
@@ -259,7 +259,7 @@ def _check_server_steps(steps: tuple[Step, ...], key: Path_, requires: frozenset
             raise lines.error(where, f"{show_path(where)}: {step.action!r} uses connection "
                                      f"{step.on!r}, which no earlier step opens (add "
                                      f"- connect: {{as: {step.on}}})")
-        needs = _features.step_needs(step.action, step.args, opened.get(step.on, ()),
+        needs = step_needs(step.action, step.args, opened.get(step.on, ()),
                                          step.expect)
         lacking = sorted(needs - requires)
         if lacking:
@@ -273,7 +273,7 @@ def _check_client_steps(steps: tuple[Step, ...], key: Path_, requires: frozenset
                         export: ExportRequirements, lines: Lines) -> None:
     for index, step in enumerate(steps):
         where: Path_ = (*key, index)
-        lacking = sorted(_features.step_needs(step.action, step.args) - requires)
+        lacking = sorted(step_needs(step.action, step.args) - requires)
         if lacking:
             raise lines.error(where, f"{show_path(where)}: this client action needs the server "
                                      f"feature(s) {', '.join(lacking)}: list them in "
@@ -361,13 +361,6 @@ def scenario_from_document(document: Any, lines: Lines, *, path: Path | None = N
     )
 
 
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
-
-
 def load_scenario(path: Path | str, *, root: Path | None = None) -> Scenario:
     """Load and check one scenario file; raise :class:`ScenarioError` (``file:line: ...``).
 
@@ -375,7 +368,7 @@ def load_scenario(path: Path | str, *, root: Path | None = None) -> Scenario:
     the file's parent folder name).
     """
     path = Path(path)
-    document, lines = read_document(path, _display(path))
+    document, lines = read_document(path, shown(path))
     if root is not None:
         try:
             relative = path.resolve().relative_to(Path(root).resolve())
@@ -399,8 +392,8 @@ def load_library(root: Path = LIBRARY) -> list[Scenario]:
     for path in scenario_files(root):
         scenario = load_scenario(path, root=root)
         if scenario.name in seen:
-            raise ScenarioError(f"{_display(path)}:1: scenario name {scenario.name!r} is also "
-                                f"used by {_display(seen[scenario.name])}")
+            raise ScenarioError(f"{shown(path)}:1: scenario name {scenario.name!r} is also "
+                                f"used by {shown(seen[scenario.name])}")
         seen[scenario.name] = path
         scenarios.append(scenario)
     return scenarios
@@ -418,8 +411,8 @@ def validate_library(root: Path = LIBRARY) -> tuple[list[Scenario], list[Scenari
             errors.append(exc)
             continue
         if scenario.name in seen:
-            errors.append(ScenarioError(f"{_display(path)}:1: scenario name {scenario.name!r} "
-                                        f"is also used by {_display(seen[scenario.name])}"))
+            errors.append(ScenarioError(f"{shown(path)}:1: scenario name {scenario.name!r} "
+                                        f"is also used by {shown(seen[scenario.name])}"))
             continue
         seen[scenario.name] = path
         scenarios.append(scenario)
@@ -438,7 +431,7 @@ def find_scenario(name: str, root: Path = LIBRARY) -> Scenario:
     names = [p.stem for p in scenario_files(root)]
     close = difflib.get_close_matches(wanted, names, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise ScenarioError(f"no scenario named {name!r} in {_display(Path(root))}{hint}")
+    raise ScenarioError(f"no scenario named {name!r} in {shown(Path(root))}{hint}")
 
 
 __all__ = [

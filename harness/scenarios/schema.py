@@ -22,7 +22,7 @@ import yaml
 
 from reference_server.config import ConfigError, parse_size
 
-from . import _names
+from . import spec_names
 from ._yaml import Lines, Path_, ScenarioError, show_path
 
 SCHEMA_PATH = Path(__file__).with_name("scenario.schema.yaml")
@@ -199,13 +199,13 @@ class Validator:
             raise self.fail(path, str(exc)) from None
 
     def _const(self, kind: str, value: Any, path: Path_) -> None:
-        if kind not in _names.KINDS:
+        if kind not in spec_names.KINDS:
             raise ScenarioError(f"{SCHEMA_PATH}: x-const {kind!r} is not a constant type")
-        if _names.lookup(kind, value) is not None:
+        if spec_names.lookup(kind, value) is not None:
             if isinstance(value, int) and value < 0:
                 raise self.fail(path, f"{value} is negative")
             return
-        names = sorted(_names.names_of(kind))
+        names = sorted(spec_names.names_of(kind))
         if isinstance(value, str):
             hint = _suggest(value, names)
             raise self.fail(path, f"{describe(value)} is not one of the {kind} names "

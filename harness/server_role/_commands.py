@@ -29,22 +29,22 @@ from harness.protocol.messages import (
     Request,
     SimpleReply,
 )
-
-from . import _names
-from ._expect import (
+from harness.scenarios import spec_names
+from harness.scenarios.expect import (
     Failed,
     check_data,
     check_extents,
     command_outcome,
     errno_label,
 )
-from ._server_base import (
+from harness.scenarios.model import Step
+
+from ._base import (
     RAW_COOKIE_BASE,
     RAW_PAYLOAD_SEED,
     ZERO_CHECK_BUDGET,
     RunState,
 )
-from .model import Step
 
 
 class CommandSteps(RunState):
@@ -53,7 +53,7 @@ class CommandSteps(RunState):
     async def _do_read(self, index: int, step: Step) -> str:
         client = self._client(step)
         offset, length = step.args["offset"], step.args["length"]
-        flags = _names.flag_value("CmdFlag", step.args.get("flags", []))
+        flags = spec_names.flag_value("CmdFlag", step.args.get("flags", []))
         try:
             data = await client.read(offset, length, flags=flags)
         except NbdCommandError as exc:
@@ -210,9 +210,9 @@ class CommandSteps(RunState):
         conn = self._conn(step)
         client = conn.client
         args = step.args
-        command = _names.value("Cmd", args["command"])
+        command = spec_names.value("Cmd", args["command"])
         raw_flags = args.get("flags", [])
-        flags = raw_flags if isinstance(raw_flags, int) else _names.flag_value("CmdFlag",
+        flags = raw_flags if isinstance(raw_flags, int) else spec_names.flag_value("CmdFlag",
                                                                                 raw_flags)
         offset = args.get("offset", 0)
         payload = pattern(offset, args["payload"], RAW_PAYLOAD_SEED) if args.get("payload") \

@@ -28,12 +28,11 @@ from typing import Any
 from harness.address import Address
 from harness.client.uri import NbdUri
 from harness.peers.reference import EXTRA_EXPORT_SIZE, host_reference
+from harness.scenarios.model import ExportRequirements
 from harness.tls import make_test_pki
 from reference_server.features import FULL, ServerFeatures
 from reference_server.runner import ServerThread
 from reference_server.storage import Backend
-
-from .model import ExportRequirements
 
 
 @dataclass

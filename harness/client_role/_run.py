@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
+import functools
 import subprocess
-import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -34,24 +34,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.address import Address
-from harness.peers import Endpoint
+from harness.client.options import DEFAULT_TIMEOUT
+from harness.peers import Catalog, Endpoint
+from harness.peers.actions import (
+    ActionOutput,
+    ClientProgram,
+    default_client_actions,
+    perform_action,
+)
 from harness.peers.export import ExportSpec, pattern
-from harness.process import MissingProgramError, PeerError, run_command
+from harness.process import MissingProgramError, PeerError
 from harness.protocol import constants as c
-from harness.tls import make_test_pki
-from harness.verdict import Verdict
-from reference_server.features import ServerFeatures
-
-from . import _features, _names
-from ._content import ContentModel, verify_pieces
-from ._expect import (
+from harness.scenarios import spec_names
+from harness.scenarios.content import ContentModel, verify_pieces
+from harness.scenarios.expect import (
     Failed,
     HarnessLimit,
     check_data,
     check_extents,
 )
-from .client_actions import OUTPUT_READERS, ActionOutput, ClientProgram, render
-from .model import (
+from harness.scenarios.features import server_has, step_needs
+from harness.scenarios.model import (
     Scenario,
     ScenarioResult,
     Step,
@@ -59,6 +62,11 @@ from .model import (
     describe_missing,
     verdict_of_steps,
 )
+from harness.tls import make_test_pki
+from harness.verdict import Verdict
+from reference_server.features import FULL, ServerFeatures
+
+from .actions import lacking_actions
 from .reference import ServedExport, serve_reference
 
 if TYPE_CHECKING:
@@ -72,14 +80,12 @@ it listens, it returns a context whose value is the address the client program i
 SESSION_SETTLE = 0.2
 """How long the server's session list must stay unchanged after a client exits."""
 SESSION_WAIT = 10.0
-_SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _environment() -> dict[str, str]:
-    # nbdsh runs `python3` from PATH and needs Debian's interpreter for its `nbd` module.
-    environment = {**os.environ, "PATH": _SYSTEM_PATH + ":" + os.environ.get("PATH", "")}
-    environment.pop("LIBNBD_DEBUG", None)
-    return environment
+@functools.cache
+def _host_provider() -> Provider:
+    """This machine's programs (Debian's first on PATH): where actions run by default."""
+    return Catalog.load(kinds=("host",)).provider("host")
 
 
 def _option_names(record: Any) -> list[str]:
@@ -123,7 +129,7 @@ class ClientRun:
     def run(self) -> ScenarioResult:
         scenario = self.scenario
         for feature in sorted(scenario.requires_server):
-            if not _features.server_has(self.server_features, feature):
+            if not server_has(self.server_features, feature):
                 self.missing[feature] = f"the server profile {self.server_features.name} " \
                                         "lacks it"
         if self.features_client is not None:
@@ -172,14 +178,7 @@ class ClientRun:
         return [*self.scenario.client_steps, *(fallback.client_expect if fallback else ())]
 
     def _lacking_actions(self) -> list[str]:
-        lacking = []
-        for step in self._all_client_steps():
-            if step.action != "client_action":
-                continue
-            action, context = step.args["action"], step.args.get("context")
-            if self.program.form(action, context if action == "map" else None) is None:
-                lacking.append(f"{action} {context}" if action == "map" else action)
-        return sorted(set(lacking))
+        return sorted(lacking_actions(self.scenario, self.program))
 
     def _run_list(self, steps: tuple[Step, ...], phase: str) -> bool:
         for index, step in enumerate(steps):
@@ -197,7 +196,7 @@ class ClientRun:
             return StepResult(index, step.action, step.line, status, detail,  # type: ignore[arg-type]
                               expected, got, phase)
 
-        lacking = sorted(_features.step_needs(step.action, step.args) & set(self.missing))
+        lacking = sorted(step_needs(step.action, step.args) & set(self.missing))
         lenient = self.unsupported_mode or (self.fallback_mode and phase != "fallback")
         if lacking and self.fallback_mode:
             return result("skipped", f"needs {', '.join(lacking)}, which is missing")
@@ -226,40 +225,15 @@ class ClientRun:
 
     # --- actions ----------------------------------------------------------------------------
 
-    def _uri(self, export: str, tls: bool) -> str:
-        """The URI of ``export`` at the address the program is given."""
+    def _endpoint(self, step: Step, tls: bool) -> Endpoint:
+        """The step's export at the address the program is given (with the PKI for TLS)."""
         assert self.client_address is not None
         if tls and self.pki is None:
             raise HarnessLimit("a TLS action, but no PKI was made for this run")
-        return Endpoint(self.client_address, export, self.pki if tls else None).uri()
-
-    def _values(self, step: Step, index: int, tls: bool, data_in: Path, data_out: Path,
-                ) -> dict[str, object]:
-        address = self.client_address
-        assert address is not None
-        args = step.args
-        export = args.get("export", self.spec.name)
+        export = step.args.get("export", self.spec.name)
         if self.scenario.export.handshake == "oldstyle":
             export = ""  # oldstyle has no export names: clients must not ask for one
-        offset = args.get("offset", 0)
-        length = args.get("length", 0)
-        uri = self._uri(export, tls)
-        server_uri = self._uri("", tls)
-        if address.kind == "unix":
-            server_opts = f"server.type=unix,server.path={address.path}"
-        else:
-            server_opts = f"server.type=inet,server.host={address.host},server.port={address.port}"
-        context = args.get("context", c.BASE_ALLOCATION)
-        return {
-            "uri": uri, "uri_server": server_uri, "host": address.host, "port": address.port,
-            "socket": address.path, "export": export, "server_opts": server_opts,
-            "tls_dir": str(self.pki or ""), "offset": offset, "length": length,
-            "end": offset + length, "size": self.spec.size, "context": context,
-            "in": str(data_in), "out": str(data_out), "workdir": str(self.workdir),
-            "python": sys.executable, "uri_repr": repr(uri), "uri_server_repr": repr(server_uri),
-            "in_repr": repr(str(data_in)), "out_repr": repr(str(data_out)),
-            "context_repr": repr(context),
-        }
+        return Endpoint(self.client_address, export, self.pki if tls else None)
 
     def _client_action(self, index: int, step: Step, *, check: bool) -> str:
         served = self.served
@@ -269,36 +243,31 @@ class ClientRun:
         expect = step.expect or {}
         tls = (args.get("tls") or ("require" if self.scenario.export.tls != "off"
                                    else "off")) == "require"
-        form = self.program.form(action, args.get("context") if action == "map" else None)
-        assert form is not None  # _lacking_actions checked it
-        argv_template = form.argv
-        if tls and not self.program.uri_tls:
-            if form.argv_tls is None:
-                raise HarnessLimit(f"{self.program.name} {action}: no argv_tls in "
-                                   "matrix/client-actions.toml, and the program takes no "
-                                   "nbds:// URIs")
-            argv_template = form.argv_tls
         label = f"{len(self.runs) + 1:02d}-{action}"
-        data_in = self.workdir / f"{label}.in"
-        data_out = self.workdir / f"{label}.out"
         seed = args.get("seed", 100 + index)
         offset, length = args.get("offset", 0), args.get("length", 0)
+        data = None  # what the program writes: the pattern the content model expects
         if action == "write":
-            data_in.write_bytes(pattern(offset, length, seed))
+            data = pattern(offset, length, seed)
         elif action == "copy-in":
-            data_in.write_bytes(pattern(0, self.spec.size, seed))
-        argv = render(argv_template, self._values(step, index, tls, data_in, data_out))
+            data = pattern(0, self.spec.size, seed)
         before = len(served.records)
         started = time.monotonic()
         try:
-            completed = self._run_program(argv, self.workdir / f"{label}.log")
+            performed = perform_action(
+                self.program, action, self._endpoint(step, tls),
+                self.provider or _host_provider(), workdir=self.workdir,
+                timeout=self.timeout * 4, log_path=self.workdir / f"{label}.log",
+                offset=offset, length=length, context=args.get("context"),
+                size=self.spec.size, data=data, label=label)
         except PeerError as exc:
             if "timed out" in str(exc):
                 raise Failed(f"{self.program.name} {action}: {exc}") from None
             raise
+        completed = performed.completed
         sessions = self._sessions_since(before)
         run = {
-            "action": action, "argv": argv, **self._where(completed),
+            "action": action, "argv": performed.argv, **self._where(completed),
             "returncode": completed.returncode,
             "seconds": round(time.monotonic() - started, 3),
             "stdout": str(completed.stdout)[-2000:], "stderr": str(completed.stderr)[-2000:],
@@ -309,7 +278,7 @@ class ClientRun:
         if violations:
             raise Failed(f"{self.program.name} broke the protocol: {violations[0]}",
                          "no violations", violations)
-        failed = completed.returncode != 0
+        failed = performed.failed
         what = f"{self.program.name} {action}"
         if not check:
             return f"exit {completed.returncode} ({len(sessions)} connection(s))"
@@ -319,28 +288,15 @@ class ClientRun:
                              "non-zero exit", 0)
             return f"failed as expected (exit {completed.returncode})"
         if failed:
-            tail = (str(completed.stderr) or str(completed.stdout)).strip()[-300:]
-            raise Failed(f"{what}: exit {completed.returncode}: {tail}", 0,
-                         completed.returncode)
+            raise Failed(f"{what}: {performed.failure()}", 0, completed.returncode)
         try:
-            output = OUTPUT_READERS[form.output](str(completed.stdout), data_out)
+            output = performed.output()
         except (ValueError, KeyError, TypeError) as exc:
-            raise Failed(f"{what}: cannot read its output ({form.output}): {exc}") from None
+            raise Failed(f"{what}: cannot read its output ({performed.output_format}): "
+                         f"{exc}") from None
         self._apply(action, offset, length, seed)
         self._check_output(step, action, output, offset, length, what)
         return f"exit 0 ({len(sessions)} connection(s))"
-
-    def _run_program(self, argv: list[str], log_path: Path) -> subprocess.CompletedProcess:
-        """Run one action's command, on this machine or through the provider."""
-        timeout = self.timeout * 4
-        if self.provider is None:
-            return run_command(argv, timeout=timeout, env=_environment(), cwd=self.workdir,
-                               log_path=log_path)
-        binds = [self.workdir, *([self.pki] if self.pki else [])]
-        if self.client_address is not None and self.client_address.kind == "unix":
-            binds.append(Path(self.client_address.path).parent)
-        return self.provider.run(argv, timeout=timeout, binds=binds, cwd=self.workdir,
-                                 log_path=log_path, check=False)
 
     def _where(self, completed: subprocess.CompletedProcess) -> dict[str, Any]:
         """Evidence of where an action ran: the provider and the whole command, if wrapped."""
@@ -453,11 +409,11 @@ class ClientRun:
                 problems.append(f"{key}: expected {args[key]}, got {got}")
         options = _option_names(record)
         for name in args.get("options_include", []):
-            wanted = c.name_of(c.Opt, _names.value("Opt", name))
+            wanted = c.name_of(c.Opt, spec_names.value("Opt", name))
             if wanted not in options:
                 problems.append(f"{wanted} not sent (sent: {options})")
         for name in args.get("options_exclude", []):
-            wanted = c.name_of(c.Opt, _names.value("Opt", name))
+            wanted = c.name_of(c.Opt, spec_names.value("Opt", name))
             if wanted in options:
                 problems.append(f"{wanted} sent")
         contexts = summary["meta_contexts"]
@@ -469,11 +425,11 @@ class ClientRun:
                 problems.append(f"context {name} selected")
         commands = summary["commands"]
         for name in args.get("commands_include", []):
-            wanted = c.name_of(c.Cmd, _names.value("Cmd", name))
+            wanted = c.name_of(c.Cmd, spec_names.value("Cmd", name))
             if not commands.get(wanted):
                 problems.append(f"{wanted} not used (commands: {commands})")
         for name in args.get("commands_exclude", []):
-            wanted = c.name_of(c.Cmd, _names.value("Cmd", name))
+            wanted = c.name_of(c.Cmd, spec_names.value("Cmd", name))
             if commands.get(wanted):
                 problems.append(f"{wanted} used")
         return problems
@@ -539,4 +495,63 @@ class ClientRun:
                               self.scenario.id, "client")
 
 
-__all__ = ["ClientRun", "ListenWrapper"]
+def run_client_scenario(
+    scenario: Scenario,
+    client_program: str | ClientProgram,
+    server_features: ServerFeatures = FULL,
+    workdir: Path | None = None,
+    *,
+    features_client: Iterable[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    listen_wrapper: ListenWrapper | None = None,
+    provider: Provider | None = None,
+) -> ScenarioResult:
+    """Run ``scenario.client_steps`` with ``client_program`` against the reference server.
+
+    ``client_program`` is a program of ``matrix/client-actions.toml`` (``nbdinfo``,
+    ``qemu-img``...) or a :class:`ClientProgram`; ``server_features`` the
+    reference server's profile (``reference_server.profiles.profile("qemu-2.10")``).
+    ``workdir`` receives the data files, logs and PKI (a temporary directory
+    when None).  ``features_client``, when given, are the program's feature ids
+    (from ``matrix/peers``): requiring one outside them makes the case
+    unsupported or a fallback, as the scenario says.
+
+    ``listen_wrapper`` (None: the program talks to the server directly) is
+    called with the server's address once it listens and returns a context
+    manager whose value is the address the program is given instead (every
+    URI, host, port and socket in its command line names it); the context is
+    left before the server stops.  To record the conversation::
+
+        @contextlib.contextmanager
+        def recorded(upstream: Address) -> Iterator[Address]:
+            with ProxyThread(LOOPBACK, upstream, capture) as proxy:
+                yield proxy.address
+
+    ``provider`` (a :class:`harness.peers.Provider`; None: this machine's
+    programs, Debian's first on PATH) runs each action's command from its suite,
+    with ``workdir`` (data, PKI) and a unix socket's directory visible inside.
+    The session records and data the checks read are the server's either way.
+    """
+    if "client" not in scenario.roles:
+        return ScenarioResult(Verdict.ERROR, [], f"{scenario.id} has no client role",
+                              scenario=scenario.id, role="client")
+    if isinstance(client_program, str):
+        programs = default_client_actions()
+        program = programs.get(client_program)
+        if program is None:
+            return ScenarioResult(
+                Verdict.ERROR, [], f"unknown client program {client_program!r} (known: "
+                             f"{', '.join(sorted(programs))})", scenario=scenario.id,
+                role="client")
+    else:
+        program = client_program
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="nbdh-client-")))
+        return ClientRun(scenario, program, server_features, Path(workdir),
+                         features_client=features_client, timeout=timeout,
+                         listen_wrapper=listen_wrapper, provider=provider).run()
+
+
+__all__ = ["ClientRun", "ListenWrapper", "run_client_scenario"]

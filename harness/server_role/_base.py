@@ -2,8 +2,8 @@
 
 :class:`RunState` holds one run's state (the connections by name, the model
 of the export's contents, the required features found missing, the results);
-the step handlers live in :mod:`._server_options` (the option phase) and
-:mod:`._server_commands` (transmission), and :mod:`._server_run` drives them.
+the step handlers live in :mod:`._options` (the option phase) and
+:mod:`._commands` (transmission), and :mod:`._run` drives them.
 """
 
 from __future__ import annotations
@@ -25,16 +25,20 @@ from harness.client.records import Negotiation
 from harness.client.uri import NbdUri
 from harness.peers.export import ExportSpec
 from harness.protocol import constants as c
-
-from . import _features
-from ._content import ContentModel
-from ._expect import (
+from harness.scenarios.content import ContentModel
+from harness.scenarios.expect import (
     Failed,
     FeatureMissing,
     HarnessLimit,
     option_error_matches,
 )
-from .model import Scenario, Step, StepResult
+from harness.scenarios.features import (
+    REFERENCE_CLIENT_LACKS,
+    known_features,
+    missing_on_wire,
+    step_needs,
+)
+from harness.scenarios.model import Scenario, Step, StepResult
 
 RAW_COOKIE_BASE = 0xD0D0_0000_0000
 """Cookies of raw requests start here, far from the reference client's own."""
@@ -89,7 +93,7 @@ class Skipped(Exception):
 
 def query_features(queries: Iterable[str]) -> set[str]:
     """The features a metadata-context query needs."""
-    return _features.step_needs("list_meta_contexts", {"queries": list(queries)})
+    return step_needs("list_meta_contexts", {"queries": list(queries)})
 
 
 class RunState:
@@ -107,9 +111,9 @@ class RunState:
         self.scenario = scenario
         self.uri: NbdUri = parse_uri(uri)
         self.tls_dir = Path(tls_dir) if tls_dir is not None else None
-        known = set(_features.known_features())
+        known = set(known_features())
         client_features = known if features_client is None else set(features_client)
-        self.client_features = client_features - _features.REFERENCE_CLIENT_LACKS
+        self.client_features = client_features - REFERENCE_CLIENT_LACKS
         self.client_features_wanted = client_features
         self.timeout = timeout
         self.spec: ExportSpec = scenario.export.export_spec()
@@ -126,7 +130,7 @@ class RunState:
     def _note_missing(self, conn: Conn) -> None:
         """Find required features the server showed it lacks on ``conn``."""
         for feature in sorted(self.scenario.requires_server - set(self.missing)):
-            evidence = _features.missing_on_wire(feature, conn.client.negotiation, conn.asked)
+            evidence = missing_on_wire(feature, conn.client.negotiation, conn.asked)
             if evidence is not None:
                 raise FeatureMissing(feature, evidence)
 

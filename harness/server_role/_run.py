@@ -1,11 +1,11 @@
 """Run a scenario's steps against a server under test, with the reference client.
 
 One :class:`ServerRun` per run: it keeps the named connections, the model of
-what the export must contain (:class:`~._content.ContentModel`), the required
-features found missing, and one :class:`~.model.StepResult` per step.  Every
+what the export must contain (:class:`~harness.scenarios.content.ContentModel`), the required
+features found missing, and one :class:`~harness.scenarios.model.StepResult` per step.  Every
 write is read back at the end (the ``verify`` phase), on a fresh connection
-when none is left open.  Step handlers are in :mod:`._server_options` and
-:mod:`._server_commands`.
+when none is left open.  Step handlers are in :mod:`._options` and
+:mod:`._commands`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -34,27 +35,28 @@ from harness.client.options import DEFAULT_TIMEOUT
 from harness.client.uri import NbdUri
 from harness.protocol import LocalProtocolError, Phase, RemoteProtocolError
 from harness.protocol import constants as c
-from harness.verdict import Verdict
-
-from . import _features, _names
-from ._content import verify_pieces
-from ._expect import (
+from harness.scenarios import spec_names
+from harness.scenarios.content import verify_pieces
+from harness.scenarios.expect import (
     Failed,
     FeatureMissing,
     HarnessLimit,
     check_data,
     option_error_matches,
 )
-from ._server_base import (
+from harness.scenarios.features import REFERENCE_CLIENT_LACKS, step_needs
+from harness.scenarios.model import Scenario, ScenarioResult, Step, StepResult, verdict_of_steps
+from harness.verdict import Verdict
+
+from ._base import (
     ALWAYS_RUN,
     CONNECT_FEATURES,
     Conn,
     Skipped,
     negotiation_labels,
 )
-from ._server_commands import CommandSteps
-from ._server_options import OptionSteps
-from .model import Scenario, ScenarioResult, Step, StepResult, verdict_of_steps
+from ._commands import CommandSteps
+from ._options import OptionSteps
 
 
 class ServerRun(OptionSteps, CommandSteps):
@@ -64,7 +66,7 @@ class ServerRun(OptionSteps, CommandSteps):
         scenario = self.scenario
         lacking_client = sorted(scenario.requires_client - self.client_features_wanted)
         harness_lacks = sorted((scenario.requires_client | scenario.requires_server)
-                               & _features.REFERENCE_CLIENT_LACKS
+                               & REFERENCE_CLIENT_LACKS
                                & self.client_features_wanted)
         if harness_lacks:
             return self._result(Verdict.ERROR, f"the reference client cannot use "
@@ -90,6 +92,24 @@ class ServerRun(OptionSteps, CommandSteps):
             await self._close_all()
         return self._verdict()
 
+    async def run_step(self, step: Step) -> StepResult:
+        """Run one more step now, outside the scenario's list (the fuzzer drives a run this
+        way, a step at a time, through the same handlers ``scenarios run`` uses)."""
+        started = time.time()
+        result = await self._step(len(self.results), step, "steps")
+        result = dataclasses.replace(result, started=started, ended=time.time())
+        self.results.append(result)
+        return result
+
+    async def finish(self) -> list[StepResult]:
+        """Read back what the steps wrote, close every connection; the verify results."""
+        before = len(self.results)
+        try:
+            await self._verify_writes()
+        finally:
+            await self._close_all()
+        return self.results[before:]
+
     async def _run_list(self, steps: tuple[Step, ...], phase: str) -> bool:
         """Run steps in order; True when the run must stop (failure, error, unsupported)."""
         for index, step in enumerate(steps):
@@ -114,7 +134,7 @@ class ServerRun(OptionSteps, CommandSteps):
                               expected, got, phase)
 
         conn = self.conns.get(step.on)
-        needs = _features.step_needs(step.action, step.args, conn.contexts if conn else (),
+        needs = step_needs(step.action, step.args, conn.contexts if conn else (),
                                      step.expect)
         lacking = sorted(needs & set(self.missing))
         # Connecting is never skipped: connecting without the missing feature is the fallback.
@@ -204,7 +224,7 @@ class ServerRun(OptionSteps, CommandSteps):
         wanted = {key: self._wants(feature, args.get(key))
                   for key, feature in CONNECT_FEATURES.items()}
         contexts = tuple(args.get("contexts") or ())
-        info = tuple(_names.value("Info", i) for i in args.get("info", [])) \
+        info = tuple(spec_names.value("Info", i) for i in args.get("info", [])) \
             if "info" in args else (c.Info.NAME, c.Info.DESCRIPTION)
         options = ConnectOptions(
             export_name=args.get("export", self.uri.export),
@@ -346,6 +366,9 @@ class ServerRun(OptionSteps, CommandSteps):
                 if self.first_connect is None:
                     return
                 options, asked = self.first_connect
+                # The first connection may have entered transmission by a later step: the
+                # read-back connection goes straight there.
+                options = dataclasses.replace(options, enter_transmission=True)
                 conn = await self._open("verify", options, asked)
                 opened = True
             for offset, length in verify_pieces(written):
@@ -370,10 +393,73 @@ async def run_server_async(scenario: Scenario, uri: str, *,
                            features_client: Iterable[str] | None = None,
                            timeout: float = DEFAULT_TIMEOUT,
                            tls_dir: Path | None = None) -> ScenarioResult:
-    """The asyncio form of :func:`harness.scenarios.steps.run_server_scenario`."""
+    """The asyncio form of :func:`run_server_scenario`."""
     run = ServerRun(scenario, uri, features_client=features_client, timeout=timeout,
                     tls_dir=tls_dir)
     return await run.run()
 
 
-__all__ = ["ServerRun", "run_server_async"]
+def _overall_bound(scenario: Scenario, timeout: float) -> float:
+    steps = len(scenario.steps) + len(scenario.fallback.expect if scenario.fallback else ())
+    return timeout * (steps + 4) * 2 + 30
+
+
+def run_server_scenario(
+    scenario: Scenario,
+    uri: str,
+    *,
+    features_client: Iterable[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    tls_dir: Path | None = None,
+) -> ScenarioResult:
+    """Run ``scenario.steps`` with the reference client against the server at ``uri``.
+
+    ``uri`` names the server and the export (``nbd://127.0.0.1:PORT/disk``,
+    ``nbd+unix:///disk?socket=...``); ``tls_dir`` is the PKI directory (from
+    :func:`harness.tls.make_test_pki`) when the export uses TLS (or give
+    ``tls-certificates=`` in the URI).  ``features_client`` are the feature ids
+    the client side has (None: all the reference client can do); a scenario
+    requiring a client feature outside them is unsupported, or runs as a
+    fallback.  ``timeout`` bounds each network wait.
+    """
+    if "server" not in scenario.roles:
+        return ScenarioResult(Verdict.ERROR, [], f"{scenario.id} has no server role",
+                              scenario=scenario.id, role="server")
+    coroutine = run_server_async(scenario, uri, features_client=features_client,
+                                 timeout=timeout, tls_dir=tls_dir)
+    bound = _overall_bound(scenario, timeout)
+
+    async def bounded() -> ScenarioResult:
+        try:
+            async with asyncio.timeout(bound):
+                return await coroutine
+        except TimeoutError:
+            return ScenarioResult(Verdict.ERROR, [],
+                                  f"the scenario did not finish within {bound:g} s",
+                                  scenario=scenario.id, role="server")
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(bounded())
+    # Called from inside an event loop (an async test or plugin): run on a thread of its own.
+    box: list[ScenarioResult | BaseException] = []
+
+    def target() -> None:
+        try:
+            box.append(asyncio.run(bounded()))
+        except BaseException as exc:  # handed to the caller below
+            box.append(exc)
+
+    thread = threading.Thread(target=target, name=f"scenario-{scenario.name}", daemon=True)
+    thread.start()
+    thread.join(bound + 30)
+    if not box:
+        return ScenarioResult(Verdict.ERROR, [], "the scenario thread did not finish",
+                              scenario=scenario.id, role="server")
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
+__all__ = ["ServerRun", "run_server_async", "run_server_scenario"]

@@ -15,8 +15,8 @@ from typing import Any
 from harness.peers.export import ExportSpec, merge_extents, pattern
 from harness.protocol import constants as c
 
-from . import _names
-from ._content import ContentModel, first_difference
+from . import spec_names
+from .content import ContentModel, first_difference
 
 Extents = list[tuple[int, int, int]]
 
@@ -62,13 +62,14 @@ def command_outcome(got: str, expect: Mapping[str, Any] | None, what: str) -> No
     """Check a command's outcome label (``ok``, ``closed`` or an ``NBD_E*`` name)."""
     expect = expect or {}
     if "error" in expect:
-        allowed = [errno_label(_names.value("Errno", e)) for e in as_list(expect["error"])]
+        allowed = [errno_label(spec_names.value("Errno", e)) for e in as_list(expect["error"])]
         if got not in allowed:
             raise Failed(f"{what}: expected the error {' or '.join(allowed)}, got {got}",
                          " or ".join(allowed), got)
         return
     if "one_of" in expect:
-        allowed = [e if e in ("ok", "closed", "error") else errno_label(_names.value("Errno", e))
+        allowed = [e if e in ("ok", "closed", "error")
+                   else errno_label(spec_names.value("Errno", e))
                    for e in expect["one_of"]]
         if "error" in allowed and got not in ("ok", "closed"):
             return  # any error value will do

@@ -3,7 +3,7 @@
 ``expect_negotiated``, ``list_exports``, ``info``, ``list_meta_contexts``,
 ``set_meta_contexts`` and raw ``option`` exchanges.  A refusal that shows a
 required feature missing (``NBD_REP_ERR_UNSUP``, no context returned) raises
-:class:`~._expect.FeatureMissing`; any other unexpected answer fails the step.
+:class:`~harness.scenarios.expect.FeatureMissing`; any other unexpected answer fails the step.
 """
 
 from __future__ import annotations
@@ -31,15 +31,16 @@ from harness.protocol.messages import (
     OptionReply,
     OptionRequest,
 )
-
-from . import _features, _names
-from ._expect import (
+from harness.scenarios import spec_names
+from harness.scenarios.expect import (
     Failed,
     FeatureMissing,
     option_error_matches,
 )
-from ._server_base import Conn, RunState, Skipped, query_features, rep
-from .model import Step
+from harness.scenarios.features import OPTION_FEATURES, context_feature, missing_on_wire
+from harness.scenarios.model import Step
+
+from ._base import Conn, RunState, Skipped, query_features, rep
 
 
 class OptionSteps(RunState):
@@ -79,10 +80,10 @@ class OptionSteps(RunState):
         }
         for key, (kind, value) in flag_sets.items():
             for name in args.get(key, []):
-                if not value & _names.value(kind, name):
+                if not value & spec_names.value(kind, name):
                     problems.append(f"{key}: {name} expected, not set")
             for name in args.get(f"{key}_absent", []):
-                if value & _names.value(kind, name):
+                if value & spec_names.value(kind, name):
                     problems.append(f"{key}: {name} set, expected absent")
         selected = sorted(conn.client.contexts)
         if "contexts" in args:
@@ -110,7 +111,7 @@ class OptionSteps(RunState):
         if "init_state_present" in args:
             compare("init_state_present", args["init_state_present"], init is not None)
         if "init_state" in args:
-            compare("init_state", _names.flag_value("InitFlag", args["init_state"]), init)
+            compare("init_state", spec_names.flag_value("InitFlag", args["init_state"]), init)
         kinds = neg.fallback_kinds()
         for kind in args.get("fallbacks", []):
             if kind not in kinds:
@@ -120,10 +121,10 @@ class OptionSteps(RunState):
                 problems.append(f"fallbacks: {kind} taken, expected not")
         sent = [exchange.option for exchange in neg.options]
         for name in args.get("options_sent", []):
-            if _names.value("Opt", name) not in sent:
+            if spec_names.value("Opt", name) not in sent:
                 problems.append(f"options: {name} not sent")
         for name in args.get("options_not_sent", []):
-            if _names.value("Opt", name) in sent:
+            if spec_names.value("Opt", name) in sent:
                 problems.append(f"options: {name} sent")
         if problems:
             raise Failed("negotiated: " + "; ".join(problems), None, neg.as_dict())
@@ -151,7 +152,7 @@ class OptionSteps(RunState):
         export = step.args.get("export")
         requests = None
         if "requests" in step.args:
-            requests = [_names.value("Info", i) for i in step.args["requests"]]
+            requests = [spec_names.value("Info", i) for i in step.args["requests"]]
         try:
             info = await conn.client.info(export, requests)
         except NegotiationError as exc:
@@ -181,10 +182,10 @@ class OptionSteps(RunState):
             if size != wanted:
                 problems.append(f"size: expected {wanted}, got {size}")
         for name in expect.get("flags", []):
-            if not flags & _names.value("TransmissionFlag", name):
+            if not flags & spec_names.value("TransmissionFlag", name):
                 problems.append(f"{name} not set")
         for name in expect.get("flags_absent", []):
-            if flags & _names.value("TransmissionFlag", name):
+            if flags & spec_names.value("TransmissionFlag", name):
                 problems.append(f"{name} set, expected absent")
         if "block_size_present" in expect and (block is not None) != expect["block_size_present"]:
             problems.append(f"block size {'missing' if block is None else 'present'}")
@@ -209,11 +210,11 @@ class OptionSteps(RunState):
                 (init_state is not None) != expect["init_state_present"]:
             problems.append(f"init state {'missing' if init_state is None else 'present'}")
         if "init_state" in expect:
-            wanted = _names.flag_value("InitFlag", expect["init_state"])
+            wanted = spec_names.flag_value("InitFlag", expect["init_state"])
             if init_state != wanted:
                 problems.append(f"init state: expected {wanted}, got {init_state}")
         for name in expect.get("infos_include", []):
-            if _names.value("Info", name) not in infos:
+            if spec_names.value("Info", name) not in infos:
                 problems.append(f"{name} not sent")
         if problems:
             raise Failed(f"{what}: " + "; ".join(problems))
@@ -231,7 +232,7 @@ class OptionSteps(RunState):
         if self.fallback_mode and lacking:
             raise Skipped(f"{what} needs structured replies ({', '.join(lacking)} missing)")
         features = self._context_features(queries, c.Opt.SET_META_CONTEXT)
-        why = _features.missing_on_wire("structured-replies", record,
+        why = missing_on_wire("structured-replies", record,
                                         {"structured_replies": True})
         for feature in sorted(features & self.scenario.requires_server):
             raise FeatureMissing(feature, f"no structured replies, so no metadata contexts "
@@ -240,7 +241,7 @@ class OptionSteps(RunState):
                      "connection has not negotiated")
 
     def _context_features(self, queries: list[str], opt: int) -> set[str]:
-        return query_features(queries) or set(_features.OPTION_FEATURES[opt])
+        return query_features(queries) or set(OPTION_FEATURES[opt])
 
     async def _do_list_meta_contexts(self, index: int, step: Step) -> str:
         conn = self._conn(step)
@@ -265,7 +266,7 @@ class OptionSteps(RunState):
                           expect: Mapping[str, Any], what: str) -> None:
         """An expectation on contexts failed: is it because a required feature is missing?"""
         for query in queries:
-            feature = _features.context_feature(query)
+            feature = context_feature(query)
             if query == "qemu:":
                 feature = "meta-context-list-query"
             if feature is None or feature not in self.scenario.requires_server:
@@ -277,7 +278,7 @@ class OptionSteps(RunState):
         wanted = [*expect.get("contexts", []), *expect.get("selected", []),
                   *expect.get("include", [])]
         for name in wanted:
-            feature = _features.context_feature(name)
+            feature = context_feature(name)
             if name not in names and feature in self.scenario.requires_server:
                 raise FeatureMissing(feature, f"{what} did not return {name!r}")
 
@@ -350,13 +351,13 @@ class OptionSteps(RunState):
     async def _do_option(self, index: int, step: Step) -> str:
         conn = self._conn(step)
         args = step.args
-        opt = _names.value("Opt", args["option"])
+        opt = spec_names.value("Opt", args["option"])
         if "data" in args:
             request = OptionRequest(opt, bytes.fromhex(args["data"]))
         else:
             name = args.get("name", "")
             if opt in (c.Opt.INFO, c.Opt.GO):
-                infos = tuple(_names.value("Info", i) for i in args.get("info", []))
+                infos = tuple(spec_names.value("Info", i) for i in args.get("info", []))
                 payload: object = InfoRequestPayload(name, infos)
             elif opt in (c.Opt.LIST_META_CONTEXT, c.Opt.SET_META_CONTEXT):
                 payload = MetaContextPayload(name, tuple(args.get("queries") or ()))
@@ -378,14 +379,14 @@ class OptionSteps(RunState):
         if "final" in expect and not option_error_matches(expect["final"], {got}):
             if replies:
                 self._unsupported_option(replies[-1][0].reply_type, c.name_of(c.Opt, opt),
-                                         set(_features.OPTION_FEATURES.get(opt, ())), False)
+                                         set(OPTION_FEATURES.get(opt, ())), False)
             raise Failed(f"{c.name_of(c.Opt, opt)}: final reply", expect["final"], got)
         if "replies" in expect:
-            wanted = [rep(_names.value("Rep", r)) for r in expect["replies"]]
+            wanted = [rep(spec_names.value("Rep", r)) for r in expect["replies"]]
             if wanted != types:
                 raise Failed(f"{c.name_of(c.Opt, opt)}: replies differ", wanted, types)
         for name in expect.get("replies_include", []):
-            if rep(_names.value("Rep", name)) not in types:
+            if rep(spec_names.value("Rep", name)) not in types:
                 raise Failed(f"{c.name_of(c.Opt, opt)}: no {name} reply", name, types)
         if not expect and closed:
             raise Failed(f"{c.name_of(c.Opt, opt)}: the server closed the connection",

@@ -27,6 +27,7 @@ from harness.client.records import Negotiation
 from harness.peerdata import Feature, default_peerdata
 from harness.protocol import constants as c
 from reference_server.features import ServerFeatures
+from reference_server.profiles import FEATURE_GRANTS
 
 TF = c.TransmissionFlag
 
@@ -262,7 +263,6 @@ def server_has(features: ServerFeatures, feature: str) -> bool:
     always there (the scenario's export configures it), the features of
     :data:`REFERENCE_SERVER_LACKS` never are.
     """
-    from reference_server.profiles import FEATURE_GRANTS
 
     if feature in REFERENCE_SERVER_LACKS:
         return False
