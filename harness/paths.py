@@ -32,6 +32,8 @@ CLIENT_ACTIONS_FILE = MATRIX_DIR / "client-actions.toml"
 """How each client program performs each client-role scenario action."""
 DOCKER_DIR = MATRIX_DIR / "docker"
 """The Dockerfiles of the docker provider."""
+QEMU_BUILDS_FILE = MATRIX_DIR / "qemu-builds.toml"
+"""How qemu releases are built from source (``nbd-harness peers build qemu``)."""
 
 SPEC_DIR = _data("spec")
 """The copies of the NBD spec the scenarios and rules cite (``docs/spec/`` in the repository)."""
@@ -63,5 +65,6 @@ def shown(path: Path) -> str:
     return str(resolved.relative_to(base)) if resolved.is_relative_to(base) else str(path)
 
 
-__all__ = ["CLIENT_ACTIONS_FILE", "DOCKER_DIR", "EXTENDED_SPEC_FILE", "MATRIX_DIR", "REPO",
-           "REPORTS_DIR", "SCENARIOS_DIR", "SPEC_DIR", "SUITES_FILE", "default_out_help", "shown"]
+__all__ = ["CLIENT_ACTIONS_FILE", "DOCKER_DIR", "EXTENDED_SPEC_FILE", "MATRIX_DIR",
+           "QEMU_BUILDS_FILE", "REPO", "REPORTS_DIR", "SCENARIOS_DIR", "SPEC_DIR", "SUITES_FILE",
+           "default_out_help", "shown"]

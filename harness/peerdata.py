@@ -177,6 +177,9 @@ class Claim:
     until: str | None
     source: str
     role: Role = "server"
+    upstream_since: str | None = None
+    """Where the program's own documentation puts ``since``, when the claim departs from it
+    on evidence (a real release) that its ``source`` gives."""
 
     def holds_for(self, version: str) -> bool:
         return _in_range(version, self.since, self.until)
@@ -508,7 +511,7 @@ def _load_claims(where: _Where, document: Mapping[str, Any],
     for role in ROLES:
         for number, table in enumerate(_table_list(where, document, role), start=1):
             here = where.at(f"[[{role}]] #{number}")
-            _check_keys(here, table, {"feature", "since", "source"}, {"until"})
+            _check_keys(here, table, {"feature", "since", "source"}, {"until", "upstream_since"})
             feature = _text(here, "feature", table["feature"])
             here = where.at(f'[[{role}]] #{number} (feature "{feature}")')
             if feature not in features:
@@ -518,7 +521,10 @@ def _load_claims(where: _Where, document: Mapping[str, Any],
             since = _version(here, "since", table["since"])
             until = _version(here, "until", table["until"]) if "until" in table else None
             _check_range(here, since, until)
-            claim = Claim(feature, since, until, _text(here, "source", table["source"]), role)
+            upstream = (_version(here, "upstream_since", table["upstream_since"])
+                        if "upstream_since" in table else None)
+            claim = Claim(feature, since, until, _text(here, "source", table["source"]), role,
+                          upstream)
             for other in claims:
                 if (other.role == role and other.feature == feature
                         and _overlaps(other.since, other.until, since, until)):

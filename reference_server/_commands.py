@@ -84,17 +84,37 @@ class Executor:
     # --- dispatch -----------------------------------------------------------------
 
     def execute(self, req: Request, violations: list[Violation]) -> list[Reply]:
-        if "unflagged-extended-write" in self.quirks:
-            violations = [v for v in violations if v.rule != "client.extended-write-payload-len"]
+        violations = [v for v in violations if v.rule not in self._tolerated]
         if violations:
             first = violations[0]
-            return self.failure(req, first.errno, f"{first.message} (spec: {first.section})")
+            return self.failure(req, self._errno(req, first),
+                                f"{first.message} (spec: {first.section})")
         try:
             return self._run(req)
         except CommandError as exc:
             return self.failure(req, exc.errno, exc.message)
         except BACKEND_ERRORS as exc:
             return self.backend_failure(req, exc)
+
+    @property
+    def _tolerated(self) -> frozenset[str]:
+        """Client violations a profile's server serves anyway, as that version did."""
+        tolerated = set()
+        if "unflagged-extended-write" in self.quirks:
+            tolerated.add("client.extended-write-payload-len")
+        if "sector-min-block" in self.quirks and self.export.has_default_block_sizes:
+            tolerated.add("client.request-alignment")  # the 512 it advertises, never enforced
+        return frozenset(tolerated)
+
+    def _errno(self, req: Request, violation: Violation) -> int:
+        """The errno a refused request gets: the spec's, or the one the profile's version
+        sent (qemu 2.12+: NBD_EINVAL for every request it refuses before running it)."""
+        if "request-errors-einval" in self.quirks:
+            return c.Errno.EINVAL
+        if ("zeroes-past-end-einval" in self.quirks and req.type == c.Cmd.WRITE_ZEROES
+                and violation.rule == "client.request-within-export"):
+            return c.Errno.EINVAL
+        return violation.errno
 
     def backend_failure(self, req: Request, exc: BaseException) -> list[Reply]:
         """The error reply for a backend failure while serving ``req``.
@@ -115,9 +135,14 @@ class Executor:
             case c.Cmd.FLUSH:
                 backend.flush()
             case c.Cmd.TRIM:
-                backend.trim(req.offset, req.length, fua=fua)
+                if "trim-ignored" not in self.quirks:  # qemu-nbd's default --discard=ignore
+                    backend.trim(req.offset, req.length, fua=fua)
             case c.Cmd.CACHE:
                 backend.cache(req.offset, req.length)
+            case c.Cmd.WRITE_ZEROES if "zeroes-stay-allocated" in self.quirks and \
+                    not flags & c.CmdFlag.FAST_ZERO:
+                # qemu 10+ writes the zeroes: the range stays allocated, mapped as data.
+                backend.write(req.offset, bytes(req.length), fua=fua)
             case c.Cmd.WRITE_ZEROES:
                 backend.write_zeroes(req.offset, req.length,
                                      may_trim=not flags & c.CmdFlag.NO_HOLE,
@@ -130,6 +155,9 @@ class Executor:
 
     def _read(self, req: Request) -> list[Reply]:
         if req.length == 0:
+            if "zero-length-read-ok" in self.quirks:
+                return ([self._chunk(req, ChunkNone(), True)] if self.chunked
+                        else [SimpleReply(req.cookie, 0, b"")])
             raise CommandError(c.Errno.EINVAL, "read of length 0")
         if req.length > max(self.neg.max_payload, MAX_READ):
             # "A server MAY reject a client's request with the error NBD_EOVERFLOW".
@@ -165,7 +193,7 @@ class Executor:
         replies: list[Reply] = []
         for index, context_id in enumerate(ids):
             name = neg.meta_contexts[context_id]
-            extents = self.backend.block_status(name, req.offset, length)
+            extents = self._extents(name, req.offset, length, bool(req.flags & c.CmdFlag.REQ_ONE))
             extents = align_extents(extents, neg.min_block, name)
             extents = extents[: c.MAX_EXTENTS_PER_CHUNK]
             if req.flags & c.CmdFlag.REQ_ONE:
@@ -174,6 +202,45 @@ class Executor:
                                       wide=neg.extended_headers)
             replies.append(self._chunk(req, status, index == len(ids) - 1))
         return replies
+
+
+    def _extents(self, name: str, offset: int, length: int, one: bool) -> list[Extent]:
+        """The extents of context ``name`` over the request, as the profile's version
+        reported them (qemu's quirks; the reference's own map otherwise)."""
+        quirks, backend = self.quirks, self.backend
+        if name == c.QEMU_ALLOCATION_DEPTH and "flat-image-depth-one" in quirks \
+                and self.export.flat_image:
+            return [Extent(length, 1)]  # a raw image is its own (only) layer everywhere
+        if name.startswith(c.QEMU_DIRTY_BITMAP_PREFIX) and not one \
+                and "bitmap-extents-past-request" in quirks:
+            # Each run of dirty or clean granules is reported whole, past the request's end.
+            whole = backend.block_status(name, offset, backend.size - offset)
+            kept, covered = [], 0
+            for extent in whole:
+                kept.append(Extent(extent.length, extent.flags))
+                covered += extent.length
+                if covered >= length:
+                    break
+            return kept
+        extents = [Extent(e.length, e.flags) for e in backend.block_status(name, offset, length)]
+        if name == c.BASE_ALLOCATION:
+            if "flat-image-no-hole-bit" in quirks and self.export.flat_image:
+                extents = merge_equal([Extent(e.length, e.flags & ~c.StateFlag.HOLE)
+                                       for e in extents])
+            if "one-extent-per-status" in quirks:
+                extents = extents[:1]
+        return extents
+
+
+def merge_equal(extents: list[Extent]) -> list[Extent]:
+    """Adjacent extents of the same status as one (a server reports runs, not pieces)."""
+    merged: list[Extent] = []
+    for extent in extents:
+        if merged and merged[-1].flags == extent.flags:
+            merged[-1] = Extent(merged[-1].length + extent.length, extent.flags)
+        else:
+            merged.append(extent)
+    return merged
 
 
 def align_extents(extents: list, block: int, context: str) -> list[Extent]:

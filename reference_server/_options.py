@@ -32,6 +32,8 @@ from .features import ServerFeatures
 from .storage import ExportRegistry
 
 TF = c.TransmissionFlag
+SECTOR = 512
+"""qemu's BDRV_SECTOR_SIZE: the minimum block size qemu 2.10-3.1 advertise when asked."""
 
 
 @dataclass
@@ -144,6 +146,9 @@ def answer_option(ctx: OptionContext, request: OptionRequest,
     if violations:
         return OptionOutcome([error(opt, c.Rep.ERR_INVALID, violations[0].message)])
     if opt == c.Opt.ABORT:
+        if mode == "required" and not neg.tls and "abort-before-tls-refused" in ctx.features.quirks:
+            return OptionOutcome([error(opt, c.Rep.ERR_TLS_REQD,
+                                        "Option 0x2 not permitted before TLS")])
         if "abort-without-ack" in ctx.features.quirks:
             return OptionOutcome([], close=True)
         return OptionOutcome([option_reply(opt, c.Rep.ACK)], close=True)
@@ -214,10 +219,16 @@ def _info_or_go(ctx: OptionContext, opt: int, payload: InfoRequestPayload) -> Op
     backend = ctx.registry.backend(export)
     requested = set(payload.info_requests)
     replies: list[OptionReply] = []
+    quirks = ctx.features.quirks
     block_info = InfoBlockSize(export.min_block_size, export.preferred_block_size,
                                export.max_payload_size)
+    sector_minimum = "sector-min-block" in quirks and export.has_default_block_sizes
+    if sector_minimum and (opt == c.Opt.INFO or c.Info.BLOCK_SIZE in requested):
+        block_info = InfoBlockSize(SECTOR, max(SECTOR, export.preferred_block_size),
+                                   export.max_payload_size)
     send_block = ctx.features.info_block_size and (
         c.Info.BLOCK_SIZE in requested or not export.has_default_block_sizes
+        or "block-size-unasked" in quirks
     )
     if (opt == c.Opt.GO and export.block_size_required and c.Info.BLOCK_SIZE not in requested
             and ctx.features.info_block_size):
@@ -233,7 +244,8 @@ def _info_or_go(ctx: OptionContext, opt: int, payload: InfoRequestPayload) -> Op
     flags = transmission_flags(ctx, export, for_info=opt == c.Opt.INFO)
     replies.append(option_reply(opt, c.Rep.INFO, InfoExport(size, flags)))
     if c.Info.NAME in requested:
-        replies.append(option_reply(opt, c.Rep.INFO, InfoName(export.name)))
+        name = "" if "info-name-empty" in quirks else export.name
+        replies.append(option_reply(opt, c.Rep.INFO, InfoName(name)))
     unasked = "description-unasked" in ctx.features.quirks
     if (c.Info.DESCRIPTION in requested or unasked) and export.description:
         replies.append(option_reply(opt, c.Rep.INFO, InfoDescription(export.description)))
@@ -241,6 +253,12 @@ def _info_or_go(ctx: OptionContext, opt: int, payload: InfoRequestPayload) -> Op
         replies.append(option_reply(opt, c.Rep.INFO, block_info))
     if export.init_state and ctx.features.init_state:
         replies.append(option_reply(opt, c.Rep.INFO, InfoInitState(int(backend.init_state()))))
+    if sector_minimum and opt == c.Opt.INFO and c.Info.BLOCK_SIZE not in requested:
+        # qemu 2.10-3.1: "If the client is just asking for NBD_OPT_INFO, but forgot to request
+        # block sizes, return an error" (after the information; the spec allows the refusal).
+        replies.append(error(opt, c.Rep.ERR_BLOCK_SIZE_REQD,
+                             "request NBD_INFO_BLOCK_SIZE to use this export"))
+        return OptionOutcome(replies)
     replies.append(option_reply(opt, c.Rep.ACK))
     return OptionOutcome(replies, enter_transmission=export if opt == c.Opt.GO else None)
 
@@ -269,7 +287,9 @@ def match_list_query(query: str, available: list[str]) -> list[str]:
 
 def _meta_context(ctx: OptionContext, opt: int, payload: MetaContextPayload) -> OptionOutcome:
     neg = ctx.negotiated
-    if not (neg.structured_replies or neg.extended_headers):
+    quirks = ctx.features.quirks
+    listing_early = opt == c.Opt.LIST_META_CONTEXT and "list-meta-without-structured" in quirks
+    if not (neg.structured_replies or neg.extended_headers or listing_early):
         return OptionOutcome([error(opt, c.Rep.ERR_INVALID, "negotiate structured replies or "
                                     "extended headers first")])
     export = ctx.config.export(payload.name)
@@ -287,7 +307,7 @@ def _meta_context(ctx: OptionContext, opt: int, payload: MetaContextPayload) -> 
                                     f"{len(payload.queries)} queries; this server takes at "
                                     f"most {limit} (limits.max_meta_context_queries)")])
     for query in payload.queries:
-        if ":" not in query:
+        if ":" not in query and "meta-query-no-colon-ignored" not in quirks:
             return OptionOutcome([error(opt, c.Rep.ERR_INVALID,
                                         f"query {query!r} lacks a namespace and colon")])
     available = available_contexts(ctx, export)

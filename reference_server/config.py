@@ -152,6 +152,9 @@ class ExportConfig:
     fast_zero: bool = True
     allocation_depth: bool = True
     """Offer ``qemu:allocation-depth`` (qemu-nbd offers it only with ``-A``)."""
+    flat_image: bool = False
+    """The export stands for one raw image file (no backing chain); a qemu profile then
+    reports it allocated everywhere, as qemu does (quirk flat-image-depth-one)."""
 
     def validated(self) -> ExportConfig:
         """This export, or :class:`ConfigError` saying what is wrong with it.

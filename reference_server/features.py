@@ -86,6 +86,27 @@ KNOWN_QUIRKS = {
     "headers are on, before any SET_META_CONTEXT (qemu)",
     "description-unasked": "sends NBD_INFO_DESCRIPTION whenever the export has a description, "
     "asked for or not (qemu)",
+    # qemu releases built from source and compared with `nbd-harness peers compare`:
+    "block-size-unasked": "sends NBD_INFO_BLOCK_SIZE to every INFO and GO (qemu 2.10+)",
+    "sector-min-block": "minimum block size 512 to INFO and to clients that ask, never "
+    "enforced; INFO without the request gets NBD_REP_ERR_BLOCK_SIZE_REQD (qemu 2.10-3.x)",
+    "info-name-empty": "NBD_INFO_NAME with an empty name (qemu 2.10-2.11)",
+    "abort-before-tls-refused": "NBD_OPT_ABORT before STARTTLS on a TLS-only server gets "
+    "NBD_REP_ERR_TLS_REQD (qemu)",
+    "trim-ignored": "NBD_CMD_TRIM succeeds and changes nothing (qemu-nbd --discard=ignore)",
+    "zero-length-read-ok": "a zero-length NBD_CMD_READ succeeds (qemu)",
+    "zeroes-past-end-einval": "WRITE_ZEROES past the end gets NBD_EINVAL (qemu 2.8-2.11)",
+    "request-errors-einval": "every request refused before it runs gets NBD_EINVAL (qemu 2.12+)",
+    "flat-image-no-hole-bit": "base:allocation of a raw image never sets NBD_STATE_HOLE "
+    "(qemu 2.12-5.x)",
+    "one-extent-per-status": "one base:allocation extent per block status reply (qemu 2.12)",
+    "meta-query-no-colon-ignored": "a context query without a colon is ignored, not refused (qemu)",
+    "list-meta-without-structured": "NBD_OPT_LIST_META_CONTEXT answered before structured "
+    "replies (qemu 6.0+)",
+    "flat-image-depth-one": "qemu:allocation-depth 1 everywhere on a raw image (qemu 5.2+)",
+    "bitmap-extents-past-request": "dirty bitmap runs reported whole, past the request "
+    "(qemu 4.x)",
+    "zeroes-stay-allocated": "NBD_CMD_WRITE_ZEROES leaves the range allocated (qemu 10+)",
 }
 
 FULL = ServerFeatures()

@@ -458,14 +458,25 @@ async def list_meta_contexts(
 async def export_info(
     wire: Wire, record: Negotiation, export: str, info_requests: tuple[int, ...]
 ) -> ExportInfo:
-    """``NBD_OPT_INFO``: what the server says about ``export``, without selecting it."""
-    replies = await exchange(
-        wire,
-        record,
-        option(c.Opt.INFO, InfoRequestPayload(export, info_requests)),
-        argument=repr(export),
-    )
-    final, message = _final(replies)
+    """``NBD_OPT_INFO``: what the server says about ``export``, without selecting it.
+
+    A server may refuse INFO with ``NBD_REP_ERR_BLOCK_SIZE_REQD`` when the client did not
+    ask for block sizes (qemu 2.10-3.1 always do): as for GO, ask again promising to obey them.
+    """
+    while True:
+        replies = await exchange(
+            wire,
+            record,
+            option(c.Opt.INFO, InfoRequestPayload(export, info_requests)),
+            argument=repr(export),
+        )
+        final, message = _final(replies)
+        if final != c.Rep.ERR_BLOCK_SIZE_REQD or c.Info.BLOCK_SIZE in info_requests:
+            break
+        info_requests = (*info_requests, c.Info.BLOCK_SIZE)
+        record.fallbacks.append(Fallback(
+            "block-size", "NBD_OPT_INFO: NBD_REP_ERR_BLOCK_SIZE_REQD: asked again with "
+            "NBD_INFO_BLOCK_SIZE"))
     if final != c.Rep.ACK:
         raise _refusal(c.Opt.INFO, final, message, f"no information on export {export!r}")
     fields: dict[str, object] = {}

@@ -329,6 +329,12 @@ class ClientRun:
             extents = [e for e in (output.extents or []) if e[1] > 0]
             wanted = expect.get("extents")
             match = expect.get("match", "exact" if wanted is not None else "safe")
+            if (match == "exact" and context == c.BASE_ALLOCATION
+                    and "flat-image-no-hole-bit" in self.server_features.quirks
+                    and self.spec.image_format == "raw"):
+                # The profile reports a raw image's holes without NBD_STATE_HOLE, as qemu
+                # 2.12-5.x did: the client can only be judged on the rest.
+                match = "hole-optional"
             check_extents(extents, wanted, match, context, 0, size, self.model, self.spec,
                           what)
         if "size" in expect:

@@ -22,7 +22,13 @@ def lacking_actions(scenario: Scenario, program: ClientProgram) -> list[str]:
         action = step.args["action"]
         context = step.args.get("context") if action == "map" else None
         what = f"{action} {context}" if context else action
-        if program.form(action, context) is None and what not in lacking:
+        form = program.form(action, context)
+        tls = step.args.get("tls") or ("require" if scenario.export.tls != "off" else "off")
+        if form is not None and tls == "require" and form.argv_tls is None \
+                and not program.uri_tls:
+            what += " over TLS"  # the release has no TLS form of it (and no nbds:// URIs)
+            form = None
+        if form is None and what not in lacking:
             lacking.append(what)
     return lacking
 

@@ -3,6 +3,10 @@
     nbd-harness peers list [--json]          every known PROGRAM@VERSION, provided or not
     nbd-harness peers install [SUITE|all]    build/unpack root filesystems (or docker images)
     nbd-harness peers doctor [PEER ...]      start and probe installed peers, compare with data
+    nbd-harness peers build qemu VERSION [--source DIR|TARBALL|URL|debian:SUITE]
+                                             build a qemu release's tools into the peer cache
+    nbd-harness peers compare REAL|DIR PROFILE   a real server (or its saved sessions) vs a
+                                             reference-server profile, message by message
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from harness.errors import UserError
 
@@ -51,6 +56,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="check versions only; do not start servers")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     doctor.set_defaults(func=run_doctor)
+
+    build = actions.add_parser(
+        "build", help="build a qemu release's tools from source into the peer cache",
+        description="Build qemu-nbd, qemu-img, qemu-io (and qemu-storage-daemon from 5.2) of "
+        "a qemu release, out of tree, in the Debian build root of its era "
+        "(matrix/qemu-builds.toml), into ~/.cache/nbd-harness/qemu/VERSION/. Without "
+        "--source the official release tarball is downloaded and checked against its SHA-256.",
+    )
+    build.add_argument("family", choices=["qemu"], help="what to build (qemu)")
+    build.add_argument("version", nargs="?",
+                       help="2.12 or 2.12.1; optional with --source (the tree's VERSION)")
+    build.add_argument("--source", metavar="DIR|TARBALL|URL|debian:SUITE",
+                       help="a source tree, a release tarball, its URL, or debian:SUITE for "
+                       "that Debian suite's qemu source package")
+    build.add_argument("--rebuild", action="store_true", help="build even when cached")
+    build.add_argument("--jobs", "-j", type=int, metavar="N",
+                       help="parallel compile jobs (default: matrix/qemu-builds.toml, 2)")
+    build.set_defaults(func=run_build)
+
+    compare = actions.add_parser(
+        "compare", help="does a reference-server profile answer as the real server does?",
+        description="Record the real server REAL (qemu-nbd@2.12) answering every applicable "
+        "server scenario (a fresh server per scenario, the reference client, as the matrix runs "
+        "them) and a few nbdinfo calls, then replay each session against the reference server "
+        "in PROFILE (qemu-2.12) serving the same export, and show every difference with the "
+        "messages. REAL may also be a saved recording (a directory with manifest.json, e.g. "
+        "tests/data/qemu-releases/2.12).",
+    )
+    compare.add_argument("real", metavar="REAL|DIR", help="a real server peer, or a recording")
+    compare.add_argument("profile", metavar="PROFILE", help="a reference-server profile")
+    compare.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                         help="only these scenarios (name, group/name, group or glob)")
+    compare.add_argument("--out", type=Path, metavar="DIR",
+                         help="where the recording goes (default: reports/compare-DATE-TIME)")
+    compare.add_argument("--save", type=Path, metavar="DIR",
+                         help="also save the small sessions as a recording (test data)")
+    compare.add_argument("--json", action="store_true", help="print JSON")
+    compare.set_defaults(func=run_compare)
 
     parser.set_defaults(func=lambda args: _usage(parser))
 
@@ -135,6 +178,110 @@ def _install_all(catalog, kind: str) -> list[str]:
     host = host_codename()
     return [s.name for s in catalog.data.suites.values()
             if kind in s.providers and not (s.name == host and "host" in s.providers)]
+
+
+# --- build ------------------------------------------------------------------------------------
+
+
+class _StatusLine:
+    """One line that a build keeps rewriting on a terminal (a line every 30 s otherwise)."""
+
+    def __init__(self, stream=None, interval: float = 30.0) -> None:
+        self.stream = stream or sys.stderr  # the current one (pytest swaps it per test)
+        self.tty = self.stream.isatty()
+        self.interval = interval
+        self.shown_at = 0.0
+        self.width = 0
+
+    def status(self, text: str) -> None:
+        now = time.monotonic()
+        if self.tty:
+            line = text[:110]
+            self.stream.write("\r" + line.ljust(self.width))
+            self.width = len(line)
+            self.stream.flush()
+        elif now - self.shown_at >= self.interval:
+            print(f"  {text}", file=self.stream, flush=True)
+            self.shown_at = now
+
+    def line(self, text: str) -> None:
+        self.clear()
+        print(text, file=self.stream, flush=True)
+
+    def clear(self) -> None:
+        if self.tty and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.width = 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from harness.peers.qemu_build import QemuBuilder, parse_source
+
+    if args.version is None and args.source is None:
+        raise UserError("give a VERSION (e.g. 2.12) or --source DIR|TARBALL|URL|debian:SUITE")
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError("--jobs must be 1 or more")
+    source = parse_source(args.source)
+    line = _StatusLine()
+    builder = QemuBuilder(progress=line.line, status=line.status, jobs=args.jobs)
+    try:
+        report = builder.build(args.version, source, rebuild=args.rebuild)
+    finally:
+        line.clear()
+    build = report.build
+    if report.cached:
+        print(f"qemu {build.name}: already built in {build.directory} (from {build.source}, "
+              f"{build.seconds:.0f} s); --rebuild builds it again")
+    else:
+        print(f"qemu {build.name}: built in {report.seconds:.0f} s from {build.source}")
+    print(f"  programs: {', '.join(sorted(build.programs))} in {build.bin_dir}")
+    for note in report.notes:
+        print(f"  {note}")
+    return 0
+
+
+# --- compare ----------------------------------------------------------------------------------
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from harness import fidelity
+    from harness.matrix import select_scenarios
+    from harness.paths import REPORTS_DIR
+    from harness.scenarios import load_library
+    from reference_server.profiles import profile
+
+    profile(args.profile)  # a clear error for an unknown profile, before recording anything
+
+    def progress(line: str) -> None:
+        print(f"  {line}", file=sys.stderr, flush=True)
+
+    source = Path(args.real)
+    if (source / fidelity.MANIFEST).is_file():
+        recording = fidelity.load_recording(source)
+    else:
+        out = args.out or REPORTS_DIR / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+        scenarios = select_scenarios(load_library(), args.scenarios)
+        print(f"recording {args.real} into {out} ...", file=sys.stderr, flush=True)
+        recording = fidelity.record_sessions(args.real, scenarios, out, progress=progress)
+    if args.save:
+        saved = fidelity.save_recording(recording, args.save)
+        print(f"saved {len(saved.sessions)} of {len(recording.sessions)} sessions in "
+              f"{args.save}", file=sys.stderr)
+    comparisons = fidelity.compare_sessions(recording, args.profile, progress=progress)
+    differing = [c for c in comparisons if not c.same]
+    if args.json:
+        json.dump({"real": recording.real, "version": recording.version,
+                   "profile": args.profile, "same": not differing,
+                   "sessions": [c.as_json() for c in comparisons]}, sys.stdout, indent=2)
+        print()
+    else:
+        for comparison in comparisons:
+            print(comparison.render(), end="")
+        skipped = sum(1 for c in comparisons if c.skipped)
+        print(f"{recording.real} ({recording.version}) vs reference-server@{args.profile}: "
+              f"{len(comparisons)} sessions, {len(differing)} with differences"
+              + (f", {skipped} skipped" if skipped else ""))
+    return 1 if differing else 0
 
 
 # --- doctor ----------------------------------------------------------------------------------

@@ -23,12 +23,14 @@ def _server_driver(program: str) -> type[ServerPeer] | None:
     return driver if driver is not None and issubclass(driver, ServerPeer) else None
 
 
-def unservable(program: str, export: ExportRequirements) -> str | None:
-    """Why ``program`` cannot serve ``export`` as the scenario describes it (None: it can)."""
+def unservable(program: str, export: ExportRequirements, version: str | None = None
+                ) -> str | None:
+    """Why ``program`` (at ``version``) cannot serve ``export`` as the scenario describes it
+    (None: it can)."""
     driver = _server_driver(program)
     if driver is None:
         return f"{program} has no server driver"
-    return driver.unservable(export)
+    return driver.unservable(export, version)
 
 
 def driver_options(program: str, export: ExportRequirements) -> object | None:

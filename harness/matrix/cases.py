@@ -35,6 +35,7 @@ from harness.client_role import client_can_run
 from harness.errors import UserError
 from harness.peerdata import PeerDataError, default_peerdata, version_matches
 from harness.peers import DRIVERS, Catalog, list_peers, parse_peer_spec
+from harness.peers.actions import ClientProgram, default_client_actions
 from harness.peers.suites import load_suites
 from harness.scenarios import REFERENCE_CLIENT_LACKS, Scenario, server_has
 from harness.verdict import Verdict
@@ -107,6 +108,13 @@ class PeerRef:
 
     def __str__(self) -> str:
         return self.spec
+
+
+def _version_matches(actual: str, wanted: str) -> bool:
+    try:
+        return version_matches(actual, wanted)
+    except ValueError:
+        return False
 
 
 def _families() -> dict[str, str]:
@@ -216,9 +224,15 @@ def parse_peer(text: str, role: Role, *, installed: Sequence[PeerRef] = ()) -> P
                 return peer
         raise MatrixError(f"{text}: no installed version (run `nbd-harness peers list`)")
     version = spec.version
-    # A suite name (qemu-nbd@trixie) stands for the version that suite carries.
+    # A suite name (qemu-nbd@trixie) stands for the version that suite carries; a version
+    # names the installed peer of that version, so a client runs from its own provider
+    # (without one it would run the host's program).
     for peer in installed:
         if peer.program == spec.program and peer.provider.endswith(f":{version}"):
+            return peer
+    for peer in installed:
+        if peer.program == spec.program and peer.version is not None and \
+                _version_matches(peer.version, version):
             return peer
     try:
         return real_peer(spec.program, version, role)
@@ -435,7 +449,7 @@ def _server_exclusion(scenario: Scenario, server: PeerRef, client: PeerRef) -> s
     if server.reference and scenario.requires_server & {"starttls-psk"}:
         return "the reference server cannot play starttls-psk"
     if not server.reference:
-        return unservable(server.program, scenario.export)
+        return unservable(server.program, scenario.export, server.version)
     return None
 
 
@@ -497,8 +511,14 @@ def _client_profile_exclusion(scenario: Scenario, server: PeerRef,
     return None
 
 
+def client_program(client: PeerRef) -> ClientProgram | str:
+    """How ``client`` performs client actions: its program's forms at its release."""
+    program = default_client_actions().get(client.program)
+    return program.at(client.version) if program is not None else client.program
+
+
 def _client_exclusion(scenario: Scenario, client: PeerRef) -> str | None:
-    runnable, why = client_can_run(scenario, client.program)
+    runnable, why = client_can_run(scenario, client_program(client))
     return None if runnable else why
 
 

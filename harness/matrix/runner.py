@@ -45,7 +45,7 @@ from reference_server.profiles import profile
 from ._keep import DEFAULT_EVIDENCE, SHARED_SCENARIOS, keep, share_scenario
 from ._recorded import recording_proxy
 from ._setup import driver_options
-from .cases import DISCONNECT_GROUP, Case, PeerRef
+from .cases import DISCONNECT_GROUP, Case, PeerRef, client_program
 from .results import CaseResult, ResultStore
 from .verdict import judge_case
 
@@ -180,7 +180,7 @@ def _run_client_role(case: Case, workdir: Path, capture: Path,
                      watchdog: _Watchdog) -> ScenarioResult:
     workdir = workdir / "client"
     workdir.mkdir(parents=True, exist_ok=True)
-    return run_client_scenario(case.scenario, case.client.program,
+    return run_client_scenario(case.scenario, client_program(case.client),
                                profile(case.server.profile or "reference"), workdir,
                                features_client=sorted(case.client.features),
                                timeout=STEP_TIMEOUT,

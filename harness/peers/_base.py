@@ -342,7 +342,7 @@ class Peer(ABC):
         output = f"{result.stdout}\n{result.stderr}"
         reported = self.parse_version(output)
         package = self.provider.package_version(self.package) if self.package else None
-        if self.misreports_version and package is not None:
+        if (self.misreports_version or self.provider.knows_versions) and package is not None:
             note = (f"{self.program} reports {reported} but its package is {package}"
                     if package != reported else "")
             return PeerVersion(self.program, reported, package, package, note)
@@ -394,9 +394,10 @@ class ServerPeer(Peer):
         return None
 
     @classmethod
-    def unservable(cls, export: ExportRequirements) -> str | None:
+    def unservable(cls, export: ExportRequirements, version: str | None = None) -> str | None:
         """Why this program cannot serve a scenario's ``export`` as it is described (None:
-        it can, with :meth:`options_for`)."""
+        it can, with :meth:`options_for`); ``version`` is the release that would serve it
+        (major.minor), for switches that came in some release."""
         program = cls.program
         spec = export.spec
         if spec.description and not cls.serves_descriptions:

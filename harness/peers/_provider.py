@@ -86,6 +86,9 @@ class Provider(ABC):
     #: True when the programs run as descendants of our process (so /proc shows which
     #: sockets they own); docker's containers are children of the engine instead.
     owns_processes: ClassVar[bool] = True
+    #: True when the provider knows its programs' versions better than their ``--version``
+    #: does (a qemu built from source knows its tree's VERSION; qemu-nbd 2.5-2.9 print 0.0.1).
+    knows_versions: ClassVar[bool] = False
 
     def __init__(self, suite: Suite) -> None:
         self.suite = suite

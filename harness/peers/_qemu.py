@@ -10,7 +10,9 @@ from typing import Literal
 from ._base import KiB, ServerPeer
 from ._images import build_qcow2_chain, write_raw_flat
 from ._observe import PROBE_BITMAP
+from ._provider import Provider
 from .export import BitmapSpec, DataRange, ExportSpec, ExportSpecError, Layer
+from .qemu_build.data import series_of
 
 TLS_ID = "tls0"
 
@@ -32,13 +34,37 @@ def build_image(server: ServerPeer, export: ExportSpec, workdir: Path, *,
     chain, or a flat raw file (which has nowhere to keep bitmaps, persistent or
     ``live_bitmaps`` added once the server runs)."""
     if export.image_format == "qcow2":
-        return build_qcow2_chain(export, workdir, server.provider,
+        return build_qcow2_chain(export, workdir, image_tools(server.provider),
                                  server.log_path(workdir, "image"))
     if export.bitmaps or live_bitmaps:
         raise ExportSpecError(
             "dirty bitmaps need image_format qcow2 (a raw image has nowhere to keep them)"
         )
     return write_raw_flat(export, workdir / "export.raw")
+
+
+def qemu_series(provider: Provider) -> tuple[int, int]:
+    """The qemu release (major, minor) ``provider`` carries; a newest one when it is unknown."""
+    version = provider.data_version("qemu")
+    try:
+        return series_of(version) if version else (99, 0)
+    except ValueError:
+        return (99, 0)
+
+
+WRITE_FROM_FILE_SINCE = (5, 0)
+"""qemu-io's ``write -s FILE`` (how images get their pattern data) came in qemu 5.0."""
+
+
+def image_tools(provider: Provider) -> Provider:
+    """Whose qemu-img and qemu-io make a server's images: its own suite's, except for a
+    release built from source before 5.0 (no ``qemu-io write -s``), whose images the
+    packaged qemu of the suite it runs in makes (qcow2 v3 images every release reads)."""
+    from .qemu_build.provider import BuildProvider
+
+    if isinstance(provider, BuildProvider) and qemu_series(provider) < WRITE_FROM_FILE_SINCE:
+        return provider.runner
+    return provider
 
 
 def escape_option(value: str) -> str:
@@ -59,4 +85,5 @@ def tls_object(directory: Path, endpoint: Literal["server", "client"]) -> list[s
     ]
 
 
-__all__ = ["TLS_ID", "build_image", "escape_option", "probe_chain", "tls_object"]
+__all__ = ["TLS_ID", "build_image", "escape_option", "image_tools", "probe_chain",
+           "qemu_series", "tls_object"]

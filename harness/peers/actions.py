@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,6 +76,10 @@ class ActionForm:
     output: str
     argv_tls: tuple[str, ...] | None = None
     contexts: tuple[str, ...] | None = None
+    since: str | None = None
+    """The first release of the program with this form (None: every release)."""
+    tls_since: str | None = None
+    """The first release whose ``argv_tls`` works (None: every release)."""
 
     def fits(self, context: str | None) -> bool:
         """Whether this form maps ``context`` (a prefix ending in ``:`` covers a family)."""
@@ -93,6 +97,25 @@ class ClientProgram:
     description: str
     uri_tls: bool
     actions: dict[str, tuple[ActionForm, ...]] = field(default_factory=dict)
+
+    def at(self, version: str | None) -> ClientProgram:
+        """The program as release ``version`` has it: forms it lacks left out (None: as
+        the table has it, the newest release's)."""
+        if version is None:
+            return self
+
+        def before(first: str | None) -> bool:
+            try:
+                return first is not None and _release(version) < _release(first)
+            except ValueError:
+                return False
+
+        actions = {
+            action: tuple(replace(form, argv_tls=None) if before(form.tls_since) else form
+                          for form in forms if not before(form.since))
+            for action, forms in self.actions.items()
+        }
+        return replace(self, actions={a: f for a, f in actions.items() if f})
 
     def form(self, action: str, context: str | None = None) -> ActionForm | None:
         """The form of ``action`` that fits ``context`` (a map's context), or None."""
@@ -130,8 +153,23 @@ def _strings(where: str, key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _release(version: str) -> tuple[int, ...]:
+    """``2.12.1`` -> ``(2, 12, 1)``; raise ValueError for what is not a version."""
+    return tuple(int(part) for part in version.split("+")[0].split("."))
+
+
+def _release_text(where: str, key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        _release(value)
+    except (ValueError, AttributeError):
+        raise ClientActionsError(f"{where}: {key} must be a release like \"5.0\"") from None
+    return value
+
+
 def _form(here: str, form: dict[str, Any]) -> ActionForm:
-    unknown = set(form) - {"argv", "argv_tls", "output", "contexts"}
+    unknown = set(form) - {"argv", "argv_tls", "output", "contexts", "since", "tls_since"}
     if unknown:
         raise ClientActionsError(f"{here}: unknown key(s) {sorted(unknown)}")
     if form.get("output") not in OUTPUT_READERS:
@@ -142,6 +180,8 @@ def _form(here: str, form: dict[str, Any]) -> ActionForm:
         output=form["output"],
         argv_tls=_strings(here, "argv_tls", form["argv_tls"]) if "argv_tls" in form else None,
         contexts=_strings(here, "contexts", form["contexts"]) if "contexts" in form else None,
+        since=_release_text(here, "since", form.get("since")),
+        tls_since=_release_text(here, "tls_since", form.get("tls_since")),
     )
 
 

@@ -35,6 +35,13 @@ from .suites import PROVIDER_KINDS, Suite, SuiteData, load_suites
 
 load_drivers()
 
+from .qemu_build.provider import FAMILY as BUILD_FAMILY  # noqa: E402 - after the drivers load
+from .qemu_build.provider import KIND as BUILD_KIND  # noqa: E402
+from .qemu_build.provider import built_release_providers  # noqa: E402
+
+CATALOG_KINDS = (*PROVIDER_KINDS, BUILD_KIND)
+"""Where peers come from: the suites' providers, then qemu releases built from source."""
+
 
 def builtin_programs() -> tuple[str, ...]:
     """Our own peers (``reference-server``, ``reference-client``): always provided."""
@@ -64,7 +71,7 @@ def _version_matches(actual: str | None, wanted: str) -> bool:
         return False
 
 
-def build_providers(data: SuiteData, kinds: tuple[str, ...] = PROVIDER_KINDS,
+def build_providers(data: SuiteData, kinds: tuple[str, ...] = CATALOG_KINDS,
                     rootfs_base: Path | None = None) -> list[Provider]:
     """Every provider of every suite, in the order peers are looked for."""
     providers: list[Provider] = []
@@ -79,6 +86,8 @@ def build_providers(data: SuiteData, kinds: tuple[str, ...] = PROVIDER_KINDS,
                       if "rootfs" in s.providers]
     if "docker" in kinds:
         providers += [DockerProvider(s) for s in data.suites.values() if "docker" in s.providers]
+    if BUILD_KIND in kinds:
+        providers += built_release_providers(data, rootfs_base=rootfs_base)
     return providers
 
 
@@ -105,7 +114,7 @@ class Catalog:
     providers: list[Provider]
 
     @classmethod
-    def load(cls, kinds: tuple[str, ...] = PROVIDER_KINDS,
+    def load(cls, kinds: tuple[str, ...] = CATALOG_KINDS,
              rootfs_base: Path | None = None) -> Catalog:
         data = load_suites()
         return cls(data, build_providers(data, kinds, rootfs_base))
@@ -155,6 +164,8 @@ class Catalog:
         family = self.data.family_of(spec.program)
         if family is None or family not in provider.suite.versions:
             return False
+        if spec.program not in provider.suite.program_packages:
+            return False  # a build of a release without that program (qemu-storage-daemon)
         if spec.version is None or spec.version == provider.suite.name:
             return True
         return _version_matches(self.version_in(provider, spec.program), spec.version) or (
@@ -200,6 +211,8 @@ class Catalog:
         if spec.version and played is not None and issubclass(DRIVERS[played], ServerPeer):
             profile = f"reference-server@{family}-{spec.version}"
             message += f"; the reference server can play it: {profile}"
+        if spec.version and family == BUILD_FAMILY:
+            message += f"; or build the release: nbd-harness peers build qemu {spec.version}"
         raise PeerSpecError(message)
 
 
@@ -347,6 +360,7 @@ def _unpackaged_rows(catalog: Catalog, listed: set[tuple[str, str]]) -> list[Pee
 
 __all__ = [
     "BUILTIN_PROGRAMS",
+    "CATALOG_KINDS",
     "DRIVERS",
     "Catalog",
     "PeerListing",

@@ -24,10 +24,10 @@ class NbdkitMemory(Nbdkit):
     plugin = "memory"
 
     @classmethod
-    def unservable(cls, export: ExportRequirements) -> str | None:
+    def unservable(cls, export: ExportRequirements, version: str | None = None) -> str | None:
         if any(export.spec.layers) or export.spec.writes_after_bitmaps:
             return f"{cls.program} starts empty: it cannot hold the scenario's preset data"
-        return super().unservable(export)
+        return super().unservable(export, version)
 
 
 __all__ = ["NbdkitMemory"]

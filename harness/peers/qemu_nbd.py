@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 from ._actions import ActionOutput, output_reader
 from ._base import RunningServer, ServerPeer, Transport
-from ._qemu import build_image, probe_chain, tls_object
+from ._qemu import build_image, probe_chain, qemu_series, tls_object
 from .export import ExportSpec
+from .qemu_build.data import series_of
 
 if TYPE_CHECKING:
     from harness.scenarios import ExportRequirements
@@ -21,6 +22,16 @@ if TYPE_CHECKING:
 def read_list(stdout: str, out: Path) -> ActionOutput:
     """``qemu-nbd --list`` (qemu's NBD client): the export names it printed."""
     return ActionOutput(exports=re.findall(r"^\s*export: '(.*)'\s*$", stdout, re.MULTILINE))
+
+
+# The releases that brought qemu-nbd's switches for bitmaps and allocation depth: --bitmap is
+# in 4.1.1's qemu-nbd.c long options and not in 3.1.0's (qemu's changelog: 4.0), and
+# --allocation-depth in 6.2.0's and not 4.1.1's (docs/interop/nbd.rst: 5.2). Before, qemu's
+# server could export a bitmap only through QMP (nbd-server-add, 3.0), not qemu-nbd. 4.1.1
+# keeps one bitmap (the last -B: "bitmap = optarg"); 6.2.0 a list, as 5.2 (peers compare).
+BITMAP_SINCE = (4, 0)
+BITMAPS_SINCE = (5, 2)
+ALLOCATION_DEPTH_SINCE = (5, 2)
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,14 @@ class QemuNbd(ServerPeer):
         return QemuNbdOptions(shared=8) if export.spec.multi_conn else None
 
     @classmethod
+    def unservable(cls, export: ExportRequirements, version: str | None = None) -> str | None:
+        reason = super().unservable(export, version)
+        if reason is None and len(export.spec.bitmaps) > 1 and version and \
+                series_of(version) < BITMAPS_SINCE:
+            return "qemu-nbd exports several dirty bitmaps from 5.2 (4.x keeps the last -B)"
+        return reason
+
+    @classmethod
     def probe_export(cls) -> tuple[ExportSpec, QemuNbdOptions]:
         # A shareable export (--shared > 1): the data's claims are for those.
         return probe_chain(), QemuNbdOptions(shared=2)
@@ -69,9 +88,10 @@ class QemuNbd(ServerPeer):
             argv.append("-t")
         if options.shared is not None:
             argv += ["-e", str(options.shared)]
-        if options.allocation_depth:
+        series = qemu_series(self.provider)
+        if options.allocation_depth and series >= ALLOCATION_DEPTH_SINCE:
             argv.append("-A")
-        if options.bitmaps:
+        if options.bitmaps and series >= BITMAP_SINCE:
             for bitmap in export.bitmaps:
                 argv += ["-B", bitmap.name]
         if export.tls_dir is not None:

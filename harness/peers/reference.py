@@ -129,7 +129,7 @@ def reference_config(
         description=export.description, min_block_size=minimum, preferred_block_size=preferred,
         max_payload_size=maximum, block_size_configured=export.block_sizes_set,
         block_size_required=export.block_size_required, multi_conn=export.multi_conn,
-        init_state=export.init_state, **backend)
+        init_state=export.init_state, flat_image=export.image_format == "raw", **backend)
     extra = tuple(ExportConfig(name=name, size=EXTRA_EXPORT_SIZE) for name in extra_exports)
     if tls is None:
         tls = "required" if export.tls_dir is not None else "off"
