@@ -31,6 +31,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
+from hypothesis.errors import Flaky
 
 from harness.address import Address
 from harness.capture.proxy import ProxyThread
@@ -295,11 +296,18 @@ def run_client_campaign(campaign: ClientCampaign) -> ClientSummary:
             summary.examples += 1
             outcome = run_cut(campaign.command, upstream, Cut(at, action),  # type: ignore[arg-type]
                               timeout=campaign.timeout, clean_output=clean.output)
-            if outcome.problem is not None:
-                summary.failures[:] = [outcome]
-                raise AssertionError(outcome.problem)
+            if outcome.problem is None:
+                return
+            if action == "stall" and outcome.problem.startswith("hang"):
+                # A client may wait for a stalled server as long as it likes: the spec asks
+                # no timeout of it.  A stall is judged only by what the client then does.
+                return
+            summary.failures[:] = [outcome]
+            raise AssertionError(outcome.problem)
 
-        with suppress(AssertionError):
+        # A failure that does not happen again when hypothesis replays it (Flaky) is still
+        # reported: the first outcome is kept in summary.failures.
+        with suppress(AssertionError, Flaky):
             example()
     summary.seconds = time.monotonic() - started
     if summary.failures:
