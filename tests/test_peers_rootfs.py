@@ -84,7 +84,7 @@ def test_packaged_qemu_nbd_serves_a_chain_its_own_nbdinfo_reads(
 
 
 def test_a_peer_runs_in_a_directory_outside_tmp(provided: dict[str, RootfsProvider]) -> None:
-    """A run's evidence directory may be anywhere (`run --out /work/runs/x`): bwrap must be
+    """A run's evidence directory may be anywhere (`run --out /srv/runs/x`): bwrap must be
     able to make its mount point, which it cannot inside a root bound read-only at /."""
     from harness.peers.rootfs import cache_dir
 

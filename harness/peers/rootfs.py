@@ -341,8 +341,8 @@ def mounted_anywhere(directory: Path) -> bool:
 
 # The directories of a root filesystem that hold the system, bound read-only.  The rest of the
 # sandbox's / is bwrap's own tmpfs, so bwrap can make the mount point of any directory it binds
-# (with the whole root bound read-only at /, "--bind /work/run/case /work/run/case" fails:
-# "Can't mkdir parents for /work/run/case: Read-only file system").
+# (with the whole root bound read-only at /, "--bind /srv/run/case /srv/run/case" fails:
+# "Can't mkdir parents for /srv/run/case: Read-only file system").
 SYSTEM_DIRS = ("usr", "etc", "var", "opt", "lib", "lib32", "lib64", "libx32", "bin", "sbin")
 
 
