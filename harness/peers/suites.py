@@ -87,18 +87,24 @@ class SuiteData:
         return self.families.get(program)
 
 
-def _strings(where: str, key: str, value: object) -> tuple[str, ...]:
+def toml_strings(where: str, key: str, value: object,
+                 error: type[UserError] = SuiteDataError) -> tuple[str, ...]:
+    """``value`` as a list of non-empty strings, or ``error`` naming ``where`` and ``key``
+    (shared by the TOML loaders of harness/peers)."""
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise SuiteDataError(f"{where}: {key} must be a list of non-empty strings")
+        raise error(f"{where}: {key} must be a list of non-empty strings")
     return tuple(value)
 
 
-def _table(where: str, key: str, value: object) -> dict[str, str]:
+def toml_table(where: str, key: str, value: object,
+               error: type[UserError] = SuiteDataError) -> dict[str, str]:
+    """``value`` as a table of non-empty strings, or ``error`` naming ``where`` and ``key``."""
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()
     ):
-        raise SuiteDataError(f"{where}: {key} must be a table of strings")
+        raise error(f"{where}: {key} must be a table of strings")
     return dict(value)
+
 
 
 def load_suites(path: Path = SUITES_FILE) -> SuiteData:
@@ -109,11 +115,11 @@ def load_suites(path: Path = SUITES_FILE) -> SuiteData:
         raise SuiteDataError(f"{path}: no such file") from None
     except tomllib.TOMLDecodeError as exc:
         raise SuiteDataError(f"{path}: not valid TOML: {exc}") from None
-    programs = _table(f"{path}: [programs]", "programs", document.get("programs", {}))
-    families = _table(f"{path}: [families]", "families", document.get("families", {}))
+    programs = toml_table(f"{path}: [programs]", "programs", document.get("programs", {}))
+    families = toml_table(f"{path}: [families]", "families", document.get("families", {}))
     defaults = document.get("defaults", {})
-    default_packages = _strings(f"{path}: [defaults]", "packages", defaults.get("packages", []))
-    default_components = _strings(
+    default_packages = toml_strings(f"{path}: [defaults]", "packages", defaults.get("packages", []))
+    default_components = toml_strings(
         f"{path}: [defaults]", "components", defaults.get("components", ["main"])
     )
     known_keys = {"release", "providers", "packages", "components", "extra_suites", "pins",
@@ -129,7 +135,7 @@ def load_suites(path: Path = SUITES_FILE) -> SuiteData:
         release = table.get("release", name)
         if not isinstance(release, str) or not release:
             raise SuiteDataError(f"{where}: release must be a suite name")
-        providers = _strings(where, "providers", table.get("providers", ["rootfs", "docker"]))
+        providers = toml_strings(where, "providers", table.get("providers", ["rootfs", "docker"]))
         bad = [p for p in providers if p not in PROVIDER_KINDS]
         if bad:
             raise SuiteDataError(
@@ -139,16 +145,16 @@ def load_suites(path: Path = SUITES_FILE) -> SuiteData:
             name=name,
             release=release,
             providers=providers,
-            packages=_strings(where, "packages", table.get("packages", list(default_packages))),
-            components=_strings(
+            packages=toml_strings(where, "packages", table.get("packages", list(default_packages))),
+            components=toml_strings(
                 where, "components", table.get("components", list(default_components))
             ),
-            extra_suites=_strings(where, "extra_suites", table.get("extra_suites", [])),
-            pins=_table(where, "pins", table.get("pins", {})),
-            versions=_table(where, "versions", table.get("versions", {})),
+            extra_suites=toml_strings(where, "extra_suites", table.get("extra_suites", [])),
+            pins=toml_table(where, "pins", table.get("pins", {})),
+            versions=toml_table(where, "versions", table.get("versions", {})),
             program_packages={
                 **programs,
-                **_table(where, "program_packages", table.get("program_packages", {})),
+                **toml_table(where, "program_packages", table.get("program_packages", {})),
             },
         )
     if not suites:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.paths import QEMU_BUILDS_FILE as BUILDS_FILE
-from harness.peers.suites import Suite
+from harness.peers.suites import Suite, toml_strings, toml_table
 
 BUILD_SYSTEMS = ("make", "meson")
 
@@ -145,17 +145,11 @@ class BuildData:
 
 
 def _strings(where: str, key: str, value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise BuildDataError(f"{where}: {key} must be a list of non-empty strings")
-    return tuple(value)
+    return toml_strings(where, key, value, BuildDataError)
 
 
 def _table(where: str, key: str, value: object) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()
-    ):
-        raise BuildDataError(f"{where}: {key} must be a table of strings")
-    return dict(value)
+    return toml_table(where, key, value, BuildDataError)
 
 
 def _string(where: str, key: str, table: dict, default: str | None = None) -> str:
