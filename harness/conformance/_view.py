@@ -23,6 +23,7 @@ from scapy.fields import PacketListField
 from scapy.packet import NoPayload, Packet
 
 from harness.conformance._content import ExportContent
+from harness.conformance.findings import Finding
 from harness.dissect.layers import TextField, TextLenField, fields_of
 from harness.dissect.model import CLIENT, SERVER, Session, StreamEnd, Undecoded, WireMessage
 from harness.protocol import constants as c
@@ -94,9 +95,14 @@ class OptionMessages:
         return out
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class Transaction:
-    """One request and the replies (simple, or chunks) the server sent for it."""
+    """One request and the replies (simple, or chunks) the server sent for it.
+
+    The request's header fields and what the replies add up to are worked out once, as
+    the replies arrive (:meth:`answer`), not on every read: rules ask them of every
+    transaction of a session, many times over.
+    """
 
     request: WireMessage
     position: int
@@ -108,51 +114,41 @@ class Transaction:
     late: list[WireMessage] = field(default_factory=list)
     """Replies with this cookie after the reply was complete (and before the
     cookie was used again)."""
+    chunks: list[WireMessage] = field(default_factory=list)
+    """The replies that are chunks (structured or extended), in order."""
+    error: int = 0
+    """The first error value among the replies (0 when none; -1 for an error chunk
+    whose error field is 0)."""
+    completed_at: int | None = None
+    """Position of the reply that completed the transaction, if any."""
+    # The request's header as the dissector decoded it (every request message has its
+    # whole header, whatever the dissector made of the rest): set from ``request.fields``.
+    command: int = field(init=False)
+    flags: int = field(init=False)
+    cookie: int = field(init=False)
+    offset: int = field(init=False)
+    length: int = field(init=False)
+    """The header's length field (payload length with ``NBD_CMD_FLAG_PAYLOAD_LEN``)."""
+    extended: bool = field(init=False)
+    """The request has the extended (64-bit) header."""
+    payload_form: bool = field(init=False)
+    """An extended request whose length counts payload bytes."""
+    effect_length: int = field(init=False)
+    """How much of the export the request covers (``length``, or the block
+    status payload's effect length)."""
 
-    def _field(self, name: str) -> int:
-        """A header field of the request as the dissector decoded it (every request
-        message has its whole header, whatever the dissector made of the rest)."""
-        return int(self.request.fields.get(name, 0))
+    def __post_init__(self) -> None:
+        fields = self.request.fields
+        self.command = int(fields.get("type", -1))
+        self.flags = int(fields.get("flags", 0))
+        self.cookie = int(fields.get("cookie", 0))
+        self.offset = int(fields.get("offset", 0))
+        self.length = int(fields.get("length", 0))
+        self.extended = is_extended_request(self.request)
+        self.payload_form = self.extended and bool(self.flags & c.CmdFlag.PAYLOAD_LEN)
+        self.effect_length = self._effect_length()
 
-    @property
-    def command(self) -> int:
-        return int(self.request.fields.get("type", -1))
-
-    @property
-    def name(self) -> str:
-        """``NBD_CMD_READ``... (read from the header, whatever the dissector made of the rest)."""
-        return c.name_of(c.Cmd, self.command)
-
-    @property
-    def flags(self) -> int:
-        return self._field("flags")
-
-    @property
-    def cookie(self) -> int:
-        return self._field("cookie")
-
-    @property
-    def offset(self) -> int:
-        return self._field("offset")
-
-    @property
-    def length(self) -> int:
-        """The header's length field (payload length with ``NBD_CMD_FLAG_PAYLOAD_LEN``)."""
-        return self._field("length")
-
-    @property
-    def extended(self) -> bool:
-        return is_extended_request(self.request)
-
-    @property
-    def payload_form(self) -> bool:
-        """An extended request whose length counts payload bytes."""
-        return self.extended and bool(self.flags & c.CmdFlag.PAYLOAD_LEN)
-
-    @property
-    def effect_length(self) -> int:
-        """How much of the export the request covers (``length``, or the block
-        status payload's effect length)."""
+    def _effect_length(self) -> int:
         if self.payload_form and self.command == c.Cmd.BLOCK_STATUS:
             if "effect_length" in self.request.fields:
                 return int(self.request.fields["effect_length"])
@@ -162,34 +158,34 @@ class Transaction:
             return int.from_bytes(data[:8], "big") if len(data) >= 8 else 0
         return self.length
 
+    def answer(self, reply: WireMessage, position: int) -> bool:
+        """File ``reply`` (at ``position``) as one of this request's replies; True when it
+        completes the transaction."""
+        self.replies.append(reply)
+        self.reply_positions.append(position)
+        if reply.kind == "chunk":
+            self.chunks.append(reply)
+        if not self.error:
+            self.error = reply_error(reply)
+        if is_done(reply):
+            self.complete = True
+            self.completed_at = position
+        return self.complete
+
     @property
-    def chunks(self) -> list[WireMessage]:
-        return [r for r in self.replies if r.kind == "chunk"]
+    def name(self) -> str:
+        """``NBD_CMD_READ``... (read from the header, whatever the dissector made of the rest)."""
+        return c.name_of(c.Cmd, self.command)
 
     @property
     def errored(self) -> bool:
         """An error chunk, or a simple reply with a nonzero error."""
-        return any(reply_error(r) for r in self.replies)
+        return self.error != 0
 
     @property
     def succeeded(self) -> bool:
         """Complete and without any error."""
-        return self.complete and not self.errored
-
-    @property
-    def error(self) -> int:
-        """The first error value among the replies (0 when none; -1 for an error chunk
-        whose error field is 0)."""
-        for reply in self.replies:
-            error = reply_error(reply)
-            if error:
-                return error
-        return 0
-
-    @property
-    def completed_at(self) -> int | None:
-        """Position of the reply that completed the transaction, if any."""
-        return self.reply_positions[-1] if self.complete else None
+        return self.complete and not self.error
 
     def in_flight_at(self, position: int) -> bool:
         """Sent before ``position`` and not complete by then."""
@@ -347,7 +343,13 @@ class SessionView:
         self.memo: dict[str, object] = {}
         """Results one rule works out and others reuse (the session-level rules ask once
         which mandatory rules each party broke)."""
+        self.findings: dict[str, list[Finding]] = {}
+        """The findings of every rule already run on this session, by rule id (a rule
+        runs once per session, however many rules ask what it found)."""
         self._position = {id(m): i for i, m in enumerate(self.messages)}
+        self._by_direction: dict[str, list[WireMessage]] = {CLIENT: [], SERVER: []}
+        self._by_kind: dict[str, list[WireMessage]] = {}
+        self._by_command: dict[int, list[Transaction]] = {}
         self._walk()
 
     # --- lookups ---------------------------------------------------------------
@@ -357,7 +359,21 @@ class SessionView:
         return self._position[id(message)]
 
     def messages_from(self, direction: str) -> Iterator[WireMessage]:
-        return (m for m in self.messages if m.direction == direction)
+        """The messages ``direction`` sent, in causal order."""
+        return iter(self._by_direction.get(direction, ()))
+
+    def messages_of(self, kind: str) -> Sequence[WireMessage]:
+        """The messages of one :attr:`~harness.dissect.model.WireMessage.kind` (``"chunk"``,
+        ``"option-reply"``...), in causal order."""
+        return self._by_kind.get(kind, ())
+
+    def transactions_of(self, *commands: int) -> Sequence[Transaction]:
+        """The transactions whose request has one of ``commands`` (``NBD_CMD_*``), in
+        request order: rules about one command do not scan every request."""
+        if len(commands) == 1:
+            return self._by_command.get(commands[0], ())
+        chosen = [t for command in commands for t in self._by_command.get(command, ())]
+        return sorted(chosen, key=lambda transaction: transaction.position)
 
     def undecoded(self, direction: str) -> list[Undecoded]:
         return [u for u in self.session.undecoded if u.direction == direction]
@@ -424,8 +440,11 @@ class SessionView:
         contexts: dict[int, str] = {}
         contexts_exchange: OptionMessages | None = None
         export_info: dict[str, object] = {}
+        by_direction, by_kind = self._by_direction, self._by_kind
         for position, message in enumerate(self.messages):
             kind = message.kind
+            by_direction.setdefault(message.direction, []).append(message)
+            by_kind.setdefault(kind, []).append(message)
             if kind in ("newstyle-greeting", "oldstyle-greeting"):
                 self.greeting = message
                 if kind == "oldstyle-greeting":
@@ -468,6 +487,7 @@ class SessionView:
             elif kind == "request":
                 transaction = Transaction(message, position)
                 self.transactions.append(transaction)
+                self._by_command.setdefault(transaction.command, []).append(transaction)
                 if transaction.command != c.Cmd.DISC:
                     in_flight.setdefault(transaction.cookie, []).append(transaction)
             elif kind in ("simple-reply", "chunk"):
@@ -559,11 +579,8 @@ class SessionView:
                 self.orphan_replies.append(message)
             return
         transaction = waiting[0]
-        transaction.replies.append(message)
-        transaction.reply_positions.append(position)
         self.transaction_of[id(message)] = transaction
-        if is_done(message):
-            transaction.complete = True
+        if transaction.answer(message, position):
             waiting.pop(0)
             if not waiting:
                 del in_flight[cookie]
