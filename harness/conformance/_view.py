@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from scapy.fields import PacketListField
 from scapy.packet import NoPayload, Packet
 
 from harness.conformance._content import ExportContent
 from harness.conformance.findings import Finding
-from harness.dissect.layers import TextField, TextLenField, fields_of
+from harness.dissect.layers import ALL_LAYERS, TextField, TextLenField, fields_of
 from harness.dissect.model import CLIENT, SERVER, Session, StreamEnd, Undecoded, WireMessage
 from harness.protocol import constants as c
 from harness.protocol.state import Negotiated
@@ -296,12 +297,35 @@ def body_fields(message: WireMessage) -> dict[str, object]:
     return fields_of(message.packet.payload)
 
 
+def _declares_text(layer: type[Packet]) -> set[str]:
+    """The names under which ``layer`` puts text in a message's ``fields``: its text
+    fields, and its lists of elements that hold text (as :func:`_collect_strings` finds
+    them)."""
+    names = set()
+    for fld in layer.fields_desc:
+        if isinstance(fld, TextField | TextLenField):
+            names.add(fld.name)
+        elif isinstance(fld, PacketListField):
+            element = getattr(fld, "cls", None)
+            if isinstance(element, type) and _declares_text(element):
+                names.add(fld.name)
+    return names
+
+
+TEXT_FIELD_NAMES = frozenset(name for layer in ALL_LAYERS for name in _declares_text(layer))
+"""Every field name under which some layer holds a string.  A message whose ``fields``
+have none of them has no string, and :func:`strings_of` answers without its packet (the
+requests and data chunks that make up most of a session)."""
+
+
 def strings_of(message: WireMessage) -> list[tuple[str, bytes]]:
     """Every string field of a message as raw bytes: ``[("export_name", b"disk"), ...]``.
 
     Strings (section "Conventions") are what the layers declare as text: export
     names, queries, context names, descriptions, error messages.
     """
+    if TEXT_FIELD_NAMES.isdisjoint(message.fields):
+        return []
     out: list[tuple[str, bytes]] = []
     _collect_strings(message.packet, out)
     return out
@@ -337,8 +361,6 @@ class SessionView:
         self.export_name_reply: WireMessage | None = None
         self.transactions: list[Transaction] = []
         self.orphan_replies: list[WireMessage] = []
-        self.transaction_of: dict[int, Transaction] = {}
-        """``id(reply)`` -> the transaction it belongs to (late replies included)."""
         self.transmission = Transmission()
         self.memo: dict[str, object] = {}
         """Results one rule works out and others reuse (the session-level rules ask once
@@ -346,17 +368,31 @@ class SessionView:
         self.findings: dict[str, list[Finding]] = {}
         """The findings of every rule already run on this session, by rule id (a rule
         runs once per session, however many rules ask what it found)."""
-        self._position = {id(m): i for i, m in enumerate(self.messages)}
+        self._position: dict[int, int] | None = None
         self._by_direction: dict[str, list[WireMessage]] = {CLIENT: [], SERVER: []}
         self._by_kind: dict[str, list[WireMessage]] = {}
         self._by_command: dict[int, list[Transaction]] = {}
+        self._by_chunk_type: dict[int, list[WireMessage]] = {}
+        self._strings: dict[str, list[tuple[WireMessage, str, bytes]]] = {}
+        self._truncated: dict[str, list[WireMessage]] = {}
         self._walk()
 
     # --- lookups ---------------------------------------------------------------
 
     def position(self, message: WireMessage) -> int:
         """Index of ``message`` in :attr:`messages` (causal order)."""
+        if self._position is None:
+            self._position = {id(m): i for i, m in enumerate(self.messages)}
         return self._position[id(message)]
+
+    @cached_property
+    def transaction_of(self) -> dict[int, Transaction]:
+        """``id(reply)`` -> the transaction it belongs to (late replies included)."""
+        return {
+            id(reply): transaction
+            for transaction in self.transactions
+            for reply in (*transaction.replies, *transaction.late)
+        }
 
     def messages_from(self, direction: str) -> Iterator[WireMessage]:
         """The messages ``direction`` sent, in causal order."""
@@ -372,11 +408,57 @@ class SessionView:
         request order: rules about one command do not scan every request."""
         if len(commands) == 1:
             return self._by_command.get(commands[0], ())
-        chosen = [t for command in commands for t in self._by_command.get(command, ())]
+        chosen = [t for command in set(commands) for t in self._by_command.get(command, ())]
         return sorted(chosen, key=lambda transaction: transaction.position)
+
+    def chunks_of(self, *types: int) -> Sequence[WireMessage]:
+        """The chunks of ``types`` (``NBD_REPLY_TYPE_*``, as :func:`chunk_type` reads them),
+        in causal order: rules about one chunk type do not scan every chunk."""
+        if len(types) == 1:
+            return self._by_chunk_type.get(types[0], ())
+        chosen = [m for kind in set(types) for m in self._by_chunk_type.get(kind, ())]
+        return sorted(chosen, key=lambda chunk: chunk.offset)  # one stream: its order
+
+    def truncated(self, direction: str) -> list[WireMessage]:
+        """The messages ``direction`` sent cut short (:attr:`WireMessage.truncated`), in
+        causal order."""
+        found = self._truncated.get(direction)
+        if found is None:
+            found = self._truncated[direction] = [
+                m for m in self.messages_from(direction) if m.truncated
+            ]
+        return found
+
+    @cached_property
+    def error_chunks(self) -> Sequence[WireMessage]:
+        """Every error chunk (a type with the error bit, known or not), in causal order."""
+        return self.chunks_of(*(kind for kind in self._by_chunk_type if c.is_error_chunk(kind)))
+
+    @cached_property
+    def error_replies(self) -> list[tuple[WireMessage, int]]:
+        """Every server message that carries an error (:func:`reply_error`) with that error,
+        in causal order."""
+        found = []
+        for message in self.messages_from(SERVER):
+            error = reply_error(message)
+            if error:
+                found.append((message, error))
+        return found
 
     def undecoded(self, direction: str) -> list[Undecoded]:
         return [u for u in self.session.undecoded if u.direction == direction]
+
+    def strings_from(self, direction: str) -> list[tuple[WireMessage, str, bytes]]:
+        """Every string ``direction`` sent (:func:`strings_of`) with its message, in causal
+        order: found once for all the string rules."""
+        found = self._strings.get(direction)
+        if found is None:
+            found = self._strings[direction] = [
+                (message, name, value)
+                for message in self.messages_from(direction)
+                for name, value in strings_of(message)
+            ]
+        return found
 
     @property
     def handshake_flags(self) -> int:
@@ -445,7 +527,18 @@ class SessionView:
             kind = message.kind
             by_direction.setdefault(message.direction, []).append(message)
             by_kind.setdefault(kind, []).append(message)
-            if kind in ("newstyle-greeting", "oldstyle-greeting"):
+            # Transmission messages first: they are nearly all of a long session.
+            if kind == "request":
+                transaction = Transaction(message, position)
+                self.transactions.append(transaction)
+                self._by_command.setdefault(transaction.command, []).append(transaction)
+                if transaction.command != c.Cmd.DISC:
+                    in_flight.setdefault(transaction.cookie, []).append(transaction)
+            elif kind in ("simple-reply", "chunk"):
+                self._pair(message, position, in_flight, finished)
+                if kind == "chunk":
+                    self._by_chunk_type.setdefault(chunk_type(message), []).append(message)
+            elif kind in ("newstyle-greeting", "oldstyle-greeting"):
                 self.greeting = message
                 if kind == "oldstyle-greeting":
                     self._enter(message, state, contexts, contexts_exchange)
@@ -484,14 +577,6 @@ class SessionView:
                     self.transmission.export_name = export_name_option.fields.get("export_name")
                 self.transmission.flags = message.fields.get("transmission_flags")
                 self.transmission.size = message.fields.get("size")
-            elif kind == "request":
-                transaction = Transaction(message, position)
-                self.transactions.append(transaction)
-                self._by_command.setdefault(transaction.command, []).append(transaction)
-                if transaction.command != c.Cmd.DISC:
-                    in_flight.setdefault(transaction.cookie, []).append(transaction)
-            elif kind in ("simple-reply", "chunk"):
-                self._pair(message, position, in_flight, finished)
         if self.midstream and self.transmission.entered_by is None:
             guessed = self.session.state
             self.transmission.negotiated = Negotiated(
@@ -574,12 +659,10 @@ class SessionView:
             earlier = finished.get(cookie)
             if earlier is not None:
                 earlier.late.append(message)
-                self.transaction_of[id(message)] = earlier
             else:
                 self.orphan_replies.append(message)
             return
         transaction = waiting[0]
-        self.transaction_of[id(message)] = transaction
         if transaction.answer(message, position):
             waiting.pop(0)
             if not waiting:
