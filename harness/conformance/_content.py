@@ -435,16 +435,17 @@ class ExportContent:
         pieces = read_pieces(transaction)
         if pieces is None:
             return
+        request = transaction.request
         for piece in pieces:
             for start, end in subtract((piece.start, piece.end), disturbed):
                 seen = Fact(
-                    kind=READ,
-                    origin=piece.message,
-                    start=piece.start,
-                    data=piece.data,
-                    basis=transaction.position,
-                    since=transaction.request.time,
-                    since_frame=transaction.request.frame,
+                    READ,
+                    piece.message,
+                    piece.start,
+                    piece.data,
+                    transaction.position,
+                    request.time,
+                    request.frame,
                 )
                 self._compare(transaction, piece.message, start, end, seen)
 

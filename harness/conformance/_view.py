@@ -16,21 +16,32 @@ under the option it answers, a chunk after the final one is kept aside as
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cache, cached_property
 
 from scapy.fields import PacketListField
 from scapy.packet import NoPayload, Packet
 
 from harness.conformance._content import ExportContent
 from harness.conformance.findings import Finding
-from harness.dissect.layers import ALL_LAYERS, TextField, TextLenField, fields_of
+from harness.dissect.layers import (
+    ALL_LAYERS,
+    NBDExtendedReply,
+    NBDStructuredReply,
+    TextField,
+    TextLenField,
+    fields_of,
+)
 from harness.dissect.model import CLIENT, SERVER, Session, StreamEnd, Undecoded, WireMessage
 from harness.protocol import constants as c
 from harness.protocol.state import Negotiated
 
 _DATA_OPTIONS = (c.Opt.GO, c.Opt.INFO)
+# Plain ints: IntFlag's own & is slow, and these are tested once per message.
+_DONE = int(c.ReplyFlag.DONE)
+_PAYLOAD_LEN = int(c.CmdFlag.PAYLOAD_LEN)
 
 
 @dataclass
@@ -146,7 +157,7 @@ class Transaction:
         self.offset = int(fields.get("offset", 0))
         self.length = int(fields.get("length", 0))
         self.extended = is_extended_request(self.request)
-        self.payload_form = self.extended and bool(self.flags & c.CmdFlag.PAYLOAD_LEN)
+        self.payload_form = self.extended and bool(self.flags & _PAYLOAD_LEN)
         self.effect_length = self._effect_length()
 
     def _effect_length(self) -> int:
@@ -261,7 +272,7 @@ def is_done(message: WireMessage) -> bool:
     """A simple reply, or a chunk with ``NBD_REPLY_FLAG_DONE``: the reply is complete."""
     if message.kind == "simple-reply":
         return True
-    return bool(int(message.fields.get("flags", 0)) & c.ReplyFlag.DONE)
+    return bool(int(message.fields.get("flags", 0)) & _DONE)
 
 
 def reply_error(message: WireMessage) -> int:
@@ -315,16 +326,31 @@ def _declares_text(layer: type[Packet]) -> set[str]:
 TEXT_FIELD_NAMES = frozenset(name for layer in ALL_LAYERS for name in _declares_text(layer))
 """Every field name under which some layer holds a string.  A message whose ``fields``
 have none of them has no string, and :func:`strings_of` answers without its packet (the
-requests and data chunks that make up most of a session)."""
+requests and simple replies that make up most of a session)."""
+
+
+@cache
+def _chunk_has_text(header: type[Packet], kind: int) -> bool:
+    """A chunk of type ``kind`` under ``header`` has a layer that declares text (the header's
+    own choice of payload layer, asked once per type: the decoder adds a ``context_name``
+    of its own to status chunks, so their fields alone do not tell)."""
+    payload_layer = header(type=kind).guess_payload_class(b"")
+    return bool(_declares_text(header) or _declares_text(payload_layer))
 
 
 def strings_of(message: WireMessage) -> list[tuple[str, bytes]]:
     """Every string field of a message as raw bytes: ``[("export_name", b"disk"), ...]``.
 
     Strings (section "Conventions") are what the layers declare as text: export
-    names, queries, context names, descriptions, error messages.
+    names, queries, context names, descriptions, error messages.  Only a message that may
+    hold one has its scapy packet read.
     """
-    if TEXT_FIELD_NAMES.isdisjoint(message.fields):
+    if message.kind == "chunk":
+        extended = message.fields.get("magic") == c.EXTENDED_REPLY_MAGIC
+        header = NBDExtendedReply if extended else NBDStructuredReply
+        if not _chunk_has_text(header, chunk_type(message)):
+            return []
+    elif TEXT_FIELD_NAMES.isdisjoint(message.fields):
         return []
     out: list[tuple[str, bytes]] = []
     _collect_strings(message.packet, out)
@@ -369,8 +395,8 @@ class SessionView:
         """The findings of every rule already run on this session, by rule id (a rule
         runs once per session, however many rules ask what it found)."""
         self._position: dict[int, int] | None = None
-        self._by_direction: dict[str, list[WireMessage]] = {CLIENT: [], SERVER: []}
-        self._by_kind: dict[str, list[WireMessage]] = {}
+        self._by_direction: defaultdict[str, list[WireMessage]] = defaultdict(list)
+        self._by_kind: defaultdict[str, list[WireMessage]] = defaultdict(list)
         self._by_command: dict[int, list[Transaction]] = {}
         self._by_chunk_type: dict[int, list[WireMessage]] = {}
         self._strings: dict[str, list[tuple[WireMessage, str, bytes]]] = {}
@@ -525,8 +551,8 @@ class SessionView:
         by_direction, by_kind = self._by_direction, self._by_kind
         for position, message in enumerate(self.messages):
             kind = message.kind
-            by_direction.setdefault(message.direction, []).append(message)
-            by_kind.setdefault(kind, []).append(message)
+            by_direction[message.direction].append(message)
+            by_kind[kind].append(message)
             # Transmission messages first: they are nearly all of a long session.
             if kind == "request":
                 transaction = Transaction(message, position)

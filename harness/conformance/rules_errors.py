@@ -113,10 +113,7 @@ def enospc_write_beyond_end(view: SessionView) -> Iterator[Hit]:
     """A WRITE past the end of the export fails with NBD_ENOSPC (NBD_EINVAL, which "Size
     constraints" recommends instead, is accepted too)."""
     for transaction in view.transactions_of(c.Cmd.WRITE):
-        if (
-            _beyond_end(view, transaction)
-            and _misanswered(view, transaction)
-        ):
+        if _beyond_end(view, transaction) and _misanswered(view, transaction):
             yield Hit(
                 _answer(transaction),
                 f"NBD_CMD_WRITE past the end of the export {_outcome(transaction)}, not NBD_ENOSPC",
@@ -226,10 +223,7 @@ def no_enotsup_without_fast_zero(view: SessionView) -> Iterator[Hit]:
     if not view.transmission.has(c.TransmissionFlag.SEND_FAST_ZERO):
         return
     for transaction in view.transactions_of(c.Cmd.WRITE_ZEROES):
-        if (
-            not transaction.flags & CF.FAST_ZERO
-            and transaction.error == c.Errno.ENOTSUP
-        ):
+        if not transaction.flags & CF.FAST_ZERO and transaction.error == c.Errno.ENOTSUP:
             yield Hit(
                 _answer(transaction),
                 "NBD_CMD_WRITE_ZEROES without NBD_CMD_FLAG_FAST_ZERO failed with NBD_ENOTSUP",

@@ -250,6 +250,8 @@ def content_within_request(view: SessionView) -> Iterator[Hit]:
 def content_no_overlap(view: SessionView) -> Iterator[Hit]:
     """Content chunks of one READ do not overlap each other or an earlier error offset."""
     for transaction in _reads(view):
+        if len(transaction.chunks) < 2:
+            continue  # nothing came before the only chunk
         spans: list[tuple[int, int]] = []
         errors: list[int] = []
         for chunk in transaction.chunks:
@@ -280,13 +282,12 @@ def read_full_coverage(view: SessionView) -> Iterator[Hit]:
         if not transaction.succeeded or not transaction.chunks:
             continue
         start, end = transaction.offset, transaction.offset + transaction.effect_length
-        spans = sorted(
-            (max(s, start), min(e, end))
-            for chunk in transaction.chunks
-            if (span := content_range(chunk)) is not None
-            for s, e in [span]
-            if min(e, end) > max(s, start)
-        )
+        spans = []  # the content chunks' ranges, clipped to the request
+        for chunk in transaction.chunks:
+            span = content_range(chunk)
+            if span is not None and min(span[1], end) > max(span[0], start):
+                spans.append((max(span[0], start), min(span[1], end)))
+        spans.sort()
         covered, reach = 0, start
         for s, e in spans:
             if e > reach:
