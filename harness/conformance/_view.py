@@ -9,6 +9,14 @@ request and whether the reply was complete (:class:`Transaction`), and what the
 session settled for the transmission phase (:class:`Transmission`).  A
 :class:`SessionView` computes all that in one pass; rule functions read it.
 
+A session can hold millions of messages and nearly two hundred rules read it, so the
+per-message facts are worked out once and indexed in that pass: a transaction's header
+fields and reply summary, the messages by direction and by kind, the transactions by
+command, the chunks by type (:meth:`SessionView.transactions_of`,
+:meth:`SessionView.chunks_of`...).  A rule about one command or one chunk type reads
+those, not every message; per-message code reads ``message.fields``, not the scapy
+``message.packet`` (costly to build), wherever the fields suffice.
+
 Nothing here judges anything: a reply naming the wrong option is still filed
 under the option it answers, a chunk after the final one is kept aside as
 ``late``, a reply nobody asked for lands in ``orphan_replies``.
