@@ -19,6 +19,7 @@ from typing import Any
 
 from scapy.packet import Packet
 
+from harness.dissect.layers import dissect
 from harness.protocol.state import Negotiated
 
 CLIENT = "client"
@@ -66,6 +67,10 @@ class WireMessage:
     contexts the session negotiated.  ``notes`` tells what the decoder had to
     assume or found odd (no reply is judged here: that is the conformance
     rules' job).
+
+    The message's bytes stay in the capture until asked for (``wire``, bulk ``data``
+    fields), and the scapy ``packet`` of a request, simple reply or data chunk is
+    dissected on first use: the fields are read without it.
     """
 
     session: int
@@ -78,7 +83,11 @@ class WireMessage:
     offset: int
     length: int
     time: float
-    packet: Packet = field(repr=False)
+    layer: type[Packet] = field(repr=False)
+    """The scapy layer the message is dissected with (``packet`` is an instance of it, or
+    ``Raw`` when it could not be dissected)."""
+    raw: Any = field(repr=False)
+    """The message's bytes as captured, read on demand (``bytes(raw)``; see ``wire``)."""
     request: WireMessage | None = field(default=None, repr=False)
     """For replies and chunks: the request they answer (same cookie)."""
     option: WireMessage | None = field(default=None, repr=False)
@@ -89,6 +98,16 @@ class WireMessage:
     """Bytes the message's own header (or its request) promised that never came: the
     sender closed its stream first, or the next message starts before (found by
     resynchronising).  0 for a whole message; the fields hold what did arrive."""
+    dissected: Packet | None = field(default=None, repr=False)
+    """The scapy packet once dissected (by the decoder, or on first use of ``packet``)."""
+
+    @property
+    def packet(self) -> Packet:
+        """The message dissected by its scapy layer (on first use, then kept)."""
+        if self.dissected is None:
+            packet, _notes = dissect(self.layer, self.wire, self.missing > 0)
+            object.__setattr__(self, "dissected", packet)  # a cache on a frozen record
+        return self.dissected  # type: ignore[return-value]
 
     @property
     def truncated(self) -> bool:
@@ -98,8 +117,7 @@ class WireMessage:
     @property
     def wire(self) -> bytes:
         """The exact bytes of the message as captured."""
-        original = self.packet.original
-        return bytes(original) if original is not None else bytes(self.packet)
+        return bytes(self.raw)
 
 
 UNDECODED_KINDS = (
