@@ -78,7 +78,7 @@ class Fact:
     """The message that said it: the write's reply, the status chunk, the read's data."""
     start: int
     """The export offset ``data[0]`` stands for."""
-    data: "bytes | CapturedData | None"
+    data: bytes | CapturedData | None
     """The bytes, or ``None`` for zeroes."""
     basis: int
     """Position (in :attr:`SessionView.messages`) after which the content is known to
@@ -205,7 +205,7 @@ class _Piece:
 
     start: int
     end: int
-    data: "bytes | CapturedData | None"
+    data: bytes | CapturedData | None
     message: WireMessage
 
 

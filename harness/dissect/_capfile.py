@@ -15,7 +15,6 @@ reader goes, so resident memory stays flat however large the file.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import mmap
 import struct
 import zlib
@@ -103,11 +102,24 @@ class CaptureReader:
             self.source = BufferSource(b"")
 
     def _decompress(self) -> bytes:
+        """The decompressed bytes, up to any damage (kept in ``_error``)."""
         parts: list[bytes] = []
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            with gzip.open(self.path, "rb") as handle:
+            with self.path.open("rb") as handle:
                 while chunk := handle.read(1 << 20):
-                    parts.append(chunk)
+                    while chunk:
+                        parts.append(inflater.decompress(chunk))
+                        if not (inflater.eof and inflater.unused_data):
+                            break
+                        # Another gzip member follows (concatenated .gz files are one stream).
+                        chunk = inflater.unused_data
+                        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            if not inflater.eof:
+                parts.append(inflater.flush())
+                raise EOFError(
+                    "Compressed file ended before the end-of-stream marker was reached"
+                )
         except (EOFError, OSError, zlib.error) as exc:
             self._error = CaptureError(
                 f"{self.path}: truncated or corrupt compressed capture: {exc}"
