@@ -103,11 +103,14 @@ class WireMessage:
 
     @property
     def packet(self) -> Packet:
-        """The message dissected by its scapy layer (on first use, then kept)."""
-        if self.dissected is None:
-            packet, _notes = dissect(self.layer, self.wire, self.missing > 0)
+        """The message dissected by its scapy layer (on first use; kept unless it holds bulk
+        data, which stays in the capture)."""
+        if self.dissected is not None:
+            return self.dissected
+        packet, _notes = dissect(self.layer, self.wire, self.missing > 0)
+        if self.length <= _KEEP_DISSECTED:
             object.__setattr__(self, "dissected", packet)  # a cache on a frozen record
-        return self.dissected  # type: ignore[return-value]
+        return packet
 
     @property
     def truncated(self) -> bool:
@@ -119,6 +122,9 @@ class WireMessage:
         """The exact bytes of the message as captured."""
         return bytes(self.raw)
 
+
+_KEEP_DISSECTED = 64 * 1024
+"""Longer messages (bulk data) are dissected again when asked, not kept in memory."""
 
 UNDECODED_KINDS = (
     "bad-magic",  # a message should start here, but its magic is wrong
