@@ -137,6 +137,9 @@ class SessionDecoder:
         self.export_info: dict[str, Any] = {}
         self.in_flight: dict[int, list[WireMessage]] = {}
         self._failed_skips: dict[str, tuple[int, Expectation]] = {}
+        self._cuts: dict[str, tuple[tuple[int, str, int], _Cut]] = {}
+        self._client_messages = 0
+        """Client messages applied so far (the server's cut depends on them)."""
         for direction in DIRECTIONS:
             session.bytes_total[direction] = streams[direction].total
 
@@ -166,7 +169,7 @@ class SessionDecoder:
     def run(self) -> Session:
         """Decode both directions to the end; return the filled-in session."""
         while True:
-            cuts = {d: self._cut(d) for d in DIRECTIONS if not self.finished[d]}
+            cuts = {d: self._cached_cut(d) for d in DIRECTIONS if not self.finished[d]}
             ready = [
                 (self._causal_frame(d, cut), self._tie_order(d), d)
                 for d, cut in cuts.items()
@@ -208,6 +211,23 @@ class SessionDecoder:
         return int((direction == SERVER) != server_first)
 
     # --- cutting ----------------------------------------------------------------
+
+    def _cached_cut(self, direction: str) -> _Cut:
+        """:meth:`_cut`, cut again only when what it depends on changed: the direction's
+        position and reading state, and for the server what the client sent since (its
+        requests frame READ replies, its flags and EXPORT_NAME frame the handshake's end).
+        Each step applies one message, so this halves the cutting."""
+        key = (
+            self.cursor[direction],
+            self.reading[direction],
+            self._client_messages if direction == SERVER else 0,
+        )
+        cached = self._cuts.get(direction)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        cut = self._cut(direction)
+        self._cuts[direction] = (key, cut)
+        return cut
 
     def _cut(self, direction: str) -> _Cut:
         data = self.streams[direction].data
@@ -471,6 +491,8 @@ class SessionDecoder:
         )
         self.session.messages.append(message)
         self.cursor[direction] = at + cut.length
+        if direction == CLIENT:
+            self._client_messages += 1
         if cut.kind == "tls":
             self.session.bytes_tls[direction] += cut.length
         else:

@@ -72,6 +72,8 @@ class DirectionStream:
         With out-of-order segments this is not the frame of the last byte.
         """
         first = max(bisect.bisect_right(self.run_starts, start) - 1, 0)
+        if self._within_run(first, end):
+            return self.run_frames[first]
         last = bisect.bisect_left(self.run_starts, end)
         return max(self.run_frames[first:last], default=0)
 
@@ -79,8 +81,20 @@ class DirectionStream:
         """The first frame any of bytes ``[start, end)`` arrived in (with segments out of
         order, not always the frame of the first byte)."""
         first = max(bisect.bisect_right(self.run_starts, start) - 1, 0)
+        if self._within_run(first, end):
+            return self.run_frames[first]
         last = bisect.bisect_left(self.run_starts, end)
         return min(self.run_frames[first:last], default=0)
+
+    def _within_run(self, index: int, end: int) -> bool:
+        """Bytes from run ``index`` up to ``end`` all arrived in that run (the usual case:
+        answered without slicing the frame list)."""
+        starts = self.run_starts
+        return (
+            index < len(starts)
+            and starts[index] < end
+            and (index + 1 == len(starts) or end <= starts[index + 1])
+        )
 
     def time_of(self, frame: int) -> float:
         """Capture time of a frame (0.0 when unknown)."""
