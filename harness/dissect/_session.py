@@ -108,6 +108,8 @@ def _magic4(data: StreamBytes, at: int) -> int | None:
 
 
 _U32 = struct.Struct(">I")
+_PAYLOAD_LEN = int(c.CmdFlag.PAYLOAD_LEN)  # plain ints: flag arithmetic on enums is slow
+_DONE = int(c.ReplyFlag.DONE)
 _U64 = struct.Struct(">Q")
 
 
@@ -315,11 +317,12 @@ class SessionDecoder:
     def _cut_reply(self, data: StreamBytes, at: int, available: int) -> _Cut:
         if available < 4:
             return _Cut(_NEED, "reply magic", 4)
-        (magic,) = _U32.unpack(data.read(at, at + 4))
+        head = data.read(at, at + c.EXTENDED_REPLY_HEADER_LEN)  # the longest reply header
+        (magic,) = _U32.unpack_from(head)
         if magic == c.SIMPLE_REPLY_MAGIC:
             if available < c.SIMPLE_REPLY_LEN:
                 return _need("simple-reply", L.NBDSimpleReply, "simple reply", c.SIMPLE_REPLY_LEN)
-            error, cookie = struct.unpack(">IQ", data.read(at + 4, at + 16))
+            error, cookie = struct.unpack_from(">IQ", head, 4)
             request = self._request_for(cookie)
             read_length = 0
             if error == 0 and request is not None and request.fields.get("type") == c.Cmd.READ:
@@ -339,7 +342,7 @@ class SessionDecoder:
                     "structured reply header",
                     c.STRUCTURED_REPLY_HEADER_LEN,
                 )
-            (length,) = _U32.unpack(data.read(at + 16, at + 20))
+            (length,) = _U32.unpack_from(head, 16)
             return _ok(
                 "chunk",
                 c.STRUCTURED_REPLY_HEADER_LEN + length,
@@ -355,7 +358,7 @@ class SessionDecoder:
                     "extended reply header",
                     c.EXTENDED_REPLY_HEADER_LEN,
                 )
-            (length,) = _U64.unpack(data.read(at + 24, at + 32))
+            (length,) = _U64.unpack_from(head, 24)
             return _ok(
                 "chunk",
                 c.EXTENDED_REPLY_HEADER_LEN + length,
@@ -397,13 +400,12 @@ class SessionDecoder:
     def _cut_request(self, data: StreamBytes, at: int, available: int) -> _Cut:
         if available < 4:
             return _Cut(_NEED, "request magic", 4)
-        (magic,) = _U32.unpack(data.read(at, at + 4))
+        head = data.read(at, at + c.EXTENDED_REQUEST_LEN)  # the longest request header
+        (magic,) = _U32.unpack_from(head)
         if magic == c.REQUEST_MAGIC:
             if available < c.REQUEST_LEN:
                 return _need("request", L.NBDRequest, "request header", c.REQUEST_LEN)
-            _flags, kind, _cookie, _offset, length = struct.unpack(
-                ">HHQQI", data.read(at + 4, at + 28)
-            )
+            _flags, kind, _cookie, _offset, length = struct.unpack_from(">HHQQI", head, 4)
             payload = length if kind == c.Cmd.WRITE else 0
             return _ok(
                 "request", c.REQUEST_LEN + payload, L.NBDRequest, available, "request with its data"
@@ -416,10 +418,8 @@ class SessionDecoder:
                     "extended request header",
                     c.EXTENDED_REQUEST_LEN,
                 )
-            flags, kind, _cookie, _offset, length = struct.unpack(
-                ">HHQQQ", data.read(at + 4, at + 32)
-            )
-            payload = length if flags & c.CmdFlag.PAYLOAD_LEN else 0
+            flags, kind, _cookie, _offset, length = struct.unpack_from(">HHQQQ", head, 4)
+            payload = length if flags & _PAYLOAD_LEN else 0
             layer: type[Packet] = L.NBDExtendedRequest
             if kind == c.Cmd.WRITE and not payload and _data_follows(data, at, length):
                 payload, layer = length, L.NBDExtendedWriteUnflagged
@@ -733,7 +733,7 @@ class SessionDecoder:
             c.name_of(c.ReplyType, chunk_type),
             request=request,
         )
-        if request is not None and fields.get("flags", 0) & c.ReplyFlag.DONE:
+        if request is not None and fields.get("flags", 0) & _DONE:
             self._retire(cookie)
 
     def _on_tls(

@@ -53,7 +53,7 @@ PHASES = (
 """Every value of :attr:`Session.phase`."""
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False, slots=True)  # not frozen: a frozen record costs 3x to build, per message
 class WireMessage:
     """One NBD message as it went over the wire.
 
@@ -70,7 +70,8 @@ class WireMessage:
 
     The message's bytes stay in the capture until asked for (``wire``, bulk ``data``
     fields), and the scapy ``packet`` of a request, simple reply or data chunk is
-    dissected on first use: the fields are read without it.
+    dissected on first use: the fields are read without it.  A message is a record of
+    what was on the wire: nothing changes it once decoded.
     """
 
     session: int
@@ -109,7 +110,7 @@ class WireMessage:
             return self.dissected
         packet, _notes = dissect(self.layer, self.wire, self.missing > 0)
         if self.length <= _KEEP_DISSECTED:
-            object.__setattr__(self, "dissected", packet)  # a cache on a frozen record
+            self.dissected = packet
         return packet
 
     @property
