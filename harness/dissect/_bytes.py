@@ -103,12 +103,13 @@ class StreamBytes:
 
     def read(self, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` (clamped to the stream, like slicing)."""
-        end = min(end, self.length)
-        if start >= end:
-            return b""
-        window_at = self._window_at
+        window_at = self._window_at  # the hot path first: a header within the last window
         if window_at <= start and end <= window_at + len(self._window):
             return self._window[start - window_at : end - window_at]
+        if end > self.length:
+            end = self.length
+        if start >= end:
+            return b""
         index = bisect.bisect_right(self.starts, start) - 1
         piece_end = self._piece_end(index)
         if end <= piece_end and end - start <= _WINDOW:
@@ -162,7 +163,7 @@ class StreamBytes:
 
     def data(self, start: int, end: int) -> CapturedData:
         """Bytes ``[start, end)`` left unread: see :class:`CapturedData`."""
-        return CapturedData(self, start, min(end, self.length))
+        return CapturedData(self, start, end if end < self.length else self.length)
 
 
 class CapturedData:
