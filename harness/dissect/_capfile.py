@@ -15,7 +15,10 @@ reader goes, so resident memory stays flat however large the file.
 from __future__ import annotations
 
 import contextlib
+import io
 import mmap
+import os
+import stat
 import struct
 import zlib
 from collections.abc import Iterator
@@ -80,12 +83,17 @@ class CaptureReader:
         self.source: Source
         self._mapping: mmap.mmap | None = None
         self._error: CaptureError | None = None
+        piped: bytes | None = None
         try:
             with self.path.open("rb") as handle:
-                compressed = handle.read(2) == b"\x1f\x8b"
-                size = handle.seek(0, 2)
-                if not compressed and size:
-                    self._mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                    piped = handle.read()  # a pipe (``lint <(zcat ...)``): read it whole
+                    compressed = piped[:2] == b"\x1f\x8b"
+                else:
+                    compressed = handle.read(2) == b"\x1f\x8b"
+                    size = handle.seek(0, 2)
+                    if not compressed and size:
+                        self._mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:
             strerror = getattr(exc, "strerror", None)
             raise CaptureError(f"cannot read capture {path}: {strerror or exc}") from exc
@@ -95,18 +103,18 @@ class CaptureReader:
         elif compressed:
             # A gzip-compressed capture (.pcapng.gz, as Wireshark also reads them): held
             # in memory, decompressed up to any damage (reported after its frames).
-            self.buffer = self._decompress()
+            self.buffer = self._decompress(piped)
             self.source = BufferSource(self.buffer)
         else:
-            self.buffer = b""
-            self.source = BufferSource(b"")
+            self.buffer = piped or b""
+            self.source = BufferSource(self.buffer)
 
-    def _decompress(self) -> bytes:
+    def _decompress(self, piped: bytes | None) -> bytes:
         """The decompressed bytes, up to any damage (kept in ``_error``)."""
         parts: list[bytes] = []
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            with self.path.open("rb") as handle:
+            with io.BytesIO(piped) if piped is not None else self.path.open("rb") as handle:
                 while chunk := handle.read(1 << 20):
                     while chunk:
                         parts.append(inflater.decompress(chunk))
