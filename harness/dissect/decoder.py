@@ -11,6 +11,7 @@ from harness.dissect._session import SessionDecoder
 from harness.dissect.errors import CaptureError
 from harness.dissect.model import CLIENT, SERVER, Capture, Session, StreamEnd, Undecoded
 from harness.dissect.stream import DirectionStream, TcpConnection, reassemble
+from harness.gcpause import collector_paused
 from harness.protocol import constants as c
 
 StreamInput = bytes | Sequence[tuple[int, bytes]]
@@ -35,11 +36,12 @@ def decode_capture(path: str | Path) -> Capture:
     """
     errors: list[str] = []
     reader = CaptureReader(path)
-    reassembly = reassemble(_until_damage(reader.frames(), errors), reader.source)
-    capture = Capture(path=str(path), frames=reassembly.frames, errors=errors)
-    capture.notes.extend(reassembly.notes)
-    for index, connection in enumerate(reassembly.connections, start=1):
-        capture.sessions.append(_decode_connection(index, connection))
+    with collector_paused():
+        reassembly = reassemble(_until_damage(reader.frames(), errors), reader.source)
+        capture = Capture(path=str(path), frames=reassembly.frames, errors=errors)
+        capture.notes.extend(reassembly.notes)
+        for index, connection in enumerate(reassembly.connections, start=1):
+            capture.sessions.append(_decode_connection(index, connection))
     return capture
 
 
