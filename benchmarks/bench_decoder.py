@@ -11,7 +11,9 @@ Captures (made once, kept in a cache directory outside the repository):
 Printed per capture: wall time and peak resident memory of ``nbd-harness lint``,
 ``nbd-harness dissect --json`` and ``tshark -r FILE -Y nbd`` (bookworm's 4.0 on the
 host, sid's 4.6 in its root filesystem through bwrap), with lint's ratio to each tshark
-(>1: lint is faster).  Then start-up: ``nbd-harness --help`` and lint of a tiny capture.
+(>1: lint is faster).  Then memory against capture size: lint's peak RSS on nbdcopy
+captures of a quarter and the whole of SIZE (bulk data stays in the file, so it should not
+grow with the bytes), and start-up: ``nbd-harness --help`` and lint of a tiny capture.
 
     .venv/bin/python benchmarks/bench_decoder.py [--size 1G] [--small 100000] [--rounds 1]
 """
@@ -85,13 +87,19 @@ def record(capture: Path, client_argv_for: Callable[[str], list[str]], size: int
     partial.rename(capture)
 
 
-def captures(size: int, small: int) -> list[Path]:
+def copy_capture(size: int) -> Path:
+    """The nbdcopy capture of ``size`` bytes (recorded once, then cached)."""
     copy = CACHE / f"copy-{size >> 20}M.pcapng"
     if not copy.exists():
         print(f"recording {copy} ...", flush=True)
         record(
             copy, lambda url: ["nbdcopy", "--", "[", "nbdkit", "pattern", str(size), "]", url], size
         )
+    return copy
+
+
+def captures(size: int, small: int) -> list[Path]:
+    copy = copy_capture(size)
     many = CACHE / f"small-{small}.pcapng"
     if not many.exists():
         print(f"recording {many} ...", flush=True)
@@ -177,6 +185,16 @@ def bench_capture(capture: Path, rounds: int) -> None:
               f"{ratio}{flag}")
 
 
+def bench_memory(size: int) -> None:
+    """lint's peak RSS against the capture's size: the same workload, a quarter and whole."""
+    print("\nmemory against capture size (nbd-harness lint, peak RSS)")
+    for each in (size // 4, size):
+        capture = copy_capture(each)
+        wall, _cpu, rss, _status = measure([*NBD_HARNESS, "lint", str(capture)])
+        print(f"  {capture.name:28} {capture.stat().st_size / (1 << 20):8.0f} MiB capture"
+              f" {rss:8.0f} MiB RSS {wall:8.2f} s")
+
+
 def bench_startup(rounds: int) -> None:
     tiny = min(TINY.glob("**/*.pcapng"), key=lambda p: p.stat().st_size, default=None)
     print("\nstart-up (best of rounds)")
@@ -198,9 +216,10 @@ def main() -> int:
     parser.add_argument("--size", default="1G", help="bytes nbdcopy writes (default 1G)")
     parser.add_argument("--small", type=int, default=100_000, help="small requests (100000)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds, best kept (1)")
-    parser.add_argument("--only", choices=("copy", "small", "startup"), action="append")
+    parser.add_argument("--only", choices=("copy", "small", "memory", "startup"),
+                        action="append")
     args = parser.parse_args()
-    only = set(args.only or ("copy", "small", "startup"))
+    only = set(args.only or ("copy", "small", "memory", "startup"))
     versions = subprocess.run(["nbdkit", "--version"], capture_output=True, text=True, env=ENV)
     print(
         f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
@@ -211,6 +230,8 @@ def main() -> int:
         bench_capture(copy, args.rounds)
     if "small" in only:
         bench_capture(many, args.rounds)
+    if "memory" in only:
+        bench_memory(parse_size(args.size))
     if "startup" in only:
         bench_startup(args.rounds)
     return 0

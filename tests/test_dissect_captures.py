@@ -1092,3 +1092,36 @@ def test_gzip_compressed_captures_decode_alike(tmp_path):
     (tmp_path / "junk.gz").write_bytes(b"\x1f\x8bjunk")
     with pytest.raises(CaptureError):
         decode_capture(tmp_path / "junk.gz")
+
+
+def test_capture_from_a_pipe_and_bytes_read_after_decoding(tmp_path):
+    """A capture given through a pipe (``lint <(zcat x.pcapng.gz)``) is read whole and
+    decodes as the file does; a decoded file's bulk data is read from the file on demand,
+    and a file rewritten shorter afterwards gives a clear error, not other bytes."""
+    import os
+    import shutil
+    import threading
+
+    from harness.dissect import CapturedData, decode_capture
+    from harness.dissect.errors import CaptureError
+
+    source = Path(__file__).parent / "data" / "captures" / "nbd-server-write-read.pcapng"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(source.read_bytes()))
+    writer.start()
+    piped = decode_capture(fifo)
+    writer.join(timeout=10)
+    plain = decode_capture(source)
+    assert [m.wire for m in piped.messages] == [m.wire for m in plain.messages]
+
+    copy = tmp_path / "copy.pcapng"
+    shutil.copy(source, copy)
+    decoded = decode_capture(copy)
+    write = next(m for m in decoded.messages if m.name == "NBD_CMD_WRITE")
+    data = write.fields["data"]
+    assert isinstance(data, CapturedData) and len(data) == write.fields["length"]
+    assert bytes(data) == write.wire[28:]
+    copy.write_bytes(b"")  # rewritten in place, shorter
+    with pytest.raises(CaptureError, match="changed after it was decoded"):
+        bytes(data)

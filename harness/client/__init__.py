@@ -11,20 +11,63 @@ its blocking facade; :func:`parse_uri` reads ``nbd://``-style URIs.
     await client.disconnect()
 """
 
-from ._session import NbdClient, Target
-from ._wire import Wire
-from .errors import (
-    NbdClientError,
-    NbdCommandError,
-    NbdConnectionError,
-    NbdTimeoutError,
-    NegotiationError,
-    TlsError,
-)
-from .options import ConnectOptions, TlsMode, tls_context_for
-from .records import ExportEntry, ExportInfo, Fallback, Negotiation
-from .sync import Client
-from .uri import DEFAULT_PORT, NbdUri, UriError, parse_uri
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._session import NbdClient, Target
+    from ._wire import Wire
+    from .errors import (
+        NbdClientError,
+        NbdCommandError,
+        NbdConnectionError,
+        NbdTimeoutError,
+        NegotiationError,
+        TlsError,
+    )
+    from .options import ConnectOptions, TlsMode, tls_context_for
+    from .records import ExportEntry, ExportInfo, Fallback, Negotiation
+    from .sync import Client
+    from .uri import DEFAULT_PORT, NbdUri, UriError, parse_uri
+
+_HOMES = {
+    "NbdClient": "._session",
+    "Target": "._session",
+    "Wire": "._wire",
+    "NbdClientError": ".errors",
+    "NbdCommandError": ".errors",
+    "NbdConnectionError": ".errors",
+    "NbdTimeoutError": ".errors",
+    "NegotiationError": ".errors",
+    "TlsError": ".errors",
+    "ConnectOptions": ".options",
+    "TlsMode": ".options",
+    "tls_context_for": ".options",
+    "ExportEntry": ".records",
+    "ExportInfo": ".records",
+    "Fallback": ".records",
+    "Negotiation": ".records",
+    "Client": ".sync",
+    "DEFAULT_PORT": ".uri",
+    "NbdUri": ".uri",
+    "UriError": ".uri",
+    "parse_uri": ".uri",
+}
+"""Where each public name lives: the package imports a module when a name of it is first
+used, so that importing a light part (``harness.client.options``) does not load the
+asyncio client and the protocol state machine (every command's start-up paid for them)."""
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_PORT",

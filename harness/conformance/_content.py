@@ -42,6 +42,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
+from harness.dissect import CapturedData
 from harness.dissect.model import CLIENT, Session, WireMessage
 from harness.protocol import constants as c
 
@@ -82,7 +83,7 @@ class Fact:
     """The message that said it: the write's reply, the status chunk, the read's data."""
     start: int
     """The export offset ``data[0]`` stands for."""
-    data: bytes | None
+    data: bytes | CapturedData | None
     """The bytes, or ``None`` for zeroes."""
     basis: int
     """Position (in :attr:`SessionView.messages`) after which the content is known to
@@ -231,7 +232,7 @@ class _Piece(NamedTuple):
 
     start: int
     end: int
-    data: bytes | None
+    data: bytes | CapturedData | None
     message: WireMessage
 
 
@@ -244,12 +245,12 @@ def read_pieces(transaction: Transaction) -> list[_Piece] | None:
         fields = reply.fields
         if reply.kind == "simple-reply":
             data = fields.get("data")
-            if not isinstance(data, bytes) or len(data) != transaction.length:
+            if not isinstance(data, bytes | CapturedData) or len(data) != transaction.length:
                 return None
             pieces.append(_Piece(low, high, data, reply))
         elif fields.get("type") == c.ReplyType.OFFSET_DATA and "data_offset" in fields:
             data = fields.get("data")
-            if not isinstance(data, bytes):
+            if not isinstance(data, bytes | CapturedData):
                 return None
             start = int(fields["data_offset"])
             pieces.append(_Piece(start, start + len(data), data, reply))
@@ -412,7 +413,7 @@ class ExportContent:
     def _learn_write(self, transaction: Transaction) -> None:
         if transaction.command == c.Cmd.WRITE:
             data = transaction.request.fields.get("data")
-            if not isinstance(data, bytes) or len(data) != transaction.length:
+            if not isinstance(data, bytes | CapturedData) or len(data) != transaction.length:
                 return
             kind = WRITE
         elif transaction.command == c.Cmd.WRITE_ZEROES:

@@ -10,8 +10,12 @@ contexts, requests paired with their replies by cookie).  The result is a
 Only :mod:`harness.protocol.constants` is shared with the reference codec, and
 the plain record of what a handshake settled
 (:class:`harness.protocol.state.Negotiated`), which the decoder fills in.
+
+Bulk data (WRITE payloads, READ data) stays in the capture file until used: in
+``WireMessage.fields`` it is a :class:`CapturedData`, which behaves as the bytes.
 """
 
+from harness.dissect._bytes import CapturedData
 from harness.dissect.contexts import describe_status
 from harness.dissect.decoder import decode_capture, decode_streams
 from harness.dissect.errors import CaptureError
@@ -40,6 +44,7 @@ __all__ = [
     "UNDECODED_KINDS",
     "Capture",
     "CaptureError",
+    "CapturedData",
     "Session",
     "StreamEnd",
     "Undecoded",

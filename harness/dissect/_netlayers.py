@@ -9,6 +9,7 @@ it has and says how many are missing.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -55,8 +56,10 @@ class Segment:
     dst: tuple[str, int]
     seq: int
     flags: int
-    payload: bytes
+    payload: memoryview
     missing: int  # payload bytes the IP header announces but the frame lacks
+    payload_at: int = 0
+    """Where the payload starts in the frame's bytes."""
 
 
 class NotTcp(Exception):
@@ -66,13 +69,16 @@ class NotTcp(Exception):
 def tcp_segment(linktype: int, data: bytes) -> Segment:
     """The TCP segment in a frame; raises :class:`NotTcp` for anything else.
 
-    The payload is a view of ``data``, not a copy (bulk data is copied once, when its
-    direction's stream is joined).
+    The payload is a view of ``data``, not a copy; ``payload_at`` says where it starts in
+    ``data`` (the reassembly keeps that place, not the bytes).
     """
-    return _ip_packet(_network_layer(linktype, memoryview(data)))
+    view = memoryview(data)
+    at = _network_at(linktype, view)
+    return _ip_packet(view[at:], at)
 
 
-def _network_layer(linktype: int, data: bytes) -> bytes:
+def _network_at(linktype: int, data: memoryview) -> int:
+    """Where the network layer starts in a frame of ``linktype``."""
     if linktype == LINKTYPE_ETHERNET:
         ethertype_at = 12
         while True:
@@ -85,13 +91,13 @@ def _network_layer(linktype: int, data: bytes) -> bytes:
             break
         if ethertype not in (ETHERTYPE_IPV4, ETHERTYPE_IPV6):
             raise NotTcp(f"ethertype {ethertype:#06x}")
-        return data[ethertype_at + 2 :]
+        return ethertype_at + 2
     if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6, *_DLT_RAW_ALIASES):
-        return data
+        return 0
     if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
         # A 4-byte address family in host (NULL) or network (LOOP) order; its
         # values differ between systems, so the IP version nibble decides.
-        return data[4:]
+        return 4
     if linktype == LINKTYPE_LINUX_SLL:
         return _check_protocol(data, 14, 16)
     if linktype == LINKTYPE_LINUX_SLL2:
@@ -99,16 +105,17 @@ def _network_layer(linktype: int, data: bytes) -> bytes:
     raise NotTcp(f"unsupported link type {linktype}")
 
 
-def _check_protocol(data: bytes, protocol_at: int, header_length: int) -> bytes:
+def _check_protocol(data: memoryview, protocol_at: int, header_length: int) -> int:
     if len(data) < header_length:
         raise NotTcp("short Linux cooked header")
     (protocol,) = struct.unpack_from("!H", data, protocol_at)
     if protocol not in (ETHERTYPE_IPV4, ETHERTYPE_IPV6):
         raise NotTcp(f"protocol {protocol:#06x}")
-    return data[header_length:]
+    return header_length
 
 
-def _ip_packet(packet: bytes) -> Segment:
+def _ip_packet(packet: memoryview, base: int) -> Segment:
+    """The segment in an IP packet that starts at ``base`` in its frame."""
     if not packet:
         raise NotTcp("no network layer")
     version = packet[0] >> 4
@@ -122,18 +129,18 @@ def _ip_packet(packet: bytes) -> Segment:
             raise NotTcp(f"IP protocol {packet[9]}")
         if fragment & 0x3FFF:  # more-fragments flag or a fragment offset
             raise NotTcp("IPv4 fragment (not reassembled)")
-        src = str(ipaddress.IPv4Address(bytes(packet[12:16])))
-        dst = str(ipaddress.IPv4Address(bytes(packet[16:20])))
+        src = _address(bytes(packet[12:16]))
+        dst = _address(bytes(packet[16:20]))
         # total_length 0 happens with TCP segmentation offload captures
         end = total_length if total_length else len(packet)
-        return _tcp(packet[header_length:end], end - header_length, src, dst)
+        return _tcp(packet[header_length:end], end - header_length, src, dst, base + header_length)
     if version == 6:
         if len(packet) < 40:
             raise NotTcp("short IPv6 header")
         (payload_length,) = struct.unpack_from("!H", packet, 4)
         next_header = packet[6]
-        src = str(ipaddress.IPv6Address(bytes(packet[8:24])))
-        dst = str(ipaddress.IPv6Address(bytes(packet[24:40])))
+        src = _address(bytes(packet[8:24]))
+        dst = _address(bytes(packet[24:40]))
         at = 40
         end = 40 + payload_length if payload_length else len(packet)
         while next_header in (*_IPV6_SKIPPABLE, _IPV6_FRAGMENT):
@@ -145,11 +152,17 @@ def _ip_packet(packet: bytes) -> Segment:
             at += size
         if next_header != IPPROTO_TCP:
             raise NotTcp(f"IPv6 next header {next_header}")
-        return _tcp(packet[at:end], end - at, src, dst)
+        return _tcp(packet[at:end], end - at, src, dst, base + at)
     raise NotTcp(f"IP version {version}")
 
 
-def _tcp(segment: bytes, announced: int, src: str, dst: str) -> Segment:
+@functools.lru_cache(maxsize=1024)
+def _address(packed: bytes) -> str:
+    """An IPv4 or IPv6 address in its usual text form (a capture has few: cached)."""
+    return str(ipaddress.ip_address(packed))
+
+
+def _tcp(segment: memoryview, announced: int, src: str, dst: str, base: int) -> Segment:
     if len(segment) < 20:
         raise NotTcp("short TCP header")
     src_port, dst_port, seq = struct.unpack_from("!HHI", segment)
@@ -159,4 +172,6 @@ def _tcp(segment: bytes, announced: int, src: str, dst: str) -> Segment:
         raise NotTcp("bad or cut TCP header")
     payload = segment[header_length:]
     missing = max(0, announced - header_length - len(payload))
-    return Segment((src, src_port), (dst, dst_port), seq, flags, payload, missing)
+    return Segment(
+        (src, src_port), (dst, dst_port), seq, flags, payload, missing, base + header_length
+    )

@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from harness.dissect._bytes import StreamBytes
 from harness.protocol import constants as c
 
 _MAX_OPTION_DATA = 1 << 20
@@ -51,9 +52,13 @@ class Expectation:
     """The export's size once known (client, transmission)."""
 
 
-def next_boundary(data: bytes, start: int, expect: Expectation) -> tuple[int, str] | None:
+def next_boundary(
+    data: StreamBytes | bytes, start: int, expect: Expectation
+) -> tuple[int, str] | None:
     """The first offset at or after ``start`` where a message of the kind ``expect``
     allows plausibly begins, and what was found there; ``None`` when there is none."""
+    if not isinstance(data, StreamBytes):
+        data = StreamBytes.of(data)
     checks = _CHECKS[(expect.server, expect.handshake)]
     best: tuple[int, str] | None = None
     for magic, check in checks:
@@ -67,10 +72,10 @@ def next_boundary(data: bytes, start: int, expect: Expectation) -> tuple[int, st
     return best
 
 
-def _option_reply(data: bytes, at: int, expect: Expectation) -> str | None:
+def _option_reply(data: StreamBytes, at: int, expect: Expectation) -> str | None:
     if len(data) < at + c.OPTION_REPLY_HEADER_LEN:
         return None
-    _magic, option, reply, length = struct.unpack_from(">QIII", data, at)
+    _magic, option, reply, length = struct.unpack_from(">QIII", data.read(at, at + 20))
     if option not in expect.pending_options or length > _MAX_OPTION_DATA:
         return None
     if reply not in _REPLY_TYPES and not c.is_rep_error(reply):
@@ -78,24 +83,23 @@ def _option_reply(data: bytes, at: int, expect: Expectation) -> str | None:
     return f"an option reply to {c.name_of(c.Opt, option)}, which awaited one"
 
 
-def _simple_reply(data: bytes, at: int, expect: Expectation) -> str | None:
+def _simple_reply(data: StreamBytes, at: int, expect: Expectation) -> str | None:
     if len(data) < at + c.SIMPLE_REPLY_LEN:
         return None
-    _magic, error, cookie = struct.unpack_from(">IIQ", data, at)
+    _magic, error, cookie = struct.unpack_from(">IIQ", data.read(at, at + 16))
     if cookie not in expect.cookies or error not in _ERRNOS:
         return None
     return f"a simple reply with cookie {cookie:#x}, which a request in flight carries"
 
 
-def _chunk(data: bytes, at: int, expect: Expectation, extended: bool) -> str | None:
+def _chunk(data: StreamBytes, at: int, expect: Expectation, extended: bool) -> str | None:
     header = c.EXTENDED_REPLY_HEADER_LEN if extended else c.STRUCTURED_REPLY_HEADER_LEN
     if len(data) < at + header:
         return None
-    _magic, flags, kind, cookie = struct.unpack_from(">IHHQ", data, at)
+    head = data.read(at, at + header)
+    _magic, flags, kind, cookie = struct.unpack_from(">IHHQ", head)
     length_format = ">Q" if extended else ">I"
-    (length,) = struct.unpack_from(
-        length_format, data, at + header - struct.calcsize(length_format)
-    )
+    (length,) = struct.unpack_from(length_format, head, header - struct.calcsize(length_format))
     if cookie not in expect.cookies or flags & ~_KNOWN_REPLY_FLAGS or length > _MAX_CHUNK_PAYLOAD:
         return None
     if kind not in _CHUNK_TYPES and not c.is_error_chunk(kind):
@@ -104,21 +108,22 @@ def _chunk(data: bytes, at: int, expect: Expectation, extended: bool) -> str | N
     return f"{what} with cookie {cookie:#x}, which a request in flight carries"
 
 
-def _option(data: bytes, at: int, expect: Expectation) -> str | None:
+def _option(data: StreamBytes, at: int, expect: Expectation) -> str | None:
     if len(data) < at + c.OPTION_HEADER_LEN:
         return None
-    _magic, option, length = struct.unpack_from(">QII", data, at)
+    _magic, option, length = struct.unpack_from(">QII", data.read(at, at + 16))
     if option not in _OPTIONS or length > _MAX_OPTION_DATA:
         return None
     return f"an option header ({c.name_of(c.Opt, option)})"
 
 
-def _request(data: bytes, at: int, expect: Expectation, extended: bool) -> str | None:
+def _request(data: StreamBytes, at: int, expect: Expectation, extended: bool) -> str | None:
     header = c.EXTENDED_REQUEST_LEN if extended else c.REQUEST_LEN
     if len(data) < at + header:
         return None
-    flags, kind, _cookie, offset = struct.unpack_from(">HHQQ", data, at + 4)
-    length = struct.unpack_from(">Q" if extended else ">I", data, at + 24)[0]
+    head = data.read(at, at + header)
+    flags, kind, _cookie, offset = struct.unpack_from(">HHQQ", head, 4)
+    length = struct.unpack_from(">Q" if extended else ">I", head, 24)[0]
     if kind not in _COMMANDS or flags & ~_KNOWN_CMD_FLAGS:
         return None
     if kind != c.Cmd.DISC and expect.export_size is not None and offset > expect.export_size:
@@ -128,7 +133,7 @@ def _request(data: bytes, at: int, expect: Expectation, extended: bool) -> str |
     return f"a request header ({c.name_of(c.Cmd, kind)}) at a plausible offset"
 
 
-_Check = Callable[[bytes, int, Expectation], str | None]
+_Check = Callable[[StreamBytes, int, Expectation], str | None]
 
 
 def _packed(fmt: str, value: int) -> bytes:

@@ -30,9 +30,11 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from scapy.packet import Packet, Raw
+from scapy.packet import Packet
 
 from harness.dissect import layers as L
+from harness.dissect._bytes import StreamBytes
+from harness.dissect._fast import fast_fields
 from harness.dissect._resync import Expectation, next_boundary
 from harness.dissect.contexts import describe_status
 from harness.dissect.model import CLIENT, DIRECTIONS, SERVER, Session, Undecoded, WireMessage
@@ -41,6 +43,9 @@ from harness.protocol import constants as c
 from harness.protocol.messages import InfoBlockSize
 
 _OK, _NEED, _BAD, _BLOCKED, _END = range(5)
+
+Fields = dict[str, Any]
+"""A message's decoded fields (see ``WireMessage.fields``)."""
 
 # Per-direction reading positions (finer than Session.phase: the client
 # is in transmission as soon as it sent EXPORT_NAME, the server once it replied).
@@ -83,7 +88,7 @@ _RESYNC_EXPECTED = ("option", "option-reply", "request", "reply")
 """Messages after which the decoder looks for the next boundary when the magic is wrong."""
 
 
-def _data_follows(data: bytes, at: int, length: int) -> bool:
+def _data_follows(data: StreamBytes, at: int, length: int) -> bool:
     """An extended WRITE without ``NBD_CMD_FLAG_PAYLOAD_LEN`` is followed by its data anyway.
 
     By the spec its length is then an effect length and no payload follows, but
@@ -98,8 +103,14 @@ def _data_follows(data: bytes, at: int, length: int) -> bool:
     return after == len(data) or _magic4(data, after) in _REQUEST_MAGICS
 
 
-def _magic4(data: bytes, at: int) -> int | None:
-    return struct.unpack_from(">I", data, at)[0] if len(data) >= at + 4 else None
+def _magic4(data: StreamBytes, at: int) -> int | None:
+    return _U32.unpack(data.read(at, at + 4))[0] if len(data) >= at + 4 else None
+
+
+_U32 = struct.Struct(">I")
+_PAYLOAD_LEN = int(c.CmdFlag.PAYLOAD_LEN)  # plain ints: flag arithmetic on enums is slow
+_DONE = int(c.ReplyFlag.DONE)
+_U64 = struct.Struct(">Q")
 
 
 def _ok(kind: str, length: int, layer: type[Packet], available: int, what: str = "") -> _Cut:
@@ -111,20 +122,6 @@ def _ok(kind: str, length: int, layer: type[Packet], available: int, what: str =
 def _need(kind: str, layer: type[Packet], what: str, length: int) -> _Cut:
     """``length`` bytes are needed for a message whose magic says it is a ``kind``."""
     return _Cut(_NEED, what, length, layer, message=kind)
-
-
-_BULK_LAYERS = frozenset({L.NBDRequest, L.NBDSimpleReply})
-"""Layers whose only variable part is opaque data: safe to dissect from a memoryview."""
-
-
-def _own_bulk_data(packet: Packet) -> None:
-    """The data field as bytes (one copy) and no cached view: the packet reads as if it was
-    dissected from bytes (``WireMessage.wire`` copies its ``original`` view on demand)."""
-    data = packet.fields.get("data")
-    if isinstance(data, memoryview):
-        packet.fields["data"] = bytes(data)
-    packet.raw_packet_cache = None
-    packet.raw_packet_cache_fields = None
 
 
 class SessionDecoder:
@@ -142,6 +139,9 @@ class SessionDecoder:
         self.export_info: dict[str, Any] = {}
         self.in_flight: dict[int, list[WireMessage]] = {}
         self._failed_skips: dict[str, tuple[int, Expectation]] = {}
+        self._cuts: dict[str, tuple[tuple[int, str, int], _Cut]] = {}
+        self._client_messages = 0
+        """Client messages applied so far (the server's cut depends on them)."""
         for direction in DIRECTIONS:
             session.bytes_total[direction] = streams[direction].total
 
@@ -151,10 +151,10 @@ class SessionDecoder:
         """Guess where each side is when the capture joined after the greeting."""
         server = self.streams[SERVER].data
         client = self.streams[CLIENT].data
-        server_magic4 = struct.unpack_from(">I", server)[0] if len(server) >= 4 else None
-        client_magic4 = struct.unpack_from(">I", client)[0] if len(client) >= 4 else None
-        server_magic8 = struct.unpack_from(">Q", server)[0] if len(server) >= 8 else None
-        client_magic8 = struct.unpack_from(">Q", client)[0] if len(client) >= 8 else None
+        server_magic4 = _magic4(server, 0)
+        client_magic4 = _magic4(client, 0)
+        server_magic8 = _U64.unpack(server.read(0, 8))[0] if len(server) >= 8 else None
+        client_magic8 = _U64.unpack(client.read(0, 8))[0] if len(client) >= 8 else None
         in_handshake = server_magic8 == c.OPTION_REPLY_MAGIC or client_magic8 == c.IHAVEOPT
         phase = _HANDSHAKE if in_handshake else _TRANSMISSION
         self.reading = {CLIENT: phase, SERVER: phase}
@@ -171,7 +171,7 @@ class SessionDecoder:
     def run(self) -> Session:
         """Decode both directions to the end; return the filled-in session."""
         while True:
-            cuts = {d: self._cut(d) for d in DIRECTIONS if not self.finished[d]}
+            cuts = {d: self._cached_cut(d) for d in DIRECTIONS if not self.finished[d]}
             ready = [
                 (self._causal_frame(d, cut), self._tie_order(d), d)
                 for d, cut in cuts.items()
@@ -214,6 +214,23 @@ class SessionDecoder:
 
     # --- cutting ----------------------------------------------------------------
 
+    def _cached_cut(self, direction: str) -> _Cut:
+        """:meth:`_cut`, cut again only when what it depends on changed: the direction's
+        position and reading state, and for the server what the client sent since (its
+        requests frame READ replies, its flags and EXPORT_NAME frame the handshake's end).
+        Each step applies one message, so this halves the cutting."""
+        key = (
+            self.cursor[direction],
+            self.reading[direction],
+            self._client_messages if direction == SERVER else 0,
+        )
+        cached = self._cuts.get(direction)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        cut = self._cut(direction)
+        self._cuts[direction] = (key, cut)
+        return cut
+
     def _cut(self, direction: str) -> _Cut:
         data = self.streams[direction].data
         position = self.cursor[direction]
@@ -233,11 +250,11 @@ class SessionDecoder:
             )
         return cut
 
-    def _cut_server(self, reading: str, data: bytes, at: int, available: int) -> _Cut:
+    def _cut_server(self, reading: str, data: StreamBytes, at: int, available: int) -> _Cut:
         if reading == _GREETING:
             if available < 16:
                 return _Cut(_NEED, "greeting", 16)
-            magic, second = struct.unpack_from(">QQ", data, at)
+            magic, second = struct.unpack(">QQ", data.read(at, at + 16))
             if magic != c.NBDMAGIC:
                 return _bad(
                     "greeting",
@@ -267,7 +284,7 @@ class SessionDecoder:
                 return _ok("export-name-reply", 10 + zeroes, L.NBDExportNameReply, available)
             if available < 8:
                 return _Cut(_NEED, "option reply header", c.OPTION_REPLY_HEADER_LEN)
-            (magic,) = struct.unpack_from(">Q", data, at)
+            (magic,) = _U64.unpack(data.read(at, at + 8))
             if magic != c.OPTION_REPLY_MAGIC:
                 return _bad(
                     "option-reply",
@@ -282,7 +299,7 @@ class SessionDecoder:
                     "option reply header",
                     c.OPTION_REPLY_HEADER_LEN,
                 )
-            (length,) = struct.unpack_from(">I", data, at + 16)
+            (length,) = _U32.unpack(data.read(at + 16, at + 20))
             return _ok(
                 "option-reply", c.OPTION_REPLY_HEADER_LEN + length, L.NBDOptionReply, available
             )
@@ -290,21 +307,22 @@ class SessionDecoder:
             return self._cut_reply(data, at, available)
         return _Cut(_BAD, reason=f"server data after the session was {reading}")
 
-    def _looks_like_option_reply(self, data: bytes, at: int, available: int) -> bool:
+    def _looks_like_option_reply(self, data: StreamBytes, at: int, available: int) -> bool:
         """An option reply to EXPORT_NAME (not valid, but framed as what it is)."""
         if available < 12:
             return False
-        magic, option = struct.unpack_from(">QI", data, at)
+        magic, option = struct.unpack(">QI", data.read(at, at + 12))
         return magic == c.OPTION_REPLY_MAGIC and option == c.Opt.EXPORT_NAME
 
-    def _cut_reply(self, data: bytes, at: int, available: int) -> _Cut:
+    def _cut_reply(self, data: StreamBytes, at: int, available: int) -> _Cut:
         if available < 4:
             return _Cut(_NEED, "reply magic", 4)
-        (magic,) = struct.unpack_from(">I", data, at)
+        head = data.read(at, at + c.EXTENDED_REPLY_HEADER_LEN)  # the longest reply header
+        (magic,) = _U32.unpack_from(head)
         if magic == c.SIMPLE_REPLY_MAGIC:
             if available < c.SIMPLE_REPLY_LEN:
                 return _need("simple-reply", L.NBDSimpleReply, "simple reply", c.SIMPLE_REPLY_LEN)
-            error, cookie = struct.unpack_from(">IQ", data, at + 4)
+            error, cookie = struct.unpack_from(">IQ", head, 4)
             request = self._request_for(cookie)
             read_length = 0
             if error == 0 and request is not None and request.fields.get("type") == c.Cmd.READ:
@@ -324,7 +342,7 @@ class SessionDecoder:
                     "structured reply header",
                     c.STRUCTURED_REPLY_HEADER_LEN,
                 )
-            (length,) = struct.unpack_from(">I", data, at + 16)
+            (length,) = _U32.unpack_from(head, 16)
             return _ok(
                 "chunk",
                 c.STRUCTURED_REPLY_HEADER_LEN + length,
@@ -340,7 +358,7 @@ class SessionDecoder:
                     "extended reply header",
                     c.EXTENDED_REPLY_HEADER_LEN,
                 )
-            (length,) = struct.unpack_from(">Q", data, at + 24)
+            (length,) = _U64.unpack_from(head, 24)
             return _ok(
                 "chunk",
                 c.EXTENDED_REPLY_HEADER_LEN + length,
@@ -355,7 +373,7 @@ class SessionDecoder:
             f"expected a reply magic, found {magic:#010x}",
         )
 
-    def _cut_client(self, reading: str, data: bytes, at: int, available: int) -> _Cut:
+    def _cut_client(self, reading: str, data: StreamBytes, at: int, available: int) -> _Cut:
         if reading == _AWAIT_GREETING:
             return _Cut(_BLOCKED, reason="client data, but no server greeting was decoded")
         if reading == _FLAGS:
@@ -363,7 +381,7 @@ class SessionDecoder:
         if reading == _HANDSHAKE:
             if available < 8:
                 return _Cut(_NEED, "option header", c.OPTION_HEADER_LEN)
-            (magic,) = struct.unpack_from(">Q", data, at)
+            (magic,) = _U64.unpack(data.read(at, at + 8))
             if magic != c.IHAVEOPT:
                 return _bad(
                     "option",
@@ -373,20 +391,21 @@ class SessionDecoder:
                 )
             if available < c.OPTION_HEADER_LEN:
                 return _need("option", L.NBDOption, "option header", c.OPTION_HEADER_LEN)
-            (length,) = struct.unpack_from(">I", data, at + 12)
+            (length,) = _U32.unpack(data.read(at + 12, at + 16))
             return _ok("option", c.OPTION_HEADER_LEN + length, L.NBDOption, available)
         if reading == _TRANSMISSION:
             return self._cut_request(data, at, available)
         return _Cut(_BAD, reason=f"client data after the session was {reading}")
 
-    def _cut_request(self, data: bytes, at: int, available: int) -> _Cut:
+    def _cut_request(self, data: StreamBytes, at: int, available: int) -> _Cut:
         if available < 4:
             return _Cut(_NEED, "request magic", 4)
-        (magic,) = struct.unpack_from(">I", data, at)
+        head = data.read(at, at + c.EXTENDED_REQUEST_LEN)  # the longest request header
+        (magic,) = _U32.unpack_from(head)
         if magic == c.REQUEST_MAGIC:
             if available < c.REQUEST_LEN:
                 return _need("request", L.NBDRequest, "request header", c.REQUEST_LEN)
-            _flags, kind, _cookie, _offset, length = struct.unpack_from(">HHQQI", data, at + 4)
+            _flags, kind, _cookie, _offset, length = struct.unpack_from(">HHQQI", head, 4)
             payload = length if kind == c.Cmd.WRITE else 0
             return _ok(
                 "request", c.REQUEST_LEN + payload, L.NBDRequest, available, "request with its data"
@@ -399,8 +418,8 @@ class SessionDecoder:
                     "extended request header",
                     c.EXTENDED_REQUEST_LEN,
                 )
-            flags, kind, _cookie, _offset, length = struct.unpack_from(">HHQQQ", data, at + 4)
-            payload = length if flags & c.CmdFlag.PAYLOAD_LEN else 0
+            flags, kind, _cookie, _offset, length = struct.unpack_from(">HHQQQ", head, 4)
+            payload = length if flags & _PAYLOAD_LEN else 0
             layer: type[Packet] = L.NBDExtendedRequest
             if kind == c.Cmd.WRITE and not payload and _data_follows(data, at, length):
                 payload, layer = length, L.NBDExtendedWriteUnflagged
@@ -421,30 +440,19 @@ class SessionDecoder:
     # --- applying ---------------------------------------------------------------
 
     def _apply(self, direction: str, cut: _Cut) -> None:
-        stream = self.streams[direction]
+        data = self.streams[direction].data
         at = self.cursor[direction]
         assert cut.layer is not None
         notes: list[str] = []
-        if cut.layer in _BULK_LAYERS and not cut.missing:
-            # Bulk data (WRITE, READ replies): scapy slices the rest of the message at each
-            # header field, so give it a view of the stream, not a copy; the data becomes
-            # bytes once, in fields_of.
-            raw: bytes = memoryview(stream.data)[at : at + cut.length]  # type: ignore[assignment]
-        else:
-            raw = stream.data[at : at + cut.length]
-        try:
-            packet: Packet = cut.layer(raw)
-        except Exception as exc:  # scapy may choke on nonsense; report, never raise
-            if cut.missing:  # cut short inside its header: the fields that did arrive
-                packet = L.dissect_prefix(cut.layer, raw)
-            else:
-                packet = Raw(raw)
-                notes.append(f"the {cut.layer.__name__} layer could not dissect it: {exc}")
-        if isinstance(raw, memoryview):
-            _own_bulk_data(packet)
+        packet: Packet | None = None
+        # Requests, replies and data chunks are read straight from their headers, their
+        # bulk data left in the capture; scapy dissects the rest (and these on demand).
+        fields = None if cut.missing else fast_fields(cut.layer, data, at, cut.length)
+        if fields is None:
+            packet, notes = L.dissect(cut.layer, data.read(at, at + cut.length), cut.missing > 0)
+            fields = L.fields_of(packet)
         if cut.missing:
             notes.append(cut.reason)
-        fields = L.fields_of(packet)
         handler = getattr(self, "_on_" + cut.kind.replace("-", "_"))
         handler(direction, cut, packet, fields, notes)
 
@@ -452,7 +460,7 @@ class SessionDecoder:
         self,
         direction: str,
         cut: _Cut,
-        packet: Packet,
+        packet: Packet | None,
         fields: dict[str, Any],
         notes: list[str],
         name: str,
@@ -472,7 +480,9 @@ class SessionDecoder:
             offset=at,
             length=cut.length,
             time=stream.time_of(frame),
-            packet=packet,
+            layer=cut.layer or L.NBDOpaque,
+            raw=stream.data.data(at, at + cut.length),
+            dissected=packet,
             request=request,
             option=option,
             fields=fields,
@@ -481,6 +491,8 @@ class SessionDecoder:
         )
         self.session.messages.append(message)
         self.cursor[direction] = at + cut.length
+        if direction == CLIENT:
+            self._client_messages += 1
         if cut.kind == "tls":
             self.session.bytes_tls[direction] += cut.length
         else:
@@ -488,7 +500,7 @@ class SessionDecoder:
         return message
 
     def _on_oldstyle_greeting(
-        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+        self, direction: str, cut: _Cut, packet: Packet | None, fields: Fields, notes: list[str]
     ) -> None:
         self._emit(direction, cut, packet, fields, notes, "oldstyle greeting")
         self.state.style = "oldstyle"
@@ -496,7 +508,7 @@ class SessionDecoder:
         self._enter(_TRANSMISSION)
 
     def _on_newstyle_greeting(
-        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+        self, direction: str, cut: _Cut, packet: Packet | None, fields: Fields, notes: list[str]
     ) -> None:
         self._emit(direction, cut, packet, fields, notes, "newstyle greeting")
         self.state.style = "newstyle"
@@ -506,7 +518,7 @@ class SessionDecoder:
         self.reading[CLIENT] = _FLAGS
 
     def _on_client_flags(
-        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+        self, direction: str, cut: _Cut, packet: Packet | None, fields: Fields, notes: list[str]
     ) -> None:
         self._emit(direction, cut, packet, fields, notes, "client flags")
         flags = fields.get("client_flags", 0)
@@ -521,7 +533,7 @@ class SessionDecoder:
         self.reading[CLIENT] = _HANDSHAKE
 
     def _on_option(
-        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+        self, direction: str, cut: _Cut, packet: Packet | None, fields: Fields, notes: list[str]
     ) -> None:
         option = fields.get("option", -1)
         if self.pending_options:
@@ -544,7 +556,7 @@ class SessionDecoder:
             self.session.phase = "aborted"
 
     def _on_option_reply(
-        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+        self, direction: str, cut: _Cut, packet: Packet | None, fields: Fields, notes: list[str]
     ) -> None:
         reply_type = fields.get("reply_type", 0)
         if fields.get("option") == c.Opt.EXPORT_NAME and self.export_name_option is not None:
@@ -633,7 +645,7 @@ class SessionDecoder:
         return head
 
     def _on_export_name_reply(
-        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+        self, direction: str, cut: _Cut, packet: Packet | None, fields: Fields, notes: list[str]
     ) -> None:
         self._emit(
             direction,
@@ -649,7 +661,7 @@ class SessionDecoder:
         self._enter(_TRANSMISSION)
 
     def _on_request(
-        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+        self, direction: str, cut: _Cut, packet: Packet | None, fields: Fields, notes: list[str]
     ) -> None:
         kind = fields.get("type", -1)
         cookie = fields.get("cookie", 0)
@@ -669,7 +681,9 @@ class SessionDecoder:
         if "context_ids" in fields:
             names = self.state.meta_contexts
             fields["context_names"] = [names.get(i) for i in fields["context_ids"]]
-        if isinstance(packet, L.NBDExtendedWriteUnflagged):
+        if cut.layer is L.NBDExtendedWriteUnflagged and (
+            packet is None or isinstance(packet, L.NBDExtendedWriteUnflagged)
+        ):
             notes.append(
                 "NBD_CMD_WRITE without NBD_CMD_FLAG_PAYLOAD_LEN, yet its data follows "
                 "(as qemu's client sends it): read as its payload"
@@ -684,7 +698,7 @@ class SessionDecoder:
             self.in_flight.setdefault(cookie, []).append(message)
 
     def _on_simple_reply(
-        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+        self, direction: str, cut: _Cut, packet: Packet | None, fields: Fields, notes: list[str]
     ) -> None:
         cookie = fields.get("cookie", 0)
         request = self._request_for(cookie)
@@ -698,7 +712,7 @@ class SessionDecoder:
         self._emit(direction, cut, packet, fields, notes, "simple reply", request=request)
 
     def _on_chunk(
-        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+        self, direction: str, cut: _Cut, packet: Packet | None, fields: Fields, notes: list[str]
     ) -> None:
         cookie = fields.get("cookie", 0)
         request = self._request_for(cookie)
@@ -719,11 +733,11 @@ class SessionDecoder:
             c.name_of(c.ReplyType, chunk_type),
             request=request,
         )
-        if request is not None and fields.get("flags", 0) & c.ReplyFlag.DONE:
+        if request is not None and fields.get("flags", 0) & _DONE:
             self._retire(cookie)
 
     def _on_tls(
-        self, direction: str, cut: _Cut, packet: Packet, fields: dict[str, Any], notes: list[str]
+        self, direction: str, cut: _Cut, packet: Packet | None, fields: Fields, notes: list[str]
     ) -> None:
         self._emit(direction, cut, packet, fields, notes, "TLS")
 

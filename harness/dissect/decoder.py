@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from harness.dissect._capfile import Frame, read_frames
+from harness.dissect._capfile import CaptureReader, Frame
 from harness.dissect._session import SessionDecoder
 from harness.dissect.errors import CaptureError
 from harness.dissect.model import CLIENT, SERVER, Capture, Session, StreamEnd, Undecoded
 from harness.dissect.stream import DirectionStream, TcpConnection, reassemble
+from harness.gcpause import collector_paused
 from harness.protocol import constants as c
 
 StreamInput = bytes | Sequence[tuple[int, bytes]]
@@ -28,23 +29,34 @@ def decode_capture(path: str | Path) -> Capture:
     Raises :class:`CaptureError` only when nothing can be read (missing file,
     not a capture, broken before the first frame).  A file that breaks later
     is decoded up to the break, and the problem is in ``Capture.errors``.
+
+    The frames are read once, in order, and not kept: the streams hold the places of
+    their bytes in the file, which the decoded messages read when asked (the file stays
+    open while the capture is in use).
     """
-    frames: list[Frame] = []
     errors: list[str] = []
+    reader = CaptureReader(path)
+    with collector_paused():
+        reassembly = reassemble(_until_damage(reader.frames(), errors), reader.source)
+        capture = Capture(path=str(path), frames=reassembly.frames, errors=errors)
+        capture.notes.extend(reassembly.notes)
+        for index, connection in enumerate(reassembly.connections, start=1):
+            capture.sessions.append(_decode_connection(index, connection))
+    return capture
+
+
+def _until_damage(frames: Iterable[Frame], errors: list[str]) -> Iterator[Frame]:
+    """The frames before any damage; the damage goes to ``errors`` (raised when no frame
+    could be read at all)."""
+    count = 0
     try:
-        for frame in read_frames(path):
-            frames.append(frame)
+        for frame in frames:
+            count += 1
+            yield frame
     except CaptureError as exc:
-        if not frames:
+        if not count:
             raise
         errors.append(str(exc))
-    reassembly = reassemble(frames)
-    del frames  # the streams hold every byte now: free the frames before decoding
-    capture = Capture(path=str(path), frames=reassembly.frames, errors=errors)
-    capture.notes.extend(reassembly.notes)
-    for index, connection in enumerate(reassembly.connections, start=1):
-        capture.sessions.append(_decode_connection(index, connection))
-    return capture
 
 
 def decode_streams(
@@ -140,9 +152,9 @@ def _roles(connection: TcpConnection) -> tuple[tuple[str, int], tuple[str, int],
         return None
     # Joined after the greeting: recognise either side by the magic it starts with.
     for ep, peer in ((first, second), (second, first)):
-        data = connection.streams[ep].data
-        magic8 = struct.unpack_from(">Q", data)[0] if len(data) >= 8 else None
-        magic4 = struct.unpack_from(">I", data)[0] if len(data) >= 4 else None
+        head = connection.streams[ep].data.read(0, 8)
+        magic8 = struct.unpack_from(">Q", head)[0] if len(head) >= 8 else None
+        magic4 = struct.unpack_from(">I", head)[0] if len(head) >= 4 else None
         if magic8 in _SERVER_START_MAGICS8 or magic4 in _SERVER_START_MAGICS4:
             return peer, ep, "midstream"
         if magic8 in _CLIENT_START_MAGICS8 or magic4 in _CLIENT_START_MAGICS4:

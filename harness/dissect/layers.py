@@ -752,6 +752,38 @@ def dissect_prefix(layer: type[Packet], raw: bytes) -> Packet:
     return packet
 
 
+_BULK_LAYERS = frozenset({NBDRequest, NBDSimpleReply})
+"""Layers whose only variable part is opaque data: safe to dissect from a memoryview."""
+
+
+def dissect(layer: type[Packet], raw: bytes, cut_short: bool = False) -> tuple[Packet, list[str]]:
+    """``raw`` dissected by ``layer``, and what went wrong (never raises).
+
+    A message cut short inside its header gets the fields that arrived
+    (:func:`dissect_prefix`); one scapy cannot read at all is ``Raw``, with a note why.
+    """
+    bulk = layer in _BULK_LAYERS and not cut_short
+    # scapy slices the rest of the message at each header field: give bulk data as a
+    # view, not a copy, then own the one field that holds it.
+    source: bytes = memoryview(raw) if bulk else raw  # type: ignore[assignment]
+    notes: list[str] = []
+    try:
+        packet: Packet = layer(source)
+    except Exception as exc:  # scapy may choke on nonsense; report, never raise
+        if cut_short:  # cut short inside its header: the fields that did arrive
+            return dissect_prefix(layer, raw), notes
+        notes.append(f"the {layer.__name__} layer could not dissect it: {exc}")
+        return Raw(raw), notes
+    if bulk:
+        data = packet.fields.get("data")
+        if isinstance(data, memoryview):
+            packet.fields["data"] = bytes(data)
+        packet.raw_packet_cache = None
+        packet.raw_packet_cache_fields = None
+        packet.original = raw
+    return packet, notes
+
+
 def fields_of(packet: Packet) -> dict[str, Any]:
     """Every field of every layer of ``packet``, by name, as plain values.
 

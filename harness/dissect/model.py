@@ -19,6 +19,7 @@ from typing import Any
 
 from scapy.packet import Packet
 
+from harness.dissect.layers import dissect
 from harness.protocol.state import Negotiated
 
 CLIENT = "client"
@@ -52,7 +53,7 @@ PHASES = (
 """Every value of :attr:`Session.phase`."""
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False, slots=True)  # not frozen: a frozen record costs 3x to build, per message
 class WireMessage:
     """One NBD message as it went over the wire.
 
@@ -66,6 +67,11 @@ class WireMessage:
     contexts the session negotiated.  ``notes`` tells what the decoder had to
     assume or found odd (no reply is judged here: that is the conformance
     rules' job).
+
+    The message's bytes stay in the capture until asked for (``wire``, bulk ``data``
+    fields), and the scapy ``packet`` of a request, simple reply or data chunk is
+    dissected on first use: the fields are read without it.  A message is a record of
+    what was on the wire: nothing changes it once decoded.
     """
 
     session: int
@@ -78,7 +84,11 @@ class WireMessage:
     offset: int
     length: int
     time: float
-    packet: Packet = field(repr=False)
+    layer: type[Packet] = field(repr=False)
+    """The scapy layer the message is dissected with (``packet`` is an instance of it, or
+    ``Raw`` when it could not be dissected)."""
+    raw: Any = field(repr=False)
+    """The message's bytes as captured, read on demand (``bytes(raw)``; see ``wire``)."""
     request: WireMessage | None = field(default=None, repr=False)
     """For replies and chunks: the request they answer (same cookie)."""
     option: WireMessage | None = field(default=None, repr=False)
@@ -89,6 +99,19 @@ class WireMessage:
     """Bytes the message's own header (or its request) promised that never came: the
     sender closed its stream first, or the next message starts before (found by
     resynchronising).  0 for a whole message; the fields hold what did arrive."""
+    dissected: Packet | None = field(default=None, repr=False)
+    """The scapy packet once dissected (by the decoder, or on first use of ``packet``)."""
+
+    @property
+    def packet(self) -> Packet:
+        """The message dissected by its scapy layer (on first use; kept unless it holds bulk
+        data, which stays in the capture)."""
+        if self.dissected is not None:
+            return self.dissected
+        packet, _notes = dissect(self.layer, self.wire, self.missing > 0)
+        if self.length <= _KEEP_DISSECTED:
+            self.dissected = packet
+        return packet
 
     @property
     def truncated(self) -> bool:
@@ -98,9 +121,11 @@ class WireMessage:
     @property
     def wire(self) -> bytes:
         """The exact bytes of the message as captured."""
-        original = self.packet.original
-        return bytes(original) if original is not None else bytes(self.packet)
+        return bytes(self.raw)
 
+
+_KEEP_DISSECTED = 64 * 1024
+"""Longer messages (bulk data) are dissected again when asked, not kept in memory."""
 
 UNDECODED_KINDS = (
     "bad-magic",  # a message should start here, but its magic is wrong

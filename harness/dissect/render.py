@@ -25,6 +25,7 @@ from scapy.fields import (
 )
 from scapy.packet import NoPayload, Packet, Padding, Raw
 
+from harness.dissect._bytes import CapturedData
 from harness.dissect.layers import MAGIC_NAMES, TextField, TextLenField
 from harness.dissect.model import CLIENT, Capture, Session, Undecoded, WireMessage
 from harness.protocol import constants as c
@@ -342,7 +343,7 @@ def render_json(
 
 
 def _jsonable(value: Any, data: bool) -> Any:
-    if isinstance(value, bytes):
+    if isinstance(value, bytes | CapturedData):  # bulk data: only the preview is read
         shown = value if data else value[:_PREVIEW]
         return {"length": len(value), "hex": shown.hex(), "complete": len(shown) == len(value)}
     if isinstance(value, dict):

@@ -10,6 +10,10 @@ decoder stops at the first one, and what was captured after it is kept as
 
 A connection whose SYN is not in the capture is "joined mid-stream": its
 stream starts at the lowest sequence number seen.
+
+Bytes are not copied: a piece of a stream is the place of its bytes in the capture
+(:mod:`harness.dissect._bytes`), so reassembling a large capture costs memory per frame,
+not per byte.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from harness.dissect._bytes import Source, StreamBytes
 from harness.dissect._capfile import Frame
 from harness.dissect._netlayers import NotTcp, tcp_segment
 from harness.pcapformat import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
@@ -32,11 +37,12 @@ _HALF_SEQ_SPACE = 1 << 31
 class DirectionStream:
     """One direction of a connection, reassembled.
 
-    ``data`` holds the bytes from offset 0 up to the first gap.  ``total`` counts
-    every captured byte, including the islands after gaps.
+    ``data`` holds the bytes from offset 0 up to the first gap (read from the capture
+    when asked for).  ``total`` counts every captured byte, including the islands after
+    gaps.
     """
 
-    data: bytes
+    data: StreamBytes
     total: int
     gaps: list[tuple[int, int]]
     """(offset, number of missing bytes), in stream order."""
@@ -66,6 +72,8 @@ class DirectionStream:
         With out-of-order segments this is not the frame of the last byte.
         """
         first = max(bisect.bisect_right(self.run_starts, start) - 1, 0)
+        if self._within_run(first, end):
+            return self.run_frames[first]
         last = bisect.bisect_left(self.run_starts, end)
         return max(self.run_frames[first:last], default=0)
 
@@ -73,8 +81,20 @@ class DirectionStream:
         """The first frame any of bytes ``[start, end)`` arrived in (with segments out of
         order, not always the frame of the first byte)."""
         first = max(bisect.bisect_right(self.run_starts, start) - 1, 0)
+        if self._within_run(first, end):
+            return self.run_frames[first]
         last = bisect.bisect_left(self.run_starts, end)
         return min(self.run_frames[first:last], default=0)
+
+    def _within_run(self, index: int, end: int) -> bool:
+        """Bytes from run ``index`` up to ``end`` all arrived in that run (the usual case:
+        answered without slicing the frame list)."""
+        starts = self.run_starts
+        return (
+            index < len(starts)
+            and starts[index] < end
+            and (index + 1 == len(starts) or end <= starts[index + 1])
+        )
 
     def time_of(self, frame: int) -> float:
         """Capture time of a frame (0.0 when unknown)."""
@@ -85,7 +105,7 @@ class DirectionStream:
         cls, chunks: Iterable[tuple[int, bytes]], frame_times: Sequence[float] = ()
     ) -> DirectionStream:
         """A gap-free stream from ``(frame, bytes)`` chunks in stream order."""
-        parts: list[bytes] = []
+        parts: list[bytes | bytearray | memoryview] = []
         starts: list[int] = []
         frames: list[int] = []
         offset = 0
@@ -96,7 +116,7 @@ class DirectionStream:
             frames.append(frame)
             parts.append(chunk)
             offset += len(chunk)
-        return cls(b"".join(parts), offset, [], [], starts, frames, frame_times)
+        return cls(StreamBytes.of(b"".join(parts)), offset, [], [], starts, frames, frame_times)
 
 
 @dataclass
@@ -117,27 +137,31 @@ class TcpConnection:
 @dataclass
 class _Piece:
     start: int
-    data: bytes
+    """Stream offset of the piece's first byte."""
+    length: int
+    at: int
+    """Where its bytes are in the capture's source."""
     frame: int
 
     @property
     def end(self) -> int:
-        return self.start + len(self.data)
+        return self.start + self.length
 
 
 class _DirectionBuilder:
     """Collects one direction's segments, then places them by sequence number."""
 
     def __init__(self) -> None:
-        # (frame, seq, flags, payload, bytes missing from the frame)
-        self.segments: list[tuple[int, int, int, bytes, int]] = []
+        # (frame, seq, flags, payload place in the source, its length, bytes missing from
+        # the frame)
+        self.segments: list[tuple[int, int, int, int, int, int]] = []
         self.syn_seq: int | None = None
         self.fin_seen = False
         self.reset_seen = False
         self.end_frame = 0
         self.end_reset = False
 
-    def add(self, frame: int, seq: int, flags: int, payload: bytes, missing: int) -> None:
+    def add(self, frame: int, seq: int, flags: int, at: int, length: int, missing: int) -> None:
         if flags & TCP_SYN and self.syn_seq is None:
             self.syn_seq = seq
         if flags & (TCP_FIN | TCP_RST) and not self.end_frame:
@@ -147,8 +171,8 @@ class _DirectionBuilder:
             self.fin_seen = True
         if flags & TCP_RST:
             self.reset_seen = True
-        if payload or missing:
-            self.segments.append((frame, seq, flags, payload, missing))
+        if length or missing:
+            self.segments.append((frame, seq, flags, at, length, missing))
 
     def _base(self) -> int | None:
         if self.syn_seq is not None:
@@ -163,7 +187,7 @@ class _DirectionBuilder:
             key=lambda seq: (seq - first + _HALF_SEQ_SPACE) % _SEQ_SPACE,
         )
 
-    def build(self, frame_times: Sequence[float]) -> DirectionStream:
+    def build(self, frame_times: Sequence[float], source: Source) -> DirectionStream:
         base = self._base()
         notes: list[str] = []
         pieces: list[_Piece] = []
@@ -173,23 +197,23 @@ class _DirectionBuilder:
         dropped_before_start = 0
         differing = 0
         first_differing: tuple[int, int] | None = None
-        for frame, seq, flags, payload, missing in self.segments:
+        for frame, seq, flags, at, length, missing in self.segments:
             assert base is not None
             relative = (seq - base + (1 if flags & TCP_SYN else 0)) % _SEQ_SPACE
             # Unwrap: pick the offset nearest to the highest one seen so far.
             start = relative + ((high - relative + _HALF_SEQ_SPACE) // _SEQ_SPACE) * _SEQ_SPACE
-            data = payload
-            announced_end = max(announced_end, start + len(data) + missing)
+            announced_end = max(announced_end, start + length + missing)
             if start < 0:
-                cut = min(-start, len(data))
+                cut = min(-start, length)
                 dropped_before_start += cut
-                data, start = data[cut:], start + cut
-            if not data:
+                at, length, start = at + cut, length - cut, start + cut
+            if not length:
                 continue
-            high = max(high, start + len(data))
-            for overlap_start, overlap_end in _place(pieces, starts, _Piece(start, data, frame)):
-                existing = _read(pieces, starts, overlap_start, overlap_end)
-                copy = data[overlap_start - start : overlap_end - start]
+            high = max(high, start + length)
+            new = _Piece(start, length, at, frame)
+            for overlap_start, overlap_end in _place(pieces, starts, new):
+                existing = _read(pieces, starts, overlap_start, overlap_end, source)
+                copy = source.read(at + overlap_start - start, overlap_end - overlap_start)
                 if existing != copy:
                     differences = [
                         i for i, (a, b) in enumerate(zip(existing, copy, strict=True)) if a != b
@@ -207,7 +231,7 @@ class _DirectionBuilder:
                 f"retransmitted bytes differ from the first copy: {differing} bytes, first at "
                 f"offset {first_differing[0]} (frame {first_differing[1]}); the first copy wins"
             )
-        return self._finish(pieces, announced_end, frame_times, notes)
+        return self._finish(pieces, announced_end, frame_times, notes, source)
 
     def _finish(
         self,
@@ -215,8 +239,9 @@ class _DirectionBuilder:
         announced_end: int,
         frame_times: Sequence[float],
         notes: list[str],
+        source: Source,
     ) -> DirectionStream:
-        contiguous: list[bytes] = []
+        contiguous: list[_Piece] = []
         gaps: list[tuple[int, int]] = []
         islands: list[tuple[int, int]] = []
         position = 0
@@ -225,19 +250,25 @@ class _DirectionBuilder:
                 gaps.append((position, piece.start - position))
             if gaps:
                 if islands and islands[-1][0] + islands[-1][1] == piece.start:
-                    islands[-1] = (islands[-1][0], islands[-1][1] + len(piece.data))
+                    islands[-1] = (islands[-1][0], islands[-1][1] + piece.length)
                 else:
-                    islands.append((piece.start, len(piece.data)))
+                    islands.append((piece.start, piece.length))
             else:
-                contiguous.append(piece.data)
+                contiguous.append(piece)
             position = piece.end
         # Bytes the IP header announced but the capture cut (snapshot length)
         # and that nothing later supplied are a gap at the very end.
         if announced_end > position:
             gaps.append((position, announced_end - position))
+        data = StreamBytes(
+            source,
+            [piece.start for piece in contiguous],
+            [piece.at for piece in contiguous],
+            contiguous[-1].end if contiguous else 0,
+        )
         return DirectionStream(
-            data=b"".join(contiguous),
-            total=sum(len(piece.data) for piece in pieces),
+            data=data,
+            total=sum(piece.length for piece in pieces),
             gaps=gaps,
             islands=islands,
             run_starts=[piece.start for piece in pieces],
@@ -267,7 +298,7 @@ def _place(pieces: list[_Piece], starts: list[int], new: _Piece) -> list[tuple[i
             continue
         next_start = pieces[index].start if index < len(pieces) else new.end
         free_end = min(next_start, new.end)
-        piece = _Piece(position, new.data[position - new.start : free_end - new.start], new.frame)
+        piece = _Piece(position, free_end - position, new.at + position - new.start, new.frame)
         pieces.insert(index, piece)
         starts.insert(index, position)
         index += 1
@@ -275,14 +306,14 @@ def _place(pieces: list[_Piece], starts: list[int], new: _Piece) -> list[tuple[i
     return overlaps
 
 
-def _read(pieces: list[_Piece], starts: list[int], start: int, end: int) -> bytes:
+def _read(pieces: list[_Piece], starts: list[int], start: int, end: int, source: Source) -> bytes:
     """Bytes ``[start, end)``, which the pieces fully cover."""
     index = bisect.bisect_right(starts, start) - 1
     parts: list[bytes] = []
     position = start
     while position < end:
         piece = pieces[index]
-        parts.append(piece.data[position - piece.start : min(piece.end, end) - piece.start])
+        parts.append(source.read(piece.at + position - piece.start, min(piece.end, end) - position))
         position = min(piece.end, end)
         index += 1
     return b"".join(parts)
@@ -314,16 +345,19 @@ class _ConnectionBuilder:
         dst: Endpoint,
         seq: int,
         flags: int,
-        payload: bytes,
+        at: int,
+        length: int,
         missing: int,
     ) -> None:
         if flags & TCP_SYN and self.initiator is None:
             self.initiator = dst if flags & TCP_ACK else src
-        self.directions[src].add(frame, seq, flags, payload, missing)
+        self.directions[src].add(frame, seq, flags, at, length, missing)
         self.last_frame = frame
 
-    def build(self, frame_times: Sequence[float]) -> TcpConnection:
-        streams = {ep: builder.build(frame_times) for ep, builder in self.directions.items()}
+    def build(self, frame_times: Sequence[float], source: Source) -> TcpConnection:
+        streams = {
+            ep: builder.build(frame_times, source) for ep, builder in self.directions.items()
+        }
         midstream = (
             any(
                 builder.syn_seq is None and builder.segments for builder in self.directions.values()
@@ -350,8 +384,9 @@ class Reassembly:
     notes: list[str]
 
 
-def reassemble(frames: Iterable[Frame]) -> Reassembly:
-    """Reassemble every TCP connection found in ``frames``.
+def reassemble(frames: Iterable[Frame], source: Source) -> Reassembly:
+    """Reassemble every TCP connection found in ``frames`` (their bytes read from
+    ``source``, where ``Frame.at`` places them).
 
     Frames that carry no TCP (ARP, UDP, IP fragments, unknown link types) are
     skipped; unusual reasons are summarised in ``notes``.
@@ -387,13 +422,14 @@ def reassemble(frames: Iterable[Frame]) -> Reassembly:
             segment.dst,
             segment.seq,
             segment.flags,
-            segment.payload,
+            frame.at + segment.payload_at,
+            len(segment.payload),
             segment.missing,
         )
     builders = sorted([*finished, *active.values()], key=lambda b: b.first_frame)
     notes = [f"{n} frame(s) skipped: {reason}" for reason, n in sorted(skipped.items())]
     return Reassembly(
-        connections=[builder.build(frame_times) for builder in builders],
+        connections=[builder.build(frame_times, source) for builder in builders],
         frames=count,
         frame_times=frame_times,
         notes=notes,

@@ -14,6 +14,7 @@ spec's spelling back for messages and reports.
 from __future__ import annotations
 
 import enum
+import functools
 
 # --- magic numbers (section "Handshake", "Transmission") ---------------------
 
@@ -377,6 +378,7 @@ def spec_name(value: enum.Enum) -> str:
     return prefix + str(value.name)
 
 
+@functools.lru_cache(maxsize=4096)  # asked once per decoded message: few distinct answers
 def name_of(enum_type: type[enum.IntEnum], value: int) -> str:
     """Spec name of ``value`` in ``enum_type``, or a hex number when unknown."""
     try:

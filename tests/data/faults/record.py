@@ -50,7 +50,7 @@ from harness.client.faults import (  # noqa: E402
     UNKNOWN_COMMAND_FLAG,
 )
 from harness.dissect import WireMessage, decode_capture  # noqa: E402
-from harness.dissect._capfile import read_frames  # noqa: E402
+from harness.dissect._capfile import CaptureReader, read_frames  # noqa: E402
 from harness.dissect._netlayers import NotTcp, tcp_segment  # noqa: E402
 from harness.dissect.stream import reassemble  # noqa: E402
 from harness.faults import Fault  # noqa: E402
@@ -108,7 +108,8 @@ class Capture:
         self.path = path
         decoded = decode_capture(path)
         self.messages = [m for session in decoded.sessions for m in session.messages]
-        connections = reassemble(read_frames(path)).connections
+        reader = CaptureReader(path)
+        connections = reassemble(reader.frames(), reader.source).connections
         if len(connections) != 1:
             raise ValueError(f"{path.name}: {len(connections)} connections, expected one")
         conn = connections[0]
@@ -158,7 +159,7 @@ def raw(direction: str, pattern: bytes, nth: int = 1, back: int = 0) -> Locator:
 
     def locate(capture: Capture) -> int:
         stream = capture.streams[direction]
-        starts = [m.start() for m in re.finditer(re.escape(pattern), stream.data)]
+        starts = [m.start() for m in re.finditer(re.escape(pattern), bytes(stream.data))]
         if len(starts) < nth:
             raise LookupError(f"{capture.path.name}: {pattern.hex()} not found {nth}x")
         return stream.frame_at(starts[nth - 1] - back)
