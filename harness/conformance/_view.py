@@ -34,14 +34,7 @@ from scapy.packet import NoPayload, Packet
 
 from harness.conformance._content import ExportContent
 from harness.conformance.findings import Finding
-from harness.dissect.layers import (
-    ALL_LAYERS,
-    NBDExtendedReply,
-    NBDStructuredReply,
-    TextField,
-    TextLenField,
-    fields_of,
-)
+from harness.dissect.layers import ALL_LAYERS, TextField, TextLenField, fields_of
 from harness.dissect.model import CLIENT, SERVER, Session, StreamEnd, Undecoded, WireMessage
 from harness.protocol import constants as c
 from harness.protocol.state import Negotiated
@@ -339,9 +332,9 @@ requests and simple replies that make up most of a session)."""
 
 @cache
 def _chunk_has_text(header: type[Packet], kind: int) -> bool:
-    """A chunk of type ``kind`` under ``header`` has a layer that declares text (the header's
-    own choice of payload layer, asked once per type: the decoder adds a ``context_name``
-    of its own to status chunks, so their fields alone do not tell)."""
+    """A chunk of type ``kind`` dissected with ``header`` has a layer that declares text (the
+    header layer's own choice of payload layer, asked once per type: the decoder adds a
+    ``context_name`` of its own to status chunks, so their fields alone do not tell)."""
     payload_layer = header(type=kind).guess_payload_class(b"")
     return bool(_declares_text(header) or _declares_text(payload_layer))
 
@@ -354,9 +347,7 @@ def strings_of(message: WireMessage) -> list[tuple[str, bytes]]:
     hold one has its scapy packet read.
     """
     if message.kind == "chunk":
-        extended = message.fields.get("magic") == c.EXTENDED_REPLY_MAGIC
-        header = NBDExtendedReply if extended else NBDStructuredReply
-        if not _chunk_has_text(header, chunk_type(message)):
+        if not _chunk_has_text(message.layer, chunk_type(message)):
             return []
     elif TEXT_FIELD_NAMES.isdisjoint(message.fields):
         return []

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from harness.conformance._rule import REGISTRY, Rule
 from harness.conformance._view import SessionView
 from harness.conformance.findings import Finding
 from harness.dissect import Capture, Session, decode_capture
+from harness.gcpause import collector_paused
 
 _MODULE_ORDER = (
     "rules_handshake",
@@ -50,7 +49,7 @@ def check_session(
     """
     if not session.nbd:
         return []
-    with _collector_paused():
+    with collector_paused():  # the view and content model make objects per message
         view = SessionView(session, others)
         findings: list[Finding] = []
         for item in all_rules() if rules is None else rules:
@@ -74,27 +73,6 @@ def check_capture(
     for session in decoded.sessions:
         findings.extend(check_session(session, chosen, decoded.sessions))
     return findings
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while the rules judge a session.
-
-    The view and the content model make a few objects per message (transactions, facts)
-    that live until the session is judged and form no reference cycles to speak of; each
-    time they pile up, the collector walks every object alive, the whole decoded capture
-    included, and finds nothing to free.  On a capture of 100,000 requests that was as
-    much time as the rules themselves.  Reference counting still frees what dies young;
-    the collector comes back on (if it was on) when the session is judged.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _order(finding: Finding) -> tuple[int, int, str, int, str]:
