@@ -39,8 +39,8 @@ import bisect
 import itertools
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Generic, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from harness.dissect import CapturedData
 from harness.dissect.model import CLIENT, Session, WireMessage
@@ -68,9 +68,14 @@ FACT_KINDS = (WRITE, ZEROES, STATUS_ZERO, READ)
 descriptor, a read's data."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, eq=False)
 class Fact:
-    """What one message says a range of the export holds."""
+    """What one message says a range of the export holds.
+
+    Never changed once made (a fact confirmed by a later read is a new one: see
+    :meth:`confirmed`); not a frozen dataclass only because the walk makes one or two per
+    read, and a frozen one costs four times as much to make.
+    """
 
     kind: str
     """One of :data:`FACT_KINDS`."""
@@ -91,10 +96,25 @@ class Fact:
     """The latest read that returned the same bytes, if any."""
 
     def bytes_at(self, start: int, end: int) -> bytes | None:
-        """The bytes at export range ``[start, end)`` (``None``: zeroes)."""
+        """The bytes at export range ``[start, end)`` (``None``: zeroes).  The whole of
+        :attr:`data` is :attr:`data` itself, not a copy."""
         if self.data is None:
             return None
         return self.data[start - self.start : end - self.start]
+
+    def confirmed(self, transaction: Transaction, message: WireMessage) -> Fact:
+        """This fact, read back intact by ``transaction`` (its data in ``message``)."""
+        request = transaction.request
+        return Fact(
+            self.kind,
+            self.origin,
+            self.start,
+            self.data,
+            transaction.position,
+            request.time,
+            request.frame,
+            message,
+        )
 
 
 @dataclass(frozen=True)
@@ -149,22 +169,28 @@ class Extents(Generic[V]):
 
     def assign(self, start: int, end: int, value: V | None) -> None:
         """Give ``[start, end)`` the value (``None``: forget what was there)."""
+        self.assign_pieces(start, end, [] if value is None else [(start, end, value)])
+
+    def assign_pieces(self, start: int, end: int, pieces: list[tuple[int, int, V]]) -> None:
+        """Give ``[start, end)`` the ``(low, high, value)`` pieces (in order, apart, inside
+        the range) and forget what was there elsewhere in it: one change for a read that
+        confirms some ranges and shows others."""
         if start >= end:
             return
+        items = self._items
         first = self._first(start)
         last = first
-        while last < len(self._items) and self._items[last][0] < end:
+        while last < len(items) and items[last][0] < end:
             last += 1
         middle: list[tuple[int, int, V]] = []
-        if first < last and self._items[first][0] < start:
-            low, _high, old = self._items[first]
+        if first < last and items[first][0] < start:
+            low, _high, old = items[first]
             middle.append((low, start, old))
-        if value is not None:
-            middle.append((start, end, value))
-        if first < last and self._items[last - 1][1] > end:
-            _low, high, old = self._items[last - 1]
+        middle.extend(pieces)
+        if first < last and items[last - 1][1] > end:
+            _low, high, old = items[last - 1]
             middle.append((end, high, old))
-        self._items[first:last] = middle
+        items[first:last] = middle
         self._starts[first:last] = [item[0] for item in middle]
 
 
@@ -174,6 +200,8 @@ def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
 
 def subtract(span: tuple[int, int], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """``span`` without the ranges in ``holes``."""
+    if not holes:
+        return [span]
     parts = [span]
     for low, high in holes:
         parts = [
@@ -199,8 +227,7 @@ def first_difference(expected: bytes | None, found: bytes | None, length: int) -
     return next(i for i in range(length) if expected[i] != found[i])
 
 
-@dataclass(frozen=True)
-class _Piece:
+class _Piece(NamedTuple):
     """Bytes a reply shows: ``[start, end)`` holds ``data`` (``None``: zeroes)."""
 
     start: int
@@ -230,10 +257,11 @@ def read_pieces(transaction: Transaction) -> list[_Piece] | None:
         elif fields.get("type") == c.ReplyType.OFFSET_HOLE and "hole_size" in fields:
             start = int(fields.get("hole_offset", 0))
             pieces.append(_Piece(start, start + int(fields["hole_size"]), None, reply))
-    pieces.sort(key=lambda piece: piece.start)
-    for before, after in itertools.pairwise(pieces):
-        if after.start < before.end:
-            return None
+    if len(pieces) > 1:
+        pieces.sort(key=lambda piece: piece.start)
+        for before, after in itertools.pairwise(pieces):
+            if after.start < before.end:
+                return None
     if any(piece.start < low or piece.end > high for piece in pieces):
         return None
     return pieces
@@ -289,9 +317,11 @@ class ExportContent:
         self._hidden = [u.frame for u in view.undecoded(CLIENT)]
         self._read_only = view.transmission.has(c.TransmissionFlag.READ_ONLY)
         self._size = view.transmission.size
-        self._writes_in_flight: list[Transaction] = []
+        self._writes_in_flight: dict[int, Transaction] = {}
+        """By ``id``, in the order they were sent."""
         self._observers: dict[int, _InFlight] = {}
-        self._in_flight: list[Transaction] = []
+        self._in_flight: dict[int, list[Transaction]] = {}
+        """Cookie -> the requests with that cookie in flight."""
         self._racy: set[int] = set()
         """Transactions whose effect is unknown: writes racing an overlapping write,
         any request sharing its cookie with another one in flight."""
@@ -334,30 +364,37 @@ class ExportContent:
             observer.disturbed.append((0, UNBOUNDED))
 
     def _start(self, transaction: Transaction) -> None:
-        for other in self._in_flight:
-            if other.cookie == transaction.cookie:
-                self._racy.update((id(other), id(transaction)))
-        self._in_flight.append(transaction)
+        sharing = self._in_flight.get(transaction.cookie)
+        if sharing is None:
+            self._in_flight[transaction.cookie] = [transaction]
+        else:
+            self._racy.update(id(other) for other in sharing)
+            self._racy.add(id(transaction))
+            sharing.append(transaction)
         command = transaction.command
         if command in _OBSERVERS:
             self._observers[id(transaction)] = _InFlight(
-                [_span(write) for write in self._writes_in_flight]
+                [_span(write) for write in self._writes_in_flight.values()]
             )
         elif keeps_data(transaction):
             if command != c.Cmd.FLUSH:
                 self._keepers.append(transaction)
         else:
             span = _span(transaction)
-            for write in self._writes_in_flight:
+            for write in self._writes_in_flight.values():
                 if _overlap(_span(write), span):
                     self._racy.update((id(write), id(transaction)))
             for observer in self._observers.values():
                 observer.disturbed.append(span)
             self.facts.assign(*span, None)
-            self._writes_in_flight.append(transaction)
+            self._writes_in_flight[id(transaction)] = transaction
 
     def _finish(self, transaction: Transaction) -> None:
-        self._in_flight.remove(transaction)
+        sharing = self._in_flight[transaction.cookie]
+        if len(sharing) == 1:
+            del self._in_flight[transaction.cookie]
+        else:
+            sharing.remove(transaction)
         command = transaction.command
         trusted = transaction.succeeded and id(transaction) not in self._racy
         if command in _OBSERVERS:
@@ -369,7 +406,7 @@ class ExportContent:
             else:
                 self._observe_status(transaction, observer.disturbed)
         elif not keeps_data(transaction):
-            self._writes_in_flight.remove(transaction)
+            del self._writes_in_flight[id(transaction)]
             if trusted and not self._read_only:
                 self._learn_write(transaction)
 
@@ -399,43 +436,43 @@ class ExportContent:
         pieces = read_pieces(transaction)
         if pieces is None:
             return
+        request = transaction.request
         for piece in pieces:
             for start, end in subtract((piece.start, piece.end), disturbed):
                 seen = Fact(
-                    kind=READ,
-                    origin=piece.message,
-                    start=piece.start,
-                    data=piece.data,
-                    basis=transaction.position,
-                    since=transaction.request.time,
-                    since_frame=transaction.request.frame,
+                    READ,
+                    piece.message,
+                    piece.start,
+                    piece.data,
+                    transaction.position,
+                    request.time,
+                    request.frame,
                 )
                 self._compare(transaction, piece.message, start, end, seen)
 
     def _compare(
         self, transaction: Transaction, message: WireMessage, start: int, end: int, seen: Fact
     ) -> None:
-        """Judge what a read shows over ``[start, end)`` against the facts, then keep it."""
-        updates: list[tuple[int, int, Fact]] = [(start, end, seen)]
+        """Judge what a read shows over ``[start, end)`` against the facts, then keep it:
+        the facts it agrees with, confirmed, and what it shows everywhere else."""
+        kept: list[tuple[int, int, Fact]] = []
+        shown_from = start  # where the bytes the read shows (not a confirmed fact) start
         for low, high, fact in self.facts.overlapping(start, end):
             found = seen.bytes_at(low, high)
             index = first_difference(fact.bytes_at(low, high), found, high - low)
             if index is None:
-                confirmed = replace(
-                    fact,
-                    basis=transaction.position,
-                    since=transaction.request.time,
-                    since_frame=transaction.request.frame,
-                    confirmed_by=message,
-                )
-                updates.append((low, high, confirmed))
+                if shown_from < low:
+                    kept.append((shown_from, low, seen))
+                kept.append((low, high, fact.confirmed(transaction, message)))
+                shown_from = high
                 continue
             offset = low + index
             self._contradict(
                 transaction, message, fact, low, high, offset, found[index] if found else 0
             )
-        for low, high, fact in updates:
-            self.facts.assign(low, high, fact)
+        if shown_from < end:
+            kept.append((shown_from, end, seen))
+        self.facts.assign_pieces(start, end, kept)
 
     def _observe_status(self, transaction: Transaction, disturbed: list[tuple[int, int]]) -> None:
         claims = zero_claims(transaction, self._size)

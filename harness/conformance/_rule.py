@@ -93,7 +93,15 @@ class Rule:
         return self.level in MANDATORY_LEVELS
 
     def check(self, view: SessionView) -> list[Finding]:
-        """Run the check on one session; one finding per hit."""
+        """Run the check on one session; one finding per hit.  The check runs once per
+        session: asked again (the session-level rules ask which mandatory rules a party
+        broke), the rule answers from :attr:`SessionView.findings`."""
+        found = view.findings.get(self.id)
+        if found is None:
+            found = view.findings[self.id] = self._run(view)
+        return list(found)
+
+    def _run(self, view: SessionView) -> list[Finding]:
         return [
             Finding(
                 rule=self.id,

@@ -39,7 +39,7 @@ def breached_before(view: SessionView, party: str, frame: int) -> bool:
     frames = view.memo.get(key)
     if frames is None:
         found = [u.frame for u in view.undecoded(party) if u.kind != "after-gap"]
-        found += [m.frame for m in view.messages_from(party) if m.truncated]
+        found += [m.frame for m in view.truncated(party)]
         for item in REGISTRY.values():
             if item.role != party or item.id in CLOSE_RULES or not item.mandatory:
                 continue
@@ -55,7 +55,7 @@ def out_of_frame(view: SessionView, end: StreamEnd) -> bool:
     not decode as NBD, or a message cut short: its reader takes what follows as the rest):
     no soft disconnect it sent could have been read as one, and the broken message is
     judged where it is."""
-    if any(m.truncated and m.frame <= end.frame for m in view.messages_from(end.direction)):
+    if any(m.frame <= end.frame for m in view.truncated(end.direction)):
         return True
     return any(
         u.kind != "after-gap" and u.frame <= end.frame for u in view.undecoded(end.direction)
@@ -65,17 +65,18 @@ def out_of_frame(view: SessionView, end: StreamEnd) -> bool:
 def sent(view: SessionView, kind: str, code: int, before: int) -> bool:
     """The client sent an option (``kind="option"``) or request with number ``code`` in a
     frame before ``before``."""
-    field = "option" if kind == "option" else "type"
+    if kind == "request":
+        return any(t.request.frame <= before for t in view.transactions_of(code))
     return any(
-        m.kind == kind and m.fields.get(field) == code and m.frame <= before
-        for m in view.messages_from(CLIENT)
+        m.direction == CLIENT and m.fields.get("option") == code and m.frame <= before
+        for m in view.messages_of(kind)
     )
 
 
 def server_errors(view: SessionView, error: int) -> bool:
     """The server answered some request with ``error`` (or some option with it, for the
     ``NBD_REP_ERR_*`` values)."""
-    if any(reply_error(r) == error for t in view.transactions for r in t.replies):
+    if any(reply_error(r) == error for t in view.transactions if t.error for r in t.replies):
         return True
     return any(
         int(r.fields.get("reply_type", 0)) == error for o in view.options for r in o.replies
@@ -97,7 +98,7 @@ def silence(view: SessionView, message: WireMessage) -> str | None:
         return None
     if any(u.frame >= message.frame for u in view.undecoded(SERVER)):
         return None
-    if any(m.truncated and m.frame >= message.frame for m in view.messages_from(SERVER)):
+    if any(m.frame >= message.frame for m in view.truncated(SERVER)):
         return None  # an answer cut short is an answer, judged by the rules for what it holds
     if sent(view, "option", c.Opt.ABORT, first.frame) or sent(
         view, "request", c.Cmd.DISC, first.frame

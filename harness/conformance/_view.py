@@ -9,6 +9,14 @@ request and whether the reply was complete (:class:`Transaction`), and what the
 session settled for the transmission phase (:class:`Transmission`).  A
 :class:`SessionView` computes all that in one pass; rule functions read it.
 
+A session can hold millions of messages and nearly two hundred rules read it, so the
+per-message facts are worked out once and indexed in that pass: a transaction's header
+fields and reply summary, the messages by direction and by kind, the transactions by
+command, the chunks by type (:meth:`SessionView.transactions_of`,
+:meth:`SessionView.chunks_of`...).  A rule about one command or one chunk type reads
+those, not every message; per-message code reads ``message.fields``, not the scapy
+``message.packet`` (costly to build), wherever the fields suffice.
+
 Nothing here judges anything: a reply naming the wrong option is still filed
 under the option it answers, a chunk after the final one is kept aside as
 ``late``, a reply nobody asked for lands in ``orphan_replies``.
@@ -16,19 +24,25 @@ under the option it answers, a chunk after the final one is kept aside as
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cache, cached_property
 
 from scapy.fields import PacketListField
 from scapy.packet import NoPayload, Packet
 
 from harness.conformance._content import ExportContent
-from harness.dissect.layers import TextField, TextLenField, fields_of
+from harness.conformance.findings import Finding
+from harness.dissect.layers import ALL_LAYERS, TextField, TextLenField, fields_of
 from harness.dissect.model import CLIENT, SERVER, Session, StreamEnd, Undecoded, WireMessage
 from harness.protocol import constants as c
 from harness.protocol.state import Negotiated
 
 _DATA_OPTIONS = (c.Opt.GO, c.Opt.INFO)
+# Plain ints: IntFlag's own & is slow, and these are tested once per message.
+_DONE = int(c.ReplyFlag.DONE)
+_PAYLOAD_LEN = int(c.CmdFlag.PAYLOAD_LEN)
 
 
 @dataclass
@@ -94,9 +108,14 @@ class OptionMessages:
         return out
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class Transaction:
-    """One request and the replies (simple, or chunks) the server sent for it."""
+    """One request and the replies (simple, or chunks) the server sent for it.
+
+    The request's header fields and what the replies add up to are worked out once, as
+    the replies arrive (:meth:`answer`), not on every read: rules ask them of every
+    transaction of a session, many times over.
+    """
 
     request: WireMessage
     position: int
@@ -108,51 +127,41 @@ class Transaction:
     late: list[WireMessage] = field(default_factory=list)
     """Replies with this cookie after the reply was complete (and before the
     cookie was used again)."""
+    chunks: list[WireMessage] = field(default_factory=list)
+    """The replies that are chunks (structured or extended), in order."""
+    error: int = 0
+    """The first error value among the replies (0 when none; -1 for an error chunk
+    whose error field is 0)."""
+    completed_at: int | None = None
+    """Position of the reply that completed the transaction, if any."""
+    # The request's header as the dissector decoded it (every request message has its
+    # whole header, whatever the dissector made of the rest): set from ``request.fields``.
+    command: int = field(init=False)
+    flags: int = field(init=False)
+    cookie: int = field(init=False)
+    offset: int = field(init=False)
+    length: int = field(init=False)
+    """The header's length field (payload length with ``NBD_CMD_FLAG_PAYLOAD_LEN``)."""
+    extended: bool = field(init=False)
+    """The request has the extended (64-bit) header."""
+    payload_form: bool = field(init=False)
+    """An extended request whose length counts payload bytes."""
+    effect_length: int = field(init=False)
+    """How much of the export the request covers (``length``, or the block
+    status payload's effect length)."""
 
-    def _field(self, name: str) -> int:
-        """A header field of the request as the dissector decoded it (every request
-        message has its whole header, whatever the dissector made of the rest)."""
-        return int(self.request.fields.get(name, 0))
+    def __post_init__(self) -> None:
+        fields = self.request.fields
+        self.command = int(fields.get("type", -1))
+        self.flags = int(fields.get("flags", 0))
+        self.cookie = int(fields.get("cookie", 0))
+        self.offset = int(fields.get("offset", 0))
+        self.length = int(fields.get("length", 0))
+        self.extended = is_extended_request(self.request)
+        self.payload_form = self.extended and bool(self.flags & _PAYLOAD_LEN)
+        self.effect_length = self._effect_length()
 
-    @property
-    def command(self) -> int:
-        return int(self.request.fields.get("type", -1))
-
-    @property
-    def name(self) -> str:
-        """``NBD_CMD_READ``... (read from the header, whatever the dissector made of the rest)."""
-        return c.name_of(c.Cmd, self.command)
-
-    @property
-    def flags(self) -> int:
-        return self._field("flags")
-
-    @property
-    def cookie(self) -> int:
-        return self._field("cookie")
-
-    @property
-    def offset(self) -> int:
-        return self._field("offset")
-
-    @property
-    def length(self) -> int:
-        """The header's length field (payload length with ``NBD_CMD_FLAG_PAYLOAD_LEN``)."""
-        return self._field("length")
-
-    @property
-    def extended(self) -> bool:
-        return is_extended_request(self.request)
-
-    @property
-    def payload_form(self) -> bool:
-        """An extended request whose length counts payload bytes."""
-        return self.extended and bool(self.flags & c.CmdFlag.PAYLOAD_LEN)
-
-    @property
-    def effect_length(self) -> int:
-        """How much of the export the request covers (``length``, or the block
-        status payload's effect length)."""
+    def _effect_length(self) -> int:
         if self.payload_form and self.command == c.Cmd.BLOCK_STATUS:
             if "effect_length" in self.request.fields:
                 return int(self.request.fields["effect_length"])
@@ -162,34 +171,34 @@ class Transaction:
             return int.from_bytes(data[:8], "big") if len(data) >= 8 else 0
         return self.length
 
+    def answer(self, reply: WireMessage, position: int) -> bool:
+        """File ``reply`` (at ``position``) as one of this request's replies; True when it
+        completes the transaction."""
+        self.replies.append(reply)
+        self.reply_positions.append(position)
+        if reply.kind == "chunk":
+            self.chunks.append(reply)
+        if not self.error:
+            self.error = reply_error(reply)
+        if is_done(reply):
+            self.complete = True
+            self.completed_at = position
+        return self.complete
+
     @property
-    def chunks(self) -> list[WireMessage]:
-        return [r for r in self.replies if r.kind == "chunk"]
+    def name(self) -> str:
+        """``NBD_CMD_READ``... (read from the header, whatever the dissector made of the rest)."""
+        return c.name_of(c.Cmd, self.command)
 
     @property
     def errored(self) -> bool:
         """An error chunk, or a simple reply with a nonzero error."""
-        return any(reply_error(r) for r in self.replies)
+        return self.error != 0
 
     @property
     def succeeded(self) -> bool:
         """Complete and without any error."""
-        return self.complete and not self.errored
-
-    @property
-    def error(self) -> int:
-        """The first error value among the replies (0 when none; -1 for an error chunk
-        whose error field is 0)."""
-        for reply in self.replies:
-            error = reply_error(reply)
-            if error:
-                return error
-        return 0
-
-    @property
-    def completed_at(self) -> int | None:
-        """Position of the reply that completed the transaction, if any."""
-        return self.reply_positions[-1] if self.complete else None
+        return self.complete and not self.error
 
     def in_flight_at(self, position: int) -> bool:
         """Sent before ``position`` and not complete by then."""
@@ -264,7 +273,7 @@ def is_done(message: WireMessage) -> bool:
     """A simple reply, or a chunk with ``NBD_REPLY_FLAG_DONE``: the reply is complete."""
     if message.kind == "simple-reply":
         return True
-    return bool(int(message.fields.get("flags", 0)) & c.ReplyFlag.DONE)
+    return bool(int(message.fields.get("flags", 0)) & _DONE)
 
 
 def reply_error(message: WireMessage) -> int:
@@ -300,12 +309,48 @@ def body_fields(message: WireMessage) -> dict[str, object]:
     return fields_of(message.packet.payload)
 
 
+def _declares_text(layer: type[Packet]) -> set[str]:
+    """The names under which ``layer`` puts text in a message's ``fields``: its text
+    fields, and its lists of elements that hold text (as :func:`_collect_strings` finds
+    them)."""
+    names = set()
+    for fld in layer.fields_desc:
+        if isinstance(fld, TextField | TextLenField):
+            names.add(fld.name)
+        elif isinstance(fld, PacketListField):
+            element = getattr(fld, "cls", None)
+            if isinstance(element, type) and _declares_text(element):
+                names.add(fld.name)
+    return names
+
+
+TEXT_FIELD_NAMES = frozenset(name for layer in ALL_LAYERS for name in _declares_text(layer))
+"""Every field name under which some layer holds a string.  A message whose ``fields``
+have none of them has no string, and :func:`strings_of` answers without its packet (the
+requests and simple replies that make up most of a session)."""
+
+
+@cache
+def _chunk_has_text(header: type[Packet], kind: int) -> bool:
+    """A chunk of type ``kind`` dissected with ``header`` has a layer that declares text (the
+    header layer's own choice of payload layer, asked once per type: the decoder adds a
+    ``context_name`` of its own to status chunks, so their fields alone do not tell)."""
+    payload_layer = header(type=kind).guess_payload_class(b"")
+    return bool(_declares_text(header) or _declares_text(payload_layer))
+
+
 def strings_of(message: WireMessage) -> list[tuple[str, bytes]]:
     """Every string field of a message as raw bytes: ``[("export_name", b"disk"), ...]``.
 
     Strings (section "Conventions") are what the layers declare as text: export
-    names, queries, context names, descriptions, error messages.
+    names, queries, context names, descriptions, error messages.  Only a message that may
+    hold one has its scapy packet read.
     """
+    if message.kind == "chunk":
+        if not _chunk_has_text(message.layer, chunk_type(message)):
+            return []
+    elif TEXT_FIELD_NAMES.isdisjoint(message.fields):
+        return []
     out: list[tuple[str, bytes]] = []
     _collect_strings(message.packet, out)
     return out
@@ -341,26 +386,104 @@ class SessionView:
         self.export_name_reply: WireMessage | None = None
         self.transactions: list[Transaction] = []
         self.orphan_replies: list[WireMessage] = []
-        self.transaction_of: dict[int, Transaction] = {}
-        """``id(reply)`` -> the transaction it belongs to (late replies included)."""
         self.transmission = Transmission()
         self.memo: dict[str, object] = {}
         """Results one rule works out and others reuse (the session-level rules ask once
         which mandatory rules each party broke)."""
-        self._position = {id(m): i for i, m in enumerate(self.messages)}
+        self.findings: dict[str, list[Finding]] = {}
+        """The findings of every rule already run on this session, by rule id (a rule
+        runs once per session, however many rules ask what it found)."""
+        self._position: dict[int, int] | None = None
+        self._by_direction: defaultdict[str, list[WireMessage]] = defaultdict(list)
+        self._by_kind: defaultdict[str, list[WireMessage]] = defaultdict(list)
+        self._by_command: dict[int, list[Transaction]] = {}
+        self._by_chunk_type: dict[int, list[WireMessage]] = {}
+        self._strings: dict[str, list[tuple[WireMessage, str, bytes]]] = {}
+        self._truncated: dict[str, list[WireMessage]] = {}
         self._walk()
 
     # --- lookups ---------------------------------------------------------------
 
     def position(self, message: WireMessage) -> int:
         """Index of ``message`` in :attr:`messages` (causal order)."""
+        if self._position is None:
+            self._position = {id(m): i for i, m in enumerate(self.messages)}
         return self._position[id(message)]
 
+    @cached_property
+    def transaction_of(self) -> dict[int, Transaction]:
+        """``id(reply)`` -> the transaction it belongs to (late replies included)."""
+        return {
+            id(reply): transaction
+            for transaction in self.transactions
+            for reply in (*transaction.replies, *transaction.late)
+        }
+
     def messages_from(self, direction: str) -> Iterator[WireMessage]:
-        return (m for m in self.messages if m.direction == direction)
+        """The messages ``direction`` sent, in causal order."""
+        return iter(self._by_direction.get(direction, ()))
+
+    def messages_of(self, kind: str) -> Sequence[WireMessage]:
+        """The messages of one :attr:`~harness.dissect.model.WireMessage.kind` (``"chunk"``,
+        ``"option-reply"``...), in causal order."""
+        return self._by_kind.get(kind, ())
+
+    def transactions_of(self, *commands: int) -> Sequence[Transaction]:
+        """The transactions whose request has one of ``commands`` (``NBD_CMD_*``), in
+        request order: rules about one command do not scan every request."""
+        if len(commands) == 1:
+            return self._by_command.get(commands[0], ())
+        chosen = [t for command in set(commands) for t in self._by_command.get(command, ())]
+        return sorted(chosen, key=lambda transaction: transaction.position)
+
+    def chunks_of(self, *types: int) -> Sequence[WireMessage]:
+        """The chunks of ``types`` (``NBD_REPLY_TYPE_*``, as :func:`chunk_type` reads them),
+        in causal order: rules about one chunk type do not scan every chunk."""
+        if len(types) == 1:
+            return self._by_chunk_type.get(types[0], ())
+        chosen = [m for kind in set(types) for m in self._by_chunk_type.get(kind, ())]
+        return sorted(chosen, key=lambda chunk: chunk.offset)  # one stream: its order
+
+    def truncated(self, direction: str) -> list[WireMessage]:
+        """The messages ``direction`` sent cut short (:attr:`WireMessage.truncated`), in
+        causal order."""
+        found = self._truncated.get(direction)
+        if found is None:
+            found = self._truncated[direction] = [
+                m for m in self.messages_from(direction) if m.truncated
+            ]
+        return found
+
+    @cached_property
+    def error_chunks(self) -> Sequence[WireMessage]:
+        """Every error chunk (a type with the error bit, known or not), in causal order."""
+        return self.chunks_of(*(kind for kind in self._by_chunk_type if c.is_error_chunk(kind)))
+
+    @cached_property
+    def error_replies(self) -> list[tuple[WireMessage, int]]:
+        """Every server message that carries an error (:func:`reply_error`) with that error,
+        in causal order."""
+        found = []
+        for message in self.messages_from(SERVER):
+            error = reply_error(message)
+            if error:
+                found.append((message, error))
+        return found
 
     def undecoded(self, direction: str) -> list[Undecoded]:
         return [u for u in self.session.undecoded if u.direction == direction]
+
+    def strings_from(self, direction: str) -> list[tuple[WireMessage, str, bytes]]:
+        """Every string ``direction`` sent (:func:`strings_of`) with its message, in causal
+        order: found once for all the string rules."""
+        found = self._strings.get(direction)
+        if found is None:
+            found = self._strings[direction] = [
+                (message, name, value)
+                for message in self.messages_from(direction)
+                for name, value in strings_of(message)
+            ]
+        return found
 
     @property
     def handshake_flags(self) -> int:
@@ -424,9 +547,23 @@ class SessionView:
         contexts: dict[int, str] = {}
         contexts_exchange: OptionMessages | None = None
         export_info: dict[str, object] = {}
+        by_direction, by_kind = self._by_direction, self._by_kind
         for position, message in enumerate(self.messages):
             kind = message.kind
-            if kind in ("newstyle-greeting", "oldstyle-greeting"):
+            by_direction[message.direction].append(message)
+            by_kind[kind].append(message)
+            # Transmission messages first: they are nearly all of a long session.
+            if kind == "request":
+                transaction = Transaction(message, position)
+                self.transactions.append(transaction)
+                self._by_command.setdefault(transaction.command, []).append(transaction)
+                if transaction.command != c.Cmd.DISC:
+                    in_flight.setdefault(transaction.cookie, []).append(transaction)
+            elif kind in ("simple-reply", "chunk"):
+                self._pair(message, position, in_flight, finished)
+                if kind == "chunk":
+                    self._by_chunk_type.setdefault(chunk_type(message), []).append(message)
+            elif kind in ("newstyle-greeting", "oldstyle-greeting"):
                 self.greeting = message
                 if kind == "oldstyle-greeting":
                     self._enter(message, state, contexts, contexts_exchange)
@@ -465,13 +602,6 @@ class SessionView:
                     self.transmission.export_name = export_name_option.fields.get("export_name")
                 self.transmission.flags = message.fields.get("transmission_flags")
                 self.transmission.size = message.fields.get("size")
-            elif kind == "request":
-                transaction = Transaction(message, position)
-                self.transactions.append(transaction)
-                if transaction.command != c.Cmd.DISC:
-                    in_flight.setdefault(transaction.cookie, []).append(transaction)
-            elif kind in ("simple-reply", "chunk"):
-                self._pair(message, position, in_flight, finished)
         if self.midstream and self.transmission.entered_by is None:
             guessed = self.session.state
             self.transmission.negotiated = Negotiated(
@@ -554,16 +684,11 @@ class SessionView:
             earlier = finished.get(cookie)
             if earlier is not None:
                 earlier.late.append(message)
-                self.transaction_of[id(message)] = earlier
             else:
                 self.orphan_replies.append(message)
             return
         transaction = waiting[0]
-        transaction.replies.append(message)
-        transaction.reply_positions.append(position)
-        self.transaction_of[id(message)] = transaction
-        if is_done(message):
-            transaction.complete = True
+        if transaction.answer(message, position):
             waiting.pop(0)
             if not waiting:
                 del in_flight[cookie]

@@ -9,6 +9,7 @@ from harness.conformance._rule import REGISTRY, Rule
 from harness.conformance._view import SessionView
 from harness.conformance.findings import Finding
 from harness.dissect import Capture, Session, decode_capture
+from harness.gcpause import collector_paused
 
 _MODULE_ORDER = (
     "rules_handshake",
@@ -48,12 +49,13 @@ def check_session(
     """
     if not session.nbd:
         return []
-    view = SessionView(session, others)
-    findings: list[Finding] = []
-    for item in all_rules() if rules is None else rules:
-        if session.joined_midstream and not item.midstream:
-            continue
-        findings.extend(item.check(view))
+    with collector_paused():  # the view and content model make objects per message
+        view = SessionView(session, others)
+        findings: list[Finding] = []
+        for item in all_rules() if rules is None else rules:
+            if session.joined_midstream and not item.midstream:
+                continue
+            findings.extend(item.check(view))
     return sorted(findings, key=_order)
 
 

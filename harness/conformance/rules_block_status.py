@@ -7,7 +7,7 @@ Sections "Metadata querying", "`base:allocation` metadata context",
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from harness.conformance._rule import Hit, rule
 from harness.conformance._view import SessionView, Transaction, chunk_type, header_length
@@ -19,8 +19,13 @@ _STATUS = (RT.BLOCK_STATUS, RT.BLOCK_STATUS_EXT)
 _RESERVED_LOW_BITS = 0xFFFF_FFFF & ~int(c.StateFlag.HOLE | c.StateFlag.ZERO)
 
 
-def _block_status(view: SessionView) -> Iterator[Transaction]:
-    return (t for t in view.transactions if t.command == c.Cmd.BLOCK_STATUS)
+def _block_status(view: SessionView) -> Sequence[Transaction]:
+    return view.transactions_of(c.Cmd.BLOCK_STATUS)
+
+
+def _all_status_chunks(view: SessionView) -> Sequence[WireMessage]:
+    """Every status chunk of the session (whatever it answers), in causal order."""
+    return view.chunks_of(*_STATUS)
 
 
 def _status_chunks(transaction: Transaction) -> list[WireMessage]:
@@ -222,35 +227,35 @@ def status_selected_contexts_only(view: SessionView) -> Iterator[Hit]:
 @rule(id="server.status-chunk-length", midstream=True)
 def status_chunk_length(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_BLOCK_STATUS: a context id and whole 8-byte descriptors."""
-    for chunk in (m for m in view.messages if m.kind == "chunk"):
+    for chunk in view.chunks_of(RT.BLOCK_STATUS):
         length = header_length(chunk)
-        if chunk_type(chunk) == RT.BLOCK_STATUS and (length < 4 or (length - 4) % 8):
+        if length < 4 or (length - 4) % 8:
             yield Hit(chunk, f"NBD_REPLY_TYPE_BLOCK_STATUS of length {length}")
 
 
 @rule(id="server.status-ext-chunk-length", midstream=True)
 def status_ext_chunk_length(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_BLOCK_STATUS_EXT: id, count and whole 16-byte descriptors."""
-    for chunk in (m for m in view.messages if m.kind == "chunk"):
+    for chunk in view.chunks_of(RT.BLOCK_STATUS_EXT):
         length = header_length(chunk)
-        if chunk_type(chunk) == RT.BLOCK_STATUS_EXT and (length < 8 or (length - 8) % 16):
+        if length < 8 or (length - 8) % 16:
             yield Hit(chunk, f"NBD_REPLY_TYPE_BLOCK_STATUS_EXT of length {length}")
 
 
 @rule(id="server.status-at-least-one-descriptor", midstream=True)
 def status_at_least_one_descriptor(view: SessionView) -> Iterator[Hit]:
     """Every status chunk has at least one descriptor."""
-    for chunk in (m for m in view.messages if m.kind == "chunk"):
-        if chunk_type(chunk) in _STATUS and not descriptors(chunk):
+    for chunk in _all_status_chunks(view):
+        if not descriptors(chunk):
             yield Hit(chunk, f"{chunk.name} without any descriptor")
 
 
 @rule(id="server.status-ext-count", midstream=True)
 def status_ext_count(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_BLOCK_STATUS_EXT counts its descriptors right."""
-    for chunk in (m for m in view.messages if m.kind == "chunk"):
+    for chunk in view.chunks_of(RT.BLOCK_STATUS_EXT):
         count = chunk.fields.get("count")
-        if chunk_type(chunk) != RT.BLOCK_STATUS_EXT or count is None:
+        if count is None:
             continue
         actual = len(descriptors(chunk))
         if count != actual:
@@ -260,9 +265,7 @@ def status_ext_count(view: SessionView) -> Iterator[Hit]:
 @rule(id="server.status-descriptor-nonzero", midstream=True)
 def status_descriptor_nonzero(view: SessionView) -> Iterator[Hit]:
     """Every descriptor covers at least one byte."""
-    for chunk in (m for m in view.messages if m.kind == "chunk"):
-        if chunk_type(chunk) not in _STATUS:
-            continue
+    for chunk in _all_status_chunks(view):
         zero = [i for i, (length, _status) in enumerate(descriptors(chunk)) if length == 0]
         if zero:
             yield Hit(chunk, f"{chunk.name}: descriptor(s) {zero} have length 0")
@@ -348,11 +351,10 @@ def status_upper_bits_zero(view: SessionView) -> Iterator[Hit]:
 def status_extents_cap(view: SessionView) -> Iterator[Hit]:
     """At most 2^20 descriptors in one status chunk."""
     limit = c.MAX_EXTENTS_PER_CHUNK
-    for chunk in (m for m in view.messages if m.kind == "chunk"):
-        if chunk_type(chunk) in _STATUS:
-            count = len(descriptors(chunk))
-            if count > limit:
-                yield Hit(chunk, f"{count} descriptors in one chunk (more than {limit})")
+    for chunk in _all_status_chunks(view):
+        count = len(descriptors(chunk))
+        if count > limit:
+            yield Hit(chunk, f"{count} descriptors in one chunk (more than {limit})")
 
 
 @rule(id="server.base-allocation-reserved-bits")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from harness.conformance._rule import Hit, rule
 from harness.conformance._view import SessionView, Transaction, reply_error
-from harness.dissect.model import SERVER, WireMessage
+from harness.dissect.model import WireMessage
 from harness.protocol import constants as c
 
 CF = c.CmdFlag
@@ -86,8 +86,7 @@ def _misanswered(view: SessionView, transaction: Transaction) -> bool:
 @rule(id="server.error-values-defined", midstream=True)
 def error_values_defined(view: SessionView) -> Iterator[Hit]:
     """Replies use only the error values the spec defines."""
-    for message in view.messages_from(SERVER):
-        error = reply_error(message)
+    for message, error in view.error_replies:
         if error > 0 and error not in _DEFINED_ERRORS:
             yield Hit(message, f"{message.name} with error {error}, which the spec does not define")
 
@@ -98,10 +97,9 @@ def read_only_eperm(view: SessionView) -> Iterator[Hit]:
     recommended error, when the request is also wrong in another way)."""
     if not view.transmission.has(c.TransmissionFlag.READ_ONLY):
         return
-    for transaction in view.transactions:
+    for transaction in view.transactions_of(c.Cmd.WRITE, c.Cmd.TRIM):
         if (
-            transaction.command in (c.Cmd.WRITE, c.Cmd.TRIM)
-            and transaction.error  # success is a MUST-level finding: another rule
+            transaction.error  # success is a MUST-level finding: another rule
             and _misanswered(view, transaction)
         ):
             yield Hit(
@@ -114,12 +112,8 @@ def read_only_eperm(view: SessionView) -> Iterator[Hit]:
 def enospc_write_beyond_end(view: SessionView) -> Iterator[Hit]:
     """A WRITE past the end of the export fails with NBD_ENOSPC (NBD_EINVAL, which "Size
     constraints" recommends instead, is accepted too)."""
-    for transaction in view.transactions:
-        if (
-            transaction.command == c.Cmd.WRITE
-            and _beyond_end(view, transaction)
-            and _misanswered(view, transaction)
-        ):
+    for transaction in view.transactions_of(c.Cmd.WRITE):
+        if _beyond_end(view, transaction) and _misanswered(view, transaction):
             yield Hit(
                 _answer(transaction),
                 f"NBD_CMD_WRITE past the end of the export {_outcome(transaction)}, not NBD_ENOSPC",
@@ -129,7 +123,7 @@ def enospc_write_beyond_end(view: SessionView) -> Iterator[Hit]:
 @rule(id="server.einval-beyond-end-or-unaligned")
 def einval_beyond_end_or_unaligned(view: SessionView) -> Iterator[Hit]:
     """READ or TRIM past the end, or unaligned READ or WRITE, fail with NBD_EINVAL."""
-    for transaction in view.transactions:
+    for transaction in view.transactions_of(c.Cmd.READ, c.Cmd.TRIM, c.Cmd.WRITE):
         command = transaction.command
         if command in (c.Cmd.READ, c.Cmd.TRIM) and _beyond_end(view, transaction):
             why = "past the end of the export"
@@ -228,12 +222,8 @@ def no_enotsup_without_fast_zero(view: SessionView) -> Iterator[Hit]:
     """WRITE_ZEROES without NBD_CMD_FLAG_FAST_ZERO never fails with NBD_ENOTSUP."""
     if not view.transmission.has(c.TransmissionFlag.SEND_FAST_ZERO):
         return
-    for transaction in view.transactions:
-        if (
-            transaction.command == c.Cmd.WRITE_ZEROES
-            and not transaction.flags & CF.FAST_ZERO
-            and transaction.error == c.Errno.ENOTSUP
-        ):
+    for transaction in view.transactions_of(c.Cmd.WRITE_ZEROES):
+        if not transaction.flags & CF.FAST_ZERO and transaction.error == c.Errno.ENOTSUP:
             yield Hit(
                 _answer(transaction),
                 "NBD_CMD_WRITE_ZEROES without NBD_CMD_FLAG_FAST_ZERO failed with NBD_ENOTSUP",
@@ -243,6 +233,6 @@ def no_enotsup_without_fast_zero(view: SessionView) -> Iterator[Hit]:
 @rule(id="server.no-enomem", midstream=True)
 def no_enomem(view: SessionView) -> Iterator[Hit]:
     """Replies avoid NBD_ENOMEM."""
-    for message in view.messages_from(SERVER):
-        if reply_error(message) == c.Errno.ENOMEM:
+    for message, error in view.error_replies:
+        if error == c.Errno.ENOMEM:
             yield Hit(message, f"{message.name} with NBD_ENOMEM")

@@ -21,12 +21,9 @@ from harness.protocol import constants as c
 @rule(id="client.write-data-follows", midstream=True)
 def write_data_follows(view: SessionView) -> Iterator[Hit]:
     """NBD_CMD_WRITE is followed by all the data its length announces."""
-    for message in view.messages_from(CLIENT):
-        if (
-            message.kind == "request"
-            and message.truncated
-            and message.fields.get("type") == c.Cmd.WRITE
-        ):
+    for transaction in view.transactions_of(c.Cmd.WRITE):
+        message = transaction.request
+        if message.direction == CLIENT and message.truncated:
             sent = len(message.fields.get("data") or b"")
             yield Hit(
                 message,

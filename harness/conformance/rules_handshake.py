@@ -184,8 +184,8 @@ def no_zeroes_honoured(view: SessionView) -> Iterator[Hit]:
 def export_name_no_option_reply(view: SessionView) -> Iterator[Hit]:
     """NBD_OPT_EXPORT_NAME gets the export-name reply or a closed connection, never an
     option reply."""
-    for reply in view.messages_from(SERVER):
-        if reply.kind == "option-reply" and reply.fields.get("option") == c.Opt.EXPORT_NAME:
+    for reply in view.messages_of("option-reply"):
+        if reply.direction == SERVER and reply.fields.get("option") == c.Opt.EXPORT_NAME:
             yield Hit(
                 reply,
                 f"{reply.name} sent in answer to NBD_OPT_EXPORT_NAME, which has no option replies",

@@ -37,8 +37,8 @@ def _context_names(exchange: OptionMessages) -> list[str]:
 
 def _info_replies(view: SessionView) -> Iterator[WireMessage]:
     """Every NBD_REP_INFO the server sent."""
-    for reply in view.messages_from(SERVER):
-        if reply.kind == "option-reply" and reply_type(reply) == c.Rep.INFO:
+    for reply in view.messages_of("option-reply"):
+        if reply.direction == SERVER and reply_type(reply) == c.Rep.INFO:
             yield reply
 
 
@@ -329,8 +329,8 @@ def info_name_length(view: SessionView) -> Iterator[Hit]:
 @rule(id="server.rep-server-name-length", midstream=True)
 def rep_server_name_length(view: SessionView) -> Iterator[Hit]:
     """NBD_REP_SERVER: the name length fits in the reply."""
-    for reply in view.messages_from(SERVER):
-        if reply.kind != "option-reply" or reply_type(reply) != c.Rep.SERVER:
+    for reply in view.messages_of("option-reply"):
+        if reply.direction != SERVER or reply_type(reply) != c.Rep.SERVER:
             continue
         name_length = reply.fields.get("name_length")
         if name_length is None or name_length > header_length(reply) - 4:
@@ -449,8 +449,8 @@ def set_meta_context_no_queries(view: SessionView) -> Iterator[Hit]:
 @rule(id="server.meta-context-name-syntax", midstream=True)
 def meta_context_name_syntax(view: SessionView) -> Iterator[Hit]:
     """Context names are ``namespace:leaf-name`` with a non-empty namespace."""
-    for reply in view.messages_from(SERVER):
-        if reply.kind == "option-reply" and reply_type(reply) == c.Rep.META_CONTEXT:
+    for reply in view.messages_of("option-reply"):
+        if reply.direction == SERVER and reply_type(reply) == c.Rep.META_CONTEXT:
             name = str(reply.fields.get("context_name", ""))
             namespace, colon, _leaf = name.partition(":")
             if not colon or not namespace:

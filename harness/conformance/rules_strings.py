@@ -20,10 +20,8 @@ _RECOMMENDED_STRING_LEN = 256
 def _strings(
     view: SessionView, direction: str, *, chunks: bool
 ) -> Iterator[tuple[WireMessage, str, bytes]]:
-    for message in view.messages_from(direction):
-        if message.kind == "chunk" and not chunks:
-            continue
-        for name, value in strings_of(message):
+    for message, name, value in view.strings_from(direction):
+        if chunks or message.kind != "chunk":
             yield message, name, value
 
 
@@ -109,8 +107,8 @@ def server_string_utf8(view: SessionView) -> Iterator[Hit]:
 @rule(id="server.meta-context-name-utf8", midstream=True)
 def meta_context_name_utf8(view: SessionView) -> Iterator[Hit]:
     """NBD_REP_META_CONTEXT names are valid UTF-8."""
-    for message in view.messages_from(SERVER):
-        if message.kind != "option-reply" or reply_type(message) != c.Rep.META_CONTEXT:
+    for message in view.messages_of("option-reply"):
+        if message.direction != SERVER or reply_type(message) != c.Rep.META_CONTEXT:
             continue
         for name, value in strings_of(message):
             try:

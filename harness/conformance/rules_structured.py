@@ -8,7 +8,7 @@ chunks are in :mod:`rules_block_status`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from harness.conformance._rule import Hit, rule
 from harness.conformance._view import (
@@ -24,10 +24,11 @@ from harness.protocol import constants as c
 RT = c.ReplyType
 _CONTENT = (RT.OFFSET_DATA, RT.OFFSET_HOLE)
 _KNOWN_TYPES = frozenset(int(t) for t in RT)
+_DF = int(c.CmdFlag.DF)  # a plain int: IntFlag's own & is slow, and rules use it per request
 
 
-def _chunks(view: SessionView) -> Iterator[WireMessage]:
-    return (m for m in view.messages if m.kind == "chunk")
+def _chunks(view: SessionView) -> Sequence[WireMessage]:
+    return view.messages_of("chunk")
 
 
 def _extended_chunk(message: WireMessage) -> bool:
@@ -37,10 +38,11 @@ def _extended_chunk(message: WireMessage) -> bool:
 def content_range(chunk: WireMessage) -> tuple[int, int] | None:
     """``(start, end)`` of the export a content chunk describes (None if malformed)."""
     fields = chunk.fields
-    if chunk_type(chunk) == RT.OFFSET_DATA and "data_offset" in fields:
+    kind = chunk_type(chunk)
+    if kind == RT.OFFSET_DATA and "data_offset" in fields:
         start = int(fields["data_offset"])
         return start, start + len(fields.get("data") or b"")
-    if chunk_type(chunk) == RT.OFFSET_HOLE and "hole_size" in fields:
+    if kind == RT.OFFSET_HOLE and "hole_size" in fields:
         start = int(fields["hole_offset"])
         return start, start + int(fields["hole_size"])
     return None
@@ -53,8 +55,13 @@ def error_offset(chunk: WireMessage) -> int | None:
     return int(chunk.fields["error_offset"])
 
 
-def _reads(view: SessionView) -> Iterator[Transaction]:
-    return (t for t in view.transactions if t.command == c.Cmd.READ)
+def _reads(view: SessionView) -> Sequence[Transaction]:
+    return view.transactions_of(c.Cmd.READ)
+
+
+def _failed(view: SessionView) -> Iterator[Transaction]:
+    """The transactions with an error among their replies: the only ones with error chunks."""
+    return (t for t in view.transactions if t.error)
 
 
 # --- which reply style --------------------------------------------------------------
@@ -106,8 +113,8 @@ def simple_reply_with_extended(view: SessionView) -> Iterator[Hit]:
     """With extended headers, no simple reply."""
     if not view.transmission.negotiated.extended_headers:
         return
-    for reply in view.messages_from(SERVER):
-        if reply.kind == "simple-reply":
+    for reply in view.messages_of("simple-reply"):
+        if reply.direction == SERVER:
             yield Hit(reply, "simple reply although extended headers were negotiated")
 
 
@@ -172,19 +179,16 @@ def reply_flags_known(view: SessionView) -> Iterator[Hit]:
 @rule(id="server.none-chunk-done", midstream=True)
 def none_chunk_done(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_NONE is always the final chunk."""
-    for chunk in _chunks(view):
-        if (
-            chunk_type(chunk) == RT.NONE
-            and not int(chunk.fields.get("flags", 0)) & c.ReplyFlag.DONE
-        ):
+    for chunk in view.chunks_of(RT.NONE):
+        if not int(chunk.fields.get("flags", 0)) & c.ReplyFlag.DONE:
             yield Hit(chunk, "NBD_REPLY_TYPE_NONE without NBD_REPLY_FLAG_DONE")
 
 
 @rule(id="server.none-chunk-length", midstream=True)
 def none_chunk_length(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_NONE has no payload."""
-    for chunk in _chunks(view):
-        if chunk_type(chunk) == RT.NONE and header_length(chunk):
+    for chunk in view.chunks_of(RT.NONE):
+        if header_length(chunk):
             yield Hit(chunk, f"NBD_REPLY_TYPE_NONE with length {header_length(chunk)}")
 
 
@@ -194,24 +198,24 @@ def none_chunk_length(view: SessionView) -> Iterator[Hit]:
 @rule(id="server.offset-data-length", midstream=True)
 def offset_data_length(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_OFFSET_DATA carries an offset and at least one byte."""
-    for chunk in _chunks(view):
-        if chunk_type(chunk) == RT.OFFSET_DATA and header_length(chunk) < 9:
+    for chunk in view.chunks_of(RT.OFFSET_DATA):
+        if header_length(chunk) < 9:
             yield Hit(chunk, f"NBD_REPLY_TYPE_OFFSET_DATA with length {header_length(chunk)}")
 
 
 @rule(id="server.offset-hole-length", midstream=True)
 def offset_hole_length(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_OFFSET_HOLE is exactly an offset and a size."""
-    for chunk in _chunks(view):
-        if chunk_type(chunk) == RT.OFFSET_HOLE and header_length(chunk) != 12:
+    for chunk in view.chunks_of(RT.OFFSET_HOLE):
+        if header_length(chunk) != 12:
             yield Hit(chunk, f"NBD_REPLY_TYPE_OFFSET_HOLE with length {header_length(chunk)}")
 
 
 @rule(id="server.hole-size-nonzero", midstream=True)
 def hole_size_nonzero(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_OFFSET_HOLE describes at least one byte."""
-    for chunk in _chunks(view):
-        span = content_range(chunk) if chunk_type(chunk) == RT.OFFSET_HOLE else None
+    for chunk in view.chunks_of(RT.OFFSET_HOLE):
+        span = content_range(chunk)
         if span is not None and span[0] == span[1]:
             yield Hit(chunk, "NBD_REPLY_TYPE_OFFSET_HOLE of size 0")
 
@@ -246,6 +250,8 @@ def content_within_request(view: SessionView) -> Iterator[Hit]:
 def content_no_overlap(view: SessionView) -> Iterator[Hit]:
     """Content chunks of one READ do not overlap each other or an earlier error offset."""
     for transaction in _reads(view):
+        if len(transaction.chunks) < 2:
+            continue  # nothing came before the only chunk
         spans: list[tuple[int, int]] = []
         errors: list[int] = []
         for chunk in transaction.chunks:
@@ -276,13 +282,12 @@ def read_full_coverage(view: SessionView) -> Iterator[Hit]:
         if not transaction.succeeded or not transaction.chunks:
             continue
         start, end = transaction.offset, transaction.offset + transaction.effect_length
-        spans = sorted(
-            (max(s, start), min(e, end))
-            for chunk in transaction.chunks
-            if (span := content_range(chunk)) is not None
-            for s, e in [span]
-            if min(e, end) > max(s, start)
-        )
+        spans = []  # the content chunks' ranges, clipped to the request
+        for chunk in transaction.chunks:
+            span = content_range(chunk)
+            if span is not None and min(span[1], end) > max(span[0], start):
+                spans.append((max(span[0], start), min(span[1], end)))
+        spans.sort()
         covered, reach = 0, start
         for s, e in spans:
             if e > reach:
@@ -301,7 +306,7 @@ def read_full_coverage(view: SessionView) -> Iterator[Hit]:
 def df_single_content_chunk(view: SessionView) -> Iterator[Hit]:
     """A READ with NBD_CMD_FLAG_DF gets at most one content chunk."""
     for transaction in _reads(view):
-        if not transaction.flags & c.CmdFlag.DF:
+        if not transaction.flags & _DF:
             continue
         content = [chunk for chunk in transaction.chunks if chunk_type(chunk) in _CONTENT]
         if len(content) > 1:
@@ -318,8 +323,8 @@ def chunk_payload_max(view: SessionView) -> Iterator[Hit]:
     maximum = view.transmission.maximum_payload
     if maximum is None:
         return
-    for chunk in _chunks(view):
-        if chunk_type(chunk) == RT.OFFSET_DATA and header_length(chunk) - 8 > maximum:
+    for chunk in view.chunks_of(RT.OFFSET_DATA):
+        if header_length(chunk) - 8 > maximum:
             yield Hit(
                 chunk,
                 f"{header_length(chunk) - 8} data bytes in one chunk, more than "
@@ -343,8 +348,8 @@ def extended_reply_offset(view: SessionView) -> Iterator[Hit]:
 # --- error chunks -----------------------------------------------------------------------
 
 
-def _error_chunks(view: SessionView) -> Iterator[WireMessage]:
-    return (m for m in _chunks(view) if c.is_error_chunk(chunk_type(m)))
+def _error_chunks(view: SessionView) -> Sequence[WireMessage]:
+    return view.error_chunks
 
 
 @rule(id="server.error-chunk-nonzero", midstream=True)
@@ -366,8 +371,8 @@ def error_length(view: SessionView) -> Iterator[Hit]:
 @rule(id="server.error-offset-length", midstream=True)
 def error_offset_length(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_ERROR_OFFSET also holds the 64-bit offset."""
-    for chunk in _error_chunks(view):
-        if chunk_type(chunk) == RT.ERROR_OFFSET and 6 <= header_length(chunk) < 14:
+    for chunk in view.chunks_of(RT.ERROR_OFFSET):
+        if 6 <= header_length(chunk) < 14:
             yield Hit(chunk, f"NBD_REPLY_TYPE_ERROR_OFFSET with length {header_length(chunk)}")
 
 
@@ -399,7 +404,7 @@ def error_message_max_length(view: SessionView) -> Iterator[Hit]:
 @rule(id="server.error-offset-within-request")
 def error_offset_within_request(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_ERROR_OFFSET names an offset inside the request."""
-    for transaction in view.transactions:
+    for transaction in _failed(view):
         start = transaction.offset
         end = max(start + transaction.effect_length, start + 1)
         for chunk in transaction.chunks:
@@ -415,7 +420,7 @@ def error_offset_within_request(view: SessionView) -> Iterator[Hit]:
 @rule(id="server.error-offset-valid-for")
 def error_offset_valid_for(view: SessionView) -> Iterator[Hit]:
     """NBD_REPLY_TYPE_ERROR_OFFSET answers only commands that have a range."""
-    for transaction in view.transactions:
+    for transaction in _failed(view):
         if transaction.command in c.ERROR_OFFSET_COMMANDS:
             continue
         for chunk in transaction.chunks:
@@ -426,7 +431,7 @@ def error_offset_valid_for(view: SessionView) -> Iterator[Hit]:
 @rule(id="server.error-once")
 def error_once(view: SessionView) -> Iterator[Hit]:
     """One reply has at most one NBD_REPLY_TYPE_ERROR chunk."""
-    for transaction in view.transactions:
+    for transaction in _failed(view):
         errors = [chunk for chunk in transaction.chunks if chunk_type(chunk) == RT.ERROR]
         if len(errors) > 1:
             yield Hit(errors[1], f"second NBD_REPLY_TYPE_ERROR for {transaction.name}")
@@ -435,7 +440,7 @@ def error_once(view: SessionView) -> Iterator[Hit]:
 @rule(id="server.error-offset-not-repeated")
 def error_offset_not_repeated(view: SessionView) -> Iterator[Hit]:
     """One reply reports each error offset once."""
-    for transaction in view.transactions:
+    for transaction in _failed(view):
         seen: set[int] = set()
         for chunk in transaction.chunks:
             at = error_offset(chunk)

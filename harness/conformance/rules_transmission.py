@@ -8,7 +8,7 @@ constraints" and "Baseline".  Replies are in :mod:`rules_structured`,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from harness.conformance._rule import Hit, rule
@@ -18,7 +18,6 @@ from harness.conformance._view import (
     bad_magic,
     follows,
     found_zeroes,
-    reply_error,
     undecoded_after,
     undecoded_at,
 )
@@ -29,6 +28,7 @@ from harness.protocol.state import Negotiated
 TF = c.TransmissionFlag
 CF = c.CmdFlag
 _KNOWN_COMMANDS = frozenset(int(cmd) for cmd in c.Cmd)
+_PAYLOAD_LEN = int(CF.PAYLOAD_LEN)  # a plain int: IntFlag's own & is slow, used per request
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,11 @@ def _advertised(view: SessionView) -> Iterator[_Advertised]:
         )
 
 
-def _requests(view: SessionView) -> Iterator[Transaction]:
-    """Requests sent in a transmission phase whose flags are known."""
+def _requests(view: SessionView, *commands: int) -> Sequence[Transaction]:
+    """Requests (of ``commands``) sent in a transmission phase whose flags are known."""
     if view.transmission.flags is None:
-        return
-    yield from view.transactions
+        return ()
+    return view.transactions_of(*commands)
 
 
 def _command_name(transaction: Transaction) -> str:
@@ -215,12 +215,13 @@ def block_status_payload_needs_contexts(view: SessionView) -> Iterator[Hit]:
 
 
 def _needs_tflag(view: SessionView, command: int, tflag: int, what: str) -> Iterator[Hit]:
-    for transaction in _requests(view):
-        if transaction.command == command and not view.transmission.has(tflag):
-            yield Hit(
-                transaction.request,
-                f"{what} sent although {c.spec_name(TF(tflag))} was not advertised",
-            )
+    if view.transmission.flags is None or view.transmission.has(tflag):
+        return
+    for transaction in view.transactions_of(command):
+        yield Hit(
+            transaction.request,
+            f"{what} sent although {c.spec_name(TF(tflag))} was not advertised",
+        )
 
 
 @rule(id="client.flush-needs-send-flush")
@@ -242,8 +243,11 @@ def write_zeroes_needs_flag(view: SessionView) -> Iterator[Hit]:
 
 
 def _flag_needs_tflag(view: SessionView, flag: int, tflag: int) -> Iterator[Hit]:
-    for transaction in _requests(view):
-        if transaction.flags & flag and not view.transmission.has(tflag):
+    if view.transmission.flags is None or view.transmission.has(tflag):
+        return
+    bit = int(flag)  # a plain int: IntFlag's own & is slow, and this runs per request
+    for transaction in view.transactions:
+        if transaction.flags & bit:
             yield Hit(
                 transaction.request,
                 f"{_command_name(transaction)} with "
@@ -301,7 +305,7 @@ def no_unknown_commands(view: SessionView) -> Iterator[Hit]:
 def compact_no_payload_len(view: SessionView) -> Iterator[Hit]:
     """NBD_CMD_FLAG_PAYLOAD_LEN never appears in a compact request."""
     for transaction in view.transactions:
-        if not transaction.extended and transaction.flags & CF.PAYLOAD_LEN:
+        if not transaction.extended and transaction.flags & _PAYLOAD_LEN:
             yield Hit(
                 transaction.request,
                 f"compact {_command_name(transaction)} with NBD_CMD_FLAG_PAYLOAD_LEN",
@@ -315,7 +319,7 @@ def extended_write_payload_len(view: SessionView) -> Iterator[Hit]:
         if (
             transaction.extended
             and transaction.command == c.Cmd.WRITE
-            and not transaction.flags & CF.PAYLOAD_LEN
+            and not transaction.flags & _PAYLOAD_LEN
         ):
             yield Hit(
                 transaction.request, "extended NBD_CMD_WRITE without NBD_CMD_FLAG_PAYLOAD_LEN"
@@ -355,9 +359,9 @@ def compact_request_unless_negotiated(view: SessionView) -> Iterator[Hit]:
 @rule(id="client.disc-fields-zero", midstream=True)
 def disc_fields_zero(view: SessionView) -> Iterator[Hit]:
     """NBD_CMD_DISC has offset 0 and length 0."""
-    for transaction in view.transactions:
+    for transaction in view.transactions_of(c.Cmd.DISC):
         length = transaction.length
-        if transaction.command == c.Cmd.DISC and (transaction.offset or length):
+        if transaction.offset or length:
             yield Hit(
                 transaction.request,
                 f"NBD_CMD_DISC with offset {transaction.offset} and length {length}",
@@ -367,9 +371,9 @@ def disc_fields_zero(view: SessionView) -> Iterator[Hit]:
 @rule(id="client.flush-fields-zero", midstream=True)
 def flush_fields_zero(view: SessionView) -> Iterator[Hit]:
     """NBD_CMD_FLUSH has offset 0 and length 0."""
-    for transaction in view.transactions:
+    for transaction in view.transactions_of(c.Cmd.FLUSH):
         length = transaction.length
-        if transaction.command == c.Cmd.FLUSH and (transaction.offset or length):
+        if transaction.offset or length:
             yield Hit(
                 transaction.request,
                 f"NBD_CMD_FLUSH with offset {transaction.offset} and length {length}",
@@ -377,10 +381,8 @@ def flush_fields_zero(view: SessionView) -> Iterator[Hit]:
 
 
 def _disc(view: SessionView) -> Transaction | None:
-    for transaction in view.transactions:
-        if transaction.command == c.Cmd.DISC:
-            return transaction
-    return None
+    discs = view.transactions_of(c.Cmd.DISC)
+    return discs[0] if discs else None
 
 
 @rule(id="client.nothing-after-disc", midstream=True)
@@ -498,9 +500,7 @@ def request_within_export(view: SessionView) -> Iterator[Hit]:
     size = view.transmission.size
     if size is None:
         return
-    for transaction in _requests(view):
-        if transaction.command not in c.RANGE_COMMANDS:
-            continue
+    for transaction in _requests(view, *c.RANGE_COMMANDS):
         end = transaction.offset + transaction.effect_length
         if end > size:
             yield Hit(
@@ -520,9 +520,7 @@ def request_alignment(view: SessionView) -> Iterator[Hit]:
     minimum = transmission.minimum_block
     if not transmission.block_size_requested or minimum <= 1:
         return
-    for transaction in _requests(view):
-        if transaction.command not in c.RANGE_COMMANDS:
-            continue
+    for transaction in _requests(view, *c.RANGE_COMMANDS):
         if transaction.offset % minimum or transaction.effect_length % minimum:
             yield Hit(
                 transaction.request,
@@ -542,7 +540,7 @@ def request_max_payload(view: SessionView) -> Iterator[Hit]:
     if not transmission.block_size_requested or maximum is None:
         return
     simple_replies = not transmission.negotiated.replies_with_chunks
-    for transaction in _requests(view):
+    for transaction in _requests(view, c.Cmd.WRITE, c.Cmd.READ):
         read = transaction.command == c.Cmd.READ and simple_replies
         if (transaction.command == c.Cmd.WRITE or read) and transaction.effect_length > maximum:
             yield Hit(
@@ -561,8 +559,8 @@ def read_only_write_errors(view: SessionView) -> Iterator[Hit]:
     """On a read-only export, WRITE, TRIM and WRITE_ZEROES fail."""
     if not view.transmission.has(TF.READ_ONLY):
         return
-    for transaction in _requests(view):
-        if transaction.command in c.WRITE_COMMANDS and transaction.succeeded:
+    for transaction in _requests(view, *c.WRITE_COMMANDS):
+        if transaction.succeeded:
             yield Hit(
                 transaction.replies[-1],
                 f"{_command_name(transaction)} succeeded on a read-only export",
@@ -572,8 +570,8 @@ def read_only_write_errors(view: SessionView) -> Iterator[Hit]:
 @rule(id="client.soft-disconnect-on-eshutdown")
 def soft_disconnect_on_eshutdown(view: SessionView) -> Iterator[Hit]:
     """After an NBD_ESHUTDOWN reply, the client's next request is NBD_CMD_DISC."""
-    for message in view.messages_from(SERVER):
-        if reply_error(message) != c.Errno.ESHUTDOWN:
+    for message, error in view.error_replies:
+        if error != c.Errno.ESHUTDOWN:
             continue
         later = [m for m in follows(view, message, CLIENT) if m.kind == "request"]
         if later and later[0].fields.get("type") != c.Cmd.DISC:
