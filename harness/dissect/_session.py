@@ -37,7 +37,15 @@ from harness.dissect._bytes import StreamBytes
 from harness.dissect._fast import fast_fields
 from harness.dissect._resync import Expectation, next_boundary
 from harness.dissect.contexts import describe_status
-from harness.dissect.model import CLIENT, DIRECTIONS, SERVER, Session, Undecoded, WireMessage
+from harness.dissect.model import (
+    CLIENT,
+    DIRECTIONS,
+    KINDS,
+    SERVER,
+    Session,
+    Undecoded,
+    WireMessage,
+)
 from harness.dissect.stream import DirectionStream
 from harness.protocol import constants as c
 from harness.protocol.messages import InfoBlockSize
@@ -46,6 +54,9 @@ _OK, _NEED, _BAD, _BLOCKED, _END = range(5)
 
 Fields = dict[str, Any]
 """A message's decoded fields (see ``WireMessage.fields``)."""
+
+_HANDLERS = {kind: "_on_" + kind.replace("-", "_") for kind in KINDS}
+"""The decoder's method that applies each kind of message."""
 
 # Per-direction reading positions (finer than Session.phase: the client
 # is in transmission as soon as it sent EXPORT_NAME, the server once it replied).
@@ -58,7 +69,7 @@ _TLS = "tls"
 _ABORTED = "aborted"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Cut:
     """The next message of a direction, or why there is none yet."""
 
@@ -177,11 +188,11 @@ class SessionDecoder:
                 for d, cut in cuts.items()
                 if cut.status == _OK
             ]
-            if ready and self._skip_first(cuts, min(ready)[0]):
-                continue
             if ready:
-                direction = min(ready)[2]
-                self._apply(direction, cuts[direction])
+                first = min(ready)
+                if self._skip_first(cuts, first[0]):
+                    continue
+                self._apply(first[2], cuts[first[2]])
                 continue
             if self._recover(cuts):
                 continue
@@ -453,7 +464,7 @@ class SessionDecoder:
             fields = L.fields_of(packet)
         if cut.missing:
             notes.append(cut.reason)
-        handler = getattr(self, "_on_" + cut.kind.replace("-", "_"))
+        handler = getattr(self, _HANDLERS[cut.kind])
         handler(direction, cut, packet, fields, notes)
 
     def _emit(
