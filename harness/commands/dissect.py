@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Decode and print; 1 when the file was truncated or corrupt part-way."""
     # Imported here, not at the top: every command registers on start-up (a fast --help).
-    from harness.dissect import decode_capture, render_capture, render_json
+    from harness.dissect import decode_capture, iter_json, render_capture
 
     capture = decode_capture(args.file)
     if args.session is not None and not any(s.index == args.session for s in capture.sessions):
@@ -47,9 +47,13 @@ def run(args: argparse.Namespace) -> int:
             f"(it has {len(capture.sessions)} session(s), numbered from 1)"
         )
     if args.json:
-        items = render_json(capture, session=args.session, data=args.data)
-        json.dump(items, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        # One item per line, written as it is made: a JSON list a person can grep, and a
+        # large capture does not hold its whole document in memory.
+        separator = "[\n"
+        for item in iter_json(capture, session=args.session, data=args.data):
+            sys.stdout.write(separator + json.dumps(item))
+            separator = ",\n"
+        sys.stdout.write("[]\n" if separator == "[\n" else "\n]\n")
     else:
         sys.stdout.write(render_capture(capture, session=args.session, data=args.data))
     sys.stdout.flush()

@@ -33,7 +33,12 @@ from harness.dissect.model import (
     Undecoded,
     WireMessage,
 )
-from harness.dissect.render import render_capture, render_capture_indexed, render_json
+from harness.dissect.render import (
+    iter_json,
+    render_capture,
+    render_capture_indexed,
+    render_json,
+)
 
 __all__ = [
     "CLIENT",
@@ -53,6 +58,7 @@ __all__ = [
     "decode_streams",
     "describe_status",
     "fields_of",
+    "iter_json",
     "render_capture",
     "render_capture_indexed",
     "render_json",

@@ -295,16 +295,24 @@ def render_json(
     answer by that id.  Bytes become ``{"length": N, "hex": ..., "complete":
     bool}`` with the first 16 bytes unless ``data`` is true.
     """
-    items: list[dict[str, Any]] = []
+    return list(iter_json(capture, session=session, data=data))
+
+
+def iter_json(
+    capture: Capture, *, session: int | None = None, data: bool = False
+) -> Iterator[dict[str, Any]]:
+    """:func:`render_json`'s items one at a time (to write them out as they come)."""
+    count = 0
     ids: dict[int, int] = {}
     for item in capture.sessions:
         if session is not None and item.index != session:
             continue
         for message in item.messages:
-            ids[id(message)] = len(items)
-            items.append(
+            ids[id(message)] = count
+            count += 1
+            yield (
                 {
-                    "id": len(items),
+                    "id": count - 1,
                     "session": message.session,
                     "direction": message.direction,
                     "kind": message.kind,
@@ -322,9 +330,10 @@ def render_json(
                 }
             )
         for region in item.undecoded:
-            items.append(
+            count += 1
+            yield (
                 {
-                    "id": len(items),
+                    "id": count - 1,
                     "session": region.session,
                     "direction": region.direction,
                     "kind": "undecoded",
@@ -339,7 +348,6 @@ def render_json(
                     "resumed_at": region.resumed_at,
                 }
             )
-    return items
 
 
 def _jsonable(value: Any, data: bool) -> Any:
