@@ -462,8 +462,18 @@ def _checks_info_size(scenario: Scenario) -> bool:
                and "size" in (step.expect or {}) for step in steps)
 
 
+def _checks_listed_names(scenario: Scenario) -> bool:
+    """True when a client step judges the export names a client's ``list`` action shows."""
+    steps = list(scenario.client_steps)
+    if scenario.fallback is not None:
+        steps += list(scenario.fallback.client_expect)
+    return any(step.action == "client_action" and step.arg("action") == "list"
+               and "exports_include" in (step.expect or {}) for step in steps)
+
+
 SCENARIO_CONDITIONS: dict[str, Callable[[Scenario], bool]] = {
     "checks-info-size": _checks_info_size,
+    "checks-listed-names": _checks_listed_names,
 }
 """The conditions ``unjudgeable.when`` of ``matrix/features.toml`` names, by name."""
 
