@@ -3,9 +3,10 @@
 
 Each server gets the same job: nbdcopy writes SIZE bytes of patterned data to
 it, then reads them back (timed into nbdcopy's null sink, then read again untimed
-and compared byte for byte), then `nbdinfo --map` walks it.  Servers: the reference server (as a separate `nbd-harness serve` process
-so its memory and CPU are its own), nbdkit's memory plugin and qemu-nbd on a
-sparse raw file, all from this machine's packages.
+and compared byte for byte), then `nbdinfo --map` walks it.  Servers: the
+reference server (as a separate `nbd-harness serve` process so its memory and
+CPU are its own), nbdkit's memory plugin and qemu-nbd on a sparse raw file, all
+from this machine's packages.
 
 Rounds interleave the servers (a fresh server per round, the order rotated
 each round), so a burst of load from elsewhere on the machine hits every
@@ -14,8 +15,8 @@ CPU seconds the server process spent per GiB moved (less sensitive to a
 crowded machine than wall-clock time), the peak resident memory (VmHWM) and
 its ratio to the bytes written, and the reference server's figures as ratios
 of nbdkit's.  The machine and the peers' versions head the output.  The files
-(source, copies read back, qemu-nbd's image) live in /dev/shm when it exists,
-so no disk is timed.
+(source, the copy read back for comparing, qemu-nbd's image) live in /dev/shm
+when it exists, so no disk is timed.
 
     .venv/bin/python benchmarks/bench_servers.py [--size 1G] [--rounds 3]
 
