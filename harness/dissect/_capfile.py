@@ -22,7 +22,6 @@ import stat
 import struct
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,16 +158,6 @@ class CaptureReader:
             # A frame view still held somewhere keeps it mapped until released.
             with contextlib.suppress(BufferError):
                 self._mapping.close()
-
-
-@contextmanager
-def open_capture(path: str | Path) -> Iterator[CaptureReader]:
-    """Open a capture for reading (raises :class:`CaptureError` when it cannot be read)."""
-    reader = CaptureReader(path)
-    try:
-        yield reader
-    finally:
-        reader.close_mapping()
 
 
 def read_frames(path: str | Path) -> Iterator[Frame]:
