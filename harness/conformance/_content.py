@@ -304,7 +304,10 @@ class ExportContent:
     """The facts about one session's export and every contradiction among them."""
 
     def __init__(self, view: SessionView, others: Sequence[Session] = ()) -> None:
-        self.view = view
+        self._view: SessionView | None = view
+        """Read only during the walk, then dropped: the view holds this model, and no
+        reference back lets a judged session be freed (its capture file closed) without
+        waiting for the cycle collector."""
         self._others = [other for other in others if other.nbd and other is not view.session]
         self._foreign: list[tuple[float, float, int, int]] | None = None
         """When and where other connections may have written (worked out on the first
@@ -327,19 +330,20 @@ class ExportContent:
         any request sharing its cookie with another one in flight."""
         self._keepers: list[Transaction] = []
         """Commands that must not change data (see :func:`keeps_data`)."""
-        self._walk()
+        self._walk(view)
+        self._view = None
 
     # --- the walk ------------------------------------------------------------------------
 
-    def _walk(self) -> None:
+    def _walk(self, view: SessionView) -> None:
         events: list[tuple[int, bool, Transaction]] = []
-        for transaction in self.view.transactions:
+        for transaction in view.transactions:
             if transaction.command == c.Cmd.DISC:
                 continue
             events.append((transaction.position, False, transaction))
             if transaction.completed_at is not None:
                 events.append((transaction.completed_at, True, transaction))
-        unseen = self._unseen_requests()
+        unseen = self._unseen_requests(view)
         events.sort(key=lambda event: event[0])
         for position, done, transaction in events:
             while unseen and unseen[0] < position:
@@ -350,12 +354,13 @@ class ExportContent:
             else:
                 self._start(transaction)
 
-    def _unseen_requests(self) -> list[int]:
+    @staticmethod
+    def _unseen_requests(view: SessionView) -> list[int]:
         """Positions of replies to requests sent before a capture joined mid-stream: such a
         request (a write, maybe) was in flight, unseen, until then."""
-        if not self.view.midstream:
+        if not view.midstream:
             return []
-        return sorted(self.view.position(reply) for reply in self.view.orphan_replies)
+        return sorted(view.position(reply) for reply in view.orphan_replies)
 
     def _something_changed(self) -> None:
         """Anything may have changed anywhere: forget every fact."""
@@ -426,11 +431,15 @@ class ExportContent:
             origin=reply,
             start=transaction.offset,
             data=data,
-            basis=self.view.position(reply),
+            basis=self._position(reply),
             since=transaction.request.time,
             since_frame=transaction.request.frame,
         )
         self.facts.assign(*_span(transaction), fact)
+
+    def _position(self, message: WireMessage) -> int:
+        assert self._view is not None, "only during the walk"
+        return self._view.position(message)
 
     def _observe_read(self, transaction: Transaction, disturbed: list[tuple[int, int]]) -> None:
         pieces = read_pieces(transaction)
