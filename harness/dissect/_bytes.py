@@ -25,6 +25,9 @@ from harness.dissect.errors import CaptureError
 _WINDOW = 4096
 """Bytes read from the file at once for small reads (message headers): consecutive small
 messages in one frame cost one read, a bulk message costs one read for its header."""
+_OLDER_WINDOWS = 7
+"""Windows kept besides the last: the content rules compare a read's data with an older
+read's, walking two places of the stream at once."""
 
 
 class Source:
@@ -79,7 +82,7 @@ class StreamBytes:
     ``source``; the last piece ends at ``len(self)``.
     """
 
-    __slots__ = ("_window", "_window_at", "length", "places", "source", "starts")
+    __slots__ = ("_older", "_window", "_window_at", "length", "places", "source", "starts")
 
     def __init__(self, source: Source, starts: list[int], places: list[int], length: int) -> None:
         self.source = source
@@ -88,6 +91,7 @@ class StreamBytes:
         self.length = length
         self._window_at = -1
         self._window = b""
+        self._older: list[tuple[int, bytes]] = []
 
     @classmethod
     def of(cls, data: bytes | bytearray | memoryview) -> StreamBytes:
@@ -110,12 +114,19 @@ class StreamBytes:
             end = self.length
         if start >= end:
             return b""
+        for at, window in self._older:  # a few more: rules walk two places at once
+            if at <= start and end <= at + len(window):
+                return window[start - at : end - at]
         index = bisect.bisect_right(self.starts, start) - 1
         piece_end = self._piece_end(index)
         if end <= piece_end and end - start <= _WINDOW:
-            # A small read (a header): read a window of this piece and keep it.
+            # A small read (a header, a small READ's data): read a window of this piece
+            # and keep it, the last few as well.
             window_end = min(piece_end, start + _WINDOW)
             offset = self.places[index] + start - self.starts[index]
+            if self._window_at >= 0:
+                self._older.insert(0, (self._window_at, self._window))
+                del self._older[_OLDER_WINDOWS:]
             self._window = self.source.read(offset, window_end - start)
             self._window_at = start
             return self._window[: end - start]
