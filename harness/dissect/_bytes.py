@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import os
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,9 +69,6 @@ class FileSource(Source):
                 f"{offset} are no longer there"
             )
         return data
-
-    def close(self) -> None:
-        self._file.close()
 
 
 class StreamBytes:
@@ -150,10 +146,6 @@ class StreamBytes:
     def __bytes__(self) -> bytes:
         return self.read(0, self.length)
 
-    def unpack_from(self, fmt: struct.Struct, at: int) -> tuple[int, ...]:
-        """``fmt.unpack_from`` at stream offset ``at`` (the bytes must be there)."""
-        return fmt.unpack(self.read(at, at + fmt.size))
-
     def startswith(self, prefix: bytes) -> bool:
         return self.read(0, len(prefix)) == prefix
 
@@ -200,8 +192,6 @@ class CapturedData:
 
     def __bytes__(self) -> bytes:
         return self._stream.read(self._start, self._end)
-
-    tobytes = __bytes__
 
     def __getitem__(self, key: int | slice) -> int | bytes:
         if isinstance(key, slice):

@@ -32,6 +32,7 @@ _OFFSET = struct.Struct(">Q")
 _HOLE = struct.Struct(">QI")
 
 Fields = dict[str, Any]
+"""A message's decoded fields (see ``WireMessage.fields``)."""
 
 
 def _request(stream: StreamBytes, at: int, length: int) -> Fields | None:

@@ -34,7 +34,7 @@ from scapy.packet import Packet
 
 from harness.dissect import layers as L
 from harness.dissect._bytes import StreamBytes
-from harness.dissect._fast import fast_fields
+from harness.dissect._fast import Fields, fast_fields
 from harness.dissect._resync import Expectation, next_boundary
 from harness.dissect.contexts import describe_status
 from harness.dissect.model import (
@@ -51,9 +51,6 @@ from harness.protocol import constants as c
 from harness.protocol.messages import InfoBlockSize
 
 _OK, _NEED, _BAD, _BLOCKED, _END = range(5)
-
-Fields = dict[str, Any]
-"""A message's decoded fields (see ``WireMessage.fields``)."""
 
 _HANDLERS = {kind: "_on_" + kind.replace("-", "_") for kind in KINDS}
 """The decoder's method that applies each kind of message."""
@@ -119,9 +116,18 @@ def _magic4(data: StreamBytes, at: int) -> int | None:
 
 
 _U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
 _PAYLOAD_LEN = int(c.CmdFlag.PAYLOAD_LEN)  # plain ints: flag arithmetic on enums is slow
 _DONE = int(c.ReplyFlag.DONE)
-_U64 = struct.Struct(">Q")
+_CHUNK_HEADERS: dict[int, tuple[type[Packet], int, struct.Struct, str]] = {
+    c.STRUCTURED_REPLY_MAGIC: (
+        L.NBDStructuredReply, c.STRUCTURED_REPLY_HEADER_LEN, _U32, "structured reply"
+    ),
+    c.EXTENDED_REPLY_MAGIC: (
+        L.NBDExtendedReply, c.EXTENDED_REPLY_HEADER_LEN, _U64, "extended reply"
+    ),
+}
+"""Chunk header by magic: its layer, length, length field (the header's last) and name."""
 
 
 def _ok(kind: str, length: int, layer: type[Packet], available: int, what: str = "") -> _Cut:
@@ -345,38 +351,13 @@ class SessionDecoder:
                 available,
                 "simple reply with READ data",
             )
-        if magic == c.STRUCTURED_REPLY_MAGIC:
-            if available < c.STRUCTURED_REPLY_HEADER_LEN:
-                return _need(
-                    "chunk",
-                    L.NBDStructuredReply,
-                    "structured reply header",
-                    c.STRUCTURED_REPLY_HEADER_LEN,
-                )
-            (length,) = _U32.unpack_from(head, 16)
-            return _ok(
-                "chunk",
-                c.STRUCTURED_REPLY_HEADER_LEN + length,
-                L.NBDStructuredReply,
-                available,
-                "structured reply chunk",
-            )
-        if magic == c.EXTENDED_REPLY_MAGIC:
-            if available < c.EXTENDED_REPLY_HEADER_LEN:
-                return _need(
-                    "chunk",
-                    L.NBDExtendedReply,
-                    "extended reply header",
-                    c.EXTENDED_REPLY_HEADER_LEN,
-                )
-            (length,) = _U64.unpack_from(head, 24)
-            return _ok(
-                "chunk",
-                c.EXTENDED_REPLY_HEADER_LEN + length,
-                L.NBDExtendedReply,
-                available,
-                "extended reply chunk",
-            )
+        chunk = _CHUNK_HEADERS.get(magic)
+        if chunk is not None:
+            layer, header, length_field, what = chunk
+            if available < header:
+                return _need("chunk", layer, f"{what} header", header)
+            (length,) = length_field.unpack_from(head, header - length_field.size)
+            return _ok("chunk", header + length, layer, available, f"{what} chunk")
         return _bad(
             "reply",
             (c.SIMPLE_REPLY_MAGIC, c.STRUCTURED_REPLY_MAGIC, c.EXTENDED_REPLY_MAGIC),
