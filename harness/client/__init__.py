@@ -13,8 +13,9 @@ its blocking facade; :func:`parse_uri` reads ``nbd://``-style URIs.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from harness.lazyexports import lazy_exports
 
 if TYPE_CHECKING:
     from ._session import NbdClient, Target
@@ -60,13 +61,7 @@ used, so that importing a light part (``harness.client.options``) does not load 
 asyncio client and the protocol state machine (every command's start-up paid for them)."""
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _HOMES)
 
 
 __all__ = [

@@ -453,27 +453,25 @@ def _server_exclusion(scenario: Scenario, server: PeerRef, client: PeerRef) -> s
     return None
 
 
-def _checks_info_size(scenario: Scenario) -> bool:
-    """True when a client step judges the size a client's ``info`` action reports."""
-    steps = list(scenario.client_steps)
-    if scenario.fallback is not None:
-        steps += list(scenario.fallback.client_expect)
-    return any(step.action == "client_action" and step.arg("action") == "info"
-               and "size" in (step.expect or {}) for step in steps)
+def _judges(action: str, expectation: str) -> Callable[[Scenario], bool]:
+    """A condition: some client step (fallback included) runs the client's ``action`` and
+    judges its ``expectation``."""
 
+    def condition(scenario: Scenario) -> bool:
+        steps = list(scenario.client_steps)
+        if scenario.fallback is not None:
+            steps += list(scenario.fallback.client_expect)
+        return any(step.action == "client_action" and step.arg("action") == action
+                   and expectation in (step.expect or {}) for step in steps)
 
-def _checks_listed_names(scenario: Scenario) -> bool:
-    """True when a client step judges the export names a client's ``list`` action shows."""
-    steps = list(scenario.client_steps)
-    if scenario.fallback is not None:
-        steps += list(scenario.fallback.client_expect)
-    return any(step.action == "client_action" and step.arg("action") == "list"
-               and "exports_include" in (step.expect or {}) for step in steps)
+    return condition
 
 
 SCENARIO_CONDITIONS: dict[str, Callable[[Scenario], bool]] = {
-    "checks-info-size": _checks_info_size,
-    "checks-listed-names": _checks_listed_names,
+    # the size a client's ``info`` action reports
+    "checks-info-size": _judges("info", "size"),
+    # the export names a client's ``list`` action shows
+    "checks-listed-names": _judges("list", "exports_include"),
 }
 """The conditions ``unjudgeable.when`` of ``matrix/features.toml`` names, by name."""
 

@@ -7,8 +7,9 @@ of the wire that shares only :mod:`.constants`.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from harness.lazyexports import lazy_exports
 
 from . import constants
 
@@ -37,13 +38,7 @@ _HOMES = {
 dissector and most commands need) do not load the codec and the state machine."""
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _HOMES)
 
 __all__ = [
     "NEED_DATA",
