@@ -618,6 +618,18 @@ def run_command(
 # Servers on kernel-chosen ports
 
 
+def attempt_log(log_path: Path, attempt: int) -> Path:
+    """The log of start ``attempt`` of a program (0: the first, whose log is ``log_path``)."""
+    return log_path if attempt == 0 else log_path.with_name(f"{log_path.name}.retry{attempt}")
+
+
+def note_restart(log_path: Path, attempt: int, what: str, how: str = "started again") -> None:
+    """Say in the first attempt's log that start ``attempt`` failed (``what``) and that the
+    program was started again (``how``), and where the next attempt logs."""
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"nbd-harness: {what}; {how} (log: {attempt_log(log_path, attempt + 1).name})\n")
+
+
 def _kernel_chosen_port(host: str) -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -652,11 +664,9 @@ def pick_port_and_start(
     last_error: PeerError | None = None
     for attempt in range(attempts):
         port = _kernel_chosen_port(host)
-        attempt_log = (
-            log_path if attempt == 0 else log_path.with_name(f"{log_path.name}.retry{attempt}")
-        )
         process = ManagedProcess.start(
-            argv_with_port(port), log_path=attempt_log, env=env, cwd=cwd, pass_fds=pass_fds
+            argv_with_port(port), log_path=attempt_log(log_path, attempt), env=env, cwd=cwd,
+            pass_fds=pass_fds,
         )
         try:
             if owned:
@@ -669,10 +679,9 @@ def pick_port_and_start(
                 if unexplained_retries <= 0 or " exited with code " not in str(exc):
                     raise
                 unexplained_retries -= 1
-                with open(log_path, "a", encoding="utf-8") as log:
-                    log.write(f"nbd-harness: {exc.args[0].splitlines()[0]}, without saying why; "
-                              f"started again on a new port (log: "
-                              f"{log_path.name}.retry{attempt + 1})\n")
+                note_restart(log_path, attempt,
+                             f"{exc.args[0].splitlines()[0]}, without saying why",
+                             "started again on a new port")
             last_error = exc
             continue
         return process, port

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.address import Address
-from harness.process import PeerError
+from harness.process import PeerError, attempt_log, note_restart
 
 from ._base import Endpoint, RunningServer, ServerPeer, Transport
 from ._qemu import TLS_ID, build_image, probe_chain, tls_object
@@ -165,17 +165,14 @@ class QemuStorageDaemon(ServerPeer):
         once, and the first log says so."""
         log_path = workdir / f"{self.program}.log"
         for attempt in range(self.unexplained_start_retries + 1):
-            attempt_log = log_path if attempt == 0 else log_path.with_name(
-                f"{log_path.name}.retry{attempt}")
             try:
                 return self._serve_once(export, workdir, options, transport=transport,
-                                        ready_timeout=ready_timeout, log_path=attempt_log)
+                                        ready_timeout=ready_timeout,
+                                        log_path=attempt_log(log_path, attempt))
             except _EndedSilently as exc:
                 if attempt == self.unexplained_start_retries:
                     raise PeerError(str(exc)) from None
-                with open(log_path, "a", encoding="utf-8") as log:
-                    log.write(f"nbd-harness: {exc}; started again (log: "
-                              f"{log_path.name}.retry{attempt + 1})\n")
+                note_restart(log_path, attempt, str(exc))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _serve_once(self, export: ExportSpec, workdir: Path, options: QemuStorageDaemonOptions,
